@@ -1,0 +1,124 @@
+"""run-dat-sheesh: disposable Linux sandboxes (libvirt VMs) behind a small REST API."""
+from __future__ import annotations
+
+import logging
+import typing as t
+import uuid
+
+from flask import Flask, g, request, send_from_directory
+from flask_smorest import Api
+
+from app.config import DEV_API_KEY, Settings, load_settings
+from app.errors import register_error_handlers
+
+log = logging.getLogger(__name__)
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def create_app(test_config: t.Mapping[str, t.Any] | None = None,
+               services: t.Any = None) -> Flask:
+    """The app factory.
+
+    :param test_config: settings overrides (field or env names), for tests.
+    :param services: a prebuilt service bundle (tests inject fakes); built from settings if None.
+    :raises ConfigError: when the configuration is invalid.
+    """
+    settings: Settings = services.settings if services is not None else load_settings(
+        overrides=test_config)
+    configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.is_production,
+        SESSION_COOKIE_NAME="rds_session",
+        MAX_CONTENT_LENGTH=64 * 1024,
+        TESTING=bool((test_config or {}).get("TESTING", False)),
+        API_TITLE="run-dat-sheesh",
+        API_VERSION="1.0.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="swagger/openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL="/docs/static/",
+    )
+    if services is None:
+        from app.services.container import build_services
+        services = build_services(settings)
+    app.extensions["rds"] = services
+    if settings.api_key == DEV_API_KEY:
+        log.warning("API_KEY is the development default %r: never expose this service",
+                    DEV_API_KEY)
+
+    api = Api(app, spec_kwargs={"info": {"description": "Disposable Linux sandboxes."}})
+    api.spec.components.security_scheme(
+        "ApiKeyAuth", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
+    api.spec.components.security_scheme(
+        "SessionCookie", {"type": "apiKey", "in": "cookie", "name": "rds_session"})
+    from app.api import auth, health, vms
+    api.register_blueprint(health.blp)
+    api.register_blueprint(auth.blp)
+    api.register_blueprint(vms.blp)
+    _secure_v1_paths(api)
+
+    app.before_request(_assign_request_id)
+    app.before_request(auth.require_credentials)
+    app.after_request(_echo_request_id)
+    register_error_handlers(app)
+    _add_doc_routes(app, api)
+    return app
+
+
+def _secure_v1_paths(api: Api) -> None:
+    for path, operations in api.spec._paths.items():
+        if path.startswith("/v1"):
+            for method, operation in operations.items():
+                if method == "parameters":
+                    continue
+                operation["security"] = [{"ApiKeyAuth": []}, {"SessionCookie": []}]
+
+
+def _add_doc_routes(app: Flask, api: Api) -> None:
+    import swagger_ui_bundle
+
+    @app.get("/openapi.json")
+    def openapi_json():
+        return api.spec.to_dict()
+
+    @app.get("/docs/static/<path:filename>")
+    def swagger_static(filename: str):
+        return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)
+
+
+def _assign_request_id() -> None:
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    g.request_id = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex
+
+
+def _echo_request_id(response):
+    response.headers[REQUEST_ID_HEADER] = getattr(g, "request_id", "")
+    return response
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            record.request_id = g.request_id
+        except (RuntimeError, AttributeError):
+            record.request_id = "-"
+        return True
+
+
+def configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if any(getattr(h, "_rds", False) for h in root.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler._rds = True  # type: ignore[attr-defined]
+    handler.addFilter(_RequestIdFilter())
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s level=%(levelname)s logger=%(name)s request_id=%(request_id)s %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.getLogger("paramiko").setLevel(logging.WARNING)

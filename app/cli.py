@@ -1,0 +1,74 @@
+"""Operator commands: ``python -m app.cli {prepare-host,serve,purge,cleanup}``."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from app.config import ConfigError, load_settings
+from app.virt.network_xml import build_network_xml
+
+log = logging.getLogger("app.cli")
+
+
+def prepare_host() -> None:
+    """Define/start the guests' network and remove what dead VMs left behind."""
+    from app.services.container import build_services
+    services = build_services(load_settings())
+    settings = services.settings
+    created = services.hypervisor.ensure_network(
+        settings.network_name, build_network_xml(settings.network_name, settings.network_bridge,
+                                                 settings.network_cidr, settings.network_mode))
+    print(f"network {settings.network_name} ({settings.network_cidr}, bridge "
+          f"{settings.network_bridge}, {settings.network_mode}) "
+          f"{'created' if created else 'present'}")
+    services.vms.manager_key()
+    for item in services.vms.remove_orphans():
+        print(f"removed orphan {item}")
+
+
+def purge() -> None:
+    """Delete every VM this service created (stale leftovers of test runs)."""
+    from app.services.container import build_services
+    services = build_services(load_settings())
+    count = services.vms.purge_all()
+    removed = services.vms.remove_orphans()
+    print(f"purged {count} VM(s), {len(removed)} orphan item(s)")
+
+
+def serve(extra: list[str]) -> None:
+    settings = load_settings()
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "deploy", "gunicorn.conf.py")
+    print(f"run-dat-sheesh listening on http://127.0.0.1:{settings.port}  "
+          f"(docs: http://127.0.0.1:{settings.port}/docs)")
+    print(f"API key: {settings.api_key}" + ("   <- development default, do not expose"
+                                            if settings.api_key == "dev-key" else ""))
+    sys.stdout.flush()
+    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    os.execv(gunicorn, [gunicorn, "-c", config, *extra, "app:create_app()"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m app.cli", description=__doc__)
+    parser.add_argument("command", choices=["prepare-host", "serve", "purge", "cleanup"])
+    args, extra = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    try:
+        if args.command == "prepare-host":
+            prepare_host()
+        elif args.command == "serve":
+            serve(extra)
+        elif args.command == "purge":
+            purge()
+        else:
+            from app.services.container import build_services
+            for item in build_services(load_settings()).vms.remove_orphans():
+                print(f"removed orphan {item}")
+    except ConfigError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Configuration: DEFAULTS, then the environment, then a test mapping; validated at boot.
+
+Names follow the original run-dat-sheesh service where it had one (``API_KEY``, ``PORT``,
+``MAX_VMS``, ...). A bad value stops the service at start with a message naming the variable.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import typing as t
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEV_API_KEY = "dev-key"
+DEV_SECRET = "dev-secret-change-me"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the service must not start."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    app_env: str = "development"
+    api_key: str = DEV_API_KEY
+    admin_email: str = "admin@example.com"
+    admin_password: str = "admin"
+    secret_key: str = DEV_SECRET
+    port: int = 3000
+    max_vms: int = 20
+    max_cpu: int = 4
+    max_mem_mb: int = 2048
+    max_allow_ips: int = 64
+    max_exec_timeout_ms: int = 120_000
+    storage_root: str = "/var/lib/run-dat-sheesh"
+    templates_dir: str = str(REPO_ROOT / "vm-templates")
+    default_image_id: str = "default"
+    libvirt_uri: str = "qemu:///system"
+    accelerator: str = "auto"
+    network_name: str = "rds-net"
+    network_bridge: str = "rds-br0"
+    network_cidr: str = "172.16.0.0/24"
+    network_mode: str = "isolated"
+    boot_timeout_s: float = 240.0
+    stop_timeout_s: float = 30.0
+    libvirt_timeout_s: float = 30.0
+    ssh_connect_timeout_s: float = 5.0
+    ssh_auth_timeout_s: float = 10.0
+    ssh_channel_timeout_s: float = 10.0
+    log_level: str = "INFO"
+
+    # Derived paths ------------------------------------------------------------------------
+    @property
+    def images_dir(self) -> Path:
+        return Path(self.storage_root) / "images"
+
+    @property
+    def vms_dir(self) -> Path:
+        return Path(self.storage_root) / "vms"
+
+    @property
+    def keys_dir(self) -> Path:
+        return Path(self.storage_root) / "keys"
+
+    @property
+    def lock_path(self) -> Path:
+        return Path(self.storage_root) / "allocation.lock"
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.network_cidr)
+
+    @property
+    def gateway_ip(self) -> ipaddress.IPv4Address:
+        """The host's address on the guest bridge: first host of the network."""
+        return next(self.network.hosts())
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env == "production"
+
+
+ENV_NAMES: dict[str, str] = {
+    "APP_ENV": "app_env",
+    "API_KEY": "api_key",
+    "ADMIN_EMAIL": "admin_email",
+    "ADMIN_PASSWORD": "admin_password",
+    "SESSION_SECRET": "secret_key",
+    "PORT": "port",
+    "MAX_VMS": "max_vms",
+    "MAX_CPU": "max_cpu",
+    "MAX_MEM_MB": "max_mem_mb",
+    "MAX_ALLOW_IPS": "max_allow_ips",
+    "MAX_EXEC_TIMEOUT_MS": "max_exec_timeout_ms",
+    "STORAGE_ROOT": "storage_root",
+    "TEMPLATES_DIR": "templates_dir",
+    "DEFAULT_IMAGE_ID": "default_image_id",
+    "LIBVIRT_URI": "libvirt_uri",
+    "ACCELERATOR": "accelerator",
+    "NETWORK_NAME": "network_name",
+    "NETWORK_BRIDGE": "network_bridge",
+    "NETWORK_CIDR": "network_cidr",
+    "NETWORK_MODE": "network_mode",
+    "BOOT_TIMEOUT_S": "boot_timeout_s",
+    "STOP_TIMEOUT_S": "stop_timeout_s",
+    "LIBVIRT_TIMEOUT_S": "libvirt_timeout_s",
+    "SSH_CONNECT_TIMEOUT_S": "ssh_connect_timeout_s",
+    "SSH_AUTH_TIMEOUT_S": "ssh_auth_timeout_s",
+    "SSH_CHANNEL_TIMEOUT_S": "ssh_channel_timeout_s",
+    "LOG_LEVEL": "log_level",
+}
+FIELD_FOR_KEY = {field.name: field for field in dataclasses.fields(Settings)}
+
+
+def _coerce(name: str, raw: t.Any) -> t.Any:
+    field = FIELD_FOR_KEY[name]
+    kind = field.type
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name.upper()} must be a number, got {raw!r}") from None
+    return str(raw)
+
+
+def load_settings(environ: t.Mapping[str, str] | None = None,
+                  overrides: t.Mapping[str, t.Any] | None = None) -> Settings:
+    """Build validated settings.
+
+    :param environ: environment variables (``os.environ`` when None).
+    :param overrides: settings by field name (``max_vms``) or env name (``MAX_VMS``); tests use it.
+    :raises ConfigError: when a value is invalid.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, t.Any] = {}
+    for env_name, field_name in ENV_NAMES.items():
+        if env_name in environ and environ[env_name] != "":
+            values[field_name] = _coerce(field_name, environ[env_name])
+    for key, value in (overrides or {}).items():
+        field_name = ENV_NAMES.get(key, key)
+        if field_name in FIELD_FOR_KEY:
+            values[field_name] = _coerce(field_name, value)
+    settings = Settings(**values)
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    """:raises ConfigError: naming the first bad setting."""
+    if settings.app_env not in ("development", "production"):
+        raise ConfigError("APP_ENV must be 'development' or 'production'")
+    if settings.is_production:
+        if settings.api_key in ("", DEV_API_KEY):
+            raise ConfigError("API_KEY must be set to a non-default value in production")
+        if settings.secret_key in ("", DEV_SECRET) or len(settings.secret_key) < 16:
+            raise ConfigError("SESSION_SECRET must be set (16+ characters) in production")
+        if settings.admin_password in ("", "admin"):
+            raise ConfigError("ADMIN_PASSWORD must be set to a non-default value in production")
+    if not settings.api_key:
+        raise ConfigError("API_KEY must not be empty")
+    for name in ("port", "max_vms", "max_cpu", "max_mem_mb", "max_exec_timeout_ms"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name.upper()} must be at least 1")
+    if not 1 <= settings.port <= 65535:
+        raise ConfigError("PORT must be between 1 and 65535")
+    if settings.max_mem_mb < 128:
+        raise ConfigError("MAX_MEM_MB must be at least 128")
+    if settings.accelerator not in ("auto", "kvm", "tcg"):
+        raise ConfigError("ACCELERATOR must be one of auto, kvm, tcg")
+    if settings.network_mode not in ("isolated", "nat"):
+        raise ConfigError("NETWORK_MODE must be 'isolated' or 'nat'")
+    try:
+        network = ipaddress.IPv4Network(settings.network_cidr)
+    except ValueError as exc:
+        raise ConfigError(f"NETWORK_CIDR is not an IPv4 network: {exc}") from None
+    if network.prefixlen > 29:
+        raise ConfigError("NETWORK_CIDR must have room for guests (at most /29)")
+    for name in ("boot_timeout_s", "stop_timeout_s", "libvirt_timeout_s",
+                 "ssh_connect_timeout_s", "ssh_auth_timeout_s", "ssh_channel_timeout_s"):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{name.upper()} must be positive")
+    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")

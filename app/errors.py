@@ -1,0 +1,119 @@
+"""The AppError tree (each carries its HTTP status) and the one JSON error handler."""
+from __future__ import annotations
+
+import logging
+import typing as t
+
+log = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    """An error a client can be told about: ``{"message": ...}`` with ``http_status``."""
+
+    http_status = 500
+
+    def __init__(self, message: str, **extra: t.Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class InvalidRequest(AppError):
+    http_status = 400
+
+
+class Unauthorized(AppError):
+    http_status = 401
+
+
+class VmNotFound(AppError):
+    http_status = 404
+
+
+class VmStateConflict(AppError):
+    http_status = 409
+
+
+class QuotaExceeded(AppError):
+    http_status = 429
+
+
+class HypervisorError(AppError):
+    """libvirt failed or is unreachable."""
+
+    http_status = 503
+
+
+class CapacityExhausted(AppError):
+    http_status = 503
+
+
+class GuestUnreachable(AppError):
+    """The guest did not answer over SSH in time."""
+
+    http_status = 504
+
+
+class CommandTimeout(AppError):
+    http_status = 504
+
+
+def register_error_handlers(app: t.Any) -> None:
+    """Every error leaves as ``{"message": ...}``; 422 from schema validation becomes 400."""
+    from flask import jsonify, g
+    from werkzeug.exceptions import HTTPException
+
+    def _reply(status: int, body: dict[str, t.Any]):
+        response = jsonify(body)
+        response.status_code = status
+        return response
+
+    @app.errorhandler(AppError)
+    def handle_app_error(error: AppError):
+        if error.http_status >= 500:
+            log.warning("request failed status=%s message=%s", error.http_status, error.message)
+        return _reply(error.http_status, {"message": error.message, **error.extra})
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(error: HTTPException):
+        status = error.code or 500
+        body: dict[str, t.Any] = {"message": error.description or error.name}
+        data = getattr(error, "data", None) or {}
+        messages = data.get("messages") if isinstance(data, dict) else None
+        if status == 422:
+            status = 400
+            body["message"] = "Invalid request: " + _summarise(messages)
+        if messages:
+            body["errors"] = messages
+        if isinstance(data, dict) and data.get("message"):
+            body["message"] = data["message"]
+        return _reply(status, body)
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(error: Exception):
+        request_id = getattr(g, "request_id", None)
+        log.exception("unhandled error request_id=%s", request_id)
+        return _reply(500, {"message": "Internal server error", "requestId": request_id})
+
+
+def _summarise(messages: t.Any) -> str:
+    """One readable line out of marshmallow's nested error dict."""
+    parts: list[str] = []
+
+    def walk(prefix: str, node: t.Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("json", "query", "headers", "view_args") and not prefix:
+                    walk("", value)
+                else:
+                    walk(f"{prefix}.{key}" if prefix else str(key), value)
+        elif isinstance(node, list) and all(isinstance(item, str) for item in node):
+            parts.append(f"{prefix}: {' '.join(node)}" if prefix else " ".join(node))
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                walk(f"{prefix}[{index}]", item)
+        else:
+            parts.append(f"{prefix}: {node}")
+
+    walk("", messages or {})
+    return "; ".join(parts) if parts else "validation failed"

@@ -1,0 +1,96 @@
+"""Frozen dataclasses passed between layers."""
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+
+class VmState(str, enum.Enum):
+    CREATED = "CREATED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    ERROR = "ERROR"
+
+
+class VmPhase(str, enum.Enum):
+    """What the manager last did to a VM, kept in the domain's metadata.
+
+    The libvirt run state says whether qemu is running; the phase says whether the guest has
+    answered since (``ready``), so every worker process reports the same state.
+    """
+
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+
+
+@dataclasses.dataclass(frozen=True)
+class VmSpec:
+    """What a caller asked for."""
+
+    cpu: int
+    mem_mb: int
+    allow_ips: tuple[str, ...] = ()
+    outbound_internet: bool = False
+    image_id: str | None = None
+    disk_size_mb: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class VmRecord:
+    """Everything the manager keeps about a VM; serialised into the domain's metadata."""
+
+    id: str
+    name: str
+    cpu: int
+    mem_mb: int
+    guest_ip: str
+    mac: str
+    allow_ips: tuple[str, ...]
+    outbound_internet: bool
+    image_id: str
+    image_path: str
+    disk_size_mb: int
+    created_at: str
+    provision_mode: str
+    host_key: str
+    phase: VmPhase = VmPhase.STARTING
+
+
+@dataclasses.dataclass(frozen=True)
+class Vm:
+    """A VM as the API shows it."""
+
+    id: str
+    state: VmState
+    cpu: int
+    mem_mb: int
+    guest_ip: str
+    outbound_internet: bool
+    allow_ips: tuple[str, ...]
+    created_at: str
+    image_id: str
+    provision_mode: str
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """A VM template from ``vm-templates/<id>/``."""
+
+    id: str
+    description: str
+    image: str
+    domain_xml: str
+    default_disk_size_mb: int
+    kernel_cmdline: str

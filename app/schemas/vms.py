@@ -1,0 +1,72 @@
+"""Schemas of the VM resource."""
+from __future__ import annotations
+
+import ipaddress
+
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates
+
+
+class ApiErrorSchema(Schema):
+    message = fields.String(required=True)
+    errors = fields.Dict()
+
+
+class VmCreateSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    cpu = fields.Integer(required=True, strict=True, validate=validate.Range(min=1),
+                         metadata={"description": "vCPUs, 1..MAX_CPU"})
+    memMb = fields.Integer(required=True, strict=True, validate=validate.Range(min=128),
+                           metadata={"description": "memory in MiB, 128..MAX_MEM_MB"})
+    allowIps = fields.List(fields.String(), load_default=list,
+                           metadata={"description": "IPv4/IPv6 addresses or CIDRs the guest "
+                                                    "may reach when outboundInternet is true"})
+    outboundInternet = fields.Boolean(load_default=False)
+    imageId = fields.String(load_default=None, allow_none=True,
+                            metadata={"description": "template in vm-templates/ (default: "
+                                                     "'default')"})
+    diskSizeMb = fields.Integer(load_default=None, allow_none=True, strict=True,
+                                validate=validate.Range(min=1, max=1024 * 1024))
+
+    @validates("allowIps")
+    def _validate_allow_ips(self, value: list[str], **_kwargs) -> None:
+        for index, entry in enumerate(value):
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValidationError(
+                    f"allowIps[{index}] {entry!r} is not an IPv4/IPv6 address or CIDR") from None
+
+    @post_load
+    def _normalise(self, data: dict, **_kwargs) -> dict:
+        # Host bits are cleared (10.0.0.5/8 -> 10.0.0.0/8) and duplicates dropped, in order.
+        seen: dict[str, None] = {}
+        for entry in data["allowIps"]:
+            seen[str(ipaddress.ip_network(entry.strip(), strict=False))] = None
+        data["allowIps"] = list(seen)
+        return data
+
+
+class VmSchema(Schema):
+    id = fields.String(dump_only=True)
+    name = fields.String(dump_only=True,
+                         metadata={"description": "libvirt domain name (virsh)"})
+    state = fields.String(dump_only=True, validate=validate.OneOf(
+        ["CREATED", "STARTING", "RUNNING", "STOPPING", "STOPPED", "ERROR"]))
+    cpu = fields.Integer(dump_only=True)
+    memMb = fields.Integer(dump_only=True, attribute="mem_mb")
+    guestIp = fields.String(dump_only=True, attribute="guest_ip")
+    outboundInternet = fields.Boolean(dump_only=True, attribute="outbound_internet")
+    allowIps = fields.List(fields.String(), dump_only=True, attribute="allow_ips")
+    createdAt = fields.String(dump_only=True, attribute="created_at")
+    imageId = fields.String(dump_only=True, attribute="image_id")
+    provisionMode = fields.String(dump_only=True, attribute="provision_mode")
+
+    def get_attribute(self, obj, attr, default):  # VmState enum -> its value
+        value = super().get_attribute(obj, attr, default)
+        return getattr(value, "value", value)
+
+
+class VmIdPathSchema(Schema):
+    id = fields.String(required=True)

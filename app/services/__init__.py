@@ -1,0 +1,1 @@
+"""Orchestration, Flask-free: services raise AppError subclasses and return models."""

@@ -1,0 +1,58 @@
+"""Guest addresses: one IP (and the MAC derived from it) per VM, unique across processes.
+
+libvirt is the only record of which addresses are taken (each domain's metadata), so an
+allocation is: take the host-wide lock, read the taken set, pick, define the domain, release.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import time
+import typing as t
+from pathlib import Path
+
+from app.errors import CapacityExhausted
+
+
+@contextlib.contextmanager
+def allocation_lock(path: Path, timeout: float) -> t.Iterator[None]:
+    """An exclusive host-wide lock (flock), shared by every worker process.
+
+    :raises CapacityExhausted: when it cannot be taken within ``timeout`` seconds.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise CapacityExhausted("the host is busy allocating VMs; retry") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def pick_address(network: ipaddress.IPv4Network, gateway: ipaddress.IPv4Address,
+                 taken: t.Iterable[str]) -> ipaddress.IPv4Address:
+    """The lowest free guest address.
+
+    :raises CapacityExhausted: when the network is full.
+    """
+    used = {ipaddress.ip_address(ip) for ip in taken if ip}
+    for candidate in network.hosts():
+        if candidate != gateway and candidate not in used:
+            return candidate
+    raise CapacityExhausted(f"no free guest address left in {network}")
+
+
+def mac_for(address: ipaddress.IPv4Address) -> str:
+    """A locally administered QEMU MAC derived from the address (unique per address, and a
+    reused address keeps its MAC, so the host's ARP cache is never stale)."""
+    octets = address.packed[1:]
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in octets)

@@ -1,0 +1,37 @@
+"""The composition root's parts: build every service once per process from the settings."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from app.config import Settings
+from app.services.templates import TemplateCatalog
+from app.services.vms import VmService
+from app.virt.accel import choose_domain_type
+from app.virt.connection import Hypervisor
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Services:
+    settings: Settings
+    hypervisor: Hypervisor
+    templates: TemplateCatalog
+    vms: VmService
+    domain_type: str
+
+    def close(self) -> None:
+        self.vms.close()
+
+
+def build_services(settings: Settings) -> Services:
+    domain_type = choose_domain_type(settings.accelerator)
+    log.info("accelerator=%s (domain type %s, setting ACCELERATOR=%s)",
+             "kvm" if domain_type == "kvm" else "tcg", domain_type, settings.accelerator)
+    hypervisor = Hypervisor(settings.libvirt_uri, settings.libvirt_timeout_s)
+    templates = TemplateCatalog(settings.templates_dir, settings.images_dir,
+                                settings.default_image_id)
+    vms = VmService(settings, hypervisor, templates, domain_type)
+    return Services(settings=settings, hypervisor=hypervisor, templates=templates, vms=vms,
+                    domain_type=domain_type)

@@ -1,0 +1,387 @@
+"""VmService: create, list, inspect, stop, start and delete VMs.
+
+Each VM is a libvirt domain ``rds-<short id>`` on a qcow2 overlay of its template's image, with
+its own nwfilter, host key and address. libvirt is the source of truth: the VM's API fields live
+in the domain's metadata, so every worker process sees the same VMs and nothing drifts after a
+restart. Creation acts in order and registers the undo of each step; a failure half-way unwinds
+everything (domain, filter, disk, address).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import ipaddress
+import logging
+import shutil
+import threading
+import time
+import typing as t
+import uuid
+from pathlib import Path
+
+from app.config import Settings
+from app.errors import (AppError, GuestUnreachable, HypervisorError, InvalidRequest,
+                        QuotaExceeded, VmNotFound, VmStateConflict)
+from app.guestssh import GuestSSH, SshTimeouts, load_private_key
+from app.models import Template, Vm, VmPhase, VmRecord, VmSpec, VmState
+from app.services.addresses import allocation_lock, mac_for, pick_address
+from app.services.templates import ImageBuild, TemplateCatalog
+from app.sshkeys import KeyPair, generate_keypair, manager_keypair, write_private
+from app.virt import disks
+from app.virt.connection import DomainInfo, Hypervisor
+from app.virt.domain_xml import (METADATA_NS, METADATA_PREFIX, BootFiles, DomainParams,
+                                 build_domain_xml, metadata_xml, parse_metadata)
+from app.virt.nwfilter_xml import build_filter_xml
+
+log = logging.getLogger(__name__)
+LOCK_TIMEOUT = 60.0
+
+
+def vm_state(domain_state: str, phase: VmPhase) -> VmState:
+    """The API state from libvirt's run state and the manager's last phase."""
+    if domain_state == "running":
+        return {VmPhase.READY: VmState.RUNNING, VmPhase.STARTING: VmState.STARTING,
+                VmPhase.STOPPING: VmState.STOPPING}[phase]
+    if domain_state == "shutoff":
+        return VmState.STOPPED
+    if domain_state == "shutdown":
+        return VmState.STOPPING
+    return VmState.ERROR
+
+
+def to_vm(record: VmRecord, domain_state: str) -> Vm:
+    return Vm(id=record.id, state=vm_state(domain_state, record.phase), cpu=record.cpu,
+              mem_mb=record.mem_mb, guest_ip=record.guest_ip,
+              outbound_internet=record.outbound_internet, allow_ips=record.allow_ips,
+              created_at=record.created_at, image_id=record.image_id,
+              provision_mode=record.provision_mode, name=record.name)
+
+
+class VmService:
+    """VM lifecycle. Thread-safe; one instance per worker process."""
+
+    def __init__(self, settings: Settings, hypervisor: Hypervisor, templates: TemplateCatalog,
+                 domain_type: str) -> None:
+        self.settings = settings
+        self.hypervisor = hypervisor
+        self.templates = templates
+        self.domain_type = domain_type
+        self._manager_key: KeyPair | None = None
+        self._guests: dict[str, GuestSSH] = {}
+        self._guests_lock = threading.Lock()
+
+    # Queries ###############################################################################
+
+    def list(self) -> list[Vm]:
+        vms = []
+        for info in self.hypervisor.list_domains():
+            record = parse_metadata(info.xml)
+            if record is not None:
+                vms.append(to_vm(record, info.state))
+        return sorted(vms, key=lambda vm: (vm.created_at, vm.id))
+
+    def get(self, vm_id: str) -> Vm:
+        """:raises VmNotFound: for an unknown or malformed id."""
+        record, info = self._lookup(vm_id)
+        return to_vm(record, info.state)
+
+    def _lookup(self, vm_id: str) -> tuple[VmRecord, DomainInfo]:
+        try:
+            uuid.UUID(vm_id)
+        except ValueError:
+            raise VmNotFound(f"VM {vm_id} not found") from None
+        try:
+            info = self.hypervisor.get_domain(vm_id)
+        except VmNotFound:
+            raise VmNotFound(f"VM {vm_id} not found") from None
+        record = parse_metadata(info.xml)
+        if record is None or not info.name.startswith("rds-"):
+            raise VmNotFound(f"VM {vm_id} not found")
+        return record, info
+
+    # Create ################################################################################
+
+    def create(self, spec: VmSpec) -> Vm:
+        """Create and boot a VM; returns once a command ran in the guest.
+
+        :raises InvalidRequest: limits or unknown template.
+        :raises QuotaExceeded: at ``MAX_VMS``.
+        :raises GuestUnreachable: the guest did not answer in time (nothing is left behind).
+        """
+        self._check_limits(spec)
+        template = self.templates.get(spec.image_id)
+        build = self.templates.current_build(template)
+        disk_size_mb = spec.disk_size_mb or max(template.default_disk_size_mb,
+                                                build.disk_size_mb)
+        if disk_size_mb < build.disk_size_mb:
+            raise InvalidRequest(f"diskSizeMb must be at least {build.disk_size_mb} for "
+                                 f"template {template.id!r}")
+        started = time.monotonic()
+        with contextlib.ExitStack() as undo:
+            record = self._provision(spec, template, build, disk_size_mb, undo)
+            log.info("vm defined vm=%s name=%s ip=%s accel=%s", record.id, record.name,
+                     record.guest_ip, self.domain_type)
+            self.hypervisor.start_domain(record.id)
+            undo.callback(self._quietly, self.hypervisor.destroy_domain, record.id)
+            self._wait_ready(record)
+            record = self._set_phase(record, VmPhase.READY)
+            undo.pop_all()
+        log.info("vm ready vm=%s name=%s seconds=%.1f", record.id, record.name,
+                 time.monotonic() - started)
+        return to_vm(record, "running")
+
+    def _check_limits(self, spec: VmSpec) -> None:
+        limits = self.settings
+        if not 1 <= spec.cpu <= limits.max_cpu:
+            raise InvalidRequest(f"cpu must be between 1 and {limits.max_cpu}")
+        if not 128 <= spec.mem_mb <= limits.max_mem_mb:
+            raise InvalidRequest(f"memMb must be between 128 and {limits.max_mem_mb}")
+        if len(spec.allow_ips) > limits.max_allow_ips:
+            raise InvalidRequest(f"allowIps has {len(spec.allow_ips)} entries; at most "
+                                 f"{limits.max_allow_ips} are allowed")
+
+    def _provision(self, spec: VmSpec, template: Template, build: ImageBuild,
+                   disk_size_mb: int, undo: contextlib.ExitStack) -> VmRecord:
+        """Allocate address and name, write disk and keys, define filter and domain."""
+        settings = self.settings
+        host_key = generate_keypair()
+        with allocation_lock(settings.lock_path, LOCK_TIMEOUT):
+            domains = self.hypervisor.list_domains()
+            if len(domains) >= settings.max_vms:
+                raise QuotaExceeded(f"VM quota reached ({settings.max_vms} VMs)")
+            records = [r for r in (parse_metadata(d.xml) for d in domains) if r]
+            address = pick_address(settings.network, settings.gateway_ip,
+                                   [r.guest_ip for r in records])
+            vm_id, name = self._new_identity()
+            record = VmRecord(
+                id=vm_id, name=name, cpu=spec.cpu, mem_mb=spec.mem_mb, guest_ip=str(address),
+                mac=mac_for(address), allow_ips=spec.allow_ips,
+                outbound_internet=spec.outbound_internet, image_id=template.id,
+                image_path=str(build.path), disk_size_mb=disk_size_mb,
+                created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z"),
+                provision_mode="boot", host_key=host_key.public_openssh, phase=VmPhase.STARTING)
+            vm_dir = settings.vms_dir / name
+            vm_dir.mkdir(mode=0o700, parents=True)
+            undo.callback(shutil.rmtree, vm_dir, True)
+            disks.create_overlay(build.disk, vm_dir / "disk.qcow2", disk_size_mb)
+            write_private(vm_dir / "ssh_host_ed25519_key", host_key.private_openssh)
+            (vm_dir / "authorized_keys").write_text(self.manager_key().public_openssh + "\n")
+            self.hypervisor.define_filter(self._filter_xml(record))
+            undo.callback(self._quietly, self.hypervisor.undefine_filter, name)
+            self.hypervisor.define_domain(self._domain_xml(record, template, build, vm_dir))
+            undo.callback(self._quietly, self.hypervisor.undefine_domain, vm_id)
+        return record
+
+    def _new_identity(self) -> tuple[str, str]:
+        for _ in range(10):
+            vm_id = str(uuid.uuid4())
+            name = "rds-" + vm_id.split("-")[0]
+            if not self.hypervisor.domain_name_exists(name) and \
+                    not (self.settings.vms_dir / name).exists():
+                return vm_id, name
+        raise HypervisorError("could not find a free VM name")
+
+    def _filter_xml(self, record: VmRecord) -> str:
+        return build_filter_xml(record.name, record.id, record.allow_ips,
+                                record.outbound_internet, self.settings.network_cidr,
+                                str(self.settings.gateway_ip))
+
+    def _domain_xml(self, record: VmRecord, template: Template, build: ImageBuild,
+                    vm_dir: Path) -> str:
+        network = self.settings.network
+        cmdline = (f"{template.kernel_cmdline} rds.ip={record.guest_ip}/{network.prefixlen} "
+                   f"rds.gw={self.settings.gateway_ip} rds.hostname={record.name}")
+        params = DomainParams(
+            accelerator=self.domain_type,
+            boot=BootFiles(kernel=str(build.kernel), initrd=str(build.initrd), cmdline=cmdline),
+            overlay_path=str(vm_dir / "disk.qcow2"),
+            network_name=self.settings.network_name,
+            filter_name=record.name,
+            gateway_ip=str(self.settings.gateway_ip),
+            console_log=str(vm_dir / "console.log"),
+            fwcfg_files=(("ssh_host_ed25519_key", str(vm_dir / "ssh_host_ed25519_key")),
+                         ("authorized_keys", str(vm_dir / "authorized_keys"))),
+        )
+        return build_domain_xml(template.domain_xml, record, params)
+
+    # Stop / start / delete #################################################################
+
+    def stop(self, vm_id: str) -> None:
+        """Clean guest shutdown (guest agent, then ACPI, then power-off); disk kept.
+
+        :raises VmStateConflict: unless RUNNING.
+        """
+        record, info = self._lookup(vm_id)
+        if to_vm(record, info.state).state is not VmState.RUNNING:
+            raise VmStateConflict(f"VM {vm_id} is {to_vm(record, info.state).state.value}; "
+                                  f"only a RUNNING VM can be stopped")
+        self._forget_guest(vm_id)
+        record = self._set_phase(record, VmPhase.STOPPING)
+        try:
+            self.hypervisor.request_shutdown(vm_id)
+        except HypervisorError as exc:
+            log.warning("clean shutdown request failed vm=%s error=%s", vm_id, exc.message)
+        if not self._wait_for_state(vm_id, "shutoff", self.settings.stop_timeout_s):
+            log.warning("guest did not power off in time, forcing vm=%s", vm_id)
+            self.hypervisor.destroy_domain(vm_id)
+        log.info("vm stopped vm=%s", vm_id)
+
+    def start(self, vm_id: str) -> None:
+        """Boot a STOPPED VM from its kept disk; returns once the guest answers.
+
+        :raises VmStateConflict: unless STOPPED.
+        """
+        record, info = self._lookup(vm_id)
+        state = to_vm(record, info.state).state
+        if state is not VmState.STOPPED:
+            raise VmStateConflict(f"VM {vm_id} is {state.value}; only a STOPPED VM can be "
+                                  f"started")
+        record = self._set_phase(record, VmPhase.STARTING)
+        self.hypervisor.start_domain(vm_id)
+        try:
+            self._wait_ready(record)
+        except AppError:
+            self._quietly(self.hypervisor.destroy_domain, vm_id)
+            raise
+        self._set_phase(record, VmPhase.READY)
+        log.info("vm started vm=%s", vm_id)
+
+    def delete(self, vm_id: str) -> None:
+        """Remove domain, filter, disk and address.
+
+        :raises VmNotFound: when already gone.
+        """
+        record, _info = self._lookup(vm_id)
+        self._forget_guest(vm_id)
+        self.hypervisor.destroy_domain(vm_id)
+        try:
+            self.hypervisor.undefine_domain(vm_id)
+        except VmNotFound:
+            pass  # undefined by someone else meanwhile: the goal is reached
+        self.hypervisor.undefine_filter(record.name)
+        shutil.rmtree(self.settings.vms_dir / record.name, ignore_errors=True)
+        log.info("vm deleted vm=%s name=%s", vm_id, record.name)
+
+    # Guests ################################################################################
+
+    def manager_key(self) -> KeyPair:
+        if self._manager_key is None:
+            self._manager_key = manager_keypair(self.settings.keys_dir)
+        return self._manager_key
+
+    def guest(self, vm_id: str) -> GuestSSH:
+        """The SSH client of a RUNNING VM (one per VM per process, reused).
+
+        :raises VmStateConflict: unless RUNNING.
+        """
+        record, info = self._lookup(vm_id)
+        state = to_vm(record, info.state).state
+        if state is not VmState.RUNNING:
+            raise VmStateConflict(f"VM {vm_id} is {state.value}; it must be RUNNING")
+        return self._guest_client(record)
+
+    def _guest_client(self, record: VmRecord) -> GuestSSH:
+        with self._guests_lock:
+            client = self._guests.get(record.id)
+            if client is None or client.host_key != record.host_key:
+                client = GuestSSH(record.guest_ip, record.host_key,
+                                  load_private_key(self.manager_key().private_openssh),
+                                  SshTimeouts(self.settings.ssh_connect_timeout_s,
+                                              self.settings.ssh_auth_timeout_s,
+                                              self.settings.ssh_channel_timeout_s))
+                self._guests[record.id] = client
+            return client
+
+    def _forget_guest(self, vm_id: str) -> None:
+        with self._guests_lock:
+            client = self._guests.pop(vm_id, None)
+        if client is not None:
+            client.close()
+
+    def close(self) -> None:
+        with self._guests_lock:
+            clients, self._guests = list(self._guests.values()), {}
+        for client in clients:
+            client.close()
+
+    def _wait_ready(self, record: VmRecord) -> None:
+        deadline = time.monotonic() + self.settings.boot_timeout_s
+        client = self._guest_client(record)
+        try:
+            client.wait_until_ready(deadline, probe="id -u")
+        except GuestUnreachable as exc:
+            self._forget_guest(record.id)
+            raise GuestUnreachable(f"VM {record.id} did not become ready within "
+                                   f"{self.settings.boot_timeout_s:.0f}s: {exc.message}") from exc
+
+    # Helpers ###############################################################################
+
+    def _set_phase(self, record: VmRecord, phase: VmPhase) -> VmRecord:
+        updated = dataclasses.replace(record, phase=phase)
+        self.hypervisor.set_metadata(record.id, metadata_xml(updated), METADATA_NS,
+                                     METADATA_PREFIX)
+        return updated
+
+    def _wait_for_state(self, vm_id: str, wanted: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.hypervisor.get_domain(vm_id).state == wanted:
+                    return True
+            except VmNotFound:
+                return False
+            time.sleep(0.25)
+        return False
+
+    @staticmethod
+    def _quietly(action: t.Callable[..., t.Any], *args: t.Any) -> None:
+        """Run an undo step; log instead of raising so the other undo steps still run."""
+        try:
+            action(*args)
+        except AppError as exc:
+            log.warning("cleanup step failed step=%s error=%s", action.__name__, exc.message)
+        except Exception:  # noqa: BLE001 - cleanup must continue whatever happened
+            log.exception("cleanup step failed step=%s", action.__name__)
+
+    # Housekeeping ##########################################################################
+
+    def remove_orphans(self) -> list[str]:
+        """Delete disks/keys and filters that belong to no domain (a crash mid-create).
+
+        Call only when no create is in flight (service start, before workers fork).
+        """
+        names = {info.name for info in self.hypervisor.list_domains()}
+        removed = []
+        for filter_name in self.hypervisor.list_filter_names():
+            if filter_name not in names:
+                self._quietly(self.hypervisor.undefine_filter, filter_name)
+                removed.append(f"nwfilter {filter_name}")
+        if self.settings.vms_dir.is_dir():
+            for vm_dir in self.settings.vms_dir.iterdir():
+                if vm_dir.name.startswith("rds-") and vm_dir.name not in names:
+                    shutil.rmtree(vm_dir, ignore_errors=True)
+                    removed.append(f"files {vm_dir}")
+        for item in removed:
+            log.info("removed orphan %s", item)
+        return removed
+
+    def purge_all(self) -> int:
+        """Delete every VM of this service (CI and ``make clean-vms``)."""
+        count = 0
+        for info in self.hypervisor.list_domains():
+            record = parse_metadata(info.xml)
+            if record is None:
+                continue
+            self.delete(info.uuid)
+            count += 1
+        return count
+
+
+def normalise_cidr(entry: str) -> str:
+    """``allowIps`` entry as a canonical CIDR (host bits cleared).
+
+    :raises ValueError: when the entry is no IPv4/IPv6 address or network.
+    """
+    return str(ipaddress.ip_network(entry.strip(), strict=False))

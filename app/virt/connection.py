@@ -1,0 +1,261 @@
+"""Hypervisor: the only module that imports libvirt.
+
+Every call runs on a helper thread with a deadline, because libvirt-python calls block without
+a timeout of their own: a hung libvirtd becomes :class:`HypervisorError` (503) instead of a
+stuck worker. libvirt errors are translated here, once: no such domain → :class:`VmNotFound`,
+anything else → :class:`HypervisorError`.
+"""
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import typing as t
+
+import libvirt
+
+from app.errors import HypervisorError, VmNotFound
+
+log = logging.getLogger(__name__)
+
+DOMAIN_PREFIX = "rds-"
+
+STATE_NAMES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "nostate",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
+}
+
+_event_loop_started = False
+_event_loop_lock = threading.Lock()
+
+
+def _silence_default_handler(_ctx: t.Any, _err: t.Any) -> None:
+    """libvirt prints every error to stderr by default; we log ours where we handle them."""
+
+
+libvirt.registerErrorHandler(_silence_default_handler, None)
+
+
+def _start_event_loop() -> None:
+    """Keepalives need libvirt's event loop; one daemon thread per process runs it."""
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainInfo:
+    """What the manager reads about one of its domains."""
+
+    uuid: str
+    name: str
+    state: str  # see STATE_NAMES values
+    xml: str
+
+
+class Hypervisor:
+    """A libvirt connection with timeouts; one per worker process, reopened when it dies.
+
+    :param uri: libvirt URI, e.g. ``qemu:///system``.
+    :param timeout: seconds any single libvirt call may take.
+    """
+
+    def __init__(self, uri: str, timeout: float) -> None:
+        self.uri = uri
+        self.timeout = timeout
+        self._conn: t.Any = None
+        self._lock = threading.Lock()
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8,
+                                                           thread_name_prefix="libvirt")
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+
+    # Plumbing ##############################################################################
+
+    def _connection(self) -> t.Any:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    if self._conn.isAlive():
+                        return self._conn
+                except libvirt.libvirtError:
+                    pass
+                log.warning("libvirt connection lost, reconnecting uri=%s", self.uri)
+                self._conn = None
+            _start_event_loop()
+            conn = libvirt.open(self.uri)
+            conn.setKeepAlive(5, 3)
+            self._conn = conn
+            return conn
+
+    def _call(self, what: str, fn: t.Callable[..., t.Any], *args: t.Any,
+              timeout: float | None = None) -> t.Any:
+        future = self._pool.submit(self._run, fn, *args)
+        try:
+            return future.result(timeout=timeout or self.timeout)
+        except concurrent.futures.TimeoutError:
+            raise HypervisorError(f"libvirt did not answer {what} within "
+                                  f"{timeout or self.timeout:.0f}s") from None
+
+    def _run(self, fn: t.Callable[..., t.Any], *args: t.Any) -> t.Any:
+        try:
+            return fn(self._connection(), *args)
+        except libvirt.libvirtError as exc:
+            code = exc.get_error_code()
+            if code in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NWFILTER):
+                raise VmNotFound(exc.get_error_message() or "not found") from exc
+            raise HypervisorError(f"libvirt: {exc.get_error_message() or exc}") from exc
+
+    # Queries ###############################################################################
+
+    def ping(self) -> str:
+        """libvirt's version string; raises HypervisorError when unreachable."""
+        def version(conn: t.Any) -> str:
+            number = conn.getLibVersion()
+            return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
+        return self._call("ping", version)
+
+    def list_domains(self) -> list[DomainInfo]:
+        """All domains whose name starts with ``rds-``, with state and XML."""
+        def collect(conn: t.Any) -> list[DomainInfo]:
+            found = []
+            for dom in conn.listAllDomains(0):
+                try:
+                    if not dom.name().startswith(DOMAIN_PREFIX):
+                        continue
+                    found.append(_info(dom))
+                except libvirt.libvirtError:
+                    continue  # undefined while we looked: it simply is not there
+            return found
+        return self._call("list domains", collect)
+
+    def get_domain(self, uuid: str) -> DomainInfo:
+        """:raises VmNotFound: when no domain has this UUID."""
+        return self._call("get domain", lambda conn: _info(conn.lookupByUUIDString(uuid)))
+
+    def domain_name_exists(self, name: str) -> bool:
+        def exists(conn: t.Any) -> bool:
+            try:
+                conn.lookupByName(name)
+                return True
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return False
+                raise
+        return self._call("lookup domain", exists)
+
+    # Domain lifecycle ######################################################################
+
+    def define_domain(self, xml: str) -> None:
+        log.debug("defining domain xml=%s", xml)
+        self._call("define domain", lambda conn: conn.defineXML(xml))
+
+    def start_domain(self, uuid: str) -> None:
+        self._call("start domain", lambda conn: conn.lookupByUUIDString(uuid).create())
+
+    def destroy_domain(self, uuid: str) -> None:
+        """Hard power-off; a domain that is not running is left as it is."""
+        def destroy(conn: t.Any) -> None:
+            dom = conn.lookupByUUIDString(uuid)
+            if dom.isActive():
+                dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+        try:
+            self._call("destroy domain", destroy)
+        except HypervisorError:
+            # GRACEFUL gives up when qemu does not exit on SIGTERM; then SIGKILL.
+            self._call("destroy domain", lambda conn: conn.lookupByUUIDString(uuid).destroy())
+
+    def request_shutdown(self, uuid: str) -> None:
+        """Ask the guest to power off: guest agent first, ACPI as fallback."""
+        def shutdown(conn: t.Any) -> None:
+            dom = conn.lookupByUUIDString(uuid)
+            try:
+                dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT)
+            except libvirt.libvirtError:
+                dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+        self._call("shutdown domain", shutdown)
+
+    def undefine_domain(self, uuid: str) -> None:
+        self._call("undefine domain", lambda conn: conn.lookupByUUIDString(uuid).undefine())
+
+    def set_metadata(self, uuid: str, xml: str, namespace: str, prefix: str) -> None:
+        def update(conn: t.Any) -> None:
+            dom = conn.lookupByUUIDString(uuid)
+            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            if dom.isActive():
+                flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, prefix, namespace, flags)
+        self._call("set metadata", update)
+
+    # Filters and network ###################################################################
+
+    def define_filter(self, xml: str) -> None:
+        log.debug("defining nwfilter xml=%s", xml)
+        self._call("define nwfilter", lambda conn: conn.nwfilterDefineXML(xml))
+
+    def undefine_filter(self, name: str) -> None:
+        """Remove a filter; one that does not exist is fine."""
+        try:
+            self._call("undefine nwfilter",
+                       lambda conn: conn.nwfilterLookupByName(name).undefine())
+        except VmNotFound:
+            pass
+
+    def list_filter_names(self) -> list[str]:
+        return self._call("list nwfilters", lambda conn: [
+            f.name() for f in conn.listAllNWFilters(0) if f.name().startswith(DOMAIN_PREFIX)])
+
+    def ensure_network(self, name: str, xml: str) -> bool:
+        """Define (if missing) and start the network; True if it had to be created."""
+        def ensure(conn: t.Any) -> bool:
+            created = False
+            try:
+                net = conn.networkLookupByName(name)
+            except libvirt.libvirtError:
+                net = conn.networkDefineXML(xml)
+                created = True
+            if not net.isActive():
+                net.create()
+            if not net.autostart():
+                net.setAutostart(True)
+            return created
+        return self._call("ensure network", ensure, timeout=max(self.timeout, 60))
+
+    def network_is_active(self, name: str) -> bool:
+        def active(conn: t.Any) -> bool:
+            try:
+                return bool(conn.networkLookupByName(name).isActive())
+            except libvirt.libvirtError:
+                return False
+        return self._call("network state", active)
+
+
+def _info(dom: t.Any) -> DomainInfo:
+    state, _reason = dom.state()
+    return DomainInfo(uuid=dom.UUIDString(), name=dom.name(),
+                      state=STATE_NAMES.get(state, "nostate"), xml=dom.XMLDesc(0))

@@ -1,0 +1,253 @@
+"""Domain XML for one VM, built from its template's ``domain.xml`` (pure: no I/O, no libvirt).
+
+Like virt-manager's Cloner, start from the template and change only what a clone needs: name,
+uuid, title, metadata, memory, vcpus, boot files, disk, NIC (MAC, network, filter), fw_cfg
+entries, console log and the accelerator. The VM's API fields live in ``<metadata>`` under
+:data:`METADATA_NS`, which makes libvirt the only store of VM state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import xml.etree.ElementTree as ET
+
+from app.models import VmPhase, VmRecord
+
+METADATA_NS = "https://run-dat-sheesh.dev/xmlns/vm/1"
+METADATA_PREFIX = "rds"
+FWCFG_PREFIX = "opt/org.rundatsheesh/"
+ET.register_namespace(METADATA_PREFIX, METADATA_NS)
+
+
+@dataclasses.dataclass(frozen=True)
+class BootFiles:
+    kernel: str
+    initrd: str
+    cmdline: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainParams:
+    """Host-side facts a domain needs beyond the VM record."""
+
+    accelerator: str  # "kvm" or "qemu" (TCG)
+    boot: BootFiles
+    overlay_path: str
+    network_name: str
+    filter_name: str
+    gateway_ip: str
+    console_log: str
+    fwcfg_files: tuple[tuple[str, str], ...]  # (entry name below FWCFG_PREFIX, host file)
+
+
+def vm_title(record: VmRecord) -> str:
+    """One line an operator reads in ``virsh list --title``."""
+    return (f"run-dat-sheesh {record.image_id} {record.cpu} vCPU {record.mem_mb} MiB "
+            f"{record.guest_ip}")
+
+
+def build_domain_xml(template_xml: str, record: VmRecord, params: DomainParams) -> str:
+    """The complete domain XML for ``record`` on top of the template's XML."""
+    root = ET.fromstring(template_xml)
+    root.set("type", params.accelerator)
+    _set_text(root, "name", record.name)
+    _child(root, "uuid", after="name").text = record.id
+    _child(root, "title", after="uuid").text = vm_title(record)
+    _child(root, "description", after="title").text = (
+        f"run-dat-sheesh sandbox {record.id} created {record.created_at}; "
+        f"managed by the service: delete it through the API")
+    metadata = _child(root, "metadata", after="description")
+    for old in list(metadata):
+        if old.tag == _q("vm"):
+            metadata.remove(old)
+    metadata.append(metadata_element(record))
+    memory = _child(root, "memory")
+    memory.set("unit", "MiB")
+    memory.text = str(record.mem_mb)
+    _child(root, "vcpu").text = str(record.cpu)
+    _set_sysinfo(root, params.fwcfg_files)
+    _set_os(root, params.boot)
+    _set_features(root, params.accelerator)
+    _set_cpu(root, params.accelerator)
+    devices = _child(root, "devices")
+    _set_disk(devices, params.overlay_path)
+    _set_interface(devices, record, params)
+    _set_console_log(devices, params.console_log)
+    ET.indent(root, space="  ")
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+# Metadata #################################################################################
+
+def metadata_element(record: VmRecord, namespaced: bool = True) -> ET.Element:
+    q = _q if namespaced else str
+    vm = ET.Element(q("vm"))
+    fields = {
+        "id": record.id,
+        "name": record.name,
+        "cpu": str(record.cpu),
+        "memMb": str(record.mem_mb),
+        "guestIp": record.guest_ip,
+        "mac": record.mac,
+        "outboundInternet": "true" if record.outbound_internet else "false",
+        "imageId": record.image_id,
+        "imagePath": record.image_path,
+        "diskSizeMb": str(record.disk_size_mb),
+        "createdAt": record.created_at,
+        "provisionMode": record.provision_mode,
+        "hostKey": record.host_key,
+        "phase": record.phase.value,
+    }
+    for key, value in fields.items():
+        ET.SubElement(vm, q(key)).text = value
+    allow = ET.SubElement(vm, q("allowIps"))
+    for cidr in record.allow_ips:
+        ET.SubElement(allow, q("ip")).text = cidr
+    return vm
+
+
+def metadata_xml(record: VmRecord) -> str:
+    """The metadata element alone, as ``virDomainSetMetadata`` wants it: without a namespace
+    (libvirt adds :data:`METADATA_NS` with the prefix it is given)."""
+    element = metadata_element(record, namespaced=False)
+    ET.indent(element, space="  ")
+    return ET.tostring(element, encoding="unicode")
+
+
+def parse_metadata(xml: str) -> VmRecord | None:
+    """The VM record inside a domain's XML or a bare metadata element; None if absent/invalid."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    vm = root if root.tag == _q("vm") else root.find(f"metadata/{_q('vm')}")
+    if vm is None:
+        return None
+
+    def text(key: str) -> str:
+        element = vm.find(_q(key))
+        return (element.text or "") if element is not None else ""
+
+    try:
+        return VmRecord(
+            id=text("id"), name=text("name"), cpu=int(text("cpu")), mem_mb=int(text("memMb")),
+            guest_ip=text("guestIp"), mac=text("mac"),
+            allow_ips=tuple(ip.text or "" for ip in vm.iterfind(f"{_q('allowIps')}/{_q('ip')}")),
+            outbound_internet=text("outboundInternet") == "true", image_id=text("imageId"),
+            image_path=text("imagePath"), disk_size_mb=int(text("diskSizeMb")),
+            created_at=text("createdAt"), provision_mode=text("provisionMode") or "boot",
+            host_key=text("hostKey"), phase=VmPhase(text("phase") or "starting"),
+        )
+    except ValueError:
+        return None
+
+
+# Builders #################################################################################
+
+def _set_sysinfo(root: ET.Element, files: tuple[tuple[str, str], ...]) -> None:
+    for old in root.findall("sysinfo[@type='fwcfg']"):
+        root.remove(old)
+    if not files:
+        return
+    sysinfo = ET.Element("sysinfo", {"type": "fwcfg"})
+    for name, path in files:
+        ET.SubElement(sysinfo, "entry", {"name": FWCFG_PREFIX + name, "file": path})
+    _insert_after(root, sysinfo, "vcpu")
+
+
+def _set_os(root: ET.Element, boot: BootFiles) -> None:
+    os_el = _child(root, "os")
+    for tag in ("kernel", "initrd", "cmdline", "boot"):
+        for old in os_el.findall(tag):
+            os_el.remove(old)
+    ET.SubElement(os_el, "kernel").text = boot.kernel
+    ET.SubElement(os_el, "initrd").text = boot.initrd
+    ET.SubElement(os_el, "cmdline").text = boot.cmdline
+
+
+def _set_features(root: ET.Element, accelerator: str) -> None:
+    features = _child(root, "features")
+    for old in features.findall("tcg"):
+        features.remove(old)
+    if accelerator == "qemu":
+        # A larger translation-block cache speeds TCG up and, oddly, lowers RSS.
+        tcg = ET.SubElement(features, "tcg")
+        ET.SubElement(tcg, "tb-cache", {"unit": "MiB"}).text = "64"
+
+
+def _set_cpu(root: ET.Element, accelerator: str) -> None:
+    for old in root.findall("cpu"):
+        root.remove(old)
+    if accelerator == "kvm":
+        cpu = ET.Element("cpu", {"mode": "host-passthrough", "check": "none"})
+    else:
+        # TCG: emulate the richest CPU QEMU can (Deno/V8 needs SSE4 and friends).
+        cpu = ET.Element("cpu", {"mode": "maximum", "check": "none"})
+    _insert_after(root, cpu, "features")
+
+
+def _set_disk(devices: ET.Element, overlay_path: str) -> None:
+    disk = devices.find("disk[@device='disk']")
+    if disk is None:
+        raise ValueError("template domain.xml has no <disk device='disk'>")
+    for old in disk.findall("source"):
+        disk.remove(old)
+    source = ET.Element("source", {"file": overlay_path})
+    disk.insert(1, source)
+
+
+def _set_interface(devices: ET.Element, record: VmRecord, params: DomainParams) -> None:
+    nic = devices.find("interface")
+    if nic is None:
+        raise ValueError("template domain.xml has no <interface>")
+    nic.set("type", "network")
+    for tag in ("mac", "source", "filterref"):
+        for old in nic.findall(tag):
+            nic.remove(old)
+    nic.insert(0, ET.Element("mac", {"address": record.mac}))
+    nic.insert(1, ET.Element("source", {"network": params.network_name}))
+    filterref = ET.SubElement(nic, "filterref", {"filter": params.filter_name})
+    ET.SubElement(filterref, "parameter", {"name": "IP", "value": record.guest_ip})
+    ET.SubElement(filterref, "parameter", {"name": "GATEWAY", "value": params.gateway_ip})
+
+
+def _set_console_log(devices: ET.Element, path: str) -> None:
+    serial = devices.find("serial")
+    if serial is None:
+        return
+    for old in serial.findall("log"):
+        serial.remove(old)
+    serial.insert(0, ET.Element("log", {"file": path, "append": "off"}))
+
+
+# Helpers ##################################################################################
+
+def _q(tag: str) -> str:
+    return f"{{{METADATA_NS}}}{tag}"
+
+
+def _child(root: ET.Element, tag: str, after: str | None = None) -> ET.Element:
+    element = root.find(tag)
+    if element is None:
+        element = ET.Element(tag)
+        if after is None:
+            root.append(element)
+        else:
+            _insert_after(root, element, after)
+    return element
+
+
+def _set_text(root: ET.Element, tag: str, text: str) -> None:
+    element = root.find(tag)
+    if element is None:
+        element = ET.Element(tag)
+        root.insert(0, element)
+    element.text = text
+
+
+def _insert_after(root: ET.Element, element: ET.Element, after: str) -> None:
+    children = list(root)
+    for index, child in enumerate(children):
+        if child.tag == after:
+            root.insert(index + 1, element)
+            return
+    root.append(element)

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Prepare a Debian 12 host for run-dat-sheesh. Idempotent; run as root.
+#   - installs the Debian packages (QEMU, libvirt, image build tools, nginx)
+#   - configures libvirt's QEMU driver and starts virtlogd + libvirtd
+#     (systemctl where systemd is PID 1, the daemons directly where it is not)
+#   - creates the project virtualenv (VENV, default .venv) with the app installed
+#   - defines and starts the guests' network and removes leftovers of dead VMs
+#     (python -m app.cli prepare-host)
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$REPO_ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+log() { printf '[host-setup] %s\n' "$*"; }
+
+if [ "$(id -u)" != 0 ]; then
+    echo "host-setup: must run as root (installs packages, manages libvirt)" >&2
+    exit 1
+fi
+
+PACKAGES=(
+    qemu-system-x86 qemu-utils
+    libvirt-daemon libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
+    libvirt-dev pkg-config gcc python3-dev python3-venv
+    dnsmasq-base iptables ebtables nftables iproute2
+    debootstrap busybox-static cpio kmod e2fsprogs xz-utils wget ca-certificates
+    openssh-client nginx make
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    timeout 600 apt-get update -q
+    timeout 1200 apt-get install -y -q --no-install-recommends "${missing[@]}"
+    # nginx is configured by deploy/nginx/ when wanted; the package must not squat port 80.
+    if [ -d /run/systemd/system ]; then systemctl disable --now nginx 2>/dev/null || true; fi
+else
+    log "Debian packages already installed"
+fi
+
+# libvirt's QEMU driver: direct kernel boot from our image directory and fw_cfg files that only
+# root can read need QEMU to run as root without a MAC/DAC relabelling driver on this host type.
+QEMU_CONF=/etc/libvirt/qemu.conf
+if ! grep -q '^# run-dat-sheesh' "$QEMU_CONF" 2>/dev/null; then
+    log "configuring $QEMU_CONF"
+    cat >> "$QEMU_CONF" <<'EOF'
+# run-dat-sheesh: QEMU runs as root, confined by the VM's own isolation; no relabelling.
+user = "root"
+group = "root"
+security_driver = "none"
+EOF
+    restart_libvirtd=1
+fi
+
+daemon_up() { timeout 10 virsh -c qemu:///system version >/dev/null 2>&1; }
+if [ -d /run/systemd/system ]; then
+    systemctl enable --now virtlogd.socket libvirtd.socket >/dev/null 2>&1 || true
+    if [ "${restart_libvirtd:-0}" = 1 ]; then systemctl restart libvirtd; fi
+    systemctl start libvirtd
+else
+    # No systemd: start the daemons directly. A session that ended may have left stale pid
+    # files or dead daemons behind; a daemon that does not answer is restarted.
+    if ! pgrep -x virtlogd >/dev/null; then
+        log "starting virtlogd"
+        virtlogd -d
+    fi
+    if [ "${restart_libvirtd:-0}" = 1 ] || ! daemon_up; then
+        pkill -x libvirtd 2>/dev/null || true
+        for _ in $(seq 1 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
+        pkill -9 -x libvirtd 2>/dev/null || true
+        log "starting libvirtd"
+        libvirtd -d
+    fi
+fi
+for _ in $(seq 1 100); do daemon_up && break; sleep 0.2; done
+daemon_up || { echo "host-setup: libvirtd does not answer" >&2; exit 1; }
+log "libvirt $(virsh -c qemu:///system version --daemon 2>/dev/null | awk '/Running hypervisor|daemon/ {print $NF}' | tr '\n' ' ')up"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating virtualenv $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.rds-installed"
+if [ ! -f "$stamp" ] || [ "$REPO_ROOT/setup.cfg" -nt "$stamp" ]; then
+    log "installing the app and its dependencies into $VENV"
+    pip_log="$(mktemp)"
+    if ! timeout 1200 "$VENV/bin/pip" install -q -e "$REPO_ROOT[test]" >"$pip_log" 2>&1; then
+        cat "$pip_log" >&2
+        exit 1
+    fi
+    rm -f "$pip_log"
+    touch "$stamp"
+fi
+
+log "preparing libvirt network and cleaning leftovers"
+cd "$REPO_ROOT"
+timeout 300 "$VENV/bin/python" -m app.cli prepare-host
+log "host ready"
