@@ -1,0 +1,37 @@
+# run-dat-sheesh — the two commands of the README, and a few helpers. Run as root.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: run test setup image unit integration lint clean-vms bench
+
+## make run: set up the host if needed, build the guest image if missing, serve on $PORT (3000)
+run: image
+	$(PY) -m app.cli serve
+
+## make test: the whole suite, real-VM integration tests included
+test: image
+	$(PY) -m pytest -v $(PYTEST_ARGS) tests
+
+setup:
+	bash deploy/host-setup.sh
+
+image: setup
+	$(PY) guest/build/build_image.py
+
+unit: setup
+	$(PY) -m pytest -v tests/unit
+
+integration: image
+	$(PY) -m pytest -v -m integration tests/integration
+
+lint: setup
+	$(VENV)/bin/lint-imports
+
+## make clean-vms: delete every VM of this service and leftovers of crashed runs
+clean-vms: setup
+	$(PY) -m app.cli purge
+
+bench: image
+	$(PY) bench/bench_create.py
