@@ -82,6 +82,8 @@ def register_error_handlers(app: t.Any) -> None:
         messages = data.get("messages") if isinstance(data, dict) else None
         if status == 422:
             status = 400
+        if status == 400 and messages:
+            # Our parser raises 400 (not 422); either way say which field is wrong.
             body["message"] = "Invalid request: " + _summarise(messages)
         if messages:
             body["errors"] = messages

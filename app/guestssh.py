@@ -49,11 +49,13 @@ class GuestSSH:
     :param host: the guest's IP address.
     :param host_key: the guest's pinned public host key (OpenSSH line).
     :param client_key: the manager's private key.
+    :param port: the guest's SSH port (tests run a server on an ephemeral port).
     """
 
     def __init__(self, host: str, host_key: str, client_key: paramiko.PKey,
-                 timeouts: SshTimeouts) -> None:
+                 timeouts: SshTimeouts, port: int = 22) -> None:
         self.host = host
+        self.port = port
         self.host_key = host_key
         self.client_key = client_key
         self.timeouts = timeouts
@@ -68,9 +70,11 @@ class GuestSSH:
         pinned = parse_public_key(self.host_key)
         client.get_host_keys().add(self.host, pinned.get_name(), pinned)
         try:
-            sock = socket.create_connection((self.host, 22), timeout=self.timeouts.connect)
+            sock = socket.create_connection((self.host, self.port),
+                                            timeout=self.timeouts.connect)
         except OSError as exc:
-            raise GuestUnreachable(f"cannot connect to guest {self.host}:22: {exc}") from exc
+            raise GuestUnreachable(
+                f"cannot connect to guest {self.host}:{self.port}: {exc}") from exc
         try:
             client.connect(self.host, username=GUEST_USER, pkey=self.client_key, sock=sock,
                            timeout=self.timeouts.connect, banner_timeout=self.timeouts.connect,

@@ -1,0 +1,88 @@
+"""create -> get -> list -> stop -> start (workspace survives) -> virsh behind our back -> delete.
+
+One VM walks the whole life cycle, in file order; each step checks libvirt's view too.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests.integration.conftest import SEED_BODY, guest_sh, virsh
+
+CONTRACT_FIELDS = {"id", "state", "cpu", "memMb", "guestIp", "outboundInternet", "allowIps",
+                   "createdAt", "imageId", "provisionMode"}
+
+
+@pytest.fixture(scope="module")
+def vm(api):
+    created = api.create_vm(SEED_BODY)
+    yield created
+    api.delete_vm(created["id"])
+
+
+def test_create_returns_running_vm_that_runs_commands(vm, services):
+    assert CONTRACT_FIELDS <= set(vm)
+    assert vm["state"] == "RUNNING"
+    assert (vm["cpu"], vm["memMb"]) == (1, 256)
+    assert vm["allowIps"] == ["172.16.0.1/32"] and vm["outboundInternet"] is True
+    assert vm["imageId"] == "default" and vm["provisionMode"] == "boot"
+    assert vm["guestIp"].startswith("172.16.0.")
+    assert guest_sh(services, vm["id"], "id -u; id -g").split() == ["1000", "1000"]
+
+
+def test_domain_is_readable_for_operators(vm):
+    name = vm["name"]
+    assert name == "rds-" + vm["id"].split("-")[0]
+    listing = virsh("list", "--all", "--title").stdout
+    assert name in listing and vm["guestIp"] in listing
+    dumped = virsh("dumpxml", name).stdout
+    assert "https://run-dat-sheesh.dev/xmlns/vm/1" in dumped
+    assert f"<filterref filter=\"{name}\"" in dumped or f"<filterref filter='{name}'" in dumped
+    assert virsh("nwfilter-dumpxml", name).returncode == 0
+
+
+def test_get_and_list(api, vm):
+    got = api.request("GET", f"/v1/vms/{vm['id']}")
+    assert got.status_code == 200 and got.json["state"] == "RUNNING"
+    assert got.json["guestIp"] == vm["guestIp"]
+    listed = api.request("GET", "/v1/vms")
+    assert listed.status_code == 200
+    assert vm["id"] in [item["id"] for item in listed.json]
+
+
+def test_stop_then_start_keeps_workspace(api, vm, services):
+    guest_sh(services, vm["id"], "echo survived > /workspace/marker.txt && sync")
+    assert api.request("POST", f"/v1/vms/{vm['id']}/stop").status_code == 204
+    assert api.request("GET", f"/v1/vms/{vm['id']}").json["state"] == "STOPPED"
+    assert "shut off" in virsh("domstate", vm["name"]).stdout
+    again = api.request("POST", f"/v1/vms/{vm['id']}/stop")
+    assert again.status_code == 409 and "message" in again.json
+
+    assert api.request("POST", f"/v1/vms/{vm['id']}/start").status_code == 204
+    assert api.request("GET", f"/v1/vms/{vm['id']}").json["state"] == "RUNNING"
+    assert guest_sh(services, vm["id"], "cat /workspace/marker.txt").strip() == "survived"
+    assert api.request("POST", f"/v1/vms/{vm['id']}/start").status_code == 409
+
+
+def test_virsh_destroy_behind_our_back_is_reported_stopped(api, vm):
+    assert virsh("destroy", vm["name"]).returncode == 0
+    got = api.request("GET", f"/v1/vms/{vm['id']}")
+    assert got.status_code == 200 and got.json["state"] == "STOPPED"
+    assert api.request("GET", "/v1/vms").status_code == 200
+    # A hand-destroyed VM can be started again through the API.
+    assert api.request("POST", f"/v1/vms/{vm['id']}/start").status_code == 204
+    assert api.request("GET", f"/v1/vms/{vm['id']}").json["state"] == "RUNNING"
+
+
+def test_delete_leaves_nothing_behind(api, vm, services):
+    overlay = services.settings.vms_dir / vm["name"] / "disk.qcow2"
+    assert overlay.exists()
+    assert api.request("DELETE", f"/v1/vms/{vm['id']}").status_code == 204
+    assert vm["name"] not in virsh("list", "--all", "--name").stdout
+    assert vm["name"] not in virsh("nwfilter-list").stdout
+    assert not overlay.exists() and not overlay.parent.exists()
+    assert api.request("GET", f"/v1/vms/{vm['id']}").status_code == 404
+    assert api.request("DELETE", f"/v1/vms/{vm['id']}").status_code == 404
+    assert vm["id"] not in [item["id"] for item in api.request("GET", "/v1/vms").json]

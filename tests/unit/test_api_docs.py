@@ -1,0 +1,92 @@
+"""Public routes: health probe, Swagger UI and the OpenAPI document."""
+from __future__ import annotations
+
+import json
+
+from app.errors import HypervisorError
+
+# The error responses each /v1 operation must document, besides 401.
+DOCUMENTED_ERRORS = {
+    ("/v1/vms", "get"): {"503"},
+    ("/v1/vms", "post"): {"400", "429", "503", "504"},
+    ("/v1/vms/{vm_id}", "get"): {"404"},
+    ("/v1/vms/{vm_id}", "delete"): {"404"},
+    ("/v1/vms/{vm_id}/stop", "post"): {"404", "409"},
+    ("/v1/vms/{vm_id}/start", "post"): {"404", "409", "504"},
+}
+
+
+def spec(client) -> dict:
+    response = client.get("/swagger/openapi.json")
+    assert response.status_code == 200
+    return response.get_json()
+
+
+def test_healthz_is_public_and_reports_libvirt(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "libvirt": "reachable",
+                                   "libvirtVersion": "10.0.0", "network": "active",
+                                   "accelerator": "tcg"}
+
+
+def test_healthz_degraded_when_network_is_down(client, services):
+    services.hypervisor.network_active = False
+    body = client.get("/healthz").get_json()
+    assert (body["status"], body["network"]) == ("degraded", "inactive")
+
+
+def test_healthz_503_when_libvirt_is_down(client, services):
+    services.hypervisor.down = HypervisorError("libvirt did not answer ping within 30s")
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json()["status"] == "unavailable"
+    assert "did not answer" in response.get_json()["libvirt"]
+
+
+def test_swagger_ui_is_public(client):
+    response = client.get("/docs")
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    assert "swagger-ui" in response.text
+    assert "/swagger/openapi.json" in response.text
+
+
+def test_swagger_ui_assets_are_served(client):
+    response = client.get("/docs/static/swagger-ui-bundle.js")
+    assert response.status_code == 200
+    assert b"SwaggerUIBundle" in response.data
+    assert client.get("/docs/static/no-such-file.js").status_code == 404
+
+
+def test_both_spec_urls_serve_the_same_document(client):
+    document = spec(client)
+    assert document["openapi"].startswith("3.")
+    assert client.get("/openapi.json").get_json() == document
+
+
+def test_every_v1_operation_is_secured_and_documents_its_errors(client):
+    paths = spec(client)["paths"]
+    operations = {(path, method): op for path, item in paths.items() if path.startswith("/v1")
+                  for method, op in item.items() if method != "parameters"}
+    assert set(operations) == set(DOCUMENTED_ERRORS)
+    for key, operation in operations.items():
+        assert {"401"} | DOCUMENTED_ERRORS[key] <= set(operation["responses"]), key
+        assert operation["security"] == [{"ApiKeyAuth": []}, {"SessionCookie": []}], key
+        assert operation.get("summary"), key
+
+
+def test_public_routes_need_no_security(client):
+    paths = spec(client)["paths"]
+    assert "security" not in paths["/healthz"]["get"]
+    assert "security" not in paths["/auth/login"]["post"]
+
+
+def test_validation_errors_are_documented_as_400_not_422(client):
+    post = spec(client)["paths"]["/v1/vms"]["post"]
+    assert "422" not in post["responses"]
+
+
+def test_spec_matches_snapshot(client, golden):
+    """A deliberate API change: REGENERATE_GOLDEN=1, then review the diff of data/openapi.json."""
+    golden("openapi.json", json.dumps(spec(client), indent=2, sort_keys=True) + "\n")

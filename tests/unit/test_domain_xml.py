@@ -1,0 +1,108 @@
+"""Domain XML: golden files per accelerator, and the metadata round trip."""
+from __future__ import annotations
+
+import dataclasses
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from app.config import REPO_ROOT
+from app.models import VmPhase, VmRecord
+from app.virt.domain_xml import (METADATA_NS, BootFiles, DomainParams, build_domain_xml,
+                                 metadata_xml, parse_metadata)
+
+XML_DIR = Path(__file__).parent / "data" / "xml"
+TEMPLATE = REPO_ROOT / "vm-templates" / "default" / "domain.xml"
+
+RECORD = VmRecord(
+    id="0b5c1a3e-2f4d-4c6b-9a8e-1d2c3b4a5f60", name="rds-0b5c1a3e", cpu=2, mem_mb=512,
+    guest_ip="172.16.0.2", mac="52:54:00:10:00:02", allow_ips=("1.1.1.1/32", "10.0.0.0/8"),
+    outbound_internet=True, image_id="default",
+    image_path="/var/lib/run-dat-sheesh/images/debian-bookworm/abc123", disk_size_mb=4096,
+    created_at="2024-05-01T12:00:00.000Z", provision_mode="boot",
+    host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleHostKeyForUnitTests",
+    phase=VmPhase.STARTING)
+VM_DIR = "/var/lib/run-dat-sheesh/vms/rds-0b5c1a3e"
+
+
+def params(accelerator: str) -> DomainParams:
+    build = "/var/lib/run-dat-sheesh/images/debian-bookworm/abc123"
+    return DomainParams(
+        accelerator=accelerator,
+        boot=BootFiles(kernel=f"{build}/vmlinuz", initrd=f"{build}/initrd.img",
+                       cmdline="console=ttyS0 root=/dev/vda rw rds.ip=172.16.0.2"),
+        overlay_path=f"{VM_DIR}/disk.qcow2", network_name="rds-net", filter_name=RECORD.name,
+        gateway_ip="172.16.0.1", console_log=f"{VM_DIR}/console.log",
+        fwcfg_files=(("ssh_host_ed25519_key", f"{VM_DIR}/ssh_host_ed25519_key"),
+                     ("authorized_keys", f"{VM_DIR}/authorized_keys")))
+
+
+@pytest.mark.parametrize(("case", "accelerator"), [("domain-kvm", "kvm"),
+                                                   ("domain-tcg", "qemu")])
+def test_golden(golden, case, accelerator):
+    template = (XML_DIR / f"{case}-in.xml").read_text()
+    golden(f"xml/{case}-out.xml", build_domain_xml(template, RECORD, params(accelerator)))
+
+
+def test_real_template_builds():
+    root = ET.fromstring(build_domain_xml(TEMPLATE.read_text(), RECORD, params("kvm")))
+    assert root.get("type") == "kvm"
+    assert root.findtext("name") == RECORD.name
+    assert root.findtext("uuid") == RECORD.id
+    assert root.find("devices/disk/source").get("file") == f"{VM_DIR}/disk.qcow2"
+    nic = root.find("devices/interface")
+    assert nic.find("mac").get("address") == RECORD.mac
+    assert nic.find("filterref").get("filter") == RECORD.name
+
+
+def test_building_twice_changes_nothing():
+    once = build_domain_xml(TEMPLATE.read_text(), RECORD, params("qemu"))
+    assert build_domain_xml(once, RECORD, params("qemu")) == once
+
+
+def test_switching_accelerator_replaces_cpu_and_tcg_features():
+    kvm = build_domain_xml(TEMPLATE.read_text(), RECORD, params("kvm"))
+    root = ET.fromstring(build_domain_xml(kvm, RECORD, params("qemu")))
+    assert [cpu.get("mode") for cpu in root.findall("cpu")] == ["maximum"]
+    assert len(root.findall("features/tcg")) == 1
+    root = ET.fromstring(build_domain_xml(ET.tostring(root, encoding="unicode"), RECORD,
+                                          params("kvm")))
+    assert [cpu.get("mode") for cpu in root.findall("cpu")] == ["host-passthrough"]
+    assert root.findall("features/tcg") == []
+
+
+def test_metadata_round_trips_through_the_domain():
+    xml = build_domain_xml(TEMPLATE.read_text(), RECORD, params("kvm"))
+    assert parse_metadata(xml) == RECORD
+
+
+@pytest.mark.parametrize("changes", [
+    {"allow_ips": (), "outbound_internet": False},
+    {"phase": VmPhase.READY, "provision_mode": "pool"},
+])
+def test_metadata_round_trips_variants(changes):
+    record = dataclasses.replace(RECORD, **changes)
+    assert parse_metadata(build_domain_xml(TEMPLATE.read_text(), record, params("qemu"))) == record
+
+
+def test_metadata_xml_has_no_namespace():
+    text = metadata_xml(RECORD)
+    element = ET.fromstring(text)
+    assert element.tag == "vm"
+    assert "xmlns" not in text and "rds:" not in text and METADATA_NS not in text
+    assert element.findtext("guestIp") == RECORD.guest_ip
+    assert [ip.text for ip in element.iterfind("allowIps/ip")] == list(RECORD.allow_ips)
+
+
+def test_metadata_as_libvirt_returns_it_parses():
+    # libvirt hands back the element with the namespace it was stored under.
+    namespaced = metadata_xml(RECORD).replace("<vm>", f'<vm xmlns="{METADATA_NS}">', 1)
+    assert parse_metadata(namespaced) == RECORD
+
+
+@pytest.mark.parametrize("xml", [
+    "not xml", "<domain><name>rds-x</name></domain>",
+    f'<vm xmlns="{METADATA_NS}"><cpu>two</cpu></vm>'])
+def test_parse_metadata_rejects_foreign_or_broken_xml(xml):
+    assert parse_metadata(xml) is None
