@@ -33,7 +33,7 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.is_production,
         SESSION_COOKIE_NAME="rds_session",
-        MAX_CONTENT_LENGTH=64 * 1024,
+        MAX_CONTENT_LENGTH=2 * 1024 * 1024,  # JSON bodies; uploads set their own limit
         TESTING=bool((test_config or {}).get("TESTING", False)),
         API_TITLE="run-dat-sheesh",
         API_VERSION="1.0.0",
@@ -56,10 +56,9 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
         "ApiKeyAuth", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
     api.spec.components.security_scheme(
         "SessionCookie", {"type": "apiKey", "in": "cookie", "name": "rds_session"})
-    from app.api import auth, health, vms
-    api.register_blueprint(health.blp)
-    api.register_blueprint(auth.blp)
-    api.register_blueprint(vms.blp)
+    from app.api import auth, commands, files, health, vms
+    for blueprint in (health.blp, auth.blp, vms.blp, commands.blp, files.blp):
+        api.register_blueprint(blueprint)
     _secure_v1_paths(api)
 
     app.before_request(_assign_request_id)

@@ -33,6 +33,12 @@ class Settings:
     max_mem_mb: int = 2048
     max_allow_ips: int = 64
     max_exec_timeout_ms: int = 120_000
+    default_exec_timeout_ms: int = 30_000
+    max_output_bytes: int = 1_000_000
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_upload_uncompressed_bytes: int = 512 * 1024 * 1024
+    max_upload_entries: int = 10_000
+    max_download_bytes: int = 512 * 1024 * 1024
     storage_root: str = "/var/lib/run-dat-sheesh"
     templates_dir: str = str(REPO_ROOT / "vm-templates")
     default_image_id: str = "default"
@@ -93,6 +99,12 @@ ENV_NAMES: dict[str, str] = {
     "MAX_MEM_MB": "max_mem_mb",
     "MAX_ALLOW_IPS": "max_allow_ips",
     "MAX_EXEC_TIMEOUT_MS": "max_exec_timeout_ms",
+    "DEFAULT_EXEC_TIMEOUT_MS": "default_exec_timeout_ms",
+    "MAX_OUTPUT_BYTES": "max_output_bytes",
+    "MAX_UPLOAD_BYTES": "max_upload_bytes",
+    "MAX_UPLOAD_UNCOMPRESSED_BYTES": "max_upload_uncompressed_bytes",
+    "MAX_UPLOAD_ENTRIES": "max_upload_entries",
+    "MAX_DOWNLOAD_BYTES": "max_download_bytes",
     "STORAGE_ROOT": "storage_root",
     "TEMPLATES_DIR": "templates_dir",
     "DEFAULT_IMAGE_ID": "default_image_id",
@@ -161,9 +173,13 @@ def validate(settings: Settings) -> None:
             raise ConfigError("ADMIN_PASSWORD must be set to a non-default value in production")
     if not settings.api_key:
         raise ConfigError("API_KEY must not be empty")
-    for name in ("port", "max_vms", "max_cpu", "max_mem_mb", "max_exec_timeout_ms"):
+    for name in ("port", "max_vms", "max_cpu", "max_mem_mb", "max_exec_timeout_ms",
+                 "default_exec_timeout_ms", "max_output_bytes", "max_upload_bytes",
+                 "max_upload_uncompressed_bytes", "max_upload_entries", "max_download_bytes"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
+    if settings.default_exec_timeout_ms > settings.max_exec_timeout_ms:
+        raise ConfigError("DEFAULT_EXEC_TIMEOUT_MS must not exceed MAX_EXEC_TIMEOUT_MS")
     if not 1 <= settings.port <= 65535:
         raise ConfigError("PORT must be between 1 and 65535")
     if settings.max_mem_mb < 128:

@@ -34,6 +34,10 @@ class VmStateConflict(AppError):
     http_status = 409
 
 
+class PayloadTooLarge(AppError):
+    http_status = 413
+
+
 class QuotaExceeded(AppError):
     http_status = 429
 

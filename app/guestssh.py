@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import io
 import logging
+import select
 import socket
 import threading
 import time
@@ -107,33 +108,54 @@ class GuestSSH:
                 self._client.close()
                 self._client = None
 
-    # Commands ##############################################################################
+    # Commands ############################################################################
 
-    def run(self, command: str, timeout: float, stdin: bytes = b"",
-            max_output: int = 1_000_000) -> CommandResult:
-        """Run ``command`` on a fresh channel; output beyond ``max_output`` bytes is dropped.
-
-        :raises GuestUnreachable: when the transport or channel cannot be set up.
-        :raises CommandTimeout: when the command does not finish within ``timeout`` seconds.
-        """
+    def _open_channel(self) -> t.Any:
         transport = self._transport()
         try:
-            channel = transport.open_session(timeout=self.timeouts.channel)
+            return transport.open_session(timeout=self.timeouts.channel)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self.close()  # a stalled transport: the next call starts afresh
             raise GuestUnreachable(f"guest {self.host} did not open a channel: {exc}") from exc
+
+    def run(self, command: str, timeout: float, stdin: bytes | t.BinaryIO = b"",
+            max_output: int = 1_000_000) -> CommandResult:
+        """Run ``command`` on a fresh channel.
+
+        Output beyond ``max_output`` bytes per stream is drained but dropped (and flagged).
+        When ``timeout`` passes, the result has ``timed_out=True`` and ``exit_code=-1``;
+        the caller decides how to kill what is left in the guest.
+
+        :raises GuestUnreachable: when the transport or channel cannot be set up or breaks.
+        """
+        started = time.monotonic()
+        channel = self._open_channel()
         try:
-            channel.settimeout(min(timeout, 1.0))
+            channel.settimeout(self.timeouts.channel)
             channel.exec_command(command)
-            if stdin:
-                channel.sendall(stdin)
-            channel.shutdown_write()
-            return _collect(channel, timeout, max_output)
+            _send_stdin(channel, stdin)
+            return _collect(channel, started, timeout, max_output)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self.close()
             raise GuestUnreachable(f"guest {self.host} dropped the command: {exc}") from exc
         finally:
             channel.close()
+
+    def open_stream(self, command: str, timeout: float) -> "OutputStream":
+        """Start ``command`` and hand back its stdout as a stream (for large downloads).
+
+        :raises GuestUnreachable: when the channel cannot be set up.
+        """
+        channel = self._open_channel()
+        try:
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+            channel.shutdown_write()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            channel.close()
+            self.close()
+            raise GuestUnreachable(f"guest {self.host} dropped the command: {exc}") from exc
+        return OutputStream(channel, timeout)
 
     def wait_until_ready(self, deadline: float, probe: str = "id -u") -> str:
         """Retry connect + ``probe`` until it succeeds or ``deadline`` (monotonic) passes.
@@ -149,8 +171,10 @@ class GuestSSH:
                 result = self.run(probe, timeout=max(1.0, min(15.0, deadline - time.monotonic())))
                 if result.exit_code == 0:
                     return result.stdout.decode(errors="replace")
-                last_error = f"probe exited {result.exit_code}"
-            except (GuestUnreachable, CommandTimeout) as exc:
+                last_error = ("probe timed out" if result.timed_out
+                              else f"probe exited {result.exit_code}")
+                self.close()
+            except GuestUnreachable as exc:
                 last_error = exc.message
                 self.close()
             time.sleep(0.5 if attempt < 20 else 1.0)
@@ -158,28 +182,101 @@ class GuestSSH:
                                f"(last error: {last_error})")
 
 
-def _collect(channel: t.Any, timeout: float, max_output: int) -> CommandResult:
-    """Drain stdout and stderr until exit, respecting the deadline (drain before exit status)."""
-    deadline = time.monotonic() + timeout
-    out, err = bytearray(), bytearray()
+def _send_stdin(channel: t.Any, stdin: bytes | t.BinaryIO) -> None:
+    if isinstance(stdin, (bytes, bytearray)):
+        if stdin:
+            channel.sendall(stdin)
+    else:
+        while True:
+            chunk = stdin.read(READ_CHUNK)
+            if not chunk:
+                break
+            channel.sendall(chunk)
+    channel.shutdown_write()
+
+
+def _collect(channel: t.Any, started: float, timeout: float,
+             max_output: int) -> CommandResult:
+    """Drain stdout and stderr until exit or deadline (always drain before the exit status)."""
+    deadline = started + timeout
+    streams = {"out": bytearray(), "err": bytearray()}
+    dropped = {"out": False, "err": False}
+
+    def keep(name: str, data: bytes) -> None:
+        buffer = streams[name]
+        room = max_output - len(buffer)
+        if len(data) > room:
+            dropped[name] = True
+        if room > 0:
+            buffer += data[:room]
+
+    timed_out = False
     while True:
         progressed = False
         while channel.recv_ready():
-            data = channel.recv(READ_CHUNK)
+            keep("out", channel.recv(READ_CHUNK))
             progressed = True
-            if len(out) < max_output:
-                out += data[: max_output - len(out)]
         while channel.recv_stderr_ready():
-            data = channel.recv_stderr(READ_CHUNK)
+            keep("err", channel.recv_stderr(READ_CHUNK))
             progressed = True
-            if len(err) < max_output:
-                err += data[: max_output - len(err)]
         if channel.exit_status_ready() and not channel.recv_ready() \
                 and not channel.recv_stderr_ready():
             break
+        if channel.closed or channel.eof_received and channel.exit_status_ready():
+            break
         if time.monotonic() > deadline:
-            raise CommandTimeout(f"command did not finish within {timeout:.0f}s")
+            timed_out = True
+            break
         if not progressed:
-            channel.status_event.wait(0.02)
-    return CommandResult(exit_code=channel.recv_exit_status(), stdout=bytes(out),
-                         stderr=bytes(err))
+            # Readable on stdout data and on EOF (which follows the exit status); stderr and
+            # the exit status alone are picked up by the short poll.
+            select.select([channel], [], [], 0.05)
+    exit_code = -1 if timed_out else channel.recv_exit_status()
+    return CommandResult(exit_code=exit_code, stdout=bytes(streams["out"]),
+                         stderr=bytes(streams["err"]), timed_out=timed_out,
+                         stdout_truncated=dropped["out"], stderr_truncated=dropped["err"],
+                         duration_ms=int((time.monotonic() - started) * 1000))
+
+
+class OutputStream:
+    """stdout of a running guest command, read in chunks; stderr is kept for errors."""
+
+    def __init__(self, channel: t.Any, timeout: float) -> None:
+        self.channel = channel
+        self.timeout = timeout
+        self.stderr = bytearray()
+
+    def first_chunk(self) -> bytes:
+        """Wait for the first stdout bytes or the exit, whichever comes first."""
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.channel.recv_ready():
+                return self.channel.recv(READ_CHUNK)
+            self._drain_stderr()
+            if self.channel.exit_status_ready() and not self.channel.recv_ready():
+                return b""
+            self.channel.status_event.wait(0.01)
+        raise CommandTimeout(f"guest command gave no output within {self.timeout:.0f}s")
+
+    def exit_status(self) -> int | None:
+        if self.channel.exit_status_ready():
+            self._drain_stderr()
+            return self.channel.recv_exit_status()
+        return None
+
+    def chunks(self) -> t.Iterator[bytes]:
+        try:
+            while True:
+                data = self.channel.recv(READ_CHUNK)
+                if not data:
+                    return
+                yield data
+        finally:
+            self.close()
+
+    def _drain_stderr(self) -> None:
+        while self.channel.recv_stderr_ready():
+            self.stderr += self.channel.recv_stderr(READ_CHUNK)[:65536]
+
+    def close(self) -> None:
+        self.channel.close()

@@ -78,10 +78,23 @@ class Vm:
 
 @dataclasses.dataclass(frozen=True)
 class CommandResult:
+    """What a guest command produced; output beyond the cap is dropped and flagged."""
+
     exit_code: int
     stdout: bytes
     stderr: bytes
     timed_out: bool = False
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    duration_ms: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """A run-ts / run-js outcome: the command's result plus the script's ``result``/``error``."""
+
+    command: CommandResult
+    outcome: dict
 
 
 @dataclasses.dataclass(frozen=True)

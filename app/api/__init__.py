@@ -20,3 +20,24 @@ class Blueprint(_Blueprint):
 def services() -> t.Any:
     """The service bundle the app factory attached (see app.Services)."""
     return current_app.extensions["rds"]
+
+
+ERROR_REASONS = {
+    400: "Invalid input", 401: "Missing or wrong credentials", 404: "Unknown VM or path",
+    409: "Wrong state for the operation", 413: "Body or content too large",
+    429: "VM quota reached", 503: "libvirt unreachable or no capacity",
+    504: "The guest did not answer in time",
+}
+ALWAYS = (401, 503)
+
+
+def document_errors(blp: _Blueprint, *statuses: int) -> t.Callable:
+    """Document the error responses of a /v1 route (401 and 503 are always possible)."""
+    from app.schemas.vms import ApiErrorSchema
+
+    def decorate(view: t.Callable) -> t.Callable:
+        for status in sorted(set(statuses + ALWAYS)):
+            view = blp.alt_response(status, schema=ApiErrorSchema,
+                                    description=ERROR_REASONS[status])(view)
+        return view
+    return decorate

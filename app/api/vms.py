@@ -3,42 +3,23 @@ from __future__ import annotations
 
 from flask.views import MethodView
 
-from app.api import Blueprint, services
+from app.api import Blueprint, document_errors, services
 from app.models import VmSpec
-from app.schemas.vms import ApiErrorSchema, VmCreateSchema, VmSchema
+from app.schemas.vms import VmCreateSchema, VmSchema
 
 blp = Blueprint("vms", __name__, url_prefix="/v1/vms", description="Sandbox VMs")
-
-ERRORS_COMMON = (401, 503)
-
-
-def _errors(*statuses: int):
-    """Document the error responses a route can give (all share ApiErrorSchema)."""
-    def decorate(view):
-        for status in sorted(set(statuses + ERRORS_COMMON)):
-            view = blp.alt_response(status, schema=ApiErrorSchema, description=_REASONS[status])(view)
-        return view
-    return decorate
-
-
-_REASONS = {
-    400: "Invalid input", 401: "Missing or wrong credentials", 404: "Unknown VM",
-    409: "Wrong state for the operation", 429: "VM quota reached",
-    503: "libvirt unreachable or no capacity", 504: "The guest did not answer in time",
-}
-
 
 @blp.route("")
 class Vms(MethodView):
     @blp.response(200, VmSchema(many=True))
-    @_errors()
+    @document_errors(blp)
     def get(self):
         """List VMs"""
         return services().vms.list()
 
     @blp.arguments(VmCreateSchema)
     @blp.response(201, VmSchema)
-    @_errors(400, 429, 504)
+    @document_errors(blp, 400, 429, 504)
     def post(self, body):
         """Create a VM and boot it; answers once commands can run in it"""
         spec = VmSpec(cpu=body["cpu"], mem_mb=body["memMb"], allow_ips=tuple(body["allowIps"]),
@@ -50,13 +31,13 @@ class Vms(MethodView):
 @blp.route("/<vm_id>")
 class VmById(MethodView):
     @blp.response(200, VmSchema)
-    @_errors(404)
+    @document_errors(blp, 404)
     def get(self, vm_id):
         """Get a VM"""
         return services().vms.get(vm_id)
 
     @blp.response(204)
-    @_errors(404)
+    @document_errors(blp, 404)
     def delete(self, vm_id):
         """Delete a VM: domain, disk, filter and address"""
         services().vms.delete(vm_id)
@@ -65,7 +46,7 @@ class VmById(MethodView):
 @blp.route("/<vm_id>/stop")
 class VmStop(MethodView):
     @blp.response(204)
-    @_errors(404, 409)
+    @document_errors(blp, 404, 409)
     def post(self, vm_id):
         """Stop a RUNNING VM with a clean guest shutdown; the disk is kept"""
         services().vms.stop(vm_id)
@@ -74,7 +55,7 @@ class VmStop(MethodView):
 @blp.route("/<vm_id>/start")
 class VmStart(MethodView):
     @blp.response(204)
-    @_errors(404, 409, 504)
+    @document_errors(blp, 404, 409, 504)
     def post(self, vm_id):
         """Start a STOPPED VM from its kept disk"""
         services().vms.start(vm_id)

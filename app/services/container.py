@@ -5,6 +5,8 @@ import dataclasses
 import logging
 
 from app.config import Settings
+from app.services.commands import CommandService
+from app.services.files import FileService
 from app.services.templates import TemplateCatalog
 from app.services.vms import VmService
 from app.virt.accel import choose_domain_type
@@ -19,6 +21,8 @@ class Services:
     hypervisor: Hypervisor
     templates: TemplateCatalog
     vms: VmService
+    commands: CommandService
+    files: FileService
     domain_type: str
 
     def close(self) -> None:
@@ -34,4 +38,5 @@ def build_services(settings: Settings) -> Services:
                                 settings.default_image_id)
     vms = VmService(settings, hypervisor, templates, domain_type)
     return Services(settings=settings, hypervisor=hypervisor, templates=templates, vms=vms,
+                    commands=CommandService(settings, vms), files=FileService(settings, vms),
                     domain_type=domain_type)

@@ -14,7 +14,11 @@ import logging
 import threading
 import typing as t
 
+import json
+import time
+
 import libvirt
+import libvirt_qemu
 
 from app.errors import HypervisorError, VmNotFound
 
@@ -211,6 +215,29 @@ class Hypervisor:
                 flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
             dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, prefix, namespace, flags)
         self._call("set metadata", update)
+
+    def guest_agent_exec(self, uuid: str, path: str, args: list[str], timeout: float) -> int:
+        """Run a program as root in the guest through qemu-guest-agent (no network needed).
+
+        :returns: its exit code.
+        :raises HypervisorError: when the agent does not answer or the program hangs.
+        """
+        def agent(conn: t.Any) -> int:
+            dom = conn.lookupByUUIDString(uuid)
+            request = {"execute": "guest-exec", "arguments": {"path": path, "arg": args}}
+            reply = json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps(request),
+                                                             int(timeout), 0))
+            pid = reply["return"]["pid"]
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                status = json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps(
+                    {"execute": "guest-exec-status", "arguments": {"pid": pid}}),
+                    int(timeout), 0))["return"]
+                if status.get("exited"):
+                    return int(status.get("exitcode", -1))
+                time.sleep(0.1)
+            raise HypervisorError(f"guest agent command {path} did not finish in time")
+        return self._call("guest agent exec", agent, timeout=timeout + 5)
 
     # Filters and network ###################################################################
 

@@ -63,6 +63,8 @@ def build_domain_xml(template_xml: str, record: VmRecord, params: DomainParams) 
     memory = _child(root, "memory")
     memory.set("unit", "MiB")
     memory.text = str(record.mem_mb)
+    for stale in root.findall("currentMemory"):
+        root.remove(stale)  # a template copied from `virsh dumpxml` may carry an old value
     _child(root, "vcpu").text = str(record.cpu)
     _set_sysinfo(root, params.fwcfg_files)
     _set_os(root, params.boot)

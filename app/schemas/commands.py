@@ -1,0 +1,70 @@
+"""Schemas of exec, run-ts / run-js and file transfer."""
+from __future__ import annotations
+
+from marshmallow import RAISE, Schema, fields, validate
+
+MAX_CODE = 1_000_000
+
+
+class ExecSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    cmd = fields.String(required=True, validate=validate.Length(min=1, max=100_000))
+    cwd = fields.String(load_default=None, allow_none=True)
+    env = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    timeoutMs = fields.Integer(load_default=None, allow_none=True, strict=True,
+                               metadata={"description": "default 30000, max "
+                                                        "MAX_EXEC_TIMEOUT_MS (120000)"})
+
+
+class CommandResultSchema(Schema):
+    exitCode = fields.Integer(attribute="exit_code")
+    stdout = fields.Method("_stdout")
+    stderr = fields.Method("_stderr")
+    timedOut = fields.Boolean(attribute="timed_out")
+    stdoutTruncated = fields.Boolean(attribute="stdout_truncated")
+    stderrTruncated = fields.Boolean(attribute="stderr_truncated")
+    durationMs = fields.Integer(attribute="duration_ms")
+
+    def _stdout(self, obj) -> str:  # invalid UTF-8 becomes U+FFFD, never a 500
+        return obj.stdout.decode("utf-8", errors="replace")
+
+    def _stderr(self, obj) -> str:
+        return obj.stderr.decode("utf-8", errors="replace")
+
+
+class _RunSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    code = fields.String(load_default=None, allow_none=True,
+                         validate=validate.Length(max=MAX_CODE))
+    path = fields.String(load_default=None, allow_none=True)
+    args = fields.List(fields.String(), load_default=list)
+    env = fields.List(fields.String(), load_default=list,
+                      metadata={"description": '["KEY=VALUE", ...]'})
+    timeoutMs = fields.Integer(load_default=None, allow_none=True, strict=True)
+
+
+class RunTsSchema(_RunSchema):
+    denoFlags = fields.List(fields.String(), load_default=list)
+
+
+class RunJsSchema(_RunSchema):
+    nodeFlags = fields.List(fields.String(), load_default=list)
+
+
+class RunResultSchema(CommandResultSchema):
+    result = fields.Raw(allow_none=True)
+    error = fields.Raw(allow_none=True)
+
+
+class UploadQueryArgsSchema(Schema):
+    dest = fields.String(required=True, metadata={
+        "description": "directory inside the workspace: /workspace/..., relative, or "
+                       "/home/user/..."})
+
+
+class DownloadQueryArgsSchema(Schema):
+    path = fields.String(required=True)

@@ -1,0 +1,201 @@
+"""CommandService: exec, run-ts (Deno) and run-js (Node.js) in a RUNNING VM, over SSH.
+
+Everything runs as the sandbox user through the in-guest helper ``/usr/local/lib/rds/exec``
+(see guest/README.md), which confines the working directory to ``/workspace``, starts from a
+clean environment and tags every process with a per-command marker. On timeout the manager
+kills every tagged process (background children included) over SSH, or through the guest
+agent when SSH itself is starved.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import shlex
+import uuid
+
+from app.config import Settings
+from app.errors import AppError, GuestUnreachable, InvalidRequest
+from app.guestssh import GuestSSH
+from app.models import CommandResult, RunResult
+from app.services.vms import VmService
+from app.services.workspace import workspace_path
+
+log = logging.getLogger(__name__)
+
+HELPERS = "/usr/local/lib/rds"
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_ENV = {"RDS_EXEC_ID"}
+NOT_STARTED_CODES = {210, 211}
+KILL_TIMEOUT = 15.0
+# Deno flags that would widen the permission sandbox; refused.
+DENO_FORBIDDEN = re.compile(r"^(-A|-[RWNESP](=.*)?|--allow-.*|--permission-set(=.*)?|"
+                            r"--unsafely-ignore-certificate-errors.*|--inspect.*)$")
+NODE_FORBIDDEN = re.compile(r"^(--inspect.*|--debug.*|-e|--eval(=.*)?|-p|--print(=.*)?|"
+                            r"-r|--require(=.*)?|--import(=.*)?|--loader(=.*)?|"
+                            r"--experimental-loader(=.*)?)$")
+
+
+class CommandService:
+    """Runs commands in VMs. Thread-safe; one per worker process."""
+
+    def __init__(self, settings: Settings, vms: VmService) -> None:
+        self.settings = settings
+        self.vms = vms
+
+    # exec ##################################################################################
+
+    def exec(self, vm_id: str, cmd: str, cwd: str | None, env: dict[str, str] | None,
+             timeout_ms: int | None) -> CommandResult:
+        """Run ``cmd`` through /bin/sh as uid 1000.
+
+        :raises InvalidRequest: bad cwd/env/timeout.
+        :raises VmNotFound: / :raises VmStateConflict: unless the VM is RUNNING.
+        """
+        timeout = self._timeout_s(timeout_ms)
+        directory = workspace_path(cwd, "cwd")
+        pairs = [f"{key}={value}" for key, value in self._check_env(env or {}).items()]
+        return self._run(vm_id, cmd, directory, pairs, timeout, stdin=b"").command
+
+    # run-ts / run-js #######################################################################
+
+    def run_ts(self, vm_id: str, code: str | None, path: str | None, args: list[str],
+               env: list[str], flags: list[str], timeout_ms: int | None) -> RunResult:
+        """Run TypeScript with Deno inside its permission sandbox."""
+        for flag in flags:
+            self._check_flag(flag, DENO_FORBIDDEN, "denoFlags")
+        env_map = self._env_list(env)
+        permissions = ["--allow-read=/workspace,/tmp,/var/tmp",
+                       "--allow-write=/workspace,/tmp,/var/tmp"]
+        if env_map:
+            permissions.append("--allow-env=" + ",".join(env_map))
+        if self._egress_allowed(vm_id):
+            permissions.append("--allow-net")
+        runtime = ["deno", "run", "--quiet", "--no-prompt", *permissions, *flags]
+        return self._run_script(vm_id, "main.ts", runtime, code, path, args, env_map,
+                                timeout_ms)
+
+    def run_js(self, vm_id: str, code: str | None, path: str | None, args: list[str],
+               env: list[str], flags: list[str], timeout_ms: int | None) -> RunResult:
+        """Run JavaScript (ES module) with Node.js; same result/env/timeout contract."""
+        for flag in flags:
+            self._check_flag(flag, NODE_FORBIDDEN, "nodeFlags")
+        env_map = self._env_list(env)
+        runtime = ["node", *flags]
+        return self._run_script(vm_id, "main.mjs", runtime, code, path, args, env_map,
+                                timeout_ms)
+
+    def _run_script(self, vm_id: str, main_name: str, runtime: list[str], code: str | None,
+                    path: str | None, args: list[str], env_map: dict[str, str],
+                    timeout_ms: int | None) -> RunResult:
+        if (code is None) == (path is None):
+            raise InvalidRequest("give exactly one of 'code' or 'path'")
+        timeout = self._timeout_s(timeout_ms)
+        run_dir = f"/tmp/rds-run-{uuid.uuid4().hex}"
+        if path is not None:
+            target = workspace_path(path, "path")
+            source = f"import {json.dumps('file://' + target)};\n".encode()
+        else:
+            source = code.encode()
+        script = (
+            f"mkdir -m 700 {run_dir} && cat > {run_dir}/{main_name} && "
+            f"cp {HELPERS}/runner.mjs {run_dir}/runner.mjs && "
+            f"{shlex.join(runtime)} {run_dir}/runner.mjs {shlex.join(args)}")
+        pairs = [f"{key}={value}" for key, value in env_map.items()]
+        return self._run(vm_id, script, "/workspace", pairs, timeout, stdin=source,
+                         cleanup=f"cat {run_dir}/result.json 2>/dev/null; rm -rf {run_dir}")
+
+    # Plumbing ##############################################################################
+
+    def _run(self, vm_id: str, command: str, cwd: str, env_pairs: list[str], timeout: float,
+             stdin: bytes, cleanup: str | None = None) -> RunResult:
+        guest = self.vms.guest(vm_id)
+        marker = uuid.uuid4().hex
+        encoded = base64.b64encode(command.encode()).decode()
+        line = shlex.join([f"{HELPERS}/exec", marker, cwd, encoded, *env_pairs])
+        result = guest.run(line, timeout=timeout, stdin=stdin,
+                           max_output=self.settings.max_output_bytes)
+        if result.timed_out:
+            self._kill_tree(vm_id, guest, marker)
+            note = (f"\n[run-dat-sheesh] command timed out after {int(timeout * 1000)} ms; "
+                    f"its process tree was killed\n").encode()
+            result = CommandResult(exit_code=-1, stdout=result.stdout,
+                                   stderr=result.stderr + note, timed_out=True,
+                                   stdout_truncated=result.stdout_truncated,
+                                   stderr_truncated=result.stderr_truncated,
+                                   duration_ms=result.duration_ms)
+        elif result.exit_code in NOT_STARTED_CODES and result.stderr.startswith(b"rds-exec:"):
+            raise InvalidRequest(result.stderr.decode(errors="replace").strip()
+                                 .removeprefix("rds-exec: "))
+        outcome: dict = {}
+        if cleanup is not None:
+            outcome = self._read_outcome(guest, cleanup)
+        return RunResult(command=result, outcome=outcome)
+
+    def _read_outcome(self, guest: GuestSSH, cleanup: str) -> dict:
+        try:
+            done = guest.run(cleanup, timeout=KILL_TIMEOUT, max_output=self.settings
+                             .max_output_bytes)
+        except GuestUnreachable as exc:
+            log.warning("could not read run result error=%s", exc.message)
+            return {}
+        text = done.stdout.decode(errors="replace").strip()
+        if not text:
+            return {}
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return {"error": {"name": "ResultError", "message": "result.json is not valid JSON",
+                              "stack": ""}}
+        return parsed if isinstance(parsed, dict) else {}
+
+    def _kill_tree(self, vm_id: str, guest: GuestSSH, marker: str) -> None:
+        command = shlex.join([f"{HELPERS}/kill-marked", marker])
+        try:
+            done = guest.run(command, timeout=KILL_TIMEOUT)
+            if done.exit_code == 0:
+                return
+        except GuestUnreachable as exc:
+            log.warning("kill over SSH failed, using the guest agent vm=%s error=%s", vm_id,
+                        exc.message)
+        try:
+            self.vms.hypervisor.guest_agent_exec(vm_id, f"{HELPERS}/kill-marked", [marker],
+                                                 KILL_TIMEOUT)
+        except AppError as exc:
+            log.error("could not kill timed-out command vm=%s error=%s", vm_id, exc.message)
+
+    def _timeout_s(self, timeout_ms: int | None) -> float:
+        limit = self.settings.max_exec_timeout_ms
+        value = self.settings.default_exec_timeout_ms if timeout_ms is None else timeout_ms
+        if not 1 <= value <= limit:
+            raise InvalidRequest(f"timeoutMs must be between 1 and {limit}")
+        return value / 1000.0
+
+    def _egress_allowed(self, vm_id: str) -> bool:
+        vm = self.vms.get(vm_id)
+        return vm.outbound_internet and bool(vm.allow_ips)
+
+    @staticmethod
+    def _check_env(env: dict[str, str]) -> dict[str, str]:
+        for key, value in env.items():
+            if not ENV_NAME.match(key) or key in RESERVED_ENV:
+                raise InvalidRequest(f"env name {key!r} is not a valid variable name")
+            if "\0" in value:
+                raise InvalidRequest(f"env value of {key!r} contains a NUL byte")
+        return env
+
+    def _env_list(self, env: list[str]) -> dict[str, str]:
+        pairs: dict[str, str] = {}
+        for entry in env:
+            key, sep, value = entry.partition("=")
+            if not sep:
+                raise InvalidRequest(f"env entry {entry!r} must look like KEY=VALUE")
+            pairs[key] = value
+        return self._check_env(pairs)
+
+    @staticmethod
+    def _check_flag(flag: str, forbidden: re.Pattern, field: str) -> None:
+        if not flag.startswith("-") or flag == "--" or forbidden.match(flag):
+            raise InvalidRequest(f"{field} entry {flag!r} is not allowed (permissions are set "
+                                 f"by the service)")

@@ -1,0 +1,100 @@
+"""FileService: tar.gz uploads into, and downloads out of, a VM's workspace.
+
+An upload is spooled to a temporary file (never more than one body in memory), checked entry by
+entry on the host (app.services.archives), and only then streamed to the in-guest helper
+``untar``, which extracts into a staging directory first: all or nothing. A download streams
+``pack``'s tar.gz straight from the guest to the client.
+"""
+from __future__ import annotations
+
+import logging
+import shlex
+import tempfile
+import typing as t
+
+from app.config import Settings
+from app.errors import InvalidRequest, PayloadTooLarge, VmNotFound
+from app.services.archives import ArchiveLimits, validate_archive
+from app.services.vms import VmService
+from app.services.workspace import workspace_path
+
+log = logging.getLogger(__name__)
+HELPERS = "/usr/local/lib/rds"
+SPOOL_IN_MEMORY = 1024 * 1024
+TRANSFER_TIMEOUT = 300.0
+COPY_CHUNK = 256 * 1024
+
+
+class FileService:
+    def __init__(self, settings: Settings, vms: VmService) -> None:
+        self.settings = settings
+        self.vms = vms
+
+    def upload(self, vm_id: str, dest: str | None, body: t.BinaryIO) -> int:
+        """Extract the tar.gz ``body`` into ``dest``; returns the number of entries.
+
+        :raises InvalidRequest: bad dest or unsafe/corrupt archive (nothing is written).
+        :raises PayloadTooLarge: body, uncompressed size or entry count over the limits.
+        """
+        if dest is None:
+            raise InvalidRequest("query parameter 'dest' is required")
+        target = workspace_path(dest, "dest")
+        guest = self.vms.guest(vm_id)
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
+            self._spool(body, spool)
+            spool.seek(0)
+            summary = validate_archive(spool, ArchiveLimits(
+                self.settings.max_upload_uncompressed_bytes, self.settings.max_upload_entries))
+            spool.seek(0)
+            result = guest.run(shlex.join([f"{HELPERS}/untar", target]),
+                               timeout=TRANSFER_TIMEOUT, stdin=spool, max_output=65536)
+        if result.timed_out or result.exit_code != 0:
+            message = result.stderr.decode(errors="replace").strip() or "extraction failed"
+            raise InvalidRequest(f"upload to {target} failed: {message.removeprefix('rds-untar: ')}")
+        log.info("upload done vm=%s dest=%s entries=%s bytes=%s", vm_id, target,
+                 summary.entries, summary.uncompressed_bytes)
+        return summary.entries
+
+    def _spool(self, body: t.BinaryIO, spool: t.BinaryIO) -> None:
+        limit = self.settings.max_upload_bytes
+        size = 0
+        while True:
+            chunk = body.read(COPY_CHUNK)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"upload body is larger than {limit} bytes")
+            spool.write(chunk)
+        if size == 0:
+            raise InvalidRequest("upload body is empty; send a tar.gz archive")
+
+    def download(self, vm_id: str, path: str | None) -> t.Iterator[bytes]:
+        """A tar.gz of ``path`` (a directory's contents or one file), as chunks.
+
+        :raises VmNotFound: when the path does not exist (404).
+        :raises InvalidRequest: outside the workspace.
+        :raises PayloadTooLarge: larger than ``MAX_DOWNLOAD_BYTES``.
+        """
+        if path is None:
+            raise InvalidRequest("query parameter 'path' is required")
+        source = workspace_path(path, "path")
+        guest = self.vms.guest(vm_id)
+        stream = guest.open_stream(
+            shlex.join([f"{HELPERS}/pack", source, str(self.settings.max_download_bytes)]),
+            timeout=TRANSFER_TIMEOUT)
+        first = stream.first_chunk()
+        if not first:
+            status = stream.exit_status()
+            message = stream.stderr.decode(errors="replace").strip().removeprefix("rds-pack: ")
+            stream.close()
+            if status == 212:
+                raise VmNotFound(f"path {source} not found in the VM")
+            if status == 214:
+                raise PayloadTooLarge(message)
+            raise InvalidRequest(message or f"cannot download {source} (exit {status})")
+
+        def chunks() -> t.Iterator[bytes]:
+            yield first
+            yield from stream.chunks()
+        return chunks()

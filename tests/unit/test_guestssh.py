@@ -1,0 +1,198 @@
+"""GuestSSH against a real paramiko server on 127.0.0.1 (NullServer style, as paramiko tests)."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import paramiko
+import pytest
+
+from app.errors import GuestUnreachable
+from app.guestssh import GUEST_USER, GuestSSH, SshTimeouts, load_private_key
+from app.sshkeys import KeyPair, generate_keypair
+
+TIMEOUTS = SshTimeouts(connect=2.0, auth=2.0, channel=2.0)
+
+
+def run_command(channel: paramiko.Channel, command: str) -> None:
+    """The 'guest': a handful of canned commands."""
+    if command == "sleep":
+        return  # never answers: the client must give up
+    if command == "cat":
+        while data := channel.recv(4096):
+            channel.sendall(data)
+        code = 0
+    elif command == "id -u":
+        channel.sendall(b"1000\n")
+        code = 0
+    elif command == "demo":
+        channel.sendall(b"out\n")
+        channel.sendall_stderr(b"err\n")
+        code = 3
+    elif command.startswith("yes "):
+        channel.sendall(b"y" * int(command.split()[1]))
+        code = 0
+    else:
+        channel.sendall_stderr(f"{command}: not found\n".encode())
+        code = 127
+    channel.send_exit_status(code)
+
+
+class NullServer(paramiko.ServerInterface):
+    def __init__(self, client_key: paramiko.PKey) -> None:
+        self.client_key = client_key
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        if username == GUEST_USER and key.asbytes() == self.client_key.asbytes():
+            return paramiko.AUTH_SUCCESSFUL
+        return paramiko.AUTH_FAILED
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        if kind == "session":
+            return paramiko.OPEN_SUCCEEDED
+        return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        # Reply first (we return), run in the background like a real shell would.
+        threading.Thread(target=run_command, args=(channel, command.decode()),
+                         daemon=True).start()
+        return True
+
+
+class SshServer:
+    """Listens on 127.0.0.1:<ephemeral>; one paramiko Transport per connection."""
+
+    def __init__(self, host_key: KeyPair, client_key: KeyPair) -> None:
+        self.host_key = load_private_key(host_key.private_openssh)
+        self.client_key = load_private_key(client_key.private_openssh)
+        self.transports: list[paramiko.Transport] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            transport = paramiko.Transport(conn)
+            transport.add_server_key(self.host_key)
+            self.transports.append(transport)
+            threading.Thread(target=self._negotiate, args=(transport,), daemon=True).start()
+
+    def _negotiate(self, transport: paramiko.Transport) -> None:
+        try:
+            transport.start_server(server=NullServer(self.client_key))
+        except (paramiko.SSHException, EOFError, OSError):
+            pass  # the client walked away (e.g. it rejected our host key)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+        for transport in self.transports:
+            transport.close()
+
+
+@pytest.fixture(scope="module")
+def host_key() -> KeyPair:
+    return generate_keypair()
+
+
+@pytest.fixture(scope="module")
+def client_key() -> KeyPair:
+    return generate_keypair("manager")
+
+
+@pytest.fixture(scope="module")
+def ssh_server(host_key, client_key):
+    server = SshServer(host_key, client_key)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def guest(ssh_server, host_key, client_key):
+    client = GuestSSH("127.0.0.1", host_key.public_openssh,
+                      load_private_key(client_key.private_openssh), TIMEOUTS,
+                      port=ssh_server.port)
+    yield client
+    client.close()
+
+
+def test_run_returns_exit_code_stdout_and_stderr(guest):
+    result = guest.run("demo", timeout=5)
+    assert (result.exit_code, result.stdout, result.stderr) == (3, b"out\n", b"err\n")
+    assert not result.timed_out
+
+
+def test_stdin_reaches_the_command(guest):
+    assert guest.run("cat", timeout=5, stdin=b"hello\x00world").stdout == b"hello\x00world"
+
+
+def test_commands_share_one_connection(guest, ssh_server):
+    before = len(ssh_server.transports)
+    assert guest.run("id -u", timeout=5).stdout == b"1000\n"
+    assert guest.run("nope", timeout=5).exit_code == 127
+    assert len(ssh_server.transports) == before + 1
+    guest.close()
+    assert guest.run("id -u", timeout=5).exit_code == 0
+    assert len(ssh_server.transports) == before + 2
+
+
+def test_output_is_capped_and_flagged(guest):
+    result = guest.run("yes 300000", timeout=5, max_output=1000)
+    assert result.exit_code == 0
+    assert result.stdout == b"y" * 1000
+    assert (result.stdout_truncated, result.stderr_truncated) == (True, False)
+    full = guest.run("yes 300000", timeout=5)
+    assert (len(full.stdout), full.stdout_truncated) == (300000, False)
+
+
+def test_command_timeout_gives_a_timed_out_result(guest):
+    started = time.monotonic()
+    result = guest.run("sleep", timeout=0.5)
+    assert (result.timed_out, result.exit_code) == (True, -1)
+    assert 0.5 <= time.monotonic() - started < 3
+    assert guest.run("id -u", timeout=5).exit_code == 0  # the connection survives
+
+
+def test_host_key_mismatch_is_refused(ssh_server, client_key):
+    impostor = GuestSSH("127.0.0.1", generate_keypair().public_openssh,
+                        load_private_key(client_key.private_openssh), TIMEOUTS,
+                        port=ssh_server.port)
+    with pytest.raises(GuestUnreachable, match="does not match"):
+        impostor.run("id -u", timeout=5)
+    impostor.close()
+
+
+def test_unknown_client_key_is_refused(ssh_server, host_key):
+    stranger = GuestSSH("127.0.0.1", host_key.public_openssh,
+                        load_private_key(generate_keypair().private_openssh), TIMEOUTS,
+                        port=ssh_server.port)
+    with pytest.raises(GuestUnreachable, match="Authentication failed"):
+        stranger.run("id -u", timeout=5)
+    stranger.close()
+
+
+def test_wait_until_ready_returns_the_probe_output(guest):
+    assert guest.wait_until_ready(time.monotonic() + 5) == "1000\n"
+
+
+def test_wait_until_ready_gives_up_on_a_closed_port(host_key, client_key):
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # free again once closed: nothing listens there
+    client = GuestSSH("127.0.0.1", host_key.public_openssh,
+                      load_private_key(client_key.private_openssh), TIMEOUTS, port=port)
+    started = time.monotonic()
+    with pytest.raises(GuestUnreachable, match=f"cannot connect to guest 127.0.0.1:{port}"):
+        client.wait_until_ready(time.monotonic() + 1.0)
+    assert time.monotonic() - started < 4
