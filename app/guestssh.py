@@ -219,10 +219,9 @@ def _collect(channel: t.Any, started: float, timeout: float,
         while channel.recv_stderr_ready():
             keep("err", channel.recv_stderr(READ_CHUNK))
             progressed = True
-        if channel.exit_status_ready() and not channel.recv_ready() \
-                and not channel.recv_stderr_ready():
-            break
-        if channel.closed or channel.eof_received and channel.exit_status_ready():
+        # sshd may send the exit status before the last output: done only at EOF too.
+        if channel.exit_status_ready() and (channel.eof_received or channel.closed) \
+                and not channel.recv_ready() and not channel.recv_stderr_ready():
             break
         if time.monotonic() > deadline:
             timed_out = True
