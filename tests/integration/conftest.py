@@ -78,3 +78,19 @@ def guest_sh(services: t.Any, vm_id: str, command: str, timeout: float = 60) -> 
 def virsh(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True,
                           text=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="session")
+def shared_vm(api):
+    """One RUNNING VM (the seed's shape) for every test that only runs things in it."""
+    created = api.create_vm(SEED_BODY)
+    yield created
+    api.delete_vm(created["id"])
+
+
+def exec_ok(api: Api, vm_id: str, cmd: str, **extra: t.Any) -> dict:
+    """POST /exec and insist on exit code 0; returns the response body."""
+    response = api.request("POST", f"/v1/vms/{vm_id}/exec", json={"cmd": cmd, **extra})
+    assert response.status_code == 200, response.json
+    assert response.json["exitCode"] == 0, response.json
+    return response.json

@@ -1,0 +1,114 @@
+"""POST /v1/vms/{id}/exec against a real guest."""
+from __future__ import annotations
+
+import concurrent.futures
+
+import pytest
+
+from tests.integration.conftest import HEADERS, exec_ok
+
+
+def _exec(api, vm, **body):
+    return api.request("POST", f"/v1/vms/{vm['id']}/exec", json=body)
+
+
+def test_runs_as_uid_1000_in_workspace(api, shared_vm):
+    out = exec_ok(api, shared_vm["id"], "id -u; id -g; pwd")
+    assert out["stdout"].split() == ["1000", "1000", "/workspace"]
+    assert out["timedOut"] is False and out["stderr"] == ""
+
+
+def test_exit_code_stderr_and_env(api, shared_vm):
+    response = _exec(api, shared_vm, cmd='echo "$GREETING $OTHER"; echo oops >&2; exit 7',
+                     env={"GREETING": "hello world", "OTHER": "it's"})
+    assert response.status_code == 200
+    assert response.json["exitCode"] == 7
+    assert response.json["stdout"] == "hello world it's\n"
+    assert response.json["stderr"] == "oops\n"
+
+
+@pytest.mark.parametrize("cwd, expected", [("sub", "/workspace/sub"),
+                                           ("/workspace/sub", "/workspace/sub"),
+                                           ("/home/user/sub", "/workspace/sub")])
+def test_cwd_inside_workspace(api, shared_vm, cwd, expected):
+    exec_ok(api, shared_vm["id"], "mkdir -p /workspace/sub")
+    assert exec_ok(api, shared_vm["id"], "pwd", cwd=cwd)["stdout"].strip() == expected
+
+
+@pytest.mark.parametrize("cwd", ["/etc", "../", "/workspace/../etc", "/home/user/../../root"])
+def test_cwd_outside_workspace_is_400(api, shared_vm, cwd):
+    response = _exec(api, shared_vm, cmd="pwd", cwd=cwd)
+    assert response.status_code == 400 and "workspace" in response.json["message"]
+
+
+def test_cwd_through_symlink_out_is_400(api, shared_vm):
+    exec_ok(api, shared_vm["id"], "ln -sfn /etc /workspace/etc-link")
+    response = _exec(api, shared_vm, cmd="pwd", cwd="etc-link")
+    assert response.status_code == 400 and "outside /workspace" in response.json["message"]
+
+
+def test_missing_cwd_is_400(api, shared_vm):
+    response = _exec(api, shared_vm, cmd="pwd", cwd="does/not/exist")
+    assert response.status_code == 400 and "does not exist" in response.json["message"]
+
+
+@pytest.mark.parametrize("body", [{"cmd": "true", "timeoutMs": 120_001},
+                                  {"cmd": "true", "timeoutMs": 0},
+                                  {"cmd": "true", "env": {"BAD NAME": "x"}},
+                                  {"cmd": ""}, {}])
+def test_invalid_exec_is_400(api, shared_vm, body):
+    response = _exec(api, shared_vm, **body)
+    assert response.status_code == 400 and response.json["message"]
+
+
+def test_timeout_kills_the_whole_tree(api, shared_vm):
+    response = _exec(api, shared_vm, cmd="sleep 4321 & (sleep 4322 &); sleep 4323; echo never",
+                     timeoutMs=2000)
+    assert response.status_code == 200
+    body = response.json
+    assert body["exitCode"] == -1 and body["timedOut"] is True
+    assert "timed out" in body["stderr"] and "never" not in body["stdout"]
+    left = exec_ok(api, shared_vm["id"], "ps -eo args | grep -c '^sleep 432' || true")
+    assert left["stdout"].strip() == "0"
+
+
+def test_big_output_is_truncated_and_flagged(api, shared_vm, services):
+    cap = services.settings.max_output_bytes
+    body = exec_ok(api, shared_vm["id"], "head -c 5000000 /dev/zero | tr '\\0' x; echo e >&2")
+    assert body["stdoutTruncated"] is True and len(body["stdout"]) == cap
+    assert set(body["stdout"]) == {"x"}
+    assert body["stderrTruncated"] is False and body["stderr"] == "e\n"
+
+
+def test_binary_output_does_not_break_the_response(api, shared_vm):
+    body = exec_ok(api, shared_vm["id"], "printf 'ok\\377\\376\\000end'")
+    assert body["stdout"].startswith("ok") and body["stdout"].endswith("end")
+    assert "\ufffd" in body["stdout"]
+
+
+def test_concurrent_execs(app, shared_vm):
+    def run(index: int) -> str:
+        client = app.test_client()
+        response = client.post(f"/v1/vms/{shared_vm['id']}/exec", headers=HEADERS,
+                               json={"cmd": f"sleep 1; echo job-{index}"})
+        assert response.status_code == 200, response.json
+        return response.json["stdout"].strip()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        outputs = list(pool.map(run, range(6)))
+    assert outputs == [f"job-{i}" for i in range(6)]
+
+
+def test_sandbox_user_cannot_become_root_or_read_secrets(api, shared_vm):
+    script = r"""
+        command -v sudo && echo HAVE_SUDO
+        su -c id root </dev/null 2>/dev/null && echo SU_WORKED
+        cat /etc/ssh/ssh_host_ed25519_key 2>/dev/null && echo READ_HOST_KEY
+        cat /sys/firmware/qemu_fw_cfg/by_name/opt/org.rundatsheesh/ssh_host_ed25519_key/raw \
+            2>/dev/null && echo READ_FWCFG
+        cat /etc/shadow 2>/dev/null && echo READ_SHADOW
+        touch /etc/x /usr/x /x 2>/dev/null && echo WROTE_OUTSIDE
+        touch /workspace/ok /tmp/ok /var/tmp/ok && echo WRITES_OK
+    """
+    body = exec_ok(api, shared_vm["id"], script)
+    assert body["stdout"].split() == ["WRITES_OK"]

@@ -1,0 +1,115 @@
+"""POST /run-ts (Deno) and /run-js (Node.js) against a real guest."""
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.conftest import exec_ok
+
+
+def _run(api, vm, kind="ts", **body):
+    response = api.request("POST", f"/v1/vms/{vm['id']}/run-{kind}", json=body)
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def test_seed_example_console_log(api, shared_vm):
+    body = _run(api, shared_vm, code="console.log(2+2)")
+    assert body["exitCode"] == 0 and body["stdout"] == "4\n"
+    assert "result" not in body and "error" not in body
+
+
+def test_seed_example_result_set(api, shared_vm):
+    body = _run(api, shared_vm, code="result.set({sum: 1+2, list: [1, 'a'], nested: {ok: true}})")
+    assert body["exitCode"] == 0
+    assert body["result"] == {"sum": 3, "list": [1, "a"], "nested": {"ok": True}}
+
+
+def test_seed_example_result_error(api, shared_vm):
+    body = _run(api, shared_vm, code='result.error(new TypeError("nope"))')
+    assert body["exitCode"] != 0
+    assert body["error"]["name"] == "TypeError" and body["error"]["message"] == "nope"
+    assert "main.ts" in body["error"]["stack"]
+
+
+def test_env_is_set_and_only_passed_keys_are_readable(api, shared_vm):
+    code = ("const other = (() => { try { return Deno.env.get('HOME'); } "
+            "catch (e) { return e.name; } })();\n"
+            "result.set({greeting: Deno.env.get('GREETING'), other})")
+    body = _run(api, shared_vm, code=code, env=["GREETING=hi there"])
+    assert body["result"] == {"greeting": "hi there", "other": "NotCapable"}
+
+
+def test_plain_object_error_passes_through(api, shared_vm):
+    body = _run(api, shared_vm, code="result.error({code: 42, why: 'bad'})")
+    assert body["exitCode"] != 0 and body["error"] == {"code": 42, "why": "bad"}
+
+
+def test_uncaught_throw_fills_error(api, shared_vm):
+    body = _run(api, shared_vm, code="console.log('before');\nthrow new RangeError('boom')")
+    assert body["exitCode"] != 0 and body["stdout"] == "before\n"
+    assert body["error"]["name"] == "RangeError" and body["error"]["message"] == "boom"
+
+
+def test_unhandled_rejection_fills_error(api, shared_vm):
+    body = _run(api, shared_vm, code="Promise.reject(new Error('later'))")
+    assert body["exitCode"] != 0 and body["error"]["message"] == "later"
+
+
+def test_bigint_and_cycles_do_not_crash(api, shared_vm):
+    body = _run(api, shared_vm, code="const o: any = {n: 12345678901234567890n}; o.self = o; "
+                                      "result.set(o)")
+    assert body["exitCode"] == 0
+    assert body["result"] == {"n": "12345678901234567890", "self": "[Circular]"}
+
+
+def test_permission_sandbox(api, shared_vm):
+    body = _run(api, shared_vm, code="await Deno.readTextFile('/etc/passwd')")
+    assert body["exitCode"] != 0 and body["error"]["name"] == "NotCapable"
+    body = _run(api, shared_vm, code="await Deno.writeTextFile('/workspace/ts.txt', 'w'); "
+                                      "result.set(await Deno.readTextFile('/workspace/ts.txt'))")
+    assert body["result"] == "w"
+
+
+@pytest.mark.parametrize("flags", [["-A"], ["--allow-all"], ["--allow-read=/"], ["-R"],
+                                   ["--allow-run"], ["not-a-flag"]])
+def test_widening_deno_flags_are_400(api, shared_vm, flags):
+    response = api.request("POST", f"/v1/vms/{shared_vm['id']}/run-ts",
+                           json={"code": "1", "denoFlags": flags})
+    assert response.status_code == 400 and flags[0] in response.json["message"]
+
+
+@pytest.mark.parametrize("body", [{}, {"code": "1", "path": "a.ts"}, {"path": "/etc/x.ts"},
+                                  {"code": "1", "env": ["NOEQUALS"]}])
+def test_invalid_run_bodies_are_400(api, shared_vm, body):
+    response = api.request("POST", f"/v1/vms/{shared_vm['id']}/run-ts", json=body)
+    assert response.status_code == 400 and response.json["message"]
+
+
+def test_path_and_args(api, shared_vm):
+    exec_ok(api, shared_vm["id"], "mkdir -p scripts && printf '%s' "
+            "'result.set({args: Deno.args, cwd: Deno.cwd()})' > scripts/echo.ts")
+    body = _run(api, shared_vm, path="scripts/echo.ts", args=["a b", "--c"])
+    assert body["result"] == {"args": ["a b", "--c"], "cwd": "/workspace"}
+
+
+def test_timeout_and_temp_files_removed(api, shared_vm):
+    body = _run(api, shared_vm, code="await new Promise(() => setInterval(() => {}, 1000))",
+                timeoutMs=8000)
+    assert body["timedOut"] is True and body["exitCode"] == -1
+    left = exec_ok(api, shared_vm["id"], "ls /tmp | grep -c '^rds-run-' || true; "
+                                         "ps -eo args | grep -c '^deno' || true")
+    assert left["stdout"].split() == ["0", "0"]
+
+
+def test_run_js_result_env_and_require(api, shared_vm):
+    code = ("const os = require('os');\n"
+            "console.log('node', process.version.startsWith('v'));\n"
+            "result.set({host: os.hostname(), greeting: process.env.GREETING, big: 10n})")
+    body = _run(api, shared_vm, kind="js", code=code, env=["GREETING=hey"])
+    assert body["exitCode"] == 0 and body["stdout"] == "node true\n"
+    assert body["result"] == {"host": shared_vm["name"], "greeting": "hey", "big": "10"}
+
+
+def test_run_js_error(api, shared_vm):
+    body = _run(api, shared_vm, kind="js", code="throw new Error('js boom')")
+    assert body["exitCode"] != 0 and body["error"]["message"] == "js boom"
