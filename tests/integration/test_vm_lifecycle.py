@@ -59,6 +59,9 @@ def test_stop_then_start_keeps_workspace(api, vm, services):
     assert "shut off" in virsh("domstate", vm["name"]).stdout
     again = api.request("POST", f"/v1/vms/{vm['id']}/stop")
     assert again.status_code == 409 and "message" in again.json
+    for path, body in (("exec", {"cmd": "true"}), ("run-ts", {"code": "1"})):
+        refused = api.request("POST", f"/v1/vms/{vm['id']}/{path}", json=body)
+        assert refused.status_code == 409 and "RUNNING" in refused.json["message"]
 
     assert api.request("POST", f"/v1/vms/{vm['id']}/start").status_code == 204
     assert api.request("GET", f"/v1/vms/{vm['id']}").json["state"] == "RUNNING"

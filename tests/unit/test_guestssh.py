@@ -37,6 +37,9 @@ def run_command(channel: paramiko.Channel, command: str) -> None:
         channel.sendall_stderr(f"{command}: not found\n".encode())
         code = 127
     channel.send_exit_status(code)
+    # Like OpenSSH's sshd: exit status, then EOF and close once the output is drained.
+    channel.shutdown_write()
+    channel.close()
 
 
 class NullServer(paramiko.ServerInterface):
