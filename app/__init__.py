@@ -66,6 +66,10 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
     app.after_request(_echo_request_id)
     register_error_handlers(app)
     _add_doc_routes(app, api)
+    if settings.trusted_proxies > 0:  # behind nginx: trust its X-Forwarded-* headers only
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     return app
 
 

@@ -55,6 +55,7 @@ class Settings:
     ssh_auth_timeout_s: float = 10.0
     ssh_channel_timeout_s: float = 10.0
     log_level: str = "INFO"
+    trusted_proxies: int = 0
 
     # Derived paths ------------------------------------------------------------------------
     @property
@@ -121,6 +122,7 @@ ENV_NAMES: dict[str, str] = {
     "SSH_AUTH_TIMEOUT_S": "ssh_auth_timeout_s",
     "SSH_CHANNEL_TIMEOUT_S": "ssh_channel_timeout_s",
     "LOG_LEVEL": "log_level",
+    "TRUSTED_PROXIES": "trusted_proxies",
 }
 FIELD_FOR_KEY = {field.name: field for field in dataclasses.fields(Settings)}
 

@@ -11,8 +11,8 @@ import xml.etree.ElementTree as ET
 
 # Rule priorities: lower runs first. Blocks that must win over allow-lists come first.
 PRIO_MANAGER = 100
+PRIO_DNS = 150  # before the gateway block: DNS is allowed whenever outboundInternet is
 PRIO_BLOCK_GUESTS = 200
-PRIO_DNS = 300
 PRIO_ALLOW = 400
 PRIO_ESTABLISHED = 500
 PRIO_DROP_ALL = 1000

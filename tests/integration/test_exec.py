@@ -62,13 +62,13 @@ def test_invalid_exec_is_400(api, shared_vm, body):
 
 
 def test_timeout_kills_the_whole_tree(api, shared_vm):
-    response = _exec(api, shared_vm, cmd="sleep 4321 & (sleep 4322 &); sleep 4323; echo never",
-                     timeoutMs=2000)
+    response = _exec(api, shared_vm, cmd="sleep 4321 & (sleep 4322 &); env -i /bin/sleep 4324 & "
+                                         "sleep 4323; echo never", timeoutMs=2000)
     assert response.status_code == 200
     body = response.json
     assert body["exitCode"] == -1 and body["timedOut"] is True
     assert "timed out" in body["stderr"] and "never" not in body["stdout"]
-    left = exec_ok(api, shared_vm["id"], "ps -eo args | grep -c '^sleep 432' || true")
+    left = exec_ok(api, shared_vm["id"], "ps -eo args | grep -c '[s]leep 432' || true")
     assert left["stdout"].strip() == "0"
 
 

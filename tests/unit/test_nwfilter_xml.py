@@ -121,3 +121,20 @@ def test_nat_network_forwards_with_nat():
 def test_unknown_network_mode_is_refused():
     with pytest.raises(ValueError, match="bridge"):
         build_network_xml("rds-net", "rds-br0", GUESTS, "bridge")
+
+
+def test_dns_is_accepted_before_the_gateway_block():
+    """Allowed DNS must win over the gateway drop even when no allowIps entry covers it."""
+    import xml.etree.ElementTree as ET
+
+    from app.virt.nwfilter_xml import build_filter_xml
+
+    root = ET.fromstring(build_filter_xml("rds-x", "00000000-0000-4000-8000-000000000001",
+                                          ("10.9.0.0/16",), True, "172.16.0.0/24",
+                                          "172.16.0.1"))
+    dns = [int(r.get("priority")) for r in root.iter("rule")
+           if r.find("udp") is not None and r.find("udp").get("dstportstart") == "53"]
+    gateway_drop = [int(r.get("priority")) for r in root.iter("rule")
+                    if r.get("action") == "drop" and r.find("all") is not None
+                    and r.find("all").get("dstipaddr") == "$GATEWAY"]
+    assert dns and gateway_drop and max(dns) < min(gateway_drop)
