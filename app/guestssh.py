@@ -133,7 +133,12 @@ class GuestSSH:
         try:
             channel.settimeout(self.timeouts.channel)
             channel.exec_command(command)
-            _send_stdin(channel, stdin)
+            try:
+                _send_stdin(channel, stdin)
+            except (OSError, EOFError, paramiko.SSHException):
+                # The command may exit without reading all of its input; that is its answer.
+                if not (channel.closed or channel.exit_status_ready() or channel.eof_received):
+                    raise
             return _collect(channel, started, timeout, max_output)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self.close()

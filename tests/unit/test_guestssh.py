@@ -18,7 +18,8 @@ TIMEOUTS = SshTimeouts(connect=2.0, auth=2.0, channel=2.0)
 def run_command(channel: paramiko.Channel, command: str) -> None:
     """The 'guest': a handful of canned commands."""
     if command == "sleep":
-        return  # never answers: the client must give up
+        time.sleep(5)  # never answers in time: the client must give up
+        return
     if command == "cat":
         while data := channel.recv(4096):
             channel.sendall(data)
