@@ -33,5 +33,7 @@ lint: setup
 clean-vms: setup
 	$(PY) -m app.cli purge
 
+## make bench: create (API vs raw libvirt boot) and commands (API vs raw SSH); see BENCHMARKS.md
 bench: image
-	$(PY) bench/bench_create.py
+	$(PY) bench/bench_create.py --rounds 5
+	$(PY) bench/bench_commands.py

@@ -33,7 +33,7 @@ def purge() -> None:
     from app.services.container import build_services
     services = build_services(load_settings())
     count = services.vms.purge_all()
-    removed = services.vms.remove_orphans()
+    removed = services.vms.remove_orphans(min_age_s=0)
     print(f"purged {count} VM(s), {len(removed)} orphan item(s)")
 
 

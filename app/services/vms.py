@@ -36,6 +36,7 @@ from app.virt.nwfilter_xml import build_filter_xml
 
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT = 60.0
+ORPHAN_MIN_AGE_S = 600.0  # longer than any create (lock wait + boot timeout)
 
 
 def vm_state(domain_state: str, phase: VmPhase) -> VmState:
@@ -347,22 +348,30 @@ class VmService:
 
     # Housekeeping ##########################################################################
 
-    def remove_orphans(self) -> list[str]:
+    def remove_orphans(self, min_age_s: float = ORPHAN_MIN_AGE_S) -> list[str]:
         """Delete disks/keys and filters that belong to no domain (a crash mid-create).
 
-        Call only when no create is in flight (service start, before workers fork).
+        A create in flight has a fresh directory and no domain yet, so only directories older
+        than ``min_age_s`` (and filters with no recent directory) count as orphans; that keeps
+        the sweep safe while another process is creating VMs.
         """
         names = {info.name for info in self.hypervisor.list_domains()}
+        fresh = set()
         removed = []
+        if self.settings.vms_dir.is_dir():
+            now = time.time()
+            for vm_dir in self.settings.vms_dir.iterdir():
+                if not vm_dir.name.startswith("rds-") or vm_dir.name in names:
+                    continue
+                if now - vm_dir.stat().st_mtime < min_age_s:
+                    fresh.add(vm_dir.name)
+                    continue
+                shutil.rmtree(vm_dir, ignore_errors=True)
+                removed.append(f"files {vm_dir}")
         for filter_name in self.hypervisor.list_filter_names():
-            if filter_name not in names:
+            if filter_name not in names and filter_name not in fresh:
                 self._quietly(self.hypervisor.undefine_filter, filter_name)
                 removed.append(f"nwfilter {filter_name}")
-        if self.settings.vms_dir.is_dir():
-            for vm_dir in self.settings.vms_dir.iterdir():
-                if vm_dir.name.startswith("rds-") and vm_dir.name not in names:
-                    shutil.rmtree(vm_dir, ignore_errors=True)
-                    removed.append(f"files {vm_dir}")
         for item in removed:
             log.info("removed orphan %s", item)
         return removed
