@@ -5,7 +5,7 @@ from flask.views import MethodView
 
 from app.api import Blueprint, document_errors, services
 from app.models import VmSpec
-from app.schemas.vms import VmCreateSchema, VmSchema
+from app.schemas.vms import NetworkPolicySchema, VmCreateSchema, VmSchema
 
 blp = Blueprint("vms", __name__, url_prefix="/v1/vms", description="Sandbox VMs")
 
@@ -59,3 +59,14 @@ class VmStart(MethodView):
     def post(self, vm_id):
         """Start a STOPPED VM from its kept disk"""
         services().vms.start(vm_id)
+
+
+@blp.route("/<vm_id>/network")
+class VmNetwork(MethodView):
+    @blp.arguments(NetworkPolicySchema)
+    @blp.response(200, VmSchema)
+    @document_errors(blp, 400, 404)
+    def put(self, body, vm_id):
+        """Change a VM's egress policy, live (extension)"""
+        return services().vms.update_network(vm_id, tuple(body["allowIps"]),
+                                             body["outboundInternet"])

@@ -11,23 +11,16 @@ class ApiErrorSchema(Schema):
     errors = fields.Dict()
 
 
-class VmCreateSchema(Schema):
+class NetworkPolicySchema(Schema):
+    """A VM's egress policy; also the body of ``PUT /v1/vms/{id}/network``."""
+
     class Meta:
         unknown = RAISE
 
-    cpu = fields.Integer(required=True, strict=True, validate=validate.Range(min=1),
-                         metadata={"description": "vCPUs, 1..MAX_CPU"})
-    memMb = fields.Integer(required=True, strict=True, validate=validate.Range(min=128),
-                           metadata={"description": "memory in MiB, 128..MAX_MEM_MB"})
     allowIps = fields.List(fields.String(), load_default=list,
                            metadata={"description": "IPv4/IPv6 addresses or CIDRs the guest "
                                                     "may reach when outboundInternet is true"})
     outboundInternet = fields.Boolean(load_default=False)
-    imageId = fields.String(load_default=None, allow_none=True,
-                            metadata={"description": "template in vm-templates/ (default: "
-                                                     "'default')"})
-    diskSizeMb = fields.Integer(load_default=None, allow_none=True, strict=True,
-                                validate=validate.Range(min=1, max=1024 * 1024))
 
     @validates("allowIps")
     def _validate_allow_ips(self, value: list[str], **_kwargs) -> None:
@@ -46,6 +39,18 @@ class VmCreateSchema(Schema):
             seen[str(ipaddress.ip_network(entry.strip(), strict=False))] = None
         data["allowIps"] = list(seen)
         return data
+
+
+class VmCreateSchema(NetworkPolicySchema):
+    cpu = fields.Integer(required=True, strict=True, validate=validate.Range(min=1),
+                         metadata={"description": "vCPUs, 1..MAX_CPU"})
+    memMb = fields.Integer(required=True, strict=True, validate=validate.Range(min=128),
+                           metadata={"description": "memory in MiB, 128..MAX_MEM_MB"})
+    imageId = fields.String(load_default=None, allow_none=True,
+                            metadata={"description": "template in vm-templates/ (default: "
+                                                     "'default')"})
+    diskSizeMb = fields.Integer(load_default=None, allow_none=True, strict=True,
+                                validate=validate.Range(min=1, max=1024 * 1024))
 
 
 class VmSchema(Schema):

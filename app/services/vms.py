@@ -138,9 +138,30 @@ class VmService:
             raise InvalidRequest(f"cpu must be between 1 and {limits.max_cpu}")
         if not 128 <= spec.mem_mb <= limits.max_mem_mb:
             raise InvalidRequest(f"memMb must be between 128 and {limits.max_mem_mb}")
-        if len(spec.allow_ips) > limits.max_allow_ips:
-            raise InvalidRequest(f"allowIps has {len(spec.allow_ips)} entries; at most "
-                                 f"{limits.max_allow_ips} are allowed")
+        self._check_allow_ips(spec.allow_ips)
+
+    def _check_allow_ips(self, allow_ips: tuple[str, ...]) -> None:
+        limit = self.settings.max_allow_ips
+        if len(allow_ips) > limit:
+            raise InvalidRequest(f"allowIps has {len(allow_ips)} entries; at most {limit} are "
+                                 f"allowed (the first one over is {allow_ips[limit]!r})")
+
+    def update_network(self, vm_id: str, allow_ips: tuple[str, ...],
+                       outbound_internet: bool) -> Vm:
+        """Replace a VM's egress policy; a running VM's filter changes live.
+
+        :raises VmNotFound: unknown VM.
+        :raises InvalidRequest: too many entries.
+        """
+        self._check_allow_ips(allow_ips)
+        record, info = self._lookup(vm_id)
+        updated = dataclasses.replace(record, allow_ips=allow_ips,
+                                      outbound_internet=outbound_internet)
+        self.hypervisor.define_filter(self._filter_xml(updated))
+        self.hypervisor.set_metadata(vm_id, metadata_xml(updated), METADATA_NS, METADATA_PREFIX)
+        log.info("vm network policy changed vm=%s outbound=%s entries=%s", vm_id,
+                 outbound_internet, len(allow_ips))
+        return to_vm(updated, info.state)
 
     def _provision(self, spec: VmSpec, template: Template, build: ImageBuild,
                    disk_size_mb: int, undo: contextlib.ExitStack) -> VmRecord:
@@ -320,7 +341,9 @@ class VmService:
     # Helpers ###############################################################################
 
     def _set_phase(self, record: VmRecord, phase: VmPhase) -> VmRecord:
-        updated = dataclasses.replace(record, phase=phase)
+        # Re-read first: a policy change may have landed since `record` was read.
+        current = parse_metadata(self.hypervisor.get_domain(record.id).xml) or record
+        updated = dataclasses.replace(current, phase=phase)
         self.hypervisor.set_metadata(record.id, metadata_xml(updated), METADATA_NS,
                                      METADATA_PREFIX)
         return updated

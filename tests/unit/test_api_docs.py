@@ -13,6 +13,7 @@ DOCUMENTED_ERRORS = {
     ("/v1/vms/{vm_id}", "delete"): {"404"},
     ("/v1/vms/{vm_id}/stop", "post"): {"404", "409"},
     ("/v1/vms/{vm_id}/start", "post"): {"404", "409", "504"},
+    ("/v1/vms/{vm_id}/network", "put"): {"400", "404"},
     ("/v1/vms/{vm_id}/exec", "post"): {"400", "404", "409", "504"},
     ("/v1/vms/{vm_id}/run-ts", "post"): {"400", "404", "409", "504"},
     ("/v1/vms/{vm_id}/run-js", "post"): {"400", "404", "409", "504"},
