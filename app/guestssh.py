@@ -25,6 +25,7 @@ from app.models import CommandResult
 log = logging.getLogger(__name__)
 GUEST_USER = "user"
 READ_CHUNK = 65536
+STDERR_TAIL = 4 * 1024 * 1024  # kept past the cap: run-ts/run-js put their outcome last
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,12 +207,17 @@ def _collect(channel: t.Any, started: float, timeout: float,
     deadline = started + timeout
     streams = {"out": bytearray(), "err": bytearray()}
     dropped = {"out": False, "err": False}
+    err_tail = bytearray()
 
     def keep(name: str, data: bytes) -> None:
         buffer = streams[name]
         room = max_output - len(buffer)
         if len(data) > room:
             dropped[name] = True
+        if name == "err" and dropped["err"]:  # from the first dropped byte on
+            err_tail.extend(data)
+            if len(err_tail) > STDERR_TAIL:
+                del err_tail[:len(err_tail) - STDERR_TAIL]
         if room > 0:
             buffer += data[:room]
 
@@ -239,7 +245,8 @@ def _collect(channel: t.Any, started: float, timeout: float,
     return CommandResult(exit_code=exit_code, stdout=bytes(streams["out"]),
                          stderr=bytes(streams["err"]), timed_out=timed_out,
                          stdout_truncated=dropped["out"], stderr_truncated=dropped["err"],
-                         duration_ms=int((time.monotonic() - started) * 1000))
+                         duration_ms=int((time.monotonic() - started) * 1000),
+                         stderr_tail=bytes(err_tail))
 
 
 class OutputStream:

@@ -87,6 +87,7 @@ class CommandResult:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     duration_ms: int = 0
+    stderr_tail: bytes = b""  # the last bytes of stderr, kept when the head was capped
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ agent when SSH itself is starved.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -24,6 +25,7 @@ from app.services.workspace import workspace_path
 log = logging.getLogger(__name__)
 
 HELPERS = "/usr/local/lib/rds"
+RUNNER = f"{HELPERS}/runner.mjs"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV = {"RDS_EXEC_ID"}
 NOT_STARTED_CODES = {210, 211}
@@ -99,8 +101,7 @@ class CommandService:
         if self._egress_allowed(vm_id):
             permissions.append("--allow-net")
         runtime = ["deno", "run", "--quiet", "--no-prompt", *permissions, *flags]
-        return self._run_script(vm_id, "main.ts", runtime, code, path, args, env_map,
-                                timeout_ms)
+        return self._run_script(vm_id, "ts", runtime, code, path, args, env_map, timeout_ms)
 
     def run_js(self, vm_id: str, code: str | None, path: str | None, args: list[str],
                env: list[str], flags: list[str], timeout_ms: int | None) -> RunResult:
@@ -109,74 +110,47 @@ class CommandService:
             self._check_flag(flag, NODE_FORBIDDEN, "nodeFlags")
         env_map = self._env_list(env)
         runtime = ["node", *flags]
-        return self._run_script(vm_id, "main.mjs", runtime, code, path, args, env_map,
-                                timeout_ms)
+        return self._run_script(vm_id, "mjs", runtime, code, path, args, env_map, timeout_ms)
 
-    def _run_script(self, vm_id: str, main_name: str, runtime: list[str], code: str | None,
+    def _run_script(self, vm_id: str, ext: str, runtime: list[str], code: str | None,
                     path: str | None, args: list[str], env_map: dict[str, str],
                     timeout_ms: int | None) -> RunResult:
+        """Run ``runner.mjs`` (see guest/README.md): a JSON header line and the code on stdin,
+        the outcome after a per-run token at the end of stderr."""
         if (code is None) == (path is None):
             raise InvalidRequest("give exactly one of 'code' or 'path'")
         timeout = self._timeout_s(timeout_ms)
-        run_dir = f"/tmp/rds-run-{uuid.uuid4().hex}"
-        if path is not None:
-            target = workspace_path(path, "path")
-            source = f"import {json.dumps('file://' + target)};\n".encode()
-        else:
-            source = code.encode()
-        script = (
-            f"mkdir -m 700 {run_dir} && cat > {run_dir}/{main_name} && "
-            f"cp {HELPERS}/runner.mjs {run_dir}/runner.mjs && "
-            f"{shlex.join(runtime)} {run_dir}/runner.mjs {shlex.join(args)}")
+        token = uuid.uuid4().hex
+        header = {"token": token, "ext": ext,
+                  "path": workspace_path(path, "path") if path is not None else None}
+        stdin = json.dumps(header).encode() + b"\n" + (code or "").encode()
+        script = f"exec {shlex.join(runtime)} {RUNNER} {shlex.join(args)}".rstrip()
         pairs = [f"{key}={value}" for key, value in env_map.items()]
-        return self._run(vm_id, script, "/workspace", pairs, timeout, stdin=source,
-                         cleanup=f"cat {run_dir}/result.json 2>/dev/null; rm -rf {run_dir}")
+        run = self._run(vm_id, script, "/workspace", pairs, timeout, stdin=stdin,
+                        after_timeout=f"rm -f /tmp/rds-run-{token}-main.{ext}")
+        return split_outcome(run.command, b"\x1e" + token.encode())
 
     # Plumbing ##############################################################################
 
     def _run(self, vm_id: str, command: str, cwd: str, env_pairs: list[str], timeout: float,
-             stdin: bytes, cleanup: str | None = None) -> RunResult:
+             stdin: bytes, after_timeout: str = "") -> RunResult:
         guest = self.vms.guest(vm_id)
         marker = uuid.uuid4().hex
         line = sandbox_command_line(command, cwd, env_pairs, marker)
         result = guest.run(line, timeout=timeout, stdin=stdin,
                            max_output=self.settings.max_output_bytes)
         if result.timed_out:
-            self._kill_tree(vm_id, guest, marker)
+            self._kill_tree(vm_id, guest, marker, after_timeout)
             note = (f"\n[run-dat-sheesh] command timed out after {int(timeout * 1000)} ms; "
                     f"its process tree was killed\n").encode()
-            result = CommandResult(exit_code=-1, stdout=result.stdout,
-                                   stderr=result.stderr + note, timed_out=True,
-                                   stdout_truncated=result.stdout_truncated,
-                                   stderr_truncated=result.stderr_truncated,
-                                   duration_ms=result.duration_ms)
+            result = dataclasses.replace(result, exit_code=-1, stderr=result.stderr + note)
         elif result.exit_code in NOT_STARTED_CODES and result.stderr.startswith(b"rds-exec:"):
             raise InvalidRequest(result.stderr.decode(errors="replace").strip()
                                  .removeprefix("rds-exec: "))
-        outcome: dict = {}
-        if cleanup is not None:
-            outcome = self._read_outcome(guest, cleanup)
-        return RunResult(command=result, outcome=outcome)
+        return RunResult(command=result, outcome={})
 
-    def _read_outcome(self, guest: GuestSSH, cleanup: str) -> dict:
-        try:
-            done = guest.run(cleanup, timeout=KILL_TIMEOUT, max_output=self.settings
-                             .max_output_bytes)
-        except GuestUnreachable as exc:
-            log.warning("could not read run result error=%s", exc.message)
-            return {}
-        text = done.stdout.decode(errors="replace").strip()
-        if not text:
-            return {}
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            return {"error": {"name": "ResultError", "message": "result.json is not valid JSON",
-                              "stack": ""}}
-        return parsed if isinstance(parsed, dict) else {}
-
-    def _kill_tree(self, vm_id: str, guest: GuestSSH, marker: str) -> None:
-        command = shlex.join([f"{HELPERS}/kill-marked", marker])
+    def _kill_tree(self, vm_id: str, guest: GuestSSH, marker: str, also: str = "") -> None:
+        command = shlex.join([f"{HELPERS}/kill-marked", marker]) + (f"; {also}" if also else "")
         try:
             done = guest.run(command, timeout=KILL_TIMEOUT)
             if done.exit_code == 0:
@@ -224,3 +198,27 @@ class CommandService:
         if not flag.startswith("-") or flag == "--" or forbidden.match(flag):
             raise InvalidRequest(f"{field} entry {flag!r} is not allowed (permissions are set "
                                  f"by the service)")
+
+
+def split_outcome(command: CommandResult, token: bytes) -> RunResult:
+    """Take the runner's outcome (after the last ``token`` on stderr) off the visible stderr.
+
+    The outcome is searched in the untruncated tail of stderr, so a script that printed more
+    than the cap still gets its ``result``.
+    """
+    stderr, tail = command.stderr, command.stderr_tail or command.stderr
+    at = tail.rfind(token)
+    if at < 0:
+        return RunResult(command=command, outcome={})
+    text = tail[at + len(token):].decode(errors="replace").strip()
+    head_at = stderr.rfind(token)
+    if head_at >= 0:
+        stderr = stderr[:head_at]
+        stderr = stderr[:-1] if stderr.endswith(b"\n") else stderr
+    try:
+        outcome = json.loads(text)
+    except ValueError:
+        outcome = {"error": {"name": "ResultError", "stack": "",
+                             "message": "the script's result could not be read"}}
+    visible = dataclasses.replace(command, stderr=stderr, stderr_tail=b"")
+    return RunResult(command=visible, outcome=outcome if isinstance(outcome, dict) else {})

@@ -113,3 +113,13 @@ def test_run_js_result_env_and_require(api, shared_vm):
 def test_run_js_error(api, shared_vm):
     body = _run(api, shared_vm, kind="js", code="throw new Error('js boom')")
     assert body["exitCode"] != 0 and body["error"]["message"] == "js boom"
+
+
+def test_result_survives_stderr_over_the_cap(api, shared_vm):
+    body = _run(api, shared_vm, code="console.error('x'.repeat(1_500_000)); result.set('kept')")
+    assert body["stderrTruncated"] is True and body["result"] == "kept"
+
+
+def test_stderr_of_the_script_stays_visible(api, shared_vm):
+    body = _run(api, shared_vm, code="console.error('warn: careful'); result.set(1)")
+    assert body["stderr"] == "warn: careful\n" and body["result"] == 1

@@ -1,12 +1,19 @@
 // run-dat-sheesh code runner, shared by run-ts (Deno) and run-js (Node.js).
-// The manager copies it into a private run directory next to the caller's code (main.ts or
-// main.mjs) and runs it; it defines the global `result`, runs the code, and on exit writes
-// result.json beside itself: {"result"?: ..., "error"?: ...}. Values JSON cannot hold
-// (BigInt, cycles, undefined, functions) are converted instead of crashing the run.
+//
+// The manager runs it as the main module (`deno run ... runner.mjs ARGS` / `node runner.mjs
+// ARGS`, so the caller's ARGS are Deno.args / process.argv.slice(2)) and writes to its stdin
+// one JSON header line {"token", "ext", "path"} followed by the caller's code. The runner
+// defines the global `result`, writes the code to /tmp/rds-run-<token>-main.<ext> (or imports the
+// workspace file at `path`), runs it, removes the temporary file, and at exit writes
+// "\n<RS><token><json>\n" to stderr (RS: the record separator \x1e), where json is
+// {"result"?: ..., "error"?: ...}. The manager
+// takes the part after the last token off stderr. Values JSON cannot hold (BigInt, cycles,
+// undefined, functions) are converted instead of crashing the run.
 const isDeno = typeof Deno !== "undefined";
-const runDir = new URL(".", import.meta.url);
 const outcome = {};
-let written = false;
+let finished = false;
+let header = { token: "", ext: "mjs", path: null };
+let codeFile = null;
 
 function jsonSafe(value) {
   const ancestors = [];
@@ -51,16 +58,18 @@ function fail(err) {
   else process.exitCode = 1;
 }
 
-function writeOutcome() {
-  if (written) return;
-  written = true;
+let io;  // {readStdin(), writeFile(path, bytes), removeFile(path), writeStderr(text)}
+
+function finish() {
+  if (finished) return;
+  finished = true;
+  if (codeFile) {
+    try { io.removeFile(codeFile); } catch { /* already gone */ }
+  }
   const doc = {};
   if ("result" in outcome) doc.result = jsonSafe(outcome.result);
   if ("error" in outcome) doc.error = errorJson(outcome.error);
-  const text = JSON.stringify(doc);
-  const file = new URL("result.json", runDir);
-  if (isDeno) Deno.writeTextFileSync(file, text);
-  else globalThis.__rdsWriteFileSync(file, text);
+  io.writeStderr("\n\x1e" + header.token + JSON.stringify(doc) + "\n");
 }
 
 Object.defineProperty(globalThis, "result", {
@@ -72,28 +81,56 @@ Object.defineProperty(globalThis, "result", {
   enumerable: false,
 });
 
-let entry;
 if (isDeno) {
-  entry = new URL("main.ts", runDir);
+  io = {
+    readStdin: async () => new Uint8Array(await new Response(Deno.stdin.readable).arrayBuffer()),
+    writeFile: (path, bytes) => Deno.writeFileSync(path, bytes, { mode: 0o600 }),
+    removeFile: (path) => Deno.removeSync(path),
+    writeStderr: (text) => {
+      const bytes = new TextEncoder().encode(text);
+      let done = 0;
+      while (done < bytes.length) done += Deno.stderr.writeSync(bytes.subarray(done));
+    },
+  };
   globalThis.addEventListener("error", (event) => { event.preventDefault(); fail(event.error); });
   globalThis.addEventListener("unhandledrejection", (event) => {
     event.preventDefault();
     fail(event.reason);
   });
-  globalThis.addEventListener("unload", writeOutcome);
+  globalThis.addEventListener("unload", finish);
 } else {
-  entry = new URL("main.mjs", runDir);
-  const { writeFileSync } = await import("node:fs");
+  const fs = await import("node:fs");
   const { createRequire } = await import("node:module");
-  globalThis.__rdsWriteFileSync = writeFileSync;
-  globalThis.require = createRequire(new URL("/workspace/", "file:///"));
+  io = {
+    readStdin: async () => {
+      const chunks = [];
+      for await (const chunk of process.stdin) chunks.push(chunk);
+      return new Uint8Array(Buffer.concat(chunks));
+    },
+    writeFile: (path, bytes) => fs.writeFileSync(path, bytes, { mode: 0o600 }),
+    removeFile: (path) => fs.rmSync(path, { force: true }),
+    writeStderr: (text) => fs.writeSync(2, text),
+  };
+  globalThis.require = createRequire("file:///workspace/");
   process.on("uncaughtException", fail);
   process.on("unhandledRejection", fail);
-  process.on("exit", writeOutcome);
+  process.on("exit", finish);
+}
+
+const input = await io.readStdin();
+const newline = input.indexOf(10);
+header = JSON.parse(new TextDecoder().decode(input.subarray(0, newline)));
+let entry;
+if (header.path) {
+  entry = new URL("file://" + header.path).href;
+} else {
+  codeFile = `/tmp/rds-run-${header.token}-main.${header.ext}`;
+  io.writeFile(codeFile, input.subarray(newline + 1));
+  entry = new URL("file://" + codeFile).href;
 }
 
 try {
-  await import(entry.href);
+  await import(entry);
 } catch (err) {
   fail(err);
 }
