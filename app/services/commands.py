@@ -38,12 +38,13 @@ NODE_FORBIDDEN = re.compile(r"^(--inspect.*|--debug.*|-e|--eval(=.*)?|-p|--print
                             r"--experimental-loader(=.*)?)$")
 
 
-# What the login shell (bash, started by sshd) runs before the caller's command: only builtins,
-# because every extra process costs ~50-100 ms on an emulated (TCG) guest. It confines the
-# working directory to the workspace, caps processes and open files, rebuilds a clean
-# environment, and marks every process of the command with RDS_EXEC_ID so that kill-marked
-# can end the whole tree on timeout. Exit 210/211 with an "rds-exec:" message mean the command
-# was not started.
+# The command runs in the login shell (bash, started by sshd as `bash -c LINE`), after a
+# prelude of builtins only: every extra process costs 50-100 ms on an emulated (TCG) guest.
+# The prelude confines the working directory to the workspace, caps processes and open files,
+# and rebuilds a clean environment. RDS_EXEC_ID marks the command: it is in this shell's
+# command line and in the environment of every process the command starts, so kill-marked can
+# end the whole tree on timeout. Exit 210/211 with an "rds-exec:" message mean the command was
+# not started.
 BASE_ENV = {"HOME": "/workspace", "USER": "user", "LOGNAME": "user", "SHELL": "/bin/bash",
             "LANG": "C.UTF-8", "PATH": "/usr/local/bin:/usr/bin:/bin", "TMPDIR": "/tmp",
             "DENO_DIR": "/var/tmp/rds-deno", "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1",
@@ -51,17 +52,20 @@ BASE_ENV = {"HOME": "/workspace", "USER": "user", "LOGNAME": "user", "SHELL": "/
 
 
 def sandbox_command_line(command: str, cwd: str, env_pairs: list[str], marker: str) -> str:
-    """The SSH command line that runs ``command`` with /bin/sh in ``cwd`` (pure)."""
-    quoted_cwd = shlex.quote(cwd)
+    """The SSH command line that runs ``command`` (a shell script) in ``cwd`` (pure)."""
     exports = [f"{key}={value}" for key, value in BASE_ENV.items()]
     exports += [*env_pairs, f"RDS_EXEC_ID={marker}"]
+    missing = shlex.quote(f"rds-exec: cwd {cwd} does not exist or is not a directory")
+    outside = shlex.quote(f"rds-exec: cwd {cwd} resolves outside /workspace")
     return "\n".join([
-        f"cd -P -- {quoted_cwd} 2>/dev/null || {{ echo {shlex.quote(f'rds-exec: cwd {cwd} does not exist or is not a directory')} >&2; exit 210; }}",
-        f"case \"$PWD/\" in /workspace/*) ;; *) echo {shlex.quote(f'rds-exec: cwd {cwd} resolves outside /workspace')} >&2; exit 211 ;; esac",
+        f"cd -P -- {shlex.quote(cwd)} 2>/dev/null || {{ echo {missing} >&2; exit 210; }}",
+        f"case $PWD/ in /workspace/*) ;; *) echo {outside} >&2; exit 211 ;; esac",
         "ulimit -u 512 -n 4096 2>/dev/null",
         "unset ${!SSH_@} MAIL OLDPWD TERM",  # what sshd and bash add; the rest is set below
         "export " + " ".join(shlex.quote(item) for item in exports),
-        "exec /bin/sh -c " + shlex.quote(command),
+        # The caller's script starts on a line of its own, so that a syntax error in it cannot
+        # keep the prelude from running first.
+        command,
     ])
 
 

@@ -17,6 +17,7 @@ TIMEOUTS = SshTimeouts(connect=2.0, auth=2.0, channel=2.0)
 
 def run_command(channel: paramiko.Channel, command: str) -> None:
     """The 'guest': a handful of canned commands."""
+    time.sleep(0.05)  # like sshd: the exec request is answered before any output or close
     if command == "sleep":
         time.sleep(5)  # never answers in time: the client must give up
         return
