@@ -307,10 +307,41 @@ def build(images_dir: Path, image: str, force: bool) -> Path:
             shutil.rmtree(final)
         os.replace(out, final)
         _point_current(current, digest)
+        prune_old_builds(image_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"[guest-build] image {image} ready in {steps.total():.1f}s: {final}", flush=True)
     return final
+
+
+def builds_in_use(storage_root: Path) -> set[Path]:
+    """Image builds that some VM's overlay still uses as its backing file."""
+    used: set[Path] = set()
+    for overlay in (storage_root / "vms").glob("*/disk.qcow2"):
+        try:
+            info = json.loads(subprocess.run(
+                ["qemu-img", "info", "--output=json", "-U", str(overlay)], capture_output=True,
+                text=True, timeout=30, check=True).stdout)
+        except (subprocess.SubprocessError, ValueError):
+            continue
+        backing = info.get("full-backing-filename") or info.get("backing-filename")
+        if backing:
+            used.add(Path(backing).resolve().parent)
+    return used
+
+
+def prune_old_builds(image_dir: Path, keep: int = 2) -> None:
+    """Delete all but the newest ``keep`` builds, never one a VM still uses."""
+    builds = sorted((p for p in image_dir.iterdir()
+                     if p.is_dir() and not p.is_symlink() and (p / "manifest.json").exists()),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    current = (image_dir / "current").resolve()
+    in_use = builds_in_use(image_dir.parent.parent)
+    for old in builds[keep:]:
+        if old.resolve() == current or old.resolve() in in_use:
+            continue
+        print(f"[guest-build] removing old build {old.name}", flush=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _point_current(current: Path, digest: str) -> None:
