@@ -79,7 +79,7 @@ else
 fi
 for _ in $(seq 1 100); do daemon_up && break; sleep 0.2; done
 daemon_up || { echo "host-setup: libvirtd does not answer" >&2; exit 1; }
-log "libvirt $(virsh -c qemu:///system version --daemon 2>/dev/null | awk '/Running hypervisor|daemon/ {print $NF}' | tr '\n' ' ')up"
+log "libvirtd up ($(virsh -c qemu:///system version --daemon 2>/dev/null | awk '/daemon/ {print "libvirt " $NF} /hypervisor/ {print "QEMU " $NF}' | tr '\n' ' '))"
 
 if [ ! -x "$VENV/bin/python" ]; then
     log "creating virtualenv $VENV"
@@ -95,6 +95,18 @@ if [ ! -f "$stamp" ] || [ "$REPO_ROOT/setup.cfg" -nt "$stamp" ]; then
     fi
     rm -f "$pip_log"
     touch "$stamp"
+fi
+
+# A libvirtd that was killed can leave the guests' bridge behind while forgetting that its
+# network was active; starting the network would then fail on the existing device.
+NETWORK_NAME="${NETWORK_NAME:-rds-net}"
+NETWORK_BRIDGE="${NETWORK_BRIDGE:-rds-br0}"
+if ! timeout 10 virsh -c qemu:///system net-info "$NETWORK_NAME" 2>/dev/null \
+        | grep -Eq '^Active:[[:space:]]+yes'; then
+    if ip link show "$NETWORK_BRIDGE" >/dev/null 2>&1; then
+        log "removing stale bridge $NETWORK_BRIDGE of inactive network $NETWORK_NAME"
+        ip link delete "$NETWORK_BRIDGE" || true
+    fi
 fi
 
 log "preparing libvirt network and cleaning leftovers"
