@@ -153,3 +153,12 @@ def test_policy_of_unknown_vm_is_404(api):
     response = api.request("PUT", "/v1/vms/00000000-0000-4000-8000-000000000000/network",
                            json={"allowIps": [], "outboundInternet": False})
     assert response.status_code == 404
+
+
+def test_dns_port_on_the_bridge_follows_outbound_internet(api, closed_vm, bridge_listener):
+    """Only a TCP connect to the bridge's resolver: no query is sent anywhere."""
+    _put_policy(api, closed_vm, ["172.16.0.77/32"], True)
+    assert _eventually(lambda: _connects(api, closed_vm, BRIDGE_IP, 53), True)
+    assert not _connects(api, closed_vm, BRIDGE_IP, bridge_listener)
+    _put_policy(api, closed_vm, ["172.16.0.77/32"], False)
+    assert _eventually(lambda: _connects(api, closed_vm, BRIDGE_IP, 53), False) is False
