@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import subprocess
 import sys
 
 from app.config import ConfigError, load_settings
@@ -17,9 +18,14 @@ def prepare_host() -> None:
     from app.services.container import build_services
     services = build_services(load_settings())
     settings = services.settings
+    bridge = settings.network_bridge
     created = services.hypervisor.ensure_network(
-        settings.network_name, build_network_xml(settings.network_name, settings.network_bridge,
-                                                 settings.network_cidr, settings.network_mode))
+        settings.network_name,
+        build_network_xml(settings.network_name, bridge, settings.network_cidr,
+                          settings.network_mode),
+        bridge_present=lambda: os.path.exists(f"/sys/class/net/{bridge}"),
+        remove_stale_bridge=lambda: subprocess.run(["ip", "link", "delete", bridge],
+                                                   timeout=30, check=False))
     print(f"network {settings.network_name} ({settings.network_cidr}, bridge "
           f"{settings.network_bridge}, {settings.network_mode}) "
           f"{'created' if created else 'present'}")

@@ -97,18 +97,6 @@ if [ ! -f "$stamp" ] || [ "$REPO_ROOT/setup.cfg" -nt "$stamp" ]; then
     touch "$stamp"
 fi
 
-# A libvirtd that was killed can leave the guests' bridge behind while forgetting that its
-# network was active; starting the network would then fail on the existing device.
-NETWORK_NAME="${NETWORK_NAME:-rds-net}"
-NETWORK_BRIDGE="${NETWORK_BRIDGE:-rds-br0}"
-if ! timeout 10 virsh -c qemu:///system net-info "$NETWORK_NAME" 2>/dev/null \
-        | grep -Eq '^Active:[[:space:]]+yes'; then
-    if ip link show "$NETWORK_BRIDGE" >/dev/null 2>&1; then
-        log "removing stale bridge $NETWORK_BRIDGE of inactive network $NETWORK_NAME"
-        ip link delete "$NETWORK_BRIDGE" || true
-    fi
-fi
-
 log "preparing libvirt network and cleaning leftovers"
 cd "$REPO_ROOT"
 timeout 300 "$VENV/bin/python" -m app.cli prepare-host

@@ -257,8 +257,14 @@ class Hypervisor:
         return self._call("list nwfilters", lambda conn: [
             f.name() for f in conn.listAllNWFilters(0) if f.name().startswith(DOMAIN_PREFIX)])
 
-    def ensure_network(self, name: str, xml: str) -> bool:
-        """Define (if missing) and start the network; True if it had to be created."""
+    def ensure_network(self, name: str, xml: str, bridge_present: t.Callable[[], bool],
+                       remove_stale_bridge: t.Callable[[], None]) -> bool:
+        """Define (if missing), start and autostart the network; True if it was created.
+
+        A libvirtd that was killed can come back believing its network is active while the
+        bridge is gone (then the network is restarted), or inactive while the bridge is still
+        there (then the stale bridge is removed before starting it).
+        """
         def ensure(conn: t.Any) -> bool:
             created = False
             try:
@@ -266,8 +272,18 @@ class Hypervisor:
             except libvirt.libvirtError:
                 net = conn.networkDefineXML(xml)
                 created = True
+            if net.isActive() and not bridge_present():
+                log.warning("network %s is active but its bridge is gone: restarting it", name)
+                net.destroy()
             if not net.isActive():
-                net.create()
+                try:
+                    net.create()
+                except libvirt.libvirtError:
+                    if not bridge_present():
+                        raise
+                    log.warning("removing a stale bridge left behind for network %s", name)
+                    remove_stale_bridge()
+                    net.create()
             if not net.autostart():
                 net.setAutostart(True)
             return created
