@@ -65,10 +65,9 @@ if [ -d /run/systemd/system ]; then
 else
     # No systemd: start the daemons directly. A session that ended may have left stale pid
     # files or dead daemons behind; a daemon that does not answer is restarted.
-    if ! pgrep -x virtlogd >/dev/null; then
-        log "starting virtlogd"
-        virtlogd -d
-    fi
+    # A second virtlogd exits at once on the held pid-file lock, so starting it is idempotent
+    # (and immune to a dead one still listed as a zombie).
+    virtlogd -d 2>/dev/null || true
     if [ "${restart_libvirtd:-0}" = 1 ] || ! daemon_up; then
         pkill -x libvirtd 2>/dev/null || true
         for _ in $(seq 1 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
