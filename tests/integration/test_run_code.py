@@ -96,7 +96,7 @@ def test_timeout_and_temp_files_removed(api, shared_vm):
     body = _run(api, shared_vm, code="await new Promise(() => setInterval(() => {}, 1000))",
                 timeoutMs=8000)
     assert body["timedOut"] is True and body["exitCode"] == -1
-    left = exec_ok(api, shared_vm["id"], "ls /tmp | grep -c '^rds-run-' || true; "
+    left = exec_ok(api, shared_vm["id"], "ls /tmp | grep -cE '^rds-(run|code)-' || true; "
                                          "ps -eo args | grep -c '^deno' || true")
     assert left["stdout"].split() == ["0", "0"]
 
@@ -123,3 +123,23 @@ def test_result_survives_stderr_over_the_cap(api, shared_vm):
 def test_stderr_of_the_script_stays_visible(api, shared_vm):
     body = _run(api, shared_vm, code="console.error('warn: careful'); result.set(1)")
     assert body["stderr"] == "warn: careful\n" and body["result"] == 1
+
+
+def test_identical_code_runs_concurrently(app, shared_vm):
+    """Same code, same content-named file: every run still gets its own result."""
+    import concurrent.futures
+
+    from tests.integration.conftest import HEADERS
+
+    def run(_index: int) -> dict:
+        response = app.test_client().post(
+            f"/v1/vms/{shared_vm['id']}/run-ts", headers=HEADERS,
+            json={"code": "await new Promise((r) => setTimeout(r, 300)); result.set(Deno.args)",
+                  "args": [str(_index)]})
+        assert response.status_code == 200, response.json
+        return response.json
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        bodies = list(pool.map(run, range(3)))
+    assert [b["result"] for b in bodies] == [["0"], ["1"], ["2"]]
+    assert all(b["exitCode"] == 0 for b in bodies)

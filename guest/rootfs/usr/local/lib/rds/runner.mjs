@@ -3,8 +3,8 @@
 // The manager runs it as the main module (`deno run ... runner.mjs ARGS` / `node runner.mjs
 // ARGS`, so the caller's ARGS are Deno.args / process.argv.slice(2)) and writes to its stdin
 // one JSON header line {"token", "ext", "path"} followed by the caller's code. The runner
-// defines the global `result`, writes the code to /tmp/rds-run-<token>-main.<ext> (or imports the
-// workspace file at `path`), runs it, removes the temporary file, and at exit writes
+// defines the global `result`, writes the code to /tmp/rds-code-<sha256>-main.<ext> (or imports
+// the workspace file at `path`), runs it, removes the temporary file, and at exit writes
 // "\n<RS><token><json>\n" to stderr (RS: the record separator \x1e), where json is
 // {"result"?: ..., "error"?: ...}. The manager
 // takes the part after the last token off stderr. Values JSON cannot hold (BigInt, cycles,
@@ -52,13 +52,17 @@ function errorJson(err, ancestors = []) {
   return out;
 }
 
+function hex(buffer) {
+  return [...new Uint8Array(buffer)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 function fail(err) {
   outcome.error = err;
   if (isDeno) Deno.exitCode = 1;
   else process.exitCode = 1;
 }
 
-let io;  // {readStdin(), writeFile(path, bytes), removeFile(path), writeStderr(text)}
+let io;  // readStdin, writeFile, rename, exists, removeFile, writeStderr, sha256Hex
 
 function finish() {
   if (finished) return;
@@ -85,7 +89,10 @@ if (isDeno) {
   io = {
     readStdin: async () => new Uint8Array(await new Response(Deno.stdin.readable).arrayBuffer()),
     writeFile: (path, bytes) => Deno.writeFileSync(path, bytes, { mode: 0o600 }),
+    rename: (from, to) => Deno.renameSync(from, to),
+    exists: (path) => { try { Deno.statSync(path); return true; } catch { return false; } },
     removeFile: (path) => Deno.removeSync(path),
+    sha256Hex: async (bytes) => hex(await crypto.subtle.digest("SHA-256", bytes)),
     writeStderr: (text) => {
       const bytes = new TextEncoder().encode(text);
       let done = 0;
@@ -101,6 +108,7 @@ if (isDeno) {
 } else {
   const fs = await import("node:fs");
   const { createRequire } = await import("node:module");
+  const { createHash } = await import("node:crypto");
   io = {
     readStdin: async () => {
       const chunks = [];
@@ -108,7 +116,10 @@ if (isDeno) {
       return new Uint8Array(Buffer.concat(chunks));
     },
     writeFile: (path, bytes) => fs.writeFileSync(path, bytes, { mode: 0o600 }),
+    rename: (from, to) => fs.renameSync(from, to),
+    exists: (path) => fs.existsSync(path),
     removeFile: (path) => fs.rmSync(path, { force: true }),
+    sha256Hex: async (bytes) => createHash("sha256").update(bytes).digest("hex"),
     writeStderr: (text) => fs.writeSync(2, text),
   };
   globalThis.require = createRequire("file:///workspace/");
@@ -120,17 +131,39 @@ if (isDeno) {
 const input = await io.readStdin();
 const newline = input.indexOf(10);
 header = JSON.parse(new TextDecoder().decode(input.subarray(0, newline)));
+const code = input.subarray(newline + 1);
+
+// The code file is named after its content, so running the same code again finds Deno's
+// compile cache warm. It is written atomically (temp name + rename) and removed at exit; a
+// concurrent run of the same code that finds it removed before its import writes it again.
+async function writeCodeFile() {
+  const digest = await io.sha256Hex(code);
+  const path = `/tmp/rds-code-${digest}-main.${header.ext}`;
+  const temp = `${path}.${header.token}`;
+  io.writeFile(temp, code);
+  io.rename(temp, path);
+  return path;
+}
+
 let entry;
 if (header.path) {
   entry = new URL("file://" + header.path).href;
 } else {
-  codeFile = `/tmp/rds-run-${header.token}-main.${header.ext}`;
-  io.writeFile(codeFile, input.subarray(newline + 1));
+  codeFile = await writeCodeFile();
   entry = new URL("file://" + codeFile).href;
 }
 
-try {
-  await import(entry);
-} catch (err) {
-  fail(err);
+for (let attempt = 1; ; attempt++) {
+  try {
+    await import(entry);
+    break;
+  } catch (err) {
+    const vanished = codeFile && attempt < 3 && String(err?.message ?? "").includes(codeFile) &&
+      !io.exists(codeFile);
+    if (!vanished) {
+      fail(err);
+      break;
+    }
+    codeFile = await writeCodeFile();
+  }
 }
