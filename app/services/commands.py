@@ -21,11 +21,10 @@ from app.errors import AppError, GuestUnreachable, InvalidRequest
 from app.guestssh import GuestSSH
 from app.models import CommandResult, RunResult
 from app.services.vms import VmService
-from app.services.workspace import workspace_path
+from app.services.workspace import GUEST_HELPERS as HELPERS, workspace_path
 
 log = logging.getLogger(__name__)
 
-HELPERS = "/usr/local/lib/rds"
 RUNNER = f"{HELPERS}/runner.mjs"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV = {"RDS_EXEC_ID"}

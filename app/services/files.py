@@ -19,10 +19,9 @@ from app.config import Settings
 from app.errors import InvalidRequest, PayloadTooLarge, VmNotFound
 from app.services.archives import ArchiveLimits, validate_archive
 from app.services.vms import VmService
-from app.services.workspace import workspace_path
+from app.services.workspace import GUEST_HELPERS as HELPERS, workspace_path
 
 log = logging.getLogger(__name__)
-HELPERS = "/usr/local/lib/rds"
 SPOOL_IN_MEMORY = 1024 * 1024
 TRANSFER_TIMEOUT = 300.0
 COPY_CHUNK = 256 * 1024

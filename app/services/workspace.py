@@ -6,6 +6,7 @@ import posixpath
 from app.errors import InvalidRequest
 
 WORKSPACE = "/workspace"
+GUEST_HELPERS = "/usr/local/lib/rds"  # the in-guest helpers (guest/README.md)
 HOME_ALIAS = "/home/user"  # the original service's spelling of the same directory
 
 
