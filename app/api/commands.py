@@ -29,9 +29,8 @@ class RunTs(MethodView):
     @document_errors(blp, 400, 404, 409, 504)
     def post(self, body, vm_id):
         """Run TypeScript with Deno inside its permission sandbox"""
-        run = services().commands.run_ts(vm_id, body["code"], body["path"], body["args"],
-                                         body["env"], body["denoFlags"], body["timeoutMs"])
-        return _merge(run)
+        return services().commands.run_ts(vm_id, body["code"], body["path"], body["args"],
+                                          body["env"], body["denoFlags"], body["timeoutMs"])
 
 
 @blp.route("/<vm_id>/run-js")
@@ -41,22 +40,5 @@ class RunJs(MethodView):
     @document_errors(blp, 400, 404, 409, 504)
     def post(self, body, vm_id):
         """Run JavaScript (ES module) with Node.js"""
-        run = services().commands.run_js(vm_id, body["code"], body["path"], body["args"],
-                                         body["env"], body["nodeFlags"], body["timeoutMs"])
-        return _merge(run)
-
-
-def _merge(run):
-    """The command result's fields plus ``result``/``error`` when the script set them."""
-    merged = RunView(run.command)
-    for key in ("result", "error"):
-        if key in run.outcome:
-            setattr(merged, key, run.outcome[key])
-    return merged
-
-
-class RunView:
-    """Attribute view for RunResultSchema: the command's fields, then result/error."""
-
-    def __init__(self, command) -> None:
-        self.__dict__.update(command.__dict__)
+        return services().commands.run_js(vm_id, body["code"], body["path"], body["args"],
+                                          body["env"], body["nodeFlags"], body["timeoutMs"])

@@ -1,7 +1,9 @@
 """Schemas of exec, run-ts / run-js and file transfer."""
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+import types
+
+from marshmallow import RAISE, Schema, fields, pre_dump, validate
 
 MAX_CODE = 1_000_000
 
@@ -56,8 +58,16 @@ class RunJsSchema(_RunSchema):
 
 
 class RunResultSchema(CommandResultSchema):
+    """A RunResult: the command's fields, plus ``result``/``error`` only when the script set
+    them."""
+
     result = fields.Raw(allow_none=True)
     error = fields.Raw(allow_none=True)
+
+    @pre_dump
+    def _flatten(self, run, **_kwargs):
+        return types.SimpleNamespace(**vars(run.command), **{
+            key: run.outcome[key] for key in ("result", "error") if key in run.outcome})
 
 
 class UploadQueryArgsSchema(Schema):
