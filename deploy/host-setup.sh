@@ -22,7 +22,7 @@ PACKAGES=(
     qemu-system-x86 qemu-utils
     libvirt-daemon libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
     libvirt-dev pkg-config gcc python3-dev python3-venv
-    dnsmasq-base iptables ebtables nftables iproute2
+    dnsmasq-base iptables ebtables nftables ipset iproute2
     debootstrap busybox-static cpio kmod e2fsprogs xz-utils wget ca-certificates
     openssh-client nginx make
 )

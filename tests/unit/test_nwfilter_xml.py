@@ -6,102 +6,122 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from app.virt.egress import egress_entries, restore_script
 from app.virt.network_xml import build_network_xml
-from app.virt.nwfilter_xml import build_filter_xml
+from app.virt.nwfilter_xml import build_filter_xml, build_sealed_filter_xml
 
 NAME = "rds-0b5c1a3e"
 UUID = "0b5c1a3e-2f4d-4c6b-9a8e-1d2c3b4a5f60"
 GUESTS = "172.16.0.0/24"
 GATEWAY = "172.16.0.1"
-CASES = {
-    "nwfilter-deny": ((), False),
-    "nwfilter-gateway": (("172.16.0.1/32",), True),
-    "nwfilter-internet": (("0.0.0.0/0",), True),
-    "nwfilter-ipv6": (("2001:db8::/32", "1.1.1.1/32"), True),
-}
 
 
-def build(allow_ips: tuple[str, ...], outbound: bool) -> str:
-    return build_filter_xml(NAME, UUID, allow_ips, outbound, GUESTS, GATEWAY)
+def build() -> str:
+    return build_filter_xml(NAME, UUID, GUESTS, GATEWAY)
 
 
-def rules(xml: str) -> list[tuple[str, str, dict[str, str]]]:
-    """(action, direction, attributes of the protocol element) per rule, in order."""
-    return [(rule.get("action"), rule.get("direction"), dict(rule[0].attrib))
-            for rule in ET.fromstring(xml).iter("rule")]
+def rules(xml: str) -> list[tuple[str, str, int, dict[str, str]]]:
+    """(action, direction, priority, attributes of the protocol element) per rule, in order."""
+    return [(rule.get("action"), rule.get("direction"), int(rule.get("priority")),
+             dict(rule[0].attrib)) for rule in ET.fromstring(xml).iter("rule")]
 
 
-def accepted_out(xml: str) -> list[dict[str, str]]:
-    return [attrs for action, direction, attrs in rules(xml)
-            if action == "accept" and direction == "out" and attrs.get("srcportstart") != "22"]
+def test_golden(golden):
+    golden("xml/nwfilter-vm-out.xml", build())
 
 
-def dropped_out(xml: str) -> list[str]:
-    return [f"{attrs['dstipaddr']}/{attrs.get('dstipmask', '32')}"
-            for action, direction, attrs in rules(xml)
-            if action == "drop" and direction == "out"]
+def test_sealed_golden(golden):
+    golden("xml/nwfilter-sealed-out.xml", build_sealed_filter_xml(NAME, UUID))
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_golden(golden, case):
-    golden(f"xml/{case}-out.xml", build(*CASES[case]))
+def test_sealed_filter_only_drops():
+    assert [(a, d) for a, d, _p, _attrs in rules(build_sealed_filter_xml(NAME, UUID))] == [
+        ("drop", "inout")]
 
 
-@pytest.mark.parametrize("allow_ips", [(), ("8.8.8.8/32", "0.0.0.0/0")])
-def test_outbound_false_allows_nothing_and_drops_all(allow_ips):
-    xml = build(allow_ips, False)
-    root = ET.fromstring(xml)
+def test_filter_names_the_vm_and_keeps_clean_traffic():
+    root = ET.fromstring(build())
     assert root.get("name") == NAME and root.findtext("uuid") == UUID
     assert root.find("filterref").get("filter") == "clean-traffic"
-    assert accepted_out(xml) == []
-    assert rules(xml)[-1] == ("drop", "inout", {})
+    assert rules(build())[-1] == ("drop", "inout", 1000, {})
 
 
 def test_manager_ssh_is_always_let_through():
-    assert ("accept", "in", {"srcipaddr": "$GATEWAY", "dstportstart": "22",
-                             "state": "NEW,ESTABLISHED"}) in rules(build((), False))
+    assert ("accept", "in", 100, {"srcipaddr": "$GATEWAY", "dstportstart": "22",
+                                  "state": "NEW,ESTABLISHED"}) in rules(build())
 
 
-def test_allowed_gateway_is_not_dropped():
-    xml = build(("172.16.0.1/32",), True)
-    assert "$GATEWAY/32" not in dropped_out(xml)
-    assert {"dstipaddr": "172.16.0.1", "dstipmask": "32",
-            "state": "NEW,ESTABLISHED,RELATED"} in accepted_out(xml)
+def test_every_egress_accept_needs_a_set_member():
+    """No outbound connection is accepted unless the VM's sets (its policy) say so."""
+    for action, direction, _prio, attrs in rules(build()):
+        if action == "accept" and direction == "out" and attrs.get("srcportstart") != "22":
+            assert attrs["ipset"] in (f"{NAME}-allow", f"{NAME}-dns"), attrs
 
 
-def test_gateway_dropped_unless_allowed():
-    assert "$GATEWAY/32" in dropped_out(build(("8.8.8.8/32",), True))
-
-
-def test_full_internet_still_drops_every_other_guest():
-    xml = build(("0.0.0.0/0",), True)
-    blocks = [ipaddress.ip_network(d) for d in dropped_out(xml) if not d.startswith("$")]
+def test_guest_blocks_outrank_the_allow_set():
+    table = rules(build())
+    blocks = [prio for action, direction, prio, attrs in table
+              if action == "drop" and direction == "out"]
+    allow = [prio for action, direction, prio, attrs in table
+             if attrs.get("ipset") == f"{NAME}-allow" and "dstipaddr" not in attrs]
+    assert allow and max(blocks) < min(allow)
+    dropped = [ipaddress.ip_network(f"{a['dstipaddr']}/{a.get('dstipmask', '32')}")
+               for action, _d, _p, a in table if action == "drop" and "dstipaddr" in a
+               and not a["dstipaddr"].startswith("$")]
     guests = [ip for ip in ipaddress.ip_network(GUESTS) if str(ip) != GATEWAY]
-    assert all(any(ip in block for block in blocks) for ip in guests)
-    assert not any(ipaddress.ip_address(GATEWAY) in block for block in blocks)
-    assert {"dstipaddr": "0.0.0.0", "dstipmask": "0",
-            "state": "NEW,ESTABLISHED,RELATED"} in accepted_out(xml)
+    assert all(any(ip in block for block in dropped) for ip in guests)
 
 
-def test_guest_blocks_outrank_allow_rules():
-    root = ET.fromstring(build(("0.0.0.0/0",), True))
-    drops = [int(r.get("priority")) for r in root.iter("rule")
-             if r.get("action") == "drop" and r.get("direction") == "out"]
-    allows = [int(r.get("priority")) for r in root.iter("rule")
-              if r.get("action") == "accept" and r[0].get("dstipaddr") == "0.0.0.0"]
-    assert max(drops) < min(allows)
+def test_gateway_reachable_only_through_the_allow_set():
+    table = rules(build())
+    allowed = [prio for action, _d, prio, a in table if action == "accept"
+               and a.get("dstipaddr") == "$GATEWAY" and a.get("ipset") == f"{NAME}-allow"]
+    dropped = [prio for action, _d, prio, a in table if action == "drop"
+               and a.get("dstipaddr") == "$GATEWAY"]
+    assert allowed and dropped and max(allowed) < min(dropped)
 
 
-def test_outbound_true_allows_dns_to_the_gateway():
-    dns = [attrs for attrs in accepted_out(build((), True)) if attrs.get("dstportstart") == "53"]
-    assert len(dns) == 2 and all(attrs["dstipaddr"] == "$GATEWAY" for attrs in dns)
+def test_dns_matches_address_and_port_in_the_dns_set():
+    dns = [a for _a, _d, prio, a in rules(build()) if a.get("ipset") == f"{NAME}-dns"]
+    assert dns == [{"ipset": f"{NAME}-dns", "ipsetflags": "dst,dst",
+                    "state": "NEW,ESTABLISHED,RELATED"}]
 
 
-def test_ipv6_entries_produce_no_rule():
-    ipv4_only = build(("1.1.1.1/32",), True)
-    with_ipv6 = build(("2001:db8::/32", "1.1.1.1/32"), True)
-    assert rules(with_ipv6) == rules(ipv4_only)
-    assert "2001:db8" not in "".join(str(attrs) for _a, _d, attrs in rules(with_ipv6))
+@pytest.mark.parametrize("allow_ips", [(), ("8.8.8.8/32", "0.0.0.0/0")])
+def test_outbound_false_fills_no_set(allow_ips):
+    assert egress_entries(allow_ips, False, GATEWAY) == ([], [])
+
+
+def test_outbound_true_allows_dns_and_the_entries():
+    cidrs, dns = egress_entries(("10.0.0.0/8", "1.1.1.1/32"), True, GATEWAY)
+    assert cidrs == ["10.0.0.0/8", "1.1.1.1/32"]
+    assert dns == [f"{GATEWAY},udp:53", f"{GATEWAY},tcp:53"]
+
+
+def test_full_internet_is_split_into_halves():
+    assert egress_entries(("0.0.0.0/0",), True, GATEWAY)[0] == ["0.0.0.0/1", "128.0.0.0/1"]
+
+
+def test_ipv6_entries_are_dropped_and_duplicates_merged():
+    cidrs, _dns = egress_entries(("2001:db8::/32", "1.1.1.1", "1.1.1.1/32"), True, GATEWAY)
+    assert cidrs == ["1.1.1.1/32"]
+
+
+def test_restore_script_swaps_fresh_sets_in():
+    script = restore_script(NAME, ["10.0.0.0/8"], [f"{GATEWAY},udp:53"]).splitlines()
+    assert script[:3] == [f"create {NAME}-allow hash:net family inet -exist",
+                          f"create {NAME}-allow-n hash:net family inet -exist",
+                          f"flush {NAME}-allow-n"]
+    assert f"add {NAME}-allow-n 10.0.0.0/8 -exist" in script
+    assert script.index(f"swap {NAME}-allow-n {NAME}-allow") > script.index(
+        f"add {NAME}-allow-n 10.0.0.0/8 -exist")
+    assert f"create {NAME}-dns hash:ip,port family inet -exist" in script
+    assert script[-1] == f"destroy {NAME}-dns-n"
+
+
+def test_set_names_fit_the_kernel_limit():
+    with pytest.raises(ValueError):
+        restore_script("rds-" + "x" * 30, [], [])
 
 
 def test_isolated_network_has_no_forward():
@@ -125,16 +145,8 @@ def test_unknown_network_mode_is_refused():
 
 def test_dns_is_accepted_before_the_gateway_block():
     """Allowed DNS must win over the gateway drop even when no allowIps entry covers it."""
-    import xml.etree.ElementTree as ET
-
-    from app.virt.nwfilter_xml import build_filter_xml
-
-    root = ET.fromstring(build_filter_xml("rds-x", "00000000-0000-4000-8000-000000000001",
-                                          ("10.9.0.0/16",), True, "172.16.0.0/24",
-                                          "172.16.0.1"))
-    dns = [int(r.get("priority")) for r in root.iter("rule")
-           if r.find("udp") is not None and r.find("udp").get("dstportstart") == "53"]
-    gateway_drop = [int(r.get("priority")) for r in root.iter("rule")
-                    if r.get("action") == "drop" and r.find("all") is not None
-                    and r.find("all").get("dstipaddr") == "$GATEWAY"]
+    table = rules(build())
+    dns = [prio for _a, _d, prio, attrs in table if attrs.get("ipset") == f"{NAME}-dns"]
+    gateway_drop = [prio for action, _d, prio, attrs in table
+                    if action == "drop" and attrs.get("dstipaddr") == "$GATEWAY"]
     assert dns and gateway_drop and max(dns) < min(gateway_drop)
