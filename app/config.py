@@ -56,6 +56,14 @@ class Settings:
     ssh_channel_timeout_s: float = 10.0
     log_level: str = "INFO"
     trusted_proxies: int = 0
+    # Memory snapshots: VM shapes ("CPUxMEM_MB", comma-separated) kept as saved booted guests.
+    snapshot_shapes: str = "1x256"
+    snapshot_auto_build: str = "true"  # build a missing one in the background on first use
+    # Warm pool: pre-started sealed VMs handed out on create.
+    enable_warm_pool: str = "false"
+    warm_pool_target: int = 1  # ready VMs kept per pooled shape
+    warm_pool_max_vms: int = 4  # pool VMs at most, all shapes together
+    warm_pool_shapes: str = "1x256"
 
     # Derived paths ------------------------------------------------------------------------
     @property
@@ -69,6 +77,26 @@ class Settings:
     @property
     def keys_dir(self) -> Path:
         return Path(self.storage_root) / "keys"
+
+    @property
+    def seeds_dir(self) -> Path:
+        return Path(self.storage_root) / "seeds"
+
+    @property
+    def snapshot_shape_list(self) -> tuple[tuple[int, int], ...]:
+        return parse_shapes(self.snapshot_shapes)
+
+    @property
+    def warm_pool_shape_list(self) -> tuple[tuple[int, int], ...]:
+        return parse_shapes(self.warm_pool_shapes)
+
+    @property
+    def warm_pool_enabled(self) -> bool:
+        return _truthy(self.enable_warm_pool)
+
+    @property
+    def snapshot_auto_build_enabled(self) -> bool:
+        return _truthy(self.snapshot_auto_build)
 
     @property
     def lock_path(self) -> Path:
@@ -123,8 +151,32 @@ ENV_NAMES: dict[str, str] = {
     "SSH_CHANNEL_TIMEOUT_S": "ssh_channel_timeout_s",
     "LOG_LEVEL": "log_level",
     "TRUSTED_PROXIES": "trusted_proxies",
+    "SNAPSHOT_SHAPES": "snapshot_shapes",
+    "SNAPSHOT_AUTO_BUILD": "snapshot_auto_build",
+    "ENABLE_WARM_POOL": "enable_warm_pool",
+    "WARM_POOL_TARGET": "warm_pool_target",
+    "WARM_POOL_MAX_VMS": "warm_pool_max_vms",
+    "WARM_POOL_SHAPES": "warm_pool_shapes",
 }
 FIELD_FOR_KEY = {field.name: field for field in dataclasses.fields(Settings)}
+
+
+def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
+    """``"1x256,2x512"`` → ``((1, 256), (2, 512))``; an empty string means none.
+
+    :raises ValueError: for an entry that is not ``CPUxMEM_MB`` with positive numbers.
+    """
+    shapes = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        cpu, sep, mem = entry.lower().partition("x")
+        if not sep or not cpu.isdigit() or not mem.isdigit() or int(cpu) < 1 or int(mem) < 128:
+            raise ValueError(f"{entry!r} is not CPUxMEM_MB (e.g. 1x256)")
+        shapes.append((int(cpu), int(mem)))
+    return tuple(shapes)
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def _coerce(name: str, raw: t.Any) -> t.Any:
@@ -200,5 +252,16 @@ def validate(settings: Settings) -> None:
                  "ssh_connect_timeout_s", "ssh_auth_timeout_s", "ssh_channel_timeout_s"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name.upper()} must be positive")
+    for name in ("snapshot_shapes", "warm_pool_shapes"):
+        try:
+            parse_shapes(getattr(settings, name))
+        except ValueError as exc:
+            raise ConfigError(f"{name.upper()}: {exc}") from None
+    for name in ("snapshot_auto_build", "enable_warm_pool"):
+        if getattr(settings, name).strip().lower() not in ("1", "0", "true", "false", "yes",
+                                                           "no", "on", "off"):
+            raise ConfigError(f"{name.upper()} must be true or false")
+    if settings.warm_pool_target < 0 or settings.warm_pool_max_vms < 0:
+        raise ConfigError("WARM_POOL_TARGET and WARM_POOL_MAX_VMS must not be negative")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")

@@ -26,6 +26,23 @@ class VmPhase(str, enum.Enum):
     STOPPING = "stopping"
 
 
+class VmRole(str, enum.Enum):
+    """What a domain of this service is for; only sandboxes appear in the API."""
+
+    SANDBOX = "sandbox"  # a caller's VM
+    POOL = "pool"  # a warm-pool VM waiting to be claimed (sealed, invisible)
+    SEED = "seed"  # a booted idle guest being saved as a memory snapshot
+
+
+class ProvisionMode(str, enum.Enum):
+    """How a VM is made: ``auto`` picks the fastest path that is available."""
+
+    AUTO = "auto"
+    BOOT = "boot"
+    SNAPSHOT = "snapshot"
+    POOL = "pool"
+
+
 @dataclasses.dataclass(frozen=True)
 class VmSpec:
     """What a caller asked for."""
@@ -36,6 +53,7 @@ class VmSpec:
     outbound_internet: bool = False
     image_id: str | None = None
     disk_size_mb: int | None = None
+    provision_mode: ProvisionMode = ProvisionMode.AUTO
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +75,8 @@ class VmRecord:
     provision_mode: str
     host_key: str
     phase: VmPhase = VmPhase.STARTING
+    role: VmRole = VmRole.SANDBOX
+    seed: str = ""  # the memory snapshot (seed) a restored VM came from; its disk backs ours
 
 
 @dataclasses.dataclass(frozen=True)

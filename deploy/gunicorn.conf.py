@@ -29,6 +29,23 @@ def on_starting(server):
         server.log.info("removed orphan %s", item)
 
 
+def post_worker_init(worker):
+    """Every worker runs the maintainer thread; the one holding its host lock does the work
+    (memory snapshots, warm pool), another takes over if that worker dies."""
+    services = worker.wsgi.extensions["rds"]
+    services.maintainer.start()
+
+
+def on_exit(server):
+    """The service stops: remove the warm pool's VMs (a crash leaves them to the next owner,
+    which adopts the ready ones and removes the rest)."""
+    from app.config import load_settings
+    from app.services.container import build_services
+
+    services = build_services(load_settings())
+    services.maintainer.drain()
+
+
 def worker_exit(server, worker):
     app = getattr(worker, "wsgi", None)
     services = getattr(app, "extensions", {}).get("rds") if app else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask.views import MethodView
 
 from app.api import Blueprint, document_errors, services
-from app.models import VmSpec
+from app.models import ProvisionMode, VmSpec
 from app.schemas.vms import NetworkPolicySchema, VmCreateSchema, VmSchema
 
 blp = Blueprint("vms", __name__, url_prefix="/v1/vms", description="Sandbox VMs")
@@ -24,7 +24,8 @@ class Vms(MethodView):
         """Create a VM and boot it; answers once commands can run in it"""
         spec = VmSpec(cpu=body["cpu"], mem_mb=body["memMb"], allow_ips=tuple(body["allowIps"]),
                       outbound_internet=body["outboundInternet"], image_id=body["imageId"],
-                      disk_size_mb=body["diskSizeMb"])
+                      disk_size_mb=body["diskSizeMb"],
+                      provision_mode=ProvisionMode(body["provisionMode"]))
         return services().vms.create(spec)
 
 

@@ -51,6 +51,13 @@ class VmCreateSchema(NetworkPolicySchema):
                                                      "'default')"})
     diskSizeMb = fields.Integer(load_default=None, allow_none=True, strict=True,
                                 validate=validate.Range(min=1, max=1024 * 1024))
+    provisionMode = fields.String(
+        load_default="auto", validate=validate.OneOf(["auto", "boot", "snapshot", "pool"]),
+        metadata={"description": "how to make the VM: 'pool' (a pre-started VM), 'snapshot' "
+                                 "(restore a saved booted guest), 'boot' (cold boot), or "
+                                 "'auto' (the fastest available). A faster path that is not "
+                                 "available falls back to the next one; the response's "
+                                 "provisionMode says which was used."})
 
 
 class VmSchema(Schema):
@@ -66,7 +73,8 @@ class VmSchema(Schema):
     allowIps = fields.List(fields.String(), dump_only=True, attribute="allow_ips")
     createdAt = fields.String(dump_only=True, attribute="created_at")
     imageId = fields.String(dump_only=True, attribute="image_id")
-    provisionMode = fields.String(dump_only=True, attribute="provision_mode")
+    provisionMode = fields.String(dump_only=True, attribute="provision_mode",
+                                  validate=validate.OneOf(["boot", "snapshot", "pool"]))
 
     def get_attribute(self, obj, attr, default):  # VmState enum -> its value
         value = super().get_attribute(obj, attr, default)

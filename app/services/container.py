@@ -7,6 +7,7 @@ import logging
 from app.config import Settings
 from app.services.commands import CommandService
 from app.services.files import FileService
+from app.services.maintenance import Maintainer
 from app.services.templates import TemplateCatalog
 from app.services.vms import VmService
 from app.virt.accel import choose_domain_type
@@ -24,8 +25,10 @@ class Services:
     commands: CommandService
     files: FileService
     domain_type: str
+    maintainer: Maintainer
 
     def close(self) -> None:
+        self.maintainer.stop()
         self.vms.close()
 
 
@@ -39,4 +42,4 @@ def build_services(settings: Settings) -> Services:
     vms = VmService(settings, hypervisor, templates, domain_type)
     return Services(settings=settings, hypervisor=hypervisor, templates=templates, vms=vms,
                     commands=CommandService(settings, vms), files=FileService(settings, vms),
-                    domain_type=domain_type)
+                    domain_type=domain_type, maintainer=Maintainer(settings, vms))

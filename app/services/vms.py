@@ -24,19 +24,26 @@ from app.config import Settings
 from app.errors import (AppError, GuestUnreachable, HypervisorError, InvalidRequest,
                         QuotaExceeded, VmNotFound, VmStateConflict)
 from app.guestssh import GuestSSH, SshTimeouts, load_private_key
-from app.models import Template, Vm, VmPhase, VmRecord, VmSpec, VmState
+from app.models import (ProvisionMode, Template, Vm, VmPhase, VmRecord, VmRole, VmSpec,
+                        VmState)
 from app.services.addresses import allocation_lock, mac_for, pick_address
+from app.services.seeds import Seed, SeedStore
 from app.services.templates import ImageBuild, TemplateCatalog
 from app.sshkeys import KeyPair, generate_keypair, manager_keypair, write_private
-from app.virt import disks
+from app.virt import disks, save_image
 from app.virt.connection import DomainInfo, Hypervisor
 from app.virt.domain_xml import (METADATA_NS, METADATA_PREFIX, BootFiles, DomainParams,
-                                 build_domain_xml, metadata_xml, parse_metadata)
-from app.virt.nwfilter_xml import build_filter_xml
+                                 build_domain_xml, metadata_xml, parse_metadata, vm_title)
+from app.virt.ipsets import IpSets
+from app.virt.nwfilter_xml import build_filter_xml, build_sealed_filter_xml
 
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT = 60.0
 ORPHAN_MIN_AGE_S = 600.0  # longer than any create (lock wait + boot timeout)
+REIDENTIFY = "/usr/local/lib/rds/reidentify"  # in the guest image, see guest/rootfs
+RESTORE_TIMEOUT_S = 120.0
+AGENT_TIMEOUT_S = 30.0
+SETTLE = "/usr/local/lib/rds/settle"  # prepares an idle guest to be saved
 
 
 def vm_state(domain_state: str, phase: VmPhase) -> VmState:
@@ -68,6 +75,8 @@ class VmService:
         self.hypervisor = hypervisor
         self.templates = templates
         self.domain_type = domain_type
+        self.seeds = SeedStore(settings.seeds_dir, domain_type)
+        self.ipsets = IpSets()
         self._manager_key: KeyPair | None = None
         self._guests: dict[str, GuestSSH] = {}
         self._guests_lock = threading.Lock()
@@ -78,7 +87,7 @@ class VmService:
         vms = []
         for info in self.hypervisor.list_domains():
             record = parse_metadata(info.xml)
-            if record is not None:
+            if record is not None and record.role is VmRole.SANDBOX:
                 vms.append(to_vm(record, info.state))
         return sorted(vms, key=lambda vm: (vm.created_at, vm.id))
 
@@ -97,14 +106,20 @@ class VmService:
         except VmNotFound:
             raise VmNotFound(f"VM {vm_id} not found") from None
         record = parse_metadata(info.xml)
-        if record is None or not info.name.startswith("rds-"):
+        if record is None or record.role is not VmRole.SANDBOX or \
+                not info.name.startswith("rds-"):
             raise VmNotFound(f"VM {vm_id} not found")
         return record, info
 
     # Create ################################################################################
 
     def create(self, spec: VmSpec) -> Vm:
-        """Create and boot a VM; returns once a command ran in the guest.
+        """Create a VM; returns once a command ran in the guest.
+
+        ``spec.provision_mode``: ``auto`` and ``pool`` first claim a ready warm-pool VM of the
+        shape; ``auto``, ``pool`` and ``snapshot`` then restore the shape's memory snapshot if
+        one exists; everything falls back to a cold boot (logged), and ``boot`` always boots.
+        At the quota, an idle pool VM is evicted to make room.
 
         :raises InvalidRequest: limits or unknown template.
         :raises QuotaExceeded: at ``MAX_VMS``.
@@ -118,19 +133,78 @@ class VmService:
         if disk_size_mb < build.disk_size_mb:
             raise InvalidRequest(f"diskSizeMb must be at least {build.disk_size_mb} for "
                                  f"template {template.id!r}")
+        if spec.provision_mode in (ProvisionMode.AUTO, ProvisionMode.POOL):
+            claimed = self._claim_pool_vm(spec, template, build, disk_size_mb)
+            if claimed is not None:
+                return claimed
+        try:
+            return self._create_new(spec, template, build, disk_size_mb)
+        except QuotaExceeded:
+            if not self._evict_pool_vm():
+                raise
+        return self._create_new(spec, template, build, disk_size_mb)
+
+    def _create_new(self, spec: VmSpec, template: Template, build: ImageBuild,
+                    disk_size_mb: int) -> Vm:
+        """A new VM, restored from the shape's memory snapshot if there is one, else booted."""
+        if spec.provision_mode is not ProvisionMode.BOOT:
+            seed = self.seeds.find(template, build, spec.cpu, spec.mem_mb, disk_size_mb)
+            if seed is None:
+                log.info("no memory snapshot for template=%s shape=%sx%s disk=%s: cold boot",
+                         template.id, spec.cpu, spec.mem_mb, disk_size_mb)
+            else:
+                try:
+                    return self._create(spec, template, build, disk_size_mb, seed)
+                except (HypervisorError, GuestUnreachable, save_image.SaveImageError) as exc:
+                    log.warning("restore from memory snapshot failed seed=%s error=%s: "
+                                "falling back to a cold boot", seed.key, exc)
+        return self._create(spec, template, build, disk_size_mb, None)
+
+    def _create(self, spec: VmSpec, template: Template, build: ImageBuild, disk_size_mb: int,
+                seed: Seed | None, role: VmRole = VmRole.SANDBOX) -> Vm:
         started = time.monotonic()
         with contextlib.ExitStack() as undo:
-            record = self._provision(spec, template, build, disk_size_mb, undo)
-            log.info("vm defined vm=%s name=%s ip=%s accel=%s", record.id, record.name,
-                     record.guest_ip, self.domain_type)
-            self.hypervisor.start_domain(record.id)
-            undo.callback(self._quietly, self.hypervisor.destroy_domain, record.id)
+            record, xml = self._provision(spec, template, build, disk_size_mb, undo, seed=seed,
+                                          role=role)
+            log.info("vm defined vm=%s name=%s ip=%s accel=%s mode=%s", record.id, record.name,
+                     record.guest_ip, self.domain_type, record.provision_mode)
+            if seed is None:
+                self.hypervisor.start_domain(record.id)
+                undo.callback(self._quietly, self.hypervisor.destroy_domain, record.id)
+            else:
+                self._restore(record, xml, seed, undo)
             self._wait_ready(record)
             record = self._set_phase(record, VmPhase.READY)
             undo.pop_all()
-        log.info("vm ready vm=%s name=%s seconds=%.1f", record.id, record.name,
-                 time.monotonic() - started)
+        log.info("vm ready vm=%s name=%s mode=%s seconds=%.2f", record.id, record.name,
+                 record.provision_mode, time.monotonic() - started)
         return to_vm(record, "running")
+
+    def _restore(self, record: VmRecord, xml: str, seed: Seed,
+                 undo: contextlib.ExitStack) -> None:
+        """Run the seed's saved guest as this VM, then give the guest the VM's identity.
+
+        The guest agent does the re-identification, because the saved guest has eth0 down
+        (so it never sends a frame with the seed's MAC) until :data:`REIDENTIFY` brings it up
+        with the VM's own MAC and address.
+        """
+        vm_dir = self.settings.vms_dir / record.name
+        state = vm_dir / "restore.sav"
+        save_image.write_clone(seed.state, state, xml)
+        try:
+            self.hypervisor.restore_domain(str(state), RESTORE_TIMEOUT_S)
+        finally:
+            state.unlink(missing_ok=True)
+        undo.callback(self._quietly, self.hypervisor.destroy_domain, record.id)
+        self.hypervisor.set_guest_time(record.id, AGENT_TIMEOUT_S)
+        exit_code = self.hypervisor.guest_agent_exec(
+            record.id, REIDENTIFY,
+            [record.mac, f"{record.guest_ip}/{self.settings.network.prefixlen}",
+             str(self.settings.gateway_ip), record.name],
+            AGENT_TIMEOUT_S, stdin=(vm_dir / "ssh_host_ed25519_key").read_bytes())
+        if exit_code != 0:
+            raise HypervisorError(f"re-identifying the restored guest {record.name} failed "
+                                  f"(exit {exit_code})")
 
     def _check_limits(self, spec: VmSpec) -> None:
         limits = self.settings
@@ -157,15 +231,19 @@ class VmService:
         record, info = self._lookup(vm_id)
         updated = dataclasses.replace(record, allow_ips=allow_ips,
                                       outbound_internet=outbound_internet)
-        self.hypervisor.define_filter(self._filter_xml(updated))
+        self._apply_policy(updated)
         self.hypervisor.set_metadata(vm_id, metadata_xml(updated), METADATA_NS, METADATA_PREFIX)
         log.info("vm network policy changed vm=%s outbound=%s entries=%s", vm_id,
                  outbound_internet, len(allow_ips))
         return to_vm(updated, info.state)
 
     def _provision(self, spec: VmSpec, template: Template, build: ImageBuild,
-                   disk_size_mb: int, undo: contextlib.ExitStack) -> VmRecord:
-        """Allocate address and name, write disk and keys, define filter and domain."""
+                   disk_size_mb: int, undo: contextlib.ExitStack, seed: Seed | None = None,
+                   role: VmRole = VmRole.SANDBOX) -> tuple[VmRecord, str]:
+        """Allocate address and name, write disk and keys, define filter and domain.
+
+        :returns: the record and the domain XML that was defined.
+        """
         settings = self.settings
         host_key = generate_keypair()
         with allocation_lock(settings.lock_path, LOCK_TIMEOUT):
@@ -181,20 +259,32 @@ class VmService:
                 mac=mac_for(address), allow_ips=spec.allow_ips,
                 outbound_internet=spec.outbound_internet, image_id=template.id,
                 image_path=str(build.path), disk_size_mb=disk_size_mb,
-                created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-                .replace("+00:00", "Z"),
-                provision_mode="boot", host_key=host_key.public_openssh, phase=VmPhase.STARTING)
+                created_at=_now_iso(),
+                provision_mode="boot" if seed is None else "snapshot",
+                host_key=host_key.public_openssh, phase=VmPhase.STARTING, role=role,
+                seed=seed.key if seed else "")
             vm_dir = settings.vms_dir / name
             vm_dir.mkdir(mode=0o700, parents=True)
             undo.callback(shutil.rmtree, vm_dir, True)
-            disks.create_overlay(build.disk, vm_dir / "disk.qcow2", disk_size_mb)
-            write_private(vm_dir / "ssh_host_ed25519_key", host_key.private_openssh)
-            (vm_dir / "authorized_keys").write_text(self.manager_key().public_openssh + "\n")
+            disks.create_overlay(seed.disk if seed else build.disk, vm_dir / "disk.qcow2",
+                                 disk_size_mb)
+            self._write_guest_keys(vm_dir, host_key)
+            self._apply_policy(record)
+            # Registered before the domain: undone after it, once no filter rule uses the sets.
+            undo.callback(self._quietly, self.ipsets.destroy, name)
             self.hypervisor.define_filter(self._filter_xml(record))
             undo.callback(self._quietly, self.hypervisor.undefine_filter, name)
-            self.hypervisor.define_domain(self._domain_xml(record, template, build, vm_dir))
+            xml = self._domain_xml(record, template.domain_xml if seed is None else
+                                   save_image.read_header(seed.state).xml, build, vm_dir,
+                                   genid=str(uuid.uuid4()) if seed else "")
+            self.hypervisor.define_domain(xml)
             undo.callback(self._quietly, self.hypervisor.undefine_domain, vm_id)
-        return record
+        return record, xml
+
+    def _write_guest_keys(self, vm_dir: Path, host_key: KeyPair) -> None:
+        """The VM's own host key and the manager's public key, served to the guest by fw_cfg."""
+        write_private(vm_dir / "ssh_host_ed25519_key", host_key.private_openssh)
+        (vm_dir / "authorized_keys").write_text(self.manager_key().public_openssh + "\n")
 
     def _new_identity(self) -> tuple[str, str]:
         for _ in range(10):
@@ -206,15 +296,23 @@ class VmService:
         raise HypervisorError("could not find a free VM name")
 
     def _filter_xml(self, record: VmRecord) -> str:
-        return build_filter_xml(record.name, record.id, record.allow_ips,
-                                record.outbound_internet, self.settings.network_cidr,
+        return build_filter_xml(record.name, record.id, self.settings.network_cidr,
                                 str(self.settings.gateway_ip))
 
-    def _domain_xml(self, record: VmRecord, template: Template, build: ImageBuild,
-                    vm_dir: Path) -> str:
-        network = self.settings.network
-        cmdline = (f"{template.kernel_cmdline} rds.ip={record.guest_ip}/{network.prefixlen} "
-                   f"rds.gw={self.settings.gateway_ip} rds.hostname={record.name}")
+    def _apply_policy(self, record: VmRecord) -> None:
+        """Fill the VM's egress ipsets from its policy (its nwfilter matches against them)."""
+        self.ipsets.apply(record.name, record.allow_ips, record.outbound_internet,
+                          str(self.settings.gateway_ip))
+
+    def _domain_xml(self, record: VmRecord, base_xml: str, build: ImageBuild, vm_dir: Path,
+                    genid: str = "") -> str:
+        """The domain XML of ``record``, built on the template's XML or on a seed's saved XML
+        (then only the VM's identity changes and the devices stay exactly as saved)."""
+        template = self.templates.get(record.image_id)
+        cmdline = f"{template.kernel_cmdline} rds.hostname={record.name}"
+        if record.guest_ip:
+            cmdline += (f" rds.ip={record.guest_ip}/{self.settings.network.prefixlen} "
+                        f"rds.gw={self.settings.gateway_ip}")
         params = DomainParams(
             accelerator=self.domain_type,
             boot=BootFiles(kernel=str(build.kernel), initrd=str(build.initrd), cmdline=cmdline),
@@ -225,8 +323,179 @@ class VmService:
             console_log=str(vm_dir / "console.log"),
             fwcfg_files=(("ssh_host_ed25519_key", str(vm_dir / "ssh_host_ed25519_key")),
                          ("authorized_keys", str(vm_dir / "authorized_keys"))),
+            genid=genid,
         )
-        return build_domain_xml(template.domain_xml, record, params)
+        return build_domain_xml(base_xml, record, params)
+
+    # Warm pool ###########################################################################
+
+    def pool_records(self) -> list[tuple[VmRecord, str]]:
+        """Every warm-pool VM with its libvirt run state."""
+        found = []
+        for info in self.hypervisor.list_domains():
+            record = parse_metadata(info.xml)
+            if record is not None and record.role is VmRole.POOL:
+                found.append((record, info.state))
+        return found
+
+    def create_pool_vm(self, cpu: int, mem_mb: int, image_id: str | None = None) -> Vm:
+        """Start one sealed warm-pool VM (no egress at all: its ipsets stay empty)."""
+        template = self.templates.get(image_id)
+        build = self.templates.current_build(template)
+        disk_size_mb = max(template.default_disk_size_mb, build.disk_size_mb)
+        spec = VmSpec(cpu=cpu, mem_mb=mem_mb, image_id=template.id)
+        seed = self.seeds.find(template, build, cpu, mem_mb, disk_size_mb)
+        return self._create(spec, template, build, disk_size_mb, seed, role=VmRole.POOL)
+
+    def remove_pool_vm(self, record: VmRecord) -> None:
+        self._remove(record)
+
+    def _claim_pool_vm(self, spec: VmSpec, template: Template, build: ImageBuild,
+                       disk_size_mb: int) -> Vm | None:
+        """Hand out a ready pool VM of this shape with the caller's policy, or None.
+
+        The host-wide allocation lock makes the claim atomic across worker processes: a pool
+        VM changes role in its metadata under the lock, so it is handed out exactly once.
+        """
+        if not self.settings.warm_pool_enabled:
+            return None
+        with allocation_lock(self.settings.lock_path, LOCK_TIMEOUT):
+            candidates = sorted(
+                (record for record, state in self.pool_records()
+                 if state == "running" and record.phase is VmPhase.READY
+                 and (record.cpu, record.mem_mb) == (spec.cpu, spec.mem_mb)
+                 and record.image_id == template.id and record.image_path == str(build.path)
+                 and record.disk_size_mb == disk_size_mb),
+                key=lambda record: record.created_at)
+            if not candidates:
+                log.info("warm pool miss shape=%sx%s template=%s", spec.cpu, spec.mem_mb,
+                         template.id)
+                return None
+            record = dataclasses.replace(
+                candidates[0], role=VmRole.SANDBOX, provision_mode="pool",
+                allow_ips=spec.allow_ips, outbound_internet=spec.outbound_internet,
+                created_at=_now_iso())
+            try:
+                self._apply_policy(record)
+                self.hypervisor.set_metadata(record.id, metadata_xml(record), METADATA_NS,
+                                             METADATA_PREFIX)
+            except AppError as exc:
+                log.warning("warm pool claim failed vm=%s error=%s: removing it", record.id,
+                            exc.message)
+                self._quietly(self._remove, record)
+                return None
+        self._quietly(self.hypervisor.set_title, record.id, vm_title(record))
+        log.info("warm pool hit vm=%s name=%s", record.id, record.name)
+        return to_vm(record, "running")
+
+    def _evict_pool_vm(self) -> bool:
+        """Make room for a caller's VM at the quota: remove the newest idle pool VM."""
+        records = sorted(self.pool_records(), key=lambda item: item[0].created_at)
+        if not records:
+            return False
+        record = records[-1][0]
+        log.info("quota reached: evicting pool vm=%s name=%s", record.id, record.name)
+        self._remove(record)
+        return True
+
+    # Memory snapshots ######################################################################
+
+    def ensure_seed(self, cpu: int, mem_mb: int, image_id: str | None = None) -> Seed:
+        """The memory snapshot for this template and shape, booted and saved if missing.
+
+        Safe to call from several processes at once: one builds, the others wait for it.
+        """
+        template = self.templates.get(image_id)
+        build = self.templates.current_build(template)
+        disk_size_mb = max(template.default_disk_size_mb, build.disk_size_mb)
+        key = self.seeds.key(template, build, cpu, mem_mb, disk_size_mb)
+        seed = self.seeds.load(key)
+        if seed is not None:
+            return seed
+        with self.seeds.build_lock(key, self.settings.boot_timeout_s + RESTORE_TIMEOUT_S):
+            seed = self.seeds.load(key)
+            if seed is None:
+                seed = self._build_seed(key, template, build, cpu, mem_mb, disk_size_mb)
+        return seed
+
+    def _build_seed(self, key: str, template: Template, build: ImageBuild, cpu: int,
+                    mem_mb: int, disk_size_mb: int) -> Seed:
+        """Boot the template with no network identity, wait until it is idle, save it."""
+        started = time.monotonic()
+        staging = self.seeds.building_dir(key)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o700, parents=True)
+        name = f"rds-seed-{key}"
+        self._remove_stale_domain(name)
+        host_key = generate_keypair()
+        record = VmRecord(
+            id=str(uuid.uuid4()), name=name, cpu=cpu, mem_mb=mem_mb, guest_ip="",
+            mac="52:54:00:fe:" + ":".join(f"{b:02x}" for b in
+                                           bytes.fromhex(key.rsplit("-", 1)[-1][:4])),
+            allow_ips=(), outbound_internet=False, image_id=template.id,
+            image_path=str(build.path), disk_size_mb=disk_size_mb, created_at=_now_iso(),
+            provision_mode="boot", host_key=host_key.public_openssh, role=VmRole.SEED)
+        log.info("building memory snapshot seed=%s", key)
+        with contextlib.ExitStack() as undo:  # unwinds on success too: the seed is files only
+            undo.callback(shutil.rmtree, staging, True)
+            disks.create_overlay(build.disk, staging / "disk.qcow2", disk_size_mb)
+            self._write_guest_keys(staging, host_key)
+            self.hypervisor.define_filter(build_sealed_filter_xml(name, record.id))
+            undo.callback(self._quietly, self.hypervisor.undefine_filter, name)
+            self.hypervisor.define_domain(
+                self._domain_xml(record, template.domain_xml, build, staging))
+            undo.callback(self._quietly, self.hypervisor.undefine_domain, record.id)
+            self.hypervisor.start_domain(record.id)
+            undo.callback(self._quietly, self.hypervisor.destroy_domain, record.id)
+            self._wait_idle(record)
+            self.hypervisor.save_domain(record.id, str(staging / "state.sav"),
+                                        RESTORE_TIMEOUT_S)
+            save_image.read_header(staging / "state.sav")  # fail here, not in every restore
+            seed = self.seeds.publish(key, staging, template, cpu, mem_mb, disk_size_mb,
+                                      str(build.path))
+        log.info("memory snapshot saved seed=%s seconds=%.1f", key, time.monotonic() - started)
+        return seed
+
+    def _wait_idle(self, record: VmRecord) -> None:
+        """Until the guest's boot script finished and sshd runs (asked through the agent)."""
+        deadline = time.monotonic() + self.settings.boot_timeout_s
+        while time.monotonic() < deadline:
+            if self.hypervisor.guest_agent_ping(record.id, 5):
+                try:
+                    if self.hypervisor.guest_agent_exec(
+                            record.id, SETTLE, [],
+                            AGENT_TIMEOUT_S) == 0:
+                        return
+                except HypervisorError:
+                    pass
+            time.sleep(0.5)
+        raise GuestUnreachable(f"seed guest {record.name} did not come up within "
+                               f"{self.settings.boot_timeout_s:.0f}s")
+
+    def _remove_stale_domain(self, name: str) -> None:
+        """A domain of this name left behind by a crash: power it off and undefine it."""
+        for info in self.hypervisor.list_domains():
+            if info.name == name:
+                log.warning("removing stale domain %s", name)
+                self._quietly(self.hypervisor.destroy_domain, info.uuid)
+                self._quietly(self.hypervisor.undefine_domain, info.uuid)
+                self.hypervisor.undefine_filter(name)
+
+    def prune_seeds(self) -> list[str]:
+        """Remove memory snapshots of old image builds/templates once no VM is backed by them."""
+        current = set()
+        for template_id in self.templates.ids():
+            try:
+                template = self.templates.get(template_id)
+                build = self.templates.current_build(template)
+            except AppError:
+                continue
+            disk = max(template.default_disk_size_mb, build.disk_size_mb)
+            current.update(self.seeds.key(template, build, cpu, mem, disk)
+                           for cpu, mem in self.settings.snapshot_shape_list)
+        used = {r.seed for r in (parse_metadata(d.xml) for d in self.hypervisor.list_domains())
+                if r and r.seed}
+        return self.seeds.prune(current, used)
 
     # Stop / start / delete #################################################################
 
@@ -261,6 +530,7 @@ class VmService:
             raise VmStateConflict(f"VM {vm_id} is {state.value}; only a STOPPED VM can be "
                                   f"started")
         record = self._set_phase(record, VmPhase.STARTING)
+        self._apply_policy(record)  # the sets are kernel state: gone after a host reboot
         self.hypervisor.start_domain(vm_id)
         try:
             self._wait_ready(record)
@@ -276,15 +546,20 @@ class VmService:
         :raises VmNotFound: when already gone.
         """
         record, _info = self._lookup(vm_id)
-        self._forget_guest(vm_id)
-        self.hypervisor.destroy_domain(vm_id)
+        self._remove(record)
+
+    def _remove(self, record: VmRecord) -> None:
+        """Delete any domain of this service (sandbox, pool VM or seed) and all it owns."""
+        self._forget_guest(record.id)
+        self.hypervisor.destroy_domain(record.id)
         try:
-            self.hypervisor.undefine_domain(vm_id)
+            self.hypervisor.undefine_domain(record.id)
         except VmNotFound:
             pass  # undefined by someone else meanwhile: the goal is reached
         self.hypervisor.undefine_filter(record.name)
+        self._quietly(self.ipsets.destroy, record.name)
         shutil.rmtree(self.settings.vms_dir / record.name, ignore_errors=True)
-        log.info("vm deleted vm=%s name=%s", vm_id, record.name)
+        log.info("vm deleted vm=%s name=%s role=%s", record.id, record.name, record.role.value)
 
     # Guests ################################################################################
 
@@ -395,6 +670,10 @@ class VmService:
             if filter_name not in names and filter_name not in fresh:
                 self._quietly(self.hypervisor.undefine_filter, filter_name)
                 removed.append(f"nwfilter {filter_name}")
+        for set_owner in self.ipsets.vm_names():
+            if set_owner not in names and set_owner not in fresh:
+                self._quietly(self.ipsets.destroy, set_owner)
+                removed.append(f"ipsets {set_owner}-*")
         for item in removed:
             log.info("removed orphan %s", item)
         return removed
@@ -406,9 +685,14 @@ class VmService:
             record = parse_metadata(info.xml)
             if record is None:
                 continue
-            self.delete(info.uuid)
+            self._remove(record)
             count += 1
         return count
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
 
 
 def normalise_cidr(entry: str) -> str:

@@ -8,14 +8,14 @@ anything else → :class:`HypervisorError`.
 from __future__ import annotations
 
 import atexit
+import base64
 import concurrent.futures
 import dataclasses
+import json
 import logging
 import threading
-import typing as t
-
-import json
 import time
+import typing as t
 
 import libvirt
 import libvirt_qemu
@@ -208,23 +208,73 @@ class Hypervisor:
         self._call("undefine domain", lambda conn: conn.lookupByUUIDString(uuid).undefine())
 
     def set_metadata(self, uuid: str, xml: str, namespace: str, prefix: str) -> None:
+        """Replace our metadata element (live and persistent)."""
+        self._set_metadata("set metadata", uuid, libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml,
+                           prefix, namespace)
+
+    def set_title(self, uuid: str, title: str) -> None:
+        """Replace the one-line title operators see in ``virsh list --title``."""
+        self._set_metadata("set title", uuid, libvirt.VIR_DOMAIN_METADATA_TITLE, title, None,
+                           None)
+
+    def _set_metadata(self, what: str, uuid: str, kind: int, value: str, prefix: str | None,
+                      namespace: str | None) -> None:
         def update(conn: t.Any) -> None:
             dom = conn.lookupByUUIDString(uuid)
             flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
             if dom.isActive():
                 flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
-            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, prefix, namespace, flags)
-        self._call("set metadata", update)
+            dom.setMetadata(kind, value, prefix, namespace, flags)
+        self._call(what, update)
 
-    def guest_agent_exec(self, uuid: str, path: str, args: list[str], timeout: float) -> int:
+    def save_domain(self, uuid: str, path: str, timeout: float) -> None:
+        """Save a running domain's memory to ``path`` (libvirt save image); it stops."""
+        self._call("save domain",
+                   lambda conn: conn.lookupByUUIDString(uuid).save(path), timeout=timeout)
+
+    def restore_domain(self, path: str, timeout: float) -> None:
+        """Run the domain saved in ``path`` again (its embedded XML names the domain)."""
+        self._call("restore domain",
+                   lambda conn: conn.restoreFlags(path, None, libvirt.VIR_DOMAIN_SAVE_RUNNING),
+                   timeout=timeout)
+
+    def set_guest_time(self, uuid: str, timeout: float) -> None:
+        """Set the guest's clock to the host's now (qemu-guest-agent ``guest-set-time``).
+
+        Sent as a raw agent command rather than ``virDomainSetTime``, which takes the
+        domain's job lock and runs hwclock through the agent's own code path.
+        """
+        def set_time(conn: t.Any) -> None:
+            request = {"execute": "guest-set-time", "arguments": {"time": time.time_ns()}}
+            libvirt_qemu.qemuAgentCommand(conn.lookupByUUIDString(uuid), json.dumps(request),
+                                          int(timeout) or 1, 0)
+        self._call("set guest time", set_time, timeout=timeout + 5)
+
+    def guest_agent_ping(self, uuid: str, timeout: float) -> bool:
+        """True when qemu-guest-agent in the guest answers."""
+        def ping(conn: t.Any) -> bool:
+            try:
+                libvirt_qemu.qemuAgentCommand(conn.lookupByUUIDString(uuid),
+                                              '{"execute": "guest-ping"}', int(timeout) or 1, 0)
+                return True
+            except libvirt.libvirtError:
+                return False
+        return self._call("guest agent ping", ping, timeout=timeout + 5)
+
+    def guest_agent_exec(self, uuid: str, path: str, args: list[str], timeout: float,
+                         stdin: bytes | None = None) -> int:
         """Run a program as root in the guest through qemu-guest-agent (no network needed).
 
+        :param stdin: bytes fed to the program's standard input (kept off its command line).
         :returns: its exit code.
         :raises HypervisorError: when the agent does not answer or the program hangs.
         """
         def agent(conn: t.Any) -> int:
             dom = conn.lookupByUUIDString(uuid)
-            request = {"execute": "guest-exec", "arguments": {"path": path, "arg": args}}
+            request: dict[str, t.Any] = {"execute": "guest-exec",
+                                         "arguments": {"path": path, "arg": args}}
+            if stdin is not None:
+                request["arguments"]["input-data"] = base64.b64encode(stdin).decode()
             reply = json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps(request),
                                                              int(timeout), 0))
             pid = reply["return"]["pid"]
@@ -235,7 +285,7 @@ class Hypervisor:
                     int(timeout), 0))["return"]
                 if status.get("exited"):
                     return int(status.get("exitcode", -1))
-                time.sleep(0.1)
+                time.sleep(0.05)
             raise HypervisorError(f"guest agent command {path} did not finish in time")
         return self._call("guest agent exec", agent, timeout=timeout + 5)
 

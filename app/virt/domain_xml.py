@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import xml.etree.ElementTree as ET
 
-from app.models import VmPhase, VmRecord
+from app.models import VmPhase, VmRecord, VmRole
 
 METADATA_NS = "https://run-dat-sheesh.dev/xmlns/vm/1"
 METADATA_PREFIX = "rds"
@@ -37,12 +37,14 @@ class DomainParams:
     gateway_ip: str
     console_log: str
     fwcfg_files: tuple[tuple[str, str], ...]  # (entry name below FWCFG_PREFIX, host file)
+    genid: str = ""  # VM generation ID; "" lets libvirt pick one (a clone needs a new one)
 
 
 def vm_title(record: VmRecord) -> str:
     """One line an operator reads in ``virsh list --title``."""
-    return (f"run-dat-sheesh {record.image_id} {record.cpu} vCPU {record.mem_mb} MiB "
-            f"{record.guest_ip}")
+    role = "" if record.role is VmRole.SANDBOX else f"{record.role.value} "
+    return (f"run-dat-sheesh {role}{record.image_id} {record.cpu} vCPU {record.mem_mb} MiB "
+            f"{record.guest_ip}").rstrip()
 
 
 def build_domain_xml(template_xml: str, record: VmRecord, params: DomainParams) -> str:
@@ -51,7 +53,9 @@ def build_domain_xml(template_xml: str, record: VmRecord, params: DomainParams) 
     root.set("type", params.accelerator)
     _set_text(root, "name", record.name)
     _child(root, "uuid", after="name").text = record.id
-    _child(root, "title", after="uuid").text = vm_title(record)
+    genid = _child(root, "genid", after="uuid")
+    genid.text = params.genid or None
+    _child(root, "title", after="genid").text = vm_title(record)
     _child(root, "description", after="title").text = (
         f"run-dat-sheesh sandbox {record.id} created {record.created_at}; "
         f"managed by the service: delete it through the API")
@@ -98,6 +102,8 @@ def metadata_element(record: VmRecord, namespaced: bool = True) -> ET.Element:
         "provisionMode": record.provision_mode,
         "hostKey": record.host_key,
         "phase": record.phase.value,
+        "role": record.role.value,
+        "seed": record.seed,
     }
     for key, value in fields.items():
         ET.SubElement(vm, q(key)).text = value
@@ -138,6 +144,7 @@ def parse_metadata(xml: str) -> VmRecord | None:
             image_path=text("imagePath"), disk_size_mb=int(text("diskSizeMb")),
             created_at=text("createdAt"), provision_mode=text("provisionMode") or "boot",
             host_key=text("hostKey"), phase=VmPhase(text("phase") or "starting"),
+            role=VmRole(text("role") or "sandbox"), seed=text("seed"),
         )
     except ValueError:
         return None
@@ -213,12 +220,17 @@ def _set_interface(devices: ET.Element, record: VmRecord, params: DomainParams) 
 
 
 def _set_console_log(devices: ET.Element, path: str) -> None:
+    """Log the serial console to ``path``; a saved domain's XML repeats that ``<log>`` under
+    ``<console>``, which must point to the same file."""
     serial = devices.find("serial")
     if serial is None:
         return
-    for old in serial.findall("log"):
-        serial.remove(old)
-    serial.insert(0, ET.Element("log", {"file": path, "append": "off"}))
+    for port in [serial, *devices.findall("console")]:
+        had_log = port.find("log") is not None
+        for old in port.findall("log"):
+            port.remove(old)
+        if port is serial or had_log:
+            port.insert(0, ET.Element("log", {"file": path, "append": "off"}))
 
 
 # Helpers ##################################################################################

@@ -6,7 +6,9 @@ session, even when the test failed half-way.
 """
 from __future__ import annotations
 
+import http.server
 import subprocess
+import threading
 import typing as t
 
 import pytest
@@ -16,6 +18,7 @@ from app import create_app
 API_KEY = "integration-test-key"
 HEADERS = {"X-API-Key": API_KEY}
 SEED_BODY = {"cpu": 1, "memMb": 256, "allowIps": ["172.16.0.1/32"], "outboundInternet": True}
+BRIDGE_IP = "172.16.0.1"  # the host's address on the guest bridge (this machine)
 
 
 class Api:
@@ -57,15 +60,24 @@ def app():
 
 
 @pytest.fixture(scope="session")
+def services(app):
+    return app.extensions["rds"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def memory_snapshot(services):
+    """The seed shape's memory snapshot, saved once: the suite's VMs are restored from it (the
+    fast path) unless a test asks for ``provisionMode: "boot"``."""
+    return services.vms.ensure_seed(SEED_BODY["cpu"], SEED_BODY["memMb"])
+
+
+@pytest.fixture(scope="session")
 def api(app):
     client = Api(app)
     yield client
     client.cleanup()
 
 
-@pytest.fixture(scope="session")
-def services(app):
-    return app.extensions["rds"]
 
 
 def guest_sh(services: t.Any, vm_id: str, command: str, timeout: float = 60) -> str:
@@ -94,3 +106,34 @@ def exec_ok(api: Api, vm_id: str, cmd: str, **extra: t.Any) -> dict:
     assert response.status_code == 200, response.json
     assert response.json["exitCode"] == 0, response.json
     return response.json
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 - http.server API
+        body = b"hello from the bridge"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def bridge_listener():
+    """An HTTP server on the host bridge (never any other address); yields its port."""
+    server = http.server.ThreadingHTTPServer((BRIDGE_IP, 0), _Hello)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def connects(api: Api, vm: dict, host: str, port: int) -> bool:
+    """Whether the guest can open a TCP connection to host:port (asked from inside)."""
+    response = api.request("POST", f"/v1/vms/{vm['id']}/exec", json={
+        "cmd": f"timeout 4 bash -c 'exec 3<>/dev/tcp/{host}/{port}' && echo OPEN || echo SHUT"})
+    assert response.status_code == 200, response.json
+    return response.json["stdout"].strip() == "OPEN"

@@ -2,35 +2,11 @@
 host bridge (172.16.0.1). Never probes any address that is not on this machine."""
 from __future__ import annotations
 
-import http.server
-import threading
-
 import pytest
 
-BRIDGE_IP = "172.16.0.1"
+from tests.integration.conftest import BRIDGE_IP, connects as _connects
+
 NO_EGRESS = {"cpu": 1, "memMb": 256}
-
-
-class _Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server API
-        body = b"hello from the bridge"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def bridge_listener():
-    server = http.server.ThreadingHTTPServer((BRIDGE_IP, 0), _Hello)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +14,6 @@ def closed_vm(api):
     created = api.create_vm(NO_EGRESS)
     yield created
     api.delete_vm(created["id"])
-
-
-def _connects(api, vm, host: str, port: int) -> bool:
-    response = api.request("POST", f"/v1/vms/{vm['id']}/exec", json={
-        "cmd": f"timeout 4 bash -c 'exec 3<>/dev/tcp/{host}/{port}' && echo OPEN || echo SHUT"})
-    assert response.status_code == 200, response.json
-    return response.json["stdout"].strip() == "OPEN"
 
 
 def _fetch(api, vm, port: int) -> dict:

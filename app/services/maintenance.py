@@ -1,0 +1,160 @@
+"""Background upkeep with exactly one owner per host: memory snapshots and the warm pool.
+
+Every gunicorn worker starts a :class:`Maintainer` thread; the one that holds the host-wide
+``maintenance.lock`` (flock, released by the kernel when its process dies) does the work, the
+others wait to take over. The owner, every few seconds:
+
+- saves a memory snapshot (seed) for each ``SNAPSHOT_SHAPES`` entry that has none for the
+  current image build (``SNAPSHOT_AUTO_BUILD``), and removes outdated unused ones;
+- keeps ``WARM_POOL_TARGET`` ready pool VMs per ``WARM_POOL_SHAPES`` entry
+  (``ENABLE_WARM_POOL``), at most ``WARM_POOL_MAX_VMS`` in all, and removes pool VMs that
+  died, belong to an old image build or were left half-made by a crashed owner.
+
+Claiming a pool VM is not done here but in the request (:meth:`VmService.create`), under the
+allocation lock. ``drain()`` removes every pool VM (gunicorn's ``on_exit``).
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import threading
+import typing as t
+from pathlib import Path
+
+from app.config import Settings
+from app.errors import AppError, QuotaExceeded
+from app.models import VmPhase, VmRecord
+
+if t.TYPE_CHECKING:
+    from app.services.vms import VmService
+
+log = logging.getLogger(__name__)
+INTERVAL_S = 3.0
+
+
+class Maintainer:
+    def __init__(self, settings: Settings, vms: VmService) -> None:
+        self.settings = settings
+        self.vms = vms
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock_file: t.IO[str] | None = None
+
+    # Ownership #############################################################################
+
+    def start(self) -> None:
+        """Run in a daemon thread until :meth:`stop`; only the lock holder does any work."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="rds-maintainer",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def try_become_owner(self) -> bool:
+        if self._lock_file is not None:
+            return True
+        path = Path(self.settings.storage_root) / "maintenance.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")  # noqa: SIM115 - kept open: the flock lives as long as it
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._lock_file = handle
+        log.info("this process now maintains memory snapshots and the warm pool")
+        return True
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.try_become_owner():
+                    self.run_once()
+            except Exception:  # noqa: BLE001 - the loop must survive anything and retry
+                log.exception("maintenance round failed")
+            self._stop.wait(INTERVAL_S)
+
+    # Work ##################################################################################
+
+    def run_once(self) -> None:
+        if self.settings.snapshot_auto_build_enabled:
+            self.ensure_seeds()
+        if self.settings.warm_pool_enabled:
+            self.refill_pool()
+
+    def ensure_seeds(self) -> None:
+        for cpu, mem_mb in self.settings.snapshot_shape_list:
+            if self._stop.is_set():
+                return
+            try:
+                self.vms.ensure_seed(cpu, mem_mb)
+            except AppError as exc:
+                log.warning("memory snapshot %sx%s not saved: %s", cpu, mem_mb, exc.message)
+        self.vms.prune_seeds()
+
+    def refill_pool(self) -> int:
+        """Remove broken pool VMs, then start missing ones; returns how many were started."""
+        ready: dict[tuple[int, int], int] = {}
+        total = 0
+        current_builds = self._current_builds()
+        for record, state in self.vms.pool_records():
+            problem = self._problem(record, state, current_builds)
+            if problem:
+                log.info("removing pool vm=%s name=%s: %s", record.id, record.name, problem)
+                self.vms.remove_pool_vm(record)
+                continue
+            total += 1
+            shape = (record.cpu, record.mem_mb)
+            ready[shape] = ready.get(shape, 0) + 1
+        started = 0
+        for shape in self.settings.warm_pool_shape_list:
+            while ready.get(shape, 0) < self.settings.warm_pool_target and \
+                    total < self.settings.warm_pool_max_vms and not self._stop.is_set():
+                try:
+                    vm = self.vms.create_pool_vm(*shape)
+                except QuotaExceeded:
+                    return started  # the callers' VMs come first
+                except AppError as exc:
+                    log.warning("pool vm %sx%s not started: %s", *shape, exc.message)
+                    break
+                log.info("pool vm ready vm=%s name=%s mode=%s", vm.id, vm.name,
+                         vm.provision_mode)
+                ready[shape] = ready.get(shape, 0) + 1
+                total += 1
+                started += 1
+        return started
+
+    def drain(self) -> int:
+        """Remove every pool VM (service shutdown)."""
+        records = self.vms.pool_records()
+        for record, _state in records:
+            self.vms.remove_pool_vm(record)
+        if records:
+            log.info("warm pool drained: %s VM(s) removed", len(records))
+        return len(records)
+
+    def _current_builds(self) -> set[str]:
+        builds = set()
+        for template_id in self.vms.templates.ids():
+            try:
+                template = self.vms.templates.get(template_id)
+                builds.add(str(self.vms.templates.current_build(template).path))
+            except AppError:
+                continue
+        return builds
+
+    def _problem(self, record: VmRecord, state: str, current_builds: set[str]) -> str:
+        if state != "running":
+            return f"it is {state}"
+        if record.image_path not in current_builds:
+            return "its image build is outdated"
+        if record.phase is not VmPhase.READY:
+            # The owner makes pool VMs one at a time in this thread: one that is not ready
+            # here was left half-made by an owner that died.
+            return "a crashed owner left it half-made"
+        if (record.cpu, record.mem_mb) not in self.settings.warm_pool_shape_list:
+            return "its shape is no longer pooled"
+        return ""
+

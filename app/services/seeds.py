@@ -1,0 +1,136 @@
+"""Memory snapshots ("seeds"): where saved, booted, idle guests live and which one fits a VM.
+
+A seed is one template build in one VM shape (cpu, memMb, disk size), booted once and saved
+with libvirt. VMs restored from it skip the boot. On disk, ``<storage_root>/seeds/<key>/``:
+
+- ``disk.qcow2``: the seed's overlay on the template image, read-only once saved; every VM
+  restored from the seed has its own overlay backed by it (the saved memory matches it).
+- ``state.sav``: the libvirt save image (domain XML + QEMU migration stream).
+- ``seed.json``: what the seed is, written last: a directory without it is not a seed.
+
+The key contains a digest of everything the saved guest depends on (image build, template
+XML and kernel command line, accelerator, format version), so a rebuilt image or an edited
+template simply has no seed yet: VMs cold-boot until the new one is saved, and the old one is
+removed once no VM uses its disk any more.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import time
+import typing as t
+from pathlib import Path
+
+from app.models import Template
+from app.services.addresses import allocation_lock
+from app.services.templates import ImageBuild
+
+log = logging.getLogger(__name__)
+
+SEED_FORMAT = "2"  # bump when the way seeds are made changes: old ones are rebuilt
+STALE_BUILD_S = 900.0  # a half-built seed directory older than this is left by a crash
+
+
+@dataclasses.dataclass(frozen=True)
+class Seed:
+    key: str
+    path: Path
+    template_id: str
+    cpu: int
+    mem_mb: int
+    disk_size_mb: int
+    image_path: str
+
+    @property
+    def disk(self) -> Path:
+        return self.path / "disk.qcow2"
+
+    @property
+    def state(self) -> Path:
+        return self.path / "state.sav"
+
+
+class SeedStore:
+    """Finds, names, locks and prunes seeds; :class:`~app.services.vms.VmService` makes them."""
+
+    def __init__(self, seeds_dir: Path, domain_type: str) -> None:
+        self.seeds_dir = seeds_dir
+        self.domain_type = domain_type
+
+    def key(self, template: Template, build: ImageBuild, cpu: int, mem_mb: int,
+            disk_size_mb: int) -> str:
+        digest = hashlib.sha256("\0".join([
+            SEED_FORMAT, self.domain_type, str(build.path), template.domain_xml,
+            template.kernel_cmdline, str(disk_size_mb)]).encode()).hexdigest()[:10]
+        return f"{template.id}-{cpu}c-{mem_mb}m-{digest}"
+
+    def find(self, template: Template, build: ImageBuild, cpu: int, mem_mb: int,
+             disk_size_mb: int) -> Seed | None:
+        """The complete seed for this template build and shape, if one was saved."""
+        return self.load(self.key(template, build, cpu, mem_mb, disk_size_mb))
+
+    def load(self, key: str) -> Seed | None:
+        path = self.seeds_dir / key
+        try:
+            info = json.loads((path / "seed.json").read_text())
+            seed = Seed(key=key, path=path, template_id=info["templateId"], cpu=info["cpu"],
+                        mem_mb=info["memMb"], disk_size_mb=info["diskSizeMb"],
+                        image_path=info["imagePath"])
+        except (OSError, ValueError, KeyError):
+            return None
+        return seed if seed.state.is_file() and seed.disk.is_file() else None
+
+    def building_dir(self, key: str) -> Path:
+        return self.seeds_dir / f".{key}.building"
+
+    def publish(self, key: str, staging: Path, template: Template, cpu: int, mem_mb: int,
+                disk_size_mb: int, image_path: str) -> Seed:
+        """Mark ``staging`` complete and move it into place (atomic rename)."""
+        (staging / "seed.json").write_text(json.dumps({
+            "templateId": template.id, "cpu": cpu, "memMb": mem_mb,
+            "diskSizeMb": disk_size_mb, "imagePath": image_path,
+            "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
+        (staging / "disk.qcow2").chmod(0o444)
+        target = self.seeds_dir / key
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        seed = self.load(key)
+        assert seed is not None
+        return seed
+
+    @contextlib.contextmanager
+    def build_lock(self, key: str, timeout: float) -> t.Iterator[None]:
+        """Host-wide: one process builds a given seed at a time."""
+        self.seeds_dir.mkdir(parents=True, exist_ok=True)
+        with allocation_lock(self.seeds_dir / f".{key}.lock", timeout):
+            yield
+
+    def all(self) -> list[Seed]:
+        if not self.seeds_dir.is_dir():
+            return []
+        return [seed for seed in (self.load(p.name) for p in sorted(self.seeds_dir.iterdir())
+                                  if not p.name.startswith(".")) if seed]
+
+    def prune(self, current_keys: set[str], used_keys: set[str]) -> list[str]:
+        """Remove seeds that are neither current nor backing a VM, and stale half-builds."""
+        removed = []
+        if not self.seeds_dir.is_dir():
+            return removed
+        now = time.time()
+        for path in self.seeds_dir.iterdir():
+            name = path.name
+            if name.endswith(".building") and path.is_dir():
+                if now - path.stat().st_mtime > STALE_BUILD_S:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(name)
+            elif not name.startswith(".") and path.is_dir() and \
+                    name not in current_keys and name not in used_keys:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(name)
+        for name in removed:
+            log.info("removed memory snapshot %s (outdated, unused)", name)
+        return removed

@@ -1,0 +1,198 @@
+"""Pure parts of fast create: the save-image format, seed naming/pruning, config shapes and the
+maintainer's pool decisions (fakes instead of libvirt)."""
+from __future__ import annotations
+
+import dataclasses
+import struct
+import typing as t
+from pathlib import Path
+
+import pytest
+
+from app.config import ConfigError, load_settings, parse_shapes
+from app.models import Template, VmPhase, VmRecord, VmRole
+from app.services.maintenance import Maintainer
+from app.services.seeds import SeedStore
+from app.services.templates import ImageBuild
+from app.virt import save_image
+
+XML = "<domain type='qemu'><name>rds-seed</name></domain>\n"
+COOKIE = b"<cookie>\n  <slirpHelper/>\n</cookie>\n"
+STREAM = b"QEVM\x00\x00\x00\x03" + bytes(range(256)) * 64
+
+
+def write_save_image(path, xml=XML, data_len=4096, magic=save_image.MAGIC, compressed=0):
+    xml_bytes = xml.encode() + b"\0"
+    data = (xml_bytes + COOKIE + b"\0").ljust(data_len, b"\0")
+    header = struct.pack("=16s5I56s", magic, 2, data_len, 1, compressed, len(xml_bytes),
+                         b"\0" * 56)
+    path.write_bytes(header + data + STREAM)
+
+
+def test_header_is_read(tmp_path):
+    write_save_image(tmp_path / "seed.sav")
+    header = save_image.read_header(tmp_path / "seed.sav")
+    assert header.xml == XML and header.cookie == COOKIE.rstrip(b"\0")
+    assert header.stream_offset == save_image.HEADER_SIZE + 4096
+
+
+def test_clone_carries_the_new_xml_and_the_same_stream(tmp_path):
+    write_save_image(tmp_path / "seed.sav")
+    clone_xml = XML.replace("rds-seed", "rds-0b5c1a3e") + "<!-- longer -->"
+    save_image.write_clone(tmp_path / "seed.sav", tmp_path / "clone.sav", clone_xml)
+    header = save_image.read_header(tmp_path / "clone.sav")
+    assert header.xml == clone_xml and header.cookie == COOKIE.rstrip(b"\0")
+    assert header.data_len == 4096 and header.was_running == 1
+    raw = (tmp_path / "clone.sav").read_bytes()
+    assert raw[header.stream_offset:] == STREAM
+    assert (tmp_path / "clone.sav").stat().st_mode & 0o777 == 0o600
+
+
+def test_xml_that_does_not_fit_is_refused_and_nothing_written(tmp_path):
+    write_save_image(tmp_path / "seed.sav", data_len=200)
+    with pytest.raises(save_image.SaveImageError, match="does not fit"):
+        save_image.write_clone(tmp_path / "seed.sav", tmp_path / "clone.sav", XML * 10)
+    assert not (tmp_path / "clone.sav").exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"magic": b"LibvirtQemudPart"}, "not a libvirt save image"),
+    ({"compressed": 1}, "unsupported"),
+])
+def test_unusable_images_are_refused(tmp_path, kwargs, message):
+    write_save_image(tmp_path / "seed.sav", **kwargs)
+    with pytest.raises(save_image.SaveImageError, match=message):
+        save_image.read_header(tmp_path / "seed.sav")
+
+
+TEMPLATE = Template(id="default", description="", image="debian-bookworm",
+                    domain_xml="<domain/>", default_disk_size_mb=4096,
+                    kernel_cmdline="console=ttyS0")
+
+
+def build_at(path) -> ImageBuild:
+    return ImageBuild(path=path, disk=path / "disk.qcow2", kernel=path / "vmlinuz",
+                      initrd=path / "initrd.img", disk_size_mb=4096)
+
+
+def test_seed_key_changes_with_everything_the_saved_guest_depends_on(tmp_path):
+    store = SeedStore(tmp_path, "qemu")
+    key = store.key(TEMPLATE, build_at(tmp_path / "a"), 1, 256, 4096)
+    assert key.startswith("default-1c-256m-")
+    others = {
+        store.key(TEMPLATE, build_at(tmp_path / "b"), 1, 256, 4096),
+        store.key(dataclasses.replace(TEMPLATE, domain_xml="<domain><x/></domain>"),
+                  build_at(tmp_path / "a"), 1, 256, 4096),
+        store.key(dataclasses.replace(TEMPLATE, kernel_cmdline="quiet"),
+                  build_at(tmp_path / "a"), 1, 256, 4096),
+        store.key(TEMPLATE, build_at(tmp_path / "a"), 1, 256, 8192),
+        SeedStore(tmp_path, "kvm").key(TEMPLATE, build_at(tmp_path / "a"), 1, 256, 4096),
+    }
+    assert key not in others and len(others) == 5
+
+
+def test_seed_is_found_only_when_complete_and_pruned_only_when_unused(tmp_path):
+    store = SeedStore(tmp_path, "qemu")
+    build = build_at(tmp_path / "image")
+    key = store.key(TEMPLATE, build, 1, 256, 4096)
+    staging = store.building_dir(key)
+    staging.mkdir(parents=True)
+    (staging / "disk.qcow2").write_bytes(b"qcow")
+    (staging / "state.sav").write_bytes(b"state")
+    assert store.find(TEMPLATE, build, 1, 256, 4096) is None  # still building
+    seed = store.publish(key, staging, TEMPLATE, 1, 256, 4096, str(build.path))
+    assert store.find(TEMPLATE, build, 1, 256, 4096) == seed and not staging.exists()
+    assert (seed.disk.stat().st_mode & 0o222) == 0  # read-only: clones are backed by it
+    assert store.prune(current_keys=set(), used_keys={key}) == []  # a VM still uses it
+    assert store.prune(current_keys={key}, used_keys=set()) == []  # still current
+    assert store.prune(current_keys=set(), used_keys=set()) == [key]
+    assert store.all() == []
+
+
+def test_shapes_parse_and_bad_ones_stop_the_service():
+    assert parse_shapes("1x256, 2X512") == ((1, 256), (2, 512))
+    assert parse_shapes("") == ()
+    for bad in ("1x", "x256", "0x256", "1x64", "one"):
+        with pytest.raises(ValueError):
+            parse_shapes(bad)
+    with pytest.raises(ConfigError, match="WARM_POOL_SHAPES"):
+        load_settings({}, {"WARM_POOL_SHAPES": "2"})
+    with pytest.raises(ConfigError, match="ENABLE_WARM_POOL"):
+        load_settings({}, {"ENABLE_WARM_POOL": "maybe"})
+    assert load_settings({}, {"ENABLE_WARM_POOL": "true"}).warm_pool_enabled
+
+
+def pool_record(name: str, phase=VmPhase.READY, image_path="/images/current", cpu=1,
+                mem_mb=256) -> VmRecord:
+    return VmRecord(id=f"id-{name}", name=name, cpu=cpu, mem_mb=mem_mb, guest_ip="172.16.0.9",
+                    mac="52:54:00:10:00:09", allow_ips=(), outbound_internet=False,
+                    image_id="default", image_path=image_path, disk_size_mb=4096,
+                    created_at="2026-01-01T00:00:00.000Z", provision_mode="snapshot",
+                    host_key="ssh-ed25519 AAAA", phase=phase, role=VmRole.POOL)
+
+
+class FakeTemplates:
+    def ids(self) -> list[str]:
+        return ["default"]
+
+    def get(self, _template_id: t.Any) -> Template:
+        return TEMPLATE
+
+    def current_build(self, _template: Template) -> ImageBuild:
+        return build_at(Path("/images/current"))
+
+
+class FakePoolVms:
+    def __init__(self, records: list[tuple[VmRecord, str]]) -> None:
+        self.records = records
+        self.templates = FakeTemplates()
+        self.removed: list[str] = []
+        self.started = 0
+
+    def pool_records(self) -> list[tuple[VmRecord, str]]:
+        return list(self.records)
+
+    def remove_pool_vm(self, record: VmRecord) -> None:
+        self.removed.append(record.name)
+        self.records = [(r, s) for r, s in self.records if r.name != record.name]
+
+    def create_pool_vm(self, cpu: int, mem_mb: int) -> t.Any:
+        self.started += 1
+        record = pool_record(f"new-{self.started}", cpu=cpu, mem_mb=mem_mb)
+        self.records.append((record, "running"))
+        return type("Vm", (), {"id": record.id, "name": record.name,
+                               "provision_mode": "snapshot"})()
+
+
+def test_refill_removes_broken_pool_vms_and_tops_up_to_the_target(tmp_path):
+    vms = FakePoolVms([
+        (pool_record("ok"), "running"),
+        (pool_record("dead"), "shutoff"),
+        (pool_record("old", image_path="/images/old"), "running"),
+        (pool_record("half", phase=VmPhase.STARTING), "running"),
+        (pool_record("unpooled", cpu=2), "running"),
+    ])
+    settings = load_settings({}, {"STORAGE_ROOT": str(tmp_path), "ENABLE_WARM_POOL": "true",
+                                  "WARM_POOL_TARGET": 3, "WARM_POOL_MAX_VMS": 4,
+                                  "WARM_POOL_SHAPES": "1x256"})
+    maintainer = Maintainer(settings, vms)  # type: ignore[arg-type]
+    assert maintainer.refill_pool() == 2
+    assert sorted(vms.removed) == ["dead", "half", "old", "unpooled"]
+    assert len(vms.records) == 3
+    assert maintainer.refill_pool() == 0
+    assert maintainer.drain() == 3 and vms.records == []
+
+
+def test_pool_never_grows_past_its_maximum(tmp_path):
+    vms = FakePoolVms([])
+    settings = load_settings({}, {"STORAGE_ROOT": str(tmp_path), "ENABLE_WARM_POOL": "true",
+                                  "WARM_POOL_TARGET": 5, "WARM_POOL_MAX_VMS": 2,
+                                  "WARM_POOL_SHAPES": "1x256,2x512"})
+    assert Maintainer(settings, vms).refill_pool() == 2  # type: ignore[arg-type]
+
+
+def test_only_one_maintainer_owns_the_host(tmp_path):
+    settings = load_settings({}, {"STORAGE_ROOT": str(tmp_path)})
+    first, second = Maintainer(settings, FakePoolVms([])), Maintainer(settings, FakePoolVms([]))
+    assert first.try_become_owner() and first.try_become_owner()
+    assert not second.try_become_owner()
