@@ -71,8 +71,16 @@ class Settings:
         return Path(self.storage_root) / "keys"
 
     @property
+    def snapshots_dir(self) -> Path:
+        return Path(self.storage_root) / "snapshots"
+
+    @property
     def lock_path(self) -> Path:
         return Path(self.storage_root) / "allocation.lock"
+
+    @property
+    def snapshot_lock_path(self) -> Path:
+        return Path(self.storage_root) / "snapshots.lock"
 
     @property
     def network(self) -> ipaddress.IPv4Network:

@@ -36,6 +36,7 @@ class VmSpec:
     outbound_internet: bool = False
     image_id: str | None = None
     disk_size_mb: int | None = None
+    snapshot_id: str | None = None  # start the disk from this snapshot (extension)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,7 @@ class VmRecord:
     provision_mode: str
     host_key: str
     phase: VmPhase = VmPhase.STARTING
+    snapshot_id: str = ""  # the snapshot its disk started from; "" when none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +76,28 @@ class Vm:
     image_id: str
     provision_mode: str
     name: str
+    snapshot_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """A copy of a VM's disk that new VMs can start from (a "user_overlay" snapshot).
+
+    Its qcow2 depends on nothing but the template image it is based on, so it outlives the VM
+    it was taken from.
+    """
+
+    id: str
+    created_at: str
+    cpu: int
+    mem_mb: int
+    image_id: str
+    source_vm_id: str
+    image_path: str  # absolute path of the template image (a build's disk.qcow2) behind it
+    disk_size_mb: int
+    disk_path: str  # its own qcow2, never written to
+    kind: str = "user_overlay"
+    has_overlay: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

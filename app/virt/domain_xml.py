@@ -99,6 +99,8 @@ def metadata_element(record: VmRecord, namespaced: bool = True) -> ET.Element:
         "hostKey": record.host_key,
         "phase": record.phase.value,
     }
+    if record.snapshot_id:  # optional: only VMs started from a snapshot carry it
+        fields["snapshotId"] = record.snapshot_id
     for key, value in fields.items():
         ET.SubElement(vm, q(key)).text = value
     allow = ET.SubElement(vm, q("allowIps"))
@@ -138,6 +140,7 @@ def parse_metadata(xml: str) -> VmRecord | None:
             image_path=text("imagePath"), disk_size_mb=int(text("diskSizeMb")),
             created_at=text("createdAt"), provision_mode=text("provisionMode") or "boot",
             host_key=text("hostKey"), phase=VmPhase(text("phase") or "starting"),
+            snapshot_id=text("snapshotId"),
         )
     except ValueError:
         return None
