@@ -26,6 +26,7 @@ from app.errors import (AppError, GuestUnreachable, HypervisorError, InvalidRequ
 from app.guestssh import GuestSSH, SshTimeouts, load_private_key
 from app.models import Template, Vm, VmPhase, VmRecord, VmSpec, VmState
 from app.services.addresses import allocation_lock, mac_for, pick_address
+from app.services.snapshots import SnapshotStore
 from app.services.templates import ImageBuild, TemplateCatalog
 from app.sshkeys import KeyPair, generate_keypair, manager_keypair, write_private
 from app.virt import disks
@@ -56,18 +57,20 @@ def to_vm(record: VmRecord, domain_state: str) -> Vm:
               mem_mb=record.mem_mb, guest_ip=record.guest_ip,
               outbound_internet=record.outbound_internet, allow_ips=record.allow_ips,
               created_at=record.created_at, image_id=record.image_id,
-              provision_mode=record.provision_mode, name=record.name)
+              provision_mode=record.provision_mode, name=record.name,
+              snapshot_id=record.snapshot_id or None)
 
 
 class VmService:
     """VM lifecycle. Thread-safe; one instance per worker process."""
 
     def __init__(self, settings: Settings, hypervisor: Hypervisor, templates: TemplateCatalog,
-                 domain_type: str) -> None:
+                 domain_type: str, snapshots: SnapshotStore | None = None) -> None:
         self.settings = settings
         self.hypervisor = hypervisor
         self.templates = templates
         self.domain_type = domain_type
+        self.snapshots = snapshots
         self._manager_key: KeyPair | None = None
         self._guests: dict[str, GuestSSH] = {}
         self._guests_lock = threading.Lock()
@@ -169,6 +172,10 @@ class VmService:
         settings = self.settings
         host_key = generate_keypair()
         with allocation_lock(settings.lock_path, LOCK_TIMEOUT):
+            backing = build.disk
+            if spec.snapshot_id:  # the disk starts from a snapshot instead (extension); looked
+                # up under the lock, so the snapshot cannot be deleted before the domain exists
+                template, build, backing, disk_size_mb = self._snapshot_store().vm_base(spec)
             domains = self.hypervisor.list_domains()
             if len(domains) >= settings.max_vms:
                 raise QuotaExceeded(f"VM quota reached ({settings.max_vms} VMs)")
@@ -183,11 +190,12 @@ class VmService:
                 image_path=str(build.path), disk_size_mb=disk_size_mb,
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
                 .replace("+00:00", "Z"),
-                provision_mode="boot", host_key=host_key.public_openssh, phase=VmPhase.STARTING)
+                provision_mode="boot", host_key=host_key.public_openssh, phase=VmPhase.STARTING,
+                snapshot_id=spec.snapshot_id or "")
             vm_dir = settings.vms_dir / name
             vm_dir.mkdir(mode=0o700, parents=True)
             undo.callback(shutil.rmtree, vm_dir, True)
-            disks.create_overlay(build.disk, vm_dir / "disk.qcow2", disk_size_mb)
+            disks.create_overlay(backing, vm_dir / "disk.qcow2", disk_size_mb)
             write_private(vm_dir / "ssh_host_ed25519_key", host_key.private_openssh)
             (vm_dir / "authorized_keys").write_text(self.manager_key().public_openssh + "\n")
             self.hypervisor.define_filter(self._filter_xml(record))
@@ -195,6 +203,11 @@ class VmService:
             self.hypervisor.define_domain(self._domain_xml(record, template, build, vm_dir))
             undo.callback(self._quietly, self.hypervisor.undefine_domain, vm_id)
         return record
+
+    def _snapshot_store(self) -> SnapshotStore:
+        if self.snapshots is None:
+            raise InvalidRequest("snapshots are not available in this service")
+        return self.snapshots
 
     def _new_identity(self) -> tuple[str, str]:
         for _ in range(10):
