@@ -1,12 +1,15 @@
-"""Snapshot disk helpers on real (tiny) qcow2 files."""
+"""Snapshot disk helpers on real (tiny) qcow2 files, and the image builder's prune rule."""
 from __future__ import annotations
 
+import importlib.util
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from app.config import REPO_ROOT
 from app.errors import HypervisorError
 from app.virt import disks
 
@@ -63,3 +66,20 @@ def test_copy_of_a_missing_file_fails_cleanly(tmp_path):
     with pytest.raises(HypervisorError, match="cp failed"):
         disks.copy_image(tmp_path / "missing.qcow2", tmp_path / "copy.qcow2")
 
+
+# Image builds #############################################################################
+
+def test_builds_named_by_snapshots_are_in_use(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "build_image", REPO_ROOT / "guest" / "build" / "build_image.py")
+    build_image = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_image)
+    build = tmp_path / "images" / "debian-bookworm" / "0ld0ld0ld0ld0ld0"
+    build.mkdir(parents=True)
+    snapshot = tmp_path / "snapshots" / "5a1e0c2d-7b3f-4e6a-9c8d-0f1e2d3c4b5a"
+    snapshot.mkdir(parents=True)
+    (snapshot / "snapshot.json").write_text(json.dumps({"imagePath": str(build / "disk.qcow2")}))
+    broken = tmp_path / "snapshots" / "broken"
+    broken.mkdir()
+    (broken / "snapshot.json").write_text("{")
+    assert build_image.builds_in_use(tmp_path) == {build.resolve()}

@@ -412,3 +412,26 @@ def test_plain_create_records_no_snapshot(world, monkeypatch):
     assert world.disks.calls[-1][1] == world.build(NEW_BUILD) / "disk.qcow2"
     vm_element = ET.fromstring(world.hypervisor.defined[-1]).find(f"metadata/{{{METADATA_NS}}}vm")
     assert vm_element is not None and vm_element.find(f"{{{METADATA_NS}}}snapshotId") is None
+
+
+# CLI ######################################################################################
+
+@pytest.mark.parametrize(("argv", "snapshots_purged"), [(["purge"], False),
+                                                        (["purge", "--snapshots"], True)])
+def test_purge_deletes_snapshots_only_when_asked(monkeypatch, capsys, argv, snapshots_purged):
+    calls = []
+
+    class Bundle:
+        vms = type("Vms", (), {"purge_all": lambda self: calls.append("vms") or 2})()
+        snapshots = type("Snaps", (), {"purge_all": lambda self: calls.append("snaps") or 3})()
+
+        def remove_orphans(self, min_age_s=None):
+            calls.append(f"orphans {min_age_s}")
+            return []
+
+    monkeypatch.setattr("app.cli.load_settings", lambda: None)
+    monkeypatch.setattr("app.services.container.build_services", lambda settings: Bundle())
+    from app import cli
+    cli.main(argv)
+    assert calls == ["vms", *(["snaps"] if snapshots_purged else []), "orphans 0"]
+    assert f"{3 if snapshots_purged else 0} snapshot(s)" in capsys.readouterr().out
