@@ -1,4 +1,4 @@
-"""Operator commands: ``python -m app.cli {prepare-host,serve,purge,cleanup}``."""
+"""Operator commands: ``python -m app.cli {prepare-host,serve,purge [--snapshots],cleanup}``."""
 from __future__ import annotations
 
 import argparse
@@ -30,17 +30,21 @@ def prepare_host() -> None:
           f"{settings.network_bridge}, {settings.network_mode}) "
           f"{'created' if created else 'present'}")
     services.vms.manager_key()
-    for item in services.vms.remove_orphans():
+    for item in services.remove_orphans():
         print(f"removed orphan {item}")
 
 
-def purge() -> None:
-    """Delete every VM this service created (stale leftovers of test runs)."""
+def purge(snapshots: bool) -> None:
+    """Delete every VM this service created (stale leftovers of test runs) and, with
+    ``snapshots``, every snapshot too."""
     from app.services.container import build_services
     services = build_services(load_settings())
     count = services.vms.purge_all()
-    removed = services.vms.remove_orphans(min_age_s=0)
-    print(f"purged {count} VM(s), {len(removed)} orphan item(s)")
+    snapshot_count = services.snapshots.purge_all() if snapshots else 0
+    removed = services.remove_orphans(min_age_s=0)
+    outdated = services.vms.prune_seeds()
+    print(f"purged {count} VM(s), {snapshot_count} snapshot(s), {len(removed)} orphan item(s), "
+          f"{len(outdated)} outdated memory snapshot(s)")
 
 
 def serve(extra: list[str]) -> None:
@@ -59,6 +63,8 @@ def serve(extra: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m app.cli", description=__doc__)
     parser.add_argument("command", choices=["prepare-host", "serve", "purge", "cleanup"])
+    parser.add_argument("--snapshots", action="store_true",
+                        help="purge: delete every disk snapshot too (kept by default)")
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     try:
@@ -67,10 +73,10 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "serve":
             serve(extra)
         elif args.command == "purge":
-            purge()
+            purge(args.snapshots)
         else:
             from app.services.container import build_services
-            for item in build_services(load_settings()).vms.remove_orphans():
+            for item in build_services(load_settings()).remove_orphans():
                 print(f"removed orphan {item}")
     except ConfigError as exc:
         raise SystemExit(f"configuration error: {exc}") from None

@@ -99,8 +99,16 @@ class Settings:
         return _truthy(self.snapshot_auto_build)
 
     @property
+    def snapshots_dir(self) -> Path:
+        return Path(self.storage_root) / "snapshots"
+
+    @property
     def lock_path(self) -> Path:
         return Path(self.storage_root) / "allocation.lock"
+
+    @property
+    def snapshot_lock_path(self) -> Path:
+        return Path(self.storage_root) / "snapshots.lock"
 
     @property
     def network(self) -> ipaddress.IPv4Network:

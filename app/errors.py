@@ -30,6 +30,10 @@ class VmNotFound(AppError):
     http_status = 404
 
 
+class SnapshotNotFound(AppError):
+    http_status = 404
+
+
 class VmStateConflict(AppError):
     http_status = 409
 

@@ -54,6 +54,7 @@ class VmSpec:
     image_id: str | None = None
     disk_size_mb: int | None = None
     provision_mode: ProvisionMode = ProvisionMode.AUTO
+    snapshot_id: str | None = None  # start the disk from this snapshot (extension)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +76,7 @@ class VmRecord:
     provision_mode: str
     host_key: str
     phase: VmPhase = VmPhase.STARTING
+    snapshot_id: str = ""  # the snapshot its disk started from; "" when none
     role: VmRole = VmRole.SANDBOX
     seed: str = ""  # the memory snapshot (seed) a restored VM came from; its disk backs ours
 
@@ -94,6 +96,28 @@ class Vm:
     image_id: str
     provision_mode: str
     name: str
+    snapshot_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """A copy of a VM's disk that new VMs can start from (a "user_overlay" snapshot).
+
+    Its qcow2 depends on nothing but the template image it is based on, so it outlives the VM
+    it was taken from.
+    """
+
+    id: str
+    created_at: str
+    cpu: int
+    mem_mb: int
+    image_id: str
+    source_vm_id: str
+    image_path: str  # absolute path of the template image (a build's disk.qcow2) behind it
+    disk_size_mb: int
+    disk_path: str  # its own qcow2, never written to
+    kind: str = "user_overlay"
+    has_overlay: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,12 +20,13 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-i
 
 
 def on_starting(server):
-    """Before any worker exists (no create in flight): clean leftovers of dead VMs."""
+    """Before any worker exists (no create in flight): clean leftovers of dead VMs and of
+    snapshots that never finished."""
     from app.config import load_settings
     from app.services.container import build_services
 
     services = build_services(load_settings())
-    for item in services.vms.remove_orphans():
+    for item in services.remove_orphans():
         server.log.info("removed orphan %s", item)
 
 

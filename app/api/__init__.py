@@ -23,7 +23,7 @@ def services() -> t.Any:
 
 
 ERROR_REASONS = {
-    400: "Invalid input", 401: "Missing or wrong credentials", 404: "Unknown VM or path",
+    400: "Invalid input", 401: "Missing or wrong credentials", 404: "Unknown VM, snapshot or path",
     409: "Wrong state for the operation", 413: "Body or content too large",
     429: "VM quota reached", 503: "libvirt unreachable or no capacity",
     504: "The guest did not answer in time",

@@ -19,12 +19,12 @@ class Vms(MethodView):
 
     @blp.arguments(VmCreateSchema)
     @blp.response(201, VmSchema)
-    @document_errors(blp, 400, 429, 504)
+    @document_errors(blp, 400, 404, 429, 504)
     def post(self, body):
         """Create a VM and boot it; answers once commands can run in it"""
         spec = VmSpec(cpu=body["cpu"], mem_mb=body["memMb"], allow_ips=tuple(body["allowIps"]),
                       outbound_internet=body["outboundInternet"], image_id=body["imageId"],
-                      disk_size_mb=body["diskSizeMb"],
+                      disk_size_mb=body["diskSizeMb"], snapshot_id=body["snapshotId"],
                       provision_mode=ProvisionMode(body["provisionMode"]))
         return services().vms.create(spec)
 

@@ -5,6 +5,8 @@ import ipaddress
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates
 
+from app.schemas.snapshots import SnapshotRefSchema
+
 
 class ApiErrorSchema(Schema):
     message = fields.String(required=True)
@@ -41,7 +43,7 @@ class NetworkPolicySchema(Schema):
         return data
 
 
-class VmCreateSchema(NetworkPolicySchema):
+class VmCreateSchema(NetworkPolicySchema, SnapshotRefSchema):
     cpu = fields.Integer(required=True, strict=True, validate=validate.Range(min=1),
                          metadata={"description": "vCPUs, 1..MAX_CPU"})
     memMb = fields.Integer(required=True, strict=True, validate=validate.Range(min=128),
@@ -75,6 +77,9 @@ class VmSchema(Schema):
     imageId = fields.String(dump_only=True, attribute="image_id")
     provisionMode = fields.String(dump_only=True, attribute="provision_mode",
                                   validate=validate.OneOf(["boot", "snapshot", "pool"]))
+    snapshotId = fields.String(dump_only=True, allow_none=True, attribute="snapshot_id",
+                               metadata={"description": "snapshot its disk started from, or "
+                                                        "null (extension)"})
 
     def get_attribute(self, obj, attr, default):  # VmState enum -> its value
         value = super().get_attribute(obj, attr, default)

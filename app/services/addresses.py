@@ -16,9 +16,11 @@ from app.errors import CapacityExhausted
 
 
 @contextlib.contextmanager
-def allocation_lock(path: Path, timeout: float) -> t.Iterator[None]:
+def allocation_lock(path: Path, timeout: float,
+                    busy: str = "the host is busy allocating VMs; retry") -> t.Iterator[None]:
     """An exclusive host-wide lock (flock), shared by every worker process.
 
+    :param busy: the error message when the lock stays taken.
     :raises CapacityExhausted: when it cannot be taken within ``timeout`` seconds.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,7 +32,7 @@ def allocation_lock(path: Path, timeout: float) -> t.Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise CapacityExhausted("the host is busy allocating VMs; retry") from None
+                    raise CapacityExhausted(busy) from None
                 time.sleep(0.05)
         try:
             yield

@@ -8,6 +8,7 @@ from app.config import Settings
 from app.services.commands import CommandService
 from app.services.files import FileService
 from app.services.maintenance import Maintainer
+from app.services.snapshots import SnapshotService, SnapshotStore
 from app.services.templates import TemplateCatalog
 from app.services.vms import VmService
 from app.virt.accel import choose_domain_type
@@ -24,12 +25,18 @@ class Services:
     vms: VmService
     commands: CommandService
     files: FileService
+    snapshots: SnapshotService
     domain_type: str
     maintainer: Maintainer
 
     def close(self) -> None:
         self.maintainer.stop()
         self.vms.close()
+
+    def remove_orphans(self, min_age_s: float | None = None) -> list[str]:
+        """What crashed creates and snapshots left behind (see the services' own sweeps)."""
+        age = {} if min_age_s is None else {"min_age_s": min_age_s}
+        return self.vms.remove_orphans(**age) + self.snapshots.remove_orphans(**age)
 
 
 def build_services(settings: Settings) -> Services:
@@ -39,7 +46,9 @@ def build_services(settings: Settings) -> Services:
     hypervisor = Hypervisor(settings.libvirt_uri, settings.libvirt_timeout_s)
     templates = TemplateCatalog(settings.templates_dir, settings.images_dir,
                                 settings.default_image_id)
-    vms = VmService(settings, hypervisor, templates, domain_type)
+    store = SnapshotStore(settings.snapshots_dir, templates)
+    vms = VmService(settings, hypervisor, templates, domain_type, snapshots=store)
     return Services(settings=settings, hypervisor=hypervisor, templates=templates, vms=vms,
                     commands=CommandService(settings, vms), files=FileService(settings, vms),
+                    snapshots=SnapshotService(settings, hypervisor, templates, vms, store),
                     domain_type=domain_type, maintainer=Maintainer(settings, vms))

@@ -57,13 +57,21 @@ class TemplateCatalog:
 
         :raises CapacityExhausted: when the image has not been built on this host.
         """
-        current = self.images_dir / template.image / "current"
-        path = current.resolve()
-        manifest = path / "manifest.json"
-        if not manifest.is_file():
+        path = (self.images_dir / template.image / "current").resolve()
+        if not (path / "manifest.json").is_file():
             raise CapacityExhausted(
                 f"image {template.image!r} for template {template.id!r} is not built on this "
                 f"host (run: make image)")
+        return self.build_at(path)
+
+    def build_at(self, path: Path) -> ImageBuild:
+        """The build in directory ``path``, newest or not (a VM's or a snapshot's).
+
+        :raises CapacityExhausted: when that build is no longer on this host.
+        """
+        manifest = path / "manifest.json"
+        if not manifest.is_file():
+            raise CapacityExhausted(f"image build {path} is not on this host any more")
         info = json.loads(manifest.read_text())
         return ImageBuild(path=path, disk=path / "disk.qcow2", kernel=path / "vmlinuz",
                           initrd=path / "initrd.img",

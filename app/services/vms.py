@@ -28,6 +28,7 @@ from app.models import (ProvisionMode, Template, Vm, VmPhase, VmRecord, VmRole, 
                         VmState)
 from app.services.addresses import allocation_lock, mac_for, pick_address
 from app.services.seeds import Seed, SeedStore
+from app.services.snapshots import SnapshotStore
 from app.services.templates import ImageBuild, TemplateCatalog
 from app.sshkeys import KeyPair, generate_keypair, manager_keypair, write_private
 from app.virt import disks, save_image
@@ -63,20 +64,22 @@ def to_vm(record: VmRecord, domain_state: str) -> Vm:
               mem_mb=record.mem_mb, guest_ip=record.guest_ip,
               outbound_internet=record.outbound_internet, allow_ips=record.allow_ips,
               created_at=record.created_at, image_id=record.image_id,
-              provision_mode=record.provision_mode, name=record.name)
+              provision_mode=record.provision_mode, name=record.name,
+              snapshot_id=record.snapshot_id or None)
 
 
 class VmService:
     """VM lifecycle. Thread-safe; one instance per worker process."""
 
     def __init__(self, settings: Settings, hypervisor: Hypervisor, templates: TemplateCatalog,
-                 domain_type: str) -> None:
+                 domain_type: str, snapshots: SnapshotStore | None = None) -> None:
         self.settings = settings
         self.hypervisor = hypervisor
         self.templates = templates
         self.domain_type = domain_type
         self.seeds = SeedStore(settings.seeds_dir, domain_type)
         self.ipsets = IpSets()
+        self.snapshots = snapshots
         self._manager_key: KeyPair | None = None
         self._guests: dict[str, GuestSSH] = {}
         self._guests_lock = threading.Lock()
@@ -133,7 +136,8 @@ class VmService:
         if disk_size_mb < build.disk_size_mb:
             raise InvalidRequest(f"diskSizeMb must be at least {build.disk_size_mb} for "
                                  f"template {template.id!r}")
-        if spec.provision_mode in (ProvisionMode.AUTO, ProvisionMode.POOL):
+        if spec.provision_mode in (ProvisionMode.AUTO, ProvisionMode.POOL) and \
+                not spec.snapshot_id:
             claimed = self._claim_pool_vm(spec, template, build, disk_size_mb)
             if claimed is not None:
                 return claimed
@@ -146,8 +150,12 @@ class VmService:
 
     def _create_new(self, spec: VmSpec, template: Template, build: ImageBuild,
                     disk_size_mb: int) -> Vm:
-        """A new VM, restored from the shape's memory snapshot if there is one, else booted."""
-        if spec.provision_mode is not ProvisionMode.BOOT:
+        """A new VM, restored from the shape's memory snapshot if there is one, else booted.
+
+        A VM whose disk starts from a disk snapshot always boots: a memory snapshot's guest
+        expects the disk it was saved with.
+        """
+        if spec.provision_mode is not ProvisionMode.BOOT and not spec.snapshot_id:
             seed = self.seeds.find(template, build, spec.cpu, spec.mem_mb, disk_size_mb)
             if seed is None:
                 log.info("no memory snapshot for template=%s shape=%sx%s disk=%s: cold boot",
@@ -247,6 +255,10 @@ class VmService:
         settings = self.settings
         host_key = generate_keypair()
         with allocation_lock(settings.lock_path, LOCK_TIMEOUT):
+            backing = build.disk
+            if spec.snapshot_id:  # the disk starts from a snapshot instead (extension); looked
+                # up under the lock, so the snapshot cannot be deleted before the domain exists
+                template, build, backing, disk_size_mb = self._snapshot_store().vm_base(spec)
             domains = self.hypervisor.list_domains()
             if len(domains) >= settings.max_vms:
                 raise QuotaExceeded(f"VM quota reached ({settings.max_vms} VMs)")
@@ -262,11 +274,11 @@ class VmService:
                 created_at=_now_iso(),
                 provision_mode="boot" if seed is None else "snapshot",
                 host_key=host_key.public_openssh, phase=VmPhase.STARTING, role=role,
-                seed=seed.key if seed else "")
+                seed=seed.key if seed else "", snapshot_id=spec.snapshot_id or "")
             vm_dir = settings.vms_dir / name
             vm_dir.mkdir(mode=0o700, parents=True)
             undo.callback(shutil.rmtree, vm_dir, True)
-            disks.create_overlay(seed.disk if seed else build.disk, vm_dir / "disk.qcow2",
+            disks.create_overlay(seed.disk if seed else backing, vm_dir / "disk.qcow2",
                                  disk_size_mb)
             self._write_guest_keys(vm_dir, host_key)
             self._apply_policy(record)
@@ -285,6 +297,11 @@ class VmService:
         """The VM's own host key and the manager's public key, served to the guest by fw_cfg."""
         write_private(vm_dir / "ssh_host_ed25519_key", host_key.private_openssh)
         (vm_dir / "authorized_keys").write_text(self.manager_key().public_openssh + "\n")
+
+    def _snapshot_store(self) -> SnapshotStore:
+        if self.snapshots is None:
+            raise InvalidRequest("snapshots are not available in this service")
+        return self.snapshots
 
     def _new_identity(self) -> tuple[str, str]:
         for _ in range(10):

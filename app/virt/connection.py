@@ -289,6 +289,28 @@ class Hypervisor:
             raise HypervisorError(f"guest agent command {path} did not finish in time")
         return self._call("guest agent exec", agent, timeout=timeout + 5)
 
+    def fs_freeze(self, uuid: str, timeout: float) -> int:
+        """Flush and freeze the guest's filesystems through qemu-guest-agent
+        (``virDomainFSFreeze``); the guest's writes wait until :meth:`fs_thaw`.
+
+        :returns: how many filesystems were frozen.
+        :raises HypervisorError: no agent, the agent refused, or no answer within ``timeout``
+            (the freeze may still land later: always follow with :meth:`fs_thaw`).
+        """
+        return self._call("freeze guest filesystems",
+                          lambda conn: conn.lookupByUUIDString(uuid).fsFreeze(None, 0),
+                          timeout=timeout)
+
+    def fs_thaw(self, uuid: str, timeout: float) -> int:
+        """Thaw the guest's filesystems (``virDomainFSThaw``); harmless when none are frozen.
+
+        :returns: how many filesystems were thawed.
+        :raises HypervisorError: no agent, or no answer within ``timeout``.
+        """
+        return self._call("thaw guest filesystems",
+                          lambda conn: conn.lookupByUUIDString(uuid).fsThaw(None, 0),
+                          timeout=timeout)
+
     # Filters and network ###################################################################
 
     def define_filter(self, xml: str) -> None:

@@ -1,4 +1,8 @@
-"""qcow2 overlays on a template's read-only image (argv lists, timeouts)."""
+"""qcow2 disks: overlays on a template's read-only image, and snapshot copies of them.
+
+Every external command runs from an argv list with a timeout; failures become
+:class:`HypervisorError`.
+"""
 from __future__ import annotations
 
 import json
@@ -10,6 +14,8 @@ from app.errors import HypervisorError
 
 log = logging.getLogger(__name__)
 QEMU_IMG_TIMEOUT = 60.0
+COPY_TIMEOUT = 120.0  # a snapshot copies a VM's overlay: its size is what the guest wrote
+REBASE_TIMEOUT = 120.0
 
 
 def create_overlay(backing: Path, overlay: Path, size_mb: int,
@@ -28,14 +34,59 @@ def virtual_size_mb(image: Path, timeout: float = QEMU_IMG_TIMEOUT) -> int:
     return int(info["virtual-size"]) // (1024 * 1024)
 
 
+def backing_file(image: Path, timeout: float = QEMU_IMG_TIMEOUT) -> Path | None:
+    """The file ``image`` is directly backed by, or None."""
+    info = json.loads(_qemu_img(["info", "--output=json", "-U", str(image)], timeout))
+    name = info.get("full-backing-filename") or info.get("backing-filename")
+    return Path(name) if name else None
+
+
+def copy_image(source: Path, target: Path, timeout: float = COPY_TIMEOUT) -> None:
+    """Copy a qcow2 file byte for byte (sparse; its backing file reference is kept).
+
+    A plain copy ignores QEMU's lock on a running VM's overlay, so the caller makes sure nothing
+    writes to ``source`` meanwhile: the VM is stopped or its guest filesystems are frozen.
+
+    :raises HypervisorError: when the copy fails or times out.
+    """
+    _run(["cp", "--sparse=always", "--", str(source), str(target)], timeout)
+
+
+def rebase(image: Path, backing: Path, timeout: float = REBASE_TIMEOUT) -> None:
+    """Make ``image`` depend on ``backing`` alone (qemu-img's safe mode).
+
+    Every cluster where ``image``'s old backing chain reads differently from ``backing`` is
+    first copied into ``image``, so the guest sees the same disk; the old chain may be deleted
+    afterwards.
+
+    :raises HypervisorError: when qemu-img fails or times out.
+    """
+    _qemu_img(["rebase", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing), str(image)],
+              timeout)
+    log.debug("image rebased path=%s backing=%s", image, backing)
+
+
+def check(image: Path, timeout: float = QEMU_IMG_TIMEOUT) -> None:
+    """Verify a qcow2's metadata; leaked clusters (harmless) are repaired.
+
+    :raises HypervisorError: when the image is corrupt or qemu-img fails.
+    """
+    _qemu_img(["check", "-q", "-r", "leaks", "-f", "qcow2", str(image)], timeout)
+
+
 def _qemu_img(args: list[str], timeout: float) -> str:
+    return _run(["qemu-img", *args], timeout)
+
+
+def _run(argv: list[str], timeout: float) -> str:
+    what = f"{argv[0]} {argv[1]}" if argv[0] == "qemu-img" else argv[0]
     try:
-        done = subprocess.run(["qemu-img", *args], capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              check=False)
     except subprocess.TimeoutExpired:
-        raise HypervisorError(f"qemu-img {args[0]} timed out after {timeout:.0f}s") from None
+        raise HypervisorError(f"{what} timed out after {timeout:.0f}s") from None
     except OSError as exc:
-        raise HypervisorError(f"qemu-img cannot run: {exc}") from exc
+        raise HypervisorError(f"{argv[0]} cannot run: {exc}") from exc
     if done.returncode != 0:
-        raise HypervisorError(f"qemu-img {args[0]} failed: {done.stderr.strip()}")
+        raise HypervisorError(f"{what} failed: {done.stderr.strip()}")
     return done.stdout

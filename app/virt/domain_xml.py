@@ -105,6 +105,8 @@ def metadata_element(record: VmRecord, namespaced: bool = True) -> ET.Element:
         "role": record.role.value,
         "seed": record.seed,
     }
+    if record.snapshot_id:  # optional: only VMs started from a snapshot carry it
+        fields["snapshotId"] = record.snapshot_id
     for key, value in fields.items():
         ET.SubElement(vm, q(key)).text = value
     allow = ET.SubElement(vm, q("allowIps"))
@@ -145,6 +147,7 @@ def parse_metadata(xml: str) -> VmRecord | None:
             created_at=text("createdAt"), provision_mode=text("provisionMode") or "boot",
             host_key=text("hostKey"), phase=VmPhase(text("phase") or "starting"),
             role=VmRole(text("role") or "sandbox"), seed=text("seed"),
+            snapshot_id=text("snapshotId"),
         )
     except ValueError:
         return None

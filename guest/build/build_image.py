@@ -321,9 +321,18 @@ def build(images_dir: Path, image: str, force: bool) -> Path:
 
 
 def builds_in_use(storage_root: Path) -> set[Path]:
-    """Image builds that some VM's overlay still uses as its backing file."""
+    """Image builds that some VM's or memory snapshot's overlay uses as its backing file, or
+    that a disk snapshot is based on (its ``snapshot.json`` names the build: ``imagePath``)."""
     used: set[Path] = set()
-    for overlay in (storage_root / "vms").glob("*/disk.qcow2"):
+    for meta in (storage_root / "snapshots").glob("*/snapshot.json"):
+        try:
+            image = json.loads(meta.read_text())["imagePath"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        used.add(Path(image).resolve().parent)
+    overlays = [*(storage_root / "vms").glob("*/disk.qcow2"),
+                *(storage_root / "seeds").glob("*/disk.qcow2")]  # memory snapshots' disks
+    for overlay in overlays:
         try:
             info = json.loads(subprocess.run(
                 ["qemu-img", "info", "--output=json", "-U", str(overlay)], capture_output=True,
@@ -337,7 +346,7 @@ def builds_in_use(storage_root: Path) -> set[Path]:
 
 
 def prune_old_builds(image_dir: Path, keep: int = 2) -> None:
-    """Delete all but the newest ``keep`` builds, never one a VM still uses."""
+    """Delete all but the newest ``keep`` builds, never one a VM or a snapshot still uses."""
     builds = sorted((p for p in image_dir.iterdir()
                      if p.is_dir() and not p.is_symlink() and (p / "manifest.json").exists()),
                     key=lambda p: p.stat().st_mtime, reverse=True)

@@ -11,8 +11,9 @@ import pytest
 
 from app import create_app
 from app.config import Settings, load_settings
-from app.errors import InvalidRequest, QuotaExceeded, VmNotFound, VmStateConflict
-from app.models import Vm, VmSpec, VmState
+from app.errors import (InvalidRequest, QuotaExceeded, SnapshotNotFound, VmNotFound,
+                        VmStateConflict)
+from app.models import Snapshot, Vm, VmSpec, VmState
 
 API_KEY = "unit-test-key"
 ADMIN_EMAIL = "admin@test.example"
@@ -47,6 +48,7 @@ class FakeVmService:
         self.vms: dict[str, Vm] = {}
         self.created: list[VmSpec] = []
         self.fail_with: Exception | None = None
+        self.snapshots: FakeSnapshotService | None = None
 
     def list(self) -> list[Vm]:
         return sorted(self.vms.values(), key=lambda vm: (vm.created_at, vm.id))
@@ -62,6 +64,8 @@ class FakeVmService:
             raise self.fail_with
         if spec.image_id not in (None, "default"):
             raise InvalidRequest(f"unknown imageId {spec.image_id!r} (known: default)")
+        if spec.snapshot_id is not None and self.snapshots is not None:
+            self.snapshots.get(spec.snapshot_id)
         if len(self.vms) >= self.max_vms:
             raise QuotaExceeded(f"VM quota reached ({self.max_vms} VMs)")
         self.created.append(spec)
@@ -71,7 +75,7 @@ class FakeVmService:
                 guest_ip=f"172.16.0.{index + 1}", outbound_internet=spec.outbound_internet,
                 allow_ips=spec.allow_ips, created_at=f"2024-01-01T00:00:{index:02d}.000Z",
                 image_id=spec.image_id or "default", provision_mode="boot",
-                name=f"rds-{vm_id[:8]}")
+                name=f"rds-{vm_id[:8]}", snapshot_id=spec.snapshot_id)
         self.vms[vm_id] = vm
         return vm
 
@@ -92,11 +96,49 @@ class FakeVmService:
         self.vms[vm_id] = dataclasses.replace(vm, state=new)
 
 
+class FakeSnapshotService:
+    """In-memory snapshots with the real service's rules: RUNNING or STOPPED VMs only, and no
+    delete while a VM created from the snapshot exists."""
+
+    def __init__(self, vms: FakeVmService) -> None:
+        self.vms = vms
+        self.snapshots: dict[str, Snapshot] = {}
+
+    def take(self, vm_id: str) -> Snapshot:
+        vm = self.vms.get(vm_id)
+        if vm.state not in (VmState.RUNNING, VmState.STOPPED):
+            raise VmStateConflict(f"VM {vm_id} is {vm.state.value}")
+        index = len(self.snapshots) + 1
+        snapshot_id = str(uuid.UUID(int=0x5000 + index))
+        snapshot = Snapshot(id=snapshot_id, created_at=f"2024-01-02T00:00:{index:02d}.000Z",
+                            cpu=vm.cpu, mem_mb=vm.mem_mb, image_id=vm.image_id,
+                            source_vm_id=vm.id, image_path="/images/x/abc/disk.qcow2",
+                            disk_size_mb=4096, disk_path=f"/snapshots/{snapshot_id}/disk.qcow2")
+        self.snapshots[snapshot_id] = snapshot
+        return snapshot
+
+    def list(self) -> list[Snapshot]:
+        return sorted(self.snapshots.values(), key=lambda s: (s.created_at, s.id))
+
+    def get(self, snapshot_id: str) -> Snapshot:
+        try:
+            return self.snapshots[snapshot_id]
+        except KeyError:
+            raise SnapshotNotFound(f"snapshot {snapshot_id} not found") from None
+
+    def delete(self, snapshot_id: str) -> None:
+        self.get(snapshot_id)
+        if any(vm.snapshot_id == snapshot_id for vm in self.vms.vms.values()):
+            raise VmStateConflict(f"snapshot {snapshot_id} is in use")
+        del self.snapshots[snapshot_id]
+
+
 @dataclasses.dataclass
 class FakeServices:
     settings: Settings
     hypervisor: FakeHypervisor
     vms: FakeVmService
+    snapshots: FakeSnapshotService
     domain_type: str = "qemu"
     closed: bool = False
 
@@ -109,8 +151,10 @@ def services() -> FakeServices:
     settings = load_settings(environ={}, overrides={
         "API_KEY": API_KEY, "ADMIN_EMAIL": ADMIN_EMAIL, "ADMIN_PASSWORD": ADMIN_PASSWORD,
         "SESSION_SECRET": "unit-test-session-secret", "MAX_VMS": MAX_VMS})
-    return FakeServices(settings=settings, hypervisor=FakeHypervisor(),
-                        vms=FakeVmService(settings.max_vms))
+    vms = FakeVmService(settings.max_vms)
+    vms.snapshots = FakeSnapshotService(vms)
+    return FakeServices(settings=settings, hypervisor=FakeHypervisor(), vms=vms,
+                        snapshots=vms.snapshots)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from app.errors import HypervisorError
 # The error responses each /v1 operation must document, besides 401.
 DOCUMENTED_ERRORS = {
     ("/v1/vms", "get"): {"503"},
-    ("/v1/vms", "post"): {"400", "429", "503", "504"},
+    ("/v1/vms", "post"): {"400", "404", "429", "503", "504"},
     ("/v1/vms/{vm_id}", "get"): {"404"},
     ("/v1/vms/{vm_id}", "delete"): {"404"},
     ("/v1/vms/{vm_id}/stop", "post"): {"404", "409"},
@@ -19,6 +19,10 @@ DOCUMENTED_ERRORS = {
     ("/v1/vms/{vm_id}/run-js", "post"): {"400", "404", "409", "504"},
     ("/v1/vms/{vm_id}/files/upload", "post"): {"400", "404", "409", "413", "504"},
     ("/v1/vms/{vm_id}/files/download", "get"): {"400", "404", "409", "413", "504"},
+    ("/v1/vms/{vm_id}/snapshots", "post"): {"404", "409", "503", "504"},
+    ("/v1/snapshots", "get"): {"503"},
+    ("/v1/snapshots/{snapshot_id}", "get"): {"404"},
+    ("/v1/snapshots/{snapshot_id}", "delete"): {"404", "409"},
 }
 
 

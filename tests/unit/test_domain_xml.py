@@ -80,6 +80,7 @@ def test_metadata_round_trips_through_the_domain():
 @pytest.mark.parametrize("changes", [
     {"allow_ips": (), "outbound_internet": False},
     {"phase": VmPhase.READY, "provision_mode": "pool"},
+    {"snapshot_id": "5a1e0c2d-7b3f-4e6a-9c8d-0f1e2d3c4b5a"},
 ])
 def test_metadata_round_trips_variants(changes):
     record = dataclasses.replace(RECORD, **changes)
@@ -106,3 +107,9 @@ def test_metadata_as_libvirt_returns_it_parses():
     f'<vm xmlns="{METADATA_NS}"><cpu>two</cpu></vm>'])
 def test_parse_metadata_rejects_foreign_or_broken_xml(xml):
     assert parse_metadata(xml) is None
+
+
+def test_snapshot_id_is_written_only_when_set():
+    assert "snapshotId" not in metadata_xml(RECORD)
+    record = dataclasses.replace(RECORD, snapshot_id="5a1e0c2d-7b3f-4e6a-9c8d-0f1e2d3c4b5a")
+    assert ET.fromstring(metadata_xml(record)).findtext("snapshotId") == record.snapshot_id

@@ -1,0 +1,363 @@
+"""SnapshotService: "user_overlay" snapshots of a VM's disk, and new VMs that start from them.
+
+A snapshot is a directory ``STORAGE_ROOT/snapshots/<id>/`` holding ``disk.qcow2`` and
+``snapshot.json`` (the API fields plus the path of the template image the disk is based on).
+The disk is a copy of the VM's overlay, rebased in qemu-img's safe mode onto the template image
+itself, so it depends on nothing else: it outlives the VM it came from and any intermediate
+file behind that VM's overlay. It is never written to; a VM created from it gets an overlay of
+its own on top of it.
+
+A snapshot is built in a hidden staging directory next to the others and renamed into place
+last, so a crash never leaves a half snapshot visible (stale staging directories are swept like
+orphan VM files). For a RUNNING VM the guest's filesystems are frozen through the guest agent
+while its overlay is copied, and thawed whatever happens, so writes the guest has not synced yet
+are in the snapshot too.
+
+libvirt stays the only store of VM state: a VM records the snapshot it started from in its
+metadata, and a snapshot is in use, and cannot be deleted, while any such VM exists.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import typing as t
+import uuid
+from pathlib import Path
+
+from app.config import Settings
+from app.errors import (AppError, GuestUnreachable, HypervisorError, InvalidRequest,
+                        SnapshotNotFound, VmNotFound, VmStateConflict)
+from app.models import Snapshot, Template, VmRecord, VmSpec, VmState
+from app.services.addresses import allocation_lock
+from app.services.templates import ImageBuild, TemplateCatalog
+from app.virt import disks
+from app.virt.connection import Hypervisor
+from app.virt.domain_xml import parse_metadata
+
+if t.TYPE_CHECKING:
+    from app.services.vms import VmService
+
+log = logging.getLogger(__name__)
+DISK = "disk.qcow2"
+META = "snapshot.json"
+STAGING_PREFIX = ".staging-"
+LOCK_TIMEOUT = 60.0
+SYNC_TIMEOUT = 30.0
+THAW_ATTEMPTS = 3
+ORPHAN_MIN_AGE_S = 600.0  # longer than any snapshot takes
+
+
+class VmBase(t.NamedTuple):
+    """What a new VM's disk starts from."""
+
+    template: Template
+    build: ImageBuild  # kernel and initrd to boot; the record's image_path
+    backing: Path  # the file the VM's overlay is created on
+    disk_size_mb: int
+
+
+class SnapshotStore:
+    """The snapshot directories on disk; also where VmService finds a snapshot's disk.
+
+    :param root: ``STORAGE_ROOT/snapshots``.
+    """
+
+    def __init__(self, root: Path, templates: TemplateCatalog) -> None:
+        self.root = root
+        self.templates = templates
+
+    def list(self) -> list[Snapshot]:
+        found = []
+        if self.root.is_dir():
+            for folder in self.root.iterdir():
+                if folder.name.startswith(".") or not (folder / META).is_file():
+                    continue
+                snapshot = self._read(folder)
+                if snapshot is not None:
+                    found.append(snapshot)
+        return sorted(found, key=lambda s: (s.created_at, s.id))
+
+    def get(self, snapshot_id: str) -> Snapshot:
+        """:raises SnapshotNotFound: for an unknown or malformed id."""
+        folder = self._folder(snapshot_id)
+        snapshot = self._read(folder) if (folder / META).is_file() else None
+        if snapshot is None:
+            raise SnapshotNotFound(f"snapshot {snapshot_id} not found")
+        return snapshot
+
+    def vm_base(self, spec: VmSpec) -> VmBase:
+        """Where a VM created with ``spec.snapshot_id`` starts: the snapshot's disk, its
+        template, and the image build it was taken on (whose kernel matches the modules on that
+        disk, even after the image was rebuilt).
+
+        :raises SnapshotNotFound: unknown snapshot.
+        :raises InvalidRequest: ``imageId`` names another template, or ``diskSizeMb`` is
+            smaller than the snapshot's disk.
+        :raises CapacityExhausted: the snapshot's image build is gone from this host.
+        """
+        snapshot = self.get(spec.snapshot_id or "")
+        if spec.image_id not in (None, snapshot.image_id):
+            raise InvalidRequest(f"imageId {spec.image_id!r} differs from the template of "
+                                 f"snapshot {snapshot.id} ({snapshot.image_id!r}); leave "
+                                 f"imageId out")
+        if spec.disk_size_mb is not None and spec.disk_size_mb < snapshot.disk_size_mb:
+            raise InvalidRequest(f"diskSizeMb must be at least {snapshot.disk_size_mb} for "
+                                 f"snapshot {snapshot.id}")
+        return VmBase(template=self.templates.get(snapshot.image_id),
+                      build=self.templates.build_at(Path(snapshot.image_path).parent),
+                      backing=Path(snapshot.disk_path),
+                      disk_size_mb=spec.disk_size_mb or snapshot.disk_size_mb)
+
+    @contextlib.contextmanager
+    def staging(self) -> t.Iterator[Path]:
+        """A fresh hidden directory next to the snapshots, removed if the body fails."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
+        try:
+            yield folder
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def publish(self, staging: Path, snapshot: Snapshot) -> None:
+        """Write ``snapshot.json`` and rename the staging directory to the snapshot's id."""
+        fields = {"id": snapshot.id, "kind": snapshot.kind, "createdAt": snapshot.created_at,
+                  "cpu": snapshot.cpu, "memMb": snapshot.mem_mb, "imageId": snapshot.image_id,
+                  "sourceVmId": snapshot.source_vm_id, "hasOverlay": snapshot.has_overlay,
+                  "imagePath": snapshot.image_path, "diskSizeMb": snapshot.disk_size_mb}
+        (staging / META).write_text(json.dumps(fields, indent=2) + "\n")
+        for name in (DISK, META):  # on disk before the rename makes them visible
+            _fsync(staging / name)
+        os.rename(staging, self._folder(snapshot.id))
+        _fsync(self.root)
+
+    def remove(self, snapshot_id: str) -> None:
+        folder = self._folder(snapshot_id)
+        # Rename first: a half-deleted snapshot is never visible under its id.
+        doomed = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
+        os.rename(folder, doomed / "old")
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def remove_stale_staging(self, min_age_s: float) -> list[str]:
+        """Delete staging directories older than ``min_age_s`` (a crash mid-snapshot)."""
+        removed = []
+        if self.root.is_dir():
+            now = time.time()
+            for folder in self.root.glob(STAGING_PREFIX + "*"):
+                if now - folder.stat().st_mtime >= min_age_s:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(f"files {folder}")
+        return removed
+
+    def disk_path(self, snapshot_id: str) -> Path:
+        return self._folder(snapshot_id) / DISK
+
+    def _folder(self, snapshot_id: str) -> Path:
+        try:
+            return self.root / str(uuid.UUID(snapshot_id))
+        except (ValueError, TypeError):
+            raise SnapshotNotFound(f"snapshot {snapshot_id} not found") from None
+
+    def _read(self, folder: Path) -> Snapshot | None:
+        try:
+            data = json.loads((folder / META).read_text())
+            return Snapshot(id=data["id"], created_at=data["createdAt"], cpu=int(data["cpu"]),
+                            mem_mb=int(data["memMb"]), image_id=data["imageId"],
+                            source_vm_id=data["sourceVmId"], image_path=data["imagePath"],
+                            disk_size_mb=int(data["diskSizeMb"]), disk_path=str(folder / DISK))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("unreadable snapshot skipped path=%s error=%s", folder, exc)
+            return None
+
+
+class SnapshotService:
+    """Take, list, inspect and delete snapshots. Thread-safe; one per worker process."""
+
+    def __init__(self, settings: Settings, hypervisor: Hypervisor, templates: TemplateCatalog,
+                 vms: VmService, store: SnapshotStore) -> None:
+        self.settings = settings
+        self.hypervisor = hypervisor
+        self.templates = templates
+        self.vms = vms
+        self.store = store
+
+    def list(self) -> list[Snapshot]:
+        return self.store.list()
+
+    def get(self, snapshot_id: str) -> Snapshot:
+        """:raises SnapshotNotFound: for an unknown or malformed id."""
+        return self.store.get(snapshot_id)
+
+    def take(self, vm_id: str) -> Snapshot:
+        """Snapshot the disk of a RUNNING or STOPPED VM.
+
+        :raises VmNotFound: unknown VM.
+        :raises VmStateConflict: the VM is neither RUNNING nor STOPPED, or changed state during
+            the copy.
+        :raises GuestUnreachable: the guest agent could neither freeze nor sync the guest.
+        :raises HypervisorError: copying or checking the disk failed.
+        """
+        started = time.monotonic()
+        # One snapshot at a time on this host: freezes of the same guest must not overlap.
+        with allocation_lock(self.settings.snapshot_lock_path, LOCK_TIMEOUT,
+                             busy="the host is busy taking snapshots; retry"):
+            record, state = self._source(vm_id)
+            image = self.templates.build_at(Path(record.image_path)).disk
+            snapshot_id = str(uuid.uuid4())
+            snapshot = Snapshot(
+                id=snapshot_id, created_at=_now(), cpu=record.cpu, mem_mb=record.mem_mb,
+                image_id=record.image_id, source_vm_id=record.id, image_path=str(image),
+                disk_size_mb=record.disk_size_mb,
+                disk_path=str(self.store.disk_path(snapshot_id)))
+            with self.store.staging() as staging:
+                frozen_s = self._copy_overlay(record, state, staging / DISK)
+                self._require_state(vm_id, state)
+                disks.rebase(staging / DISK, image)
+                disks.check(staging / DISK)
+                (staging / DISK).chmod(0o444)  # a backing file from now on
+                self.store.publish(staging, snapshot)
+        log.info("snapshot taken snapshot=%s vm=%s state=%s frozen_seconds=%.2f seconds=%.2f",
+                 snapshot.id, vm_id, state.value, frozen_s, time.monotonic() - started)
+        return snapshot
+
+    def delete(self, snapshot_id: str) -> None:
+        """Remove a snapshot.
+
+        :raises SnapshotNotFound: unknown snapshot.
+        :raises VmStateConflict: while a VM created from it exists (in any state).
+        """
+        # Creates look snapshots up under this lock, up to defining the VM's domain: no VM can
+        # appear on top of the snapshot between the check and the removal.
+        with allocation_lock(self.settings.lock_path, LOCK_TIMEOUT):
+            snapshot = self.store.get(snapshot_id)
+            users = self.users(snapshot.id)
+            if users:
+                raise VmStateConflict(
+                    f"snapshot {snapshot.id} is in use by {len(users)} VM(s) created from it "
+                    f"({', '.join(users)}); delete them first")
+            self.store.remove(snapshot.id)
+        log.info("snapshot deleted snapshot=%s", snapshot.id)
+
+    def users(self, snapshot_id: str) -> list[str]:
+        """Ids of the VMs (any state) whose disk started from the snapshot."""
+        return [vm.id for vm in self.vms.list() if vm.snapshot_id == snapshot_id]
+
+    # Copying ##############################################################################
+
+    def _source(self, vm_id: str) -> tuple[VmRecord, VmState]:
+        state = self.vms.get(vm_id).state
+        if state not in (VmState.RUNNING, VmState.STOPPED):
+            raise VmStateConflict(f"VM {vm_id} is {state.value}; only a RUNNING or STOPPED VM "
+                                  f"can be snapshotted")
+        record = parse_metadata(self.hypervisor.get_domain(vm_id).xml)
+        if record is None:
+            raise VmNotFound(f"VM {vm_id} not found")
+        return record, state
+
+    def _require_state(self, vm_id: str, state: VmState) -> None:
+        now = self.vms.get(vm_id).state
+        if now is not state:
+            raise VmStateConflict(f"VM {vm_id} went from {state.value} to {now.value} during "
+                                  f"the snapshot; nothing was kept, try again")
+
+    def _copy_overlay(self, record: VmRecord, state: VmState, target: Path) -> float:
+        """Copy the VM's overlay as it is; returns how long the guest was frozen (seconds)."""
+        overlay = self.settings.vms_dir / record.name / DISK
+        if state is VmState.STOPPED:
+            disks.copy_image(overlay, target)
+            return 0.0
+        began = time.monotonic()
+        with self._quiesced(record.id):
+            disks.copy_image(overlay, target)
+        return time.monotonic() - began
+
+    @contextlib.contextmanager
+    def _quiesced(self, vm_id: str) -> t.Iterator[None]:
+        """The guest's filesystems flushed and frozen for the body, thawed in any case.
+
+        When the freeze fails, the guest agent runs ``sync`` instead: what was written so far is
+        on the disk, but the guest keeps writing during the copy (crash-consistent only).
+
+        :raises GuestUnreachable: when neither the freeze nor the sync worked.
+        """
+        timeout = self.settings.libvirt_timeout_s
+        try:
+            frozen = self.hypervisor.fs_freeze(vm_id, timeout) > 0
+        except HypervisorError as exc:
+            log.warning("guest filesystem freeze failed, falling back to sync vm=%s error=%s",
+                        vm_id, exc.message)
+            frozen = False
+        try:
+            if not frozen:
+                self._sync(vm_id)
+            yield
+        finally:
+            # Also after a failed freeze: one that timed out may still land in the guest.
+            self._thaw(vm_id, frozen)
+
+    def _sync(self, vm_id: str) -> None:
+        try:
+            code = self.hypervisor.guest_agent_exec(vm_id, "/bin/sync", [], SYNC_TIMEOUT)
+        except HypervisorError as exc:
+            raise GuestUnreachable(f"VM {vm_id}: the guest agent could neither freeze nor sync "
+                                   f"the guest's filesystems ({exc.message})") from exc
+        if code != 0:
+            raise GuestUnreachable(f"VM {vm_id}: sync in the guest failed (exit code {code})")
+        log.warning("snapshot of vm=%s is crash-consistent only (sync, no freeze)", vm_id)
+
+    def _thaw(self, vm_id: str, frozen: bool) -> None:
+        for attempt in range(1, THAW_ATTEMPTS + 1):
+            try:
+                self.hypervisor.fs_thaw(vm_id, self.settings.libvirt_timeout_s)
+                return
+            except VmNotFound:
+                return  # the VM is gone: nothing left to thaw
+            except HypervisorError as exc:
+                if not frozen:
+                    log.debug("thaw after a failed freeze failed vm=%s error=%s", vm_id,
+                              exc.message)
+                    return
+                log.warning("thaw failed vm=%s attempt=%s error=%s", vm_id, attempt,
+                            exc.message)
+                time.sleep(0.5 * attempt)
+        log.error("guest filesystems of vm=%s may still be frozen: thaw failed %s times",
+                  vm_id, THAW_ATTEMPTS)
+
+    # Housekeeping #########################################################################
+
+    def remove_orphans(self, min_age_s: float = ORPHAN_MIN_AGE_S) -> list[str]:
+        """Delete staging directories a crash left behind (older than ``min_age_s``)."""
+        removed = self.store.remove_stale_staging(min_age_s)
+        for item in removed:
+            log.info("removed orphan %s", item)
+        return removed
+
+    def purge_all(self) -> int:
+        """Delete every snapshot no VM uses any more (CI, after the VMs were purged)."""
+        count = 0
+        for snapshot in self.store.list():
+            try:
+                self.delete(snapshot.id)
+                count += 1
+            except AppError as exc:
+                log.warning("snapshot kept snapshot=%s reason=%s", snapshot.id, exc.message)
+        return count
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,85 @@
+"""Snapshot disk helpers on real (tiny) qcow2 files, and the image builder's prune rule."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from app.config import REPO_ROOT
+from app.errors import HypervisorError
+from app.virt import disks
+
+needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None or
+                                    shutil.which("qemu-io") is None,
+                                    reason="qemu-img/qemu-io not installed")
+
+
+def qemu_io(image: Path, command: str) -> None:
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", command, str(image)], check=True,
+                   capture_output=True, timeout=30)
+
+
+def same_content(left: Path, right: Path) -> bool:
+    return subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(left),
+                           str(right)], capture_output=True, timeout=30).returncode == 0
+
+
+@needs_qemu_img
+def test_copy_rebased_onto_the_template_drops_the_intermediate(tmp_path):
+    template, middle, top = tmp_path / "template.qcow2", tmp_path / "mid.qcow2", tmp_path / "top"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(template), "16M"],
+                   check=True, timeout=30)
+    qemu_io(template, "write -P 0x11 0 4M")
+    disks.create_overlay(template, middle, 16)
+    qemu_io(middle, "write -P 0x22 1M 2M")  # only in the intermediate file
+    disks.create_overlay(middle, top, 16)
+    qemu_io(top, "write -P 0x33 2M 64k")
+
+    copy = tmp_path / "copy.qcow2"
+    disks.copy_image(top, copy)
+    assert disks.backing_file(copy) == middle
+    disks.rebase(copy, template)
+    disks.check(copy)
+    assert disks.backing_file(copy) == template
+    middle.unlink()  # the snapshot must not need it any more
+    reference = tmp_path / "reference.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(reference), "16M"],
+                   check=True, timeout=30)
+    for command in ("write -P 0x11 0 4M", "write -P 0x22 1M 2M", "write -P 0x33 2M 64k"):
+        qemu_io(reference, command)
+    assert same_content(copy, reference)
+
+
+@needs_qemu_img
+def test_check_reports_a_broken_image(tmp_path):
+    broken = tmp_path / "broken.qcow2"
+    broken.write_bytes(b"QFI\xfb" + b"\0" * 1000)
+    with pytest.raises(HypervisorError, match="qemu-img check failed"):
+        disks.check(broken)
+
+
+def test_copy_of_a_missing_file_fails_cleanly(tmp_path):
+    with pytest.raises(HypervisorError, match="cp failed"):
+        disks.copy_image(tmp_path / "missing.qcow2", tmp_path / "copy.qcow2")
+
+
+# Image builds #############################################################################
+
+def test_builds_named_by_snapshots_are_in_use(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "build_image", REPO_ROOT / "guest" / "build" / "build_image.py")
+    build_image = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_image)
+    build = tmp_path / "images" / "debian-bookworm" / "0ld0ld0ld0ld0ld0"
+    build.mkdir(parents=True)
+    snapshot = tmp_path / "snapshots" / "5a1e0c2d-7b3f-4e6a-9c8d-0f1e2d3c4b5a"
+    snapshot.mkdir(parents=True)
+    (snapshot / "snapshot.json").write_text(json.dumps({"imagePath": str(build / "disk.qcow2")}))
+    broken = tmp_path / "snapshots" / "broken"
+    broken.mkdir()
+    (broken / "snapshot.json").write_text("{")
+    assert build_image.builds_in_use(tmp_path) == {build.resolve()}
