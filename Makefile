@@ -35,5 +35,5 @@ clean-vms: setup
 
 ## make bench: create (API vs raw libvirt boot) and commands (API vs raw SSH); see BENCHMARKS.md
 bench: image
-	$(PY) bench/bench_create.py --rounds 5
+	$(PY) bench/bench_create.py --rounds 5 --capacity 8
 	$(PY) bench/bench_commands.py

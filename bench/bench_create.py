@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
-"""create -> exec-ready: POST /v1/vms vs a raw libvirt boot of the same template to SSH.
+"""create -> exec-ready: a raw libvirt boot of the template vs POST /v1/vms cold, from the
+memory snapshot and from the warm pool.
 
-Runs both paths alternately (raw, api, raw, api, ...) so that machine drift cancels out, and
-prints medians and p95. The raw path uses the same image, kernel, cmdline and domain XML
-builder, but no service: qemu-img + `virsh create` + a plain paramiko loop until `id` runs.
+Each round runs every path once (raw, boot, snapshot, pool), so machine drift hits all alike;
+medians, p95 and ratios to the raw boot are printed. The raw path uses the same image, kernel,
+cmdline and domain XML builder but no service: qemu-img + `virsh create` + a plain paramiko
+loop until `id` runs. `boot` and `snapshot` answer 201 only after `id -u` ran in the guest;
+for the pool, both the POST alone and POST + the first exec are reported. The memory snapshot
+is saved and the pool refilled before the timed part (their cost is printed separately).
+`--capacity N` then starts N idle VMs from the snapshot and reports their RSS.
 
-    .venv/bin/python bench/bench_create.py --rounds 5
+    .venv/bin/python bench/bench_create.py --rounds 5 --capacity 8
 """
 from __future__ import annotations
 
@@ -97,40 +102,110 @@ def _write(path: pathlib.Path, text: str) -> pathlib.Path:
     return path
 
 
-def api_create(client) -> float:
+def api_create(client, mode: str, first_exec: bool = False) -> tuple[float, float]:
+    """POST /v1/vms with this provisionMode; returns (seconds to 201, seconds to 201 + an
+    exec of `true`)."""
     started = time.monotonic()
-    response = client.post("/v1/vms", json=BODY, headers={"X-API-Key": KEY})
-    elapsed = time.monotonic() - started
+    response = client.post("/v1/vms", json={**BODY, "provisionMode": mode},
+                           headers={"X-API-Key": KEY})
+    created = time.monotonic() - started
     assert response.status_code == 201, response.json
-    deleted = client.delete(f"/v1/vms/{response.json['id']}", headers={"X-API-Key": KEY})
+    assert response.json["provisionMode"] == mode, response.json
+    vm_id = response.json["id"]
+    ready = created
+    if first_exec:
+        ran = client.post(f"/v1/vms/{vm_id}/exec", json={"cmd": "true"},
+                          headers={"X-API-Key": KEY})
+        ready = time.monotonic() - started
+        assert ran.status_code == 200 and ran.json["exitCode"] == 0, ran.json
+    deleted = client.delete(f"/v1/vms/{vm_id}", headers={"X-API-Key": KEY})
     assert deleted.status_code == 204
-    return elapsed
+    return created, ready
+
+
+def capacity(services, client, count: int) -> None:
+    """Start `count` idle VMs from the memory snapshot; report RSS and what fits."""
+    def available_mib() -> float:
+        with open("/proc/meminfo") as handle:
+            info = dict(line.split(":", 1) for line in handle)
+        return int(info["MemAvailable"].split()[0]) / 1024
+
+    before = available_mib()
+    ids = []
+    try:
+        for _ in range(count):
+            response = client.post("/v1/vms", json={**BODY, "provisionMode": "snapshot"},
+                                   headers={"X-API-Key": KEY})
+            assert response.status_code == 201, response.json
+            ids.append(response.json["id"])
+        time.sleep(10)  # let them settle idle
+        rss = []
+        for vm_id in ids:
+            name = "rds-" + vm_id.split("-")[0]
+            pid = pathlib.Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip()
+            status = pathlib.Path(f"/proc/{pid}/status").read_text()
+            rss.append(int(status.split("VmRSS:")[1].split()[0]) / 1024)
+        after = available_mib()
+        per_vm = (before - after) / count
+        print(f"\n{count} idle VMs (1 vCPU, 256 MiB, restored): qemu RSS median "
+              f"{sorted(rss)[len(rss) // 2]:.0f} MiB (min {min(rss):.0f}, max {max(rss):.0f}); "
+              f"MemAvailable dropped {before - after:.0f} MiB = {per_vm:.0f} MiB per VM")
+        print(f"host MemAvailable before: {before:.0f} MiB -> about {before / per_vm:.0f} idle "
+              f"VMs of this shape fit in memory (CPU: idle guests use ~0 %)")
+    finally:
+        for vm_id in ids:
+            client.delete(f"/v1/vms/{vm_id}", headers={"X-API-Key": KEY})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--capacity", type=int, default=0,
+                        help="afterwards start this many idle VMs and report their RSS")
     parser.add_argument("--json", help="write the raw samples here")
     args = parser.parse_args()
-    app = create_app({"API_KEY": KEY})
+    app = create_app({"API_KEY": KEY, "ENABLE_WARM_POOL": "true", "WARM_POOL_TARGET": 1,
+                      "WARM_POOL_MAX_VMS": 1, "WARM_POOL_SHAPES": "1x256"})
     services = app.extensions["rds"]
     client = app.test_client()
-    raw, api = [], []
+    started = time.monotonic()
+    services.vms.ensure_seed(BODY["cpu"], BODY["memMb"])
+    print(f"memory snapshot ready in {time.monotonic() - started:.1f} s (0 if it existed)")
+    samples: dict[str, list[float]] = {"raw": [], "boot": [], "snapshot": [], "pool": [],
+                                       "pool+exec": []}
     with tempfile.TemporaryDirectory(dir=services.settings.storage_root) as tmp:
         for round_no in range(args.rounds):
-            raw.append(raw_boot(services, pathlib.Path(tmp)))
-            api.append(api_create(client))
-            print(f"round {round_no + 1}: raw {raw[-1]:.2f} s, api {api[-1]:.2f} s", flush=True)
+            samples["raw"].append(raw_boot(services, pathlib.Path(tmp)))
+            samples["boot"].append(api_create(client, "boot")[0])
+            samples["snapshot"].append(api_create(client, "snapshot")[0])
+            refill = time.monotonic()
+            services.maintainer.refill_pool()
+            refill = time.monotonic() - refill
+            created, ready = api_create(client, "pool", first_exec=True)
+            samples["pool"].append(created)
+            samples["pool+exec"].append(ready)
+            print(f"round {round_no + 1}: " + ", ".join(
+                f"{name} {values[-1]:.3f} s" for name, values in samples.items())
+                + f" (pool refill {refill:.1f} s, untimed)", flush=True)
+    services.maintainer.drain()
     accel = "KVM" if services.domain_type == "kvm" else "TCG"
-    raw_s, api_s = stats(raw), stats(api)
     print(f"\nmachine: {machine()}\naccelerator: {accel}")
-    print("| path | n | median | p95 | min | max |\n|---|---|---|---|---|---|")
-    for name, s in (("raw libvirt boot -> SSH `id`", raw_s), ("POST /v1/vms -> 201", api_s)):
-        print(f"| {name} | {s['n']} | {fmt(s['median'])} | {fmt(s['p95'])} | {fmt(s['min'])} "
-              f"| {fmt(s['max'])} |")
-    print(f"\nratio api/raw (median): {api_s['median'] / raw_s['median']:.2f}")
+    raw_median = stats(samples["raw"])["median"]
+    print("| path | n | median | p95 | min | max | median / raw |\n|---|---|---|---|---|---|---|")
+    names = {"raw": "raw libvirt boot -> SSH `id`", "boot": "POST cold boot -> 201",
+             "snapshot": "POST from memory snapshot -> 201",
+             "pool": "POST from warm pool -> 201",
+             "pool+exec": "POST from warm pool + first exec"}
+    for key, label in names.items():
+        st = stats(samples[key])
+        unit = "ms" if st["median"] < 1 else "s"
+        print(f"| {label} | {st['n']} | {fmt(st['median'], unit)} | {fmt(st['p95'], unit)} | "
+              f"{fmt(st['min'], unit)} | {fmt(st['max'], unit)} | "
+              f"{st['median'] / raw_median:.3f} |")
+    if args.capacity:
+        capacity(services, client, args.capacity)
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps({"raw": raw, "api": api}, indent=2))
+        pathlib.Path(args.json).write_text(json.dumps(samples, indent=2))
     services.close()
 
 

@@ -9,7 +9,7 @@ with libvirt. VMs restored from it skip the boot. On disk, ``<storage_root>/seed
 - ``seed.json``: what the seed is, written last: a directory without it is not a seed.
 
 The key contains a digest of everything the saved guest depends on (image build, template
-XML and kernel command line, accelerator, format version), so a rebuilt image or an edited
+XML and kernel command line, accelerator, QEMU version, format version), so a rebuilt image or an edited
 template simply has no seed yet: VMs cold-boot until the new one is saved, and the old one is
 removed once no VM uses its disk any more.
 """
@@ -57,14 +57,19 @@ class Seed:
 class SeedStore:
     """Finds, names, locks and prunes seeds; :class:`~app.services.vms.VmService` makes them."""
 
-    def __init__(self, seeds_dir: Path, domain_type: str) -> None:
+    def __init__(self, seeds_dir: Path, domain_type: str,
+                 emulator_version: t.Callable[[], str]) -> None:
         self.seeds_dir = seeds_dir
         self.domain_type = domain_type
+        self._emulator_version = emulator_version
+        self._version: str | None = None
 
     def key(self, template: Template, build: ImageBuild, cpu: int, mem_mb: int,
             disk_size_mb: int) -> str:
+        if self._version is None:
+            self._version = self._emulator_version()
         digest = hashlib.sha256("\0".join([
-            SEED_FORMAT, self.domain_type, str(build.path), template.domain_xml,
+            SEED_FORMAT, self.domain_type, self._version, str(build.path), template.domain_xml,
             template.kernel_cmdline, str(disk_size_mb)]).encode()).hexdigest()[:10]
         return f"{template.id}-{cpu}c-{mem_mb}m-{digest}"
 

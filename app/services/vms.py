@@ -77,7 +77,8 @@ class VmService:
         self.hypervisor = hypervisor
         self.templates = templates
         self.domain_type = domain_type
-        self.seeds = SeedStore(settings.seeds_dir, domain_type)
+        self.seeds = SeedStore(settings.seeds_dir, domain_type,
+                               lambda: hypervisor.emulator_version())
         self.ipsets = IpSets()
         self.snapshots = snapshots
         self._manager_key: KeyPair | None = None

@@ -144,6 +144,14 @@ class Hypervisor:
             return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
         return self._call("ping", version)
 
+    def emulator_version(self) -> str:
+        """The hypervisor's (QEMU's) version: saved guests only restore on the one that saved
+        them."""
+        def version(conn: t.Any) -> str:
+            number = conn.getVersion()
+            return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
+        return self._call("hypervisor version", version)
+
     def list_domains(self) -> list[DomainInfo]:
         """All domains whose name starts with ``rds-``, with state and XML."""
         def collect(conn: t.Any) -> list[DomainInfo]:

@@ -14,6 +14,8 @@ import typing as t
 import pytest
 
 from app import create_app
+from app.models import VmRole
+from app.virt.domain_xml import parse_metadata
 
 API_KEY = "integration-test-key"
 HEADERS = {"X-API-Key": API_KEY}
@@ -72,10 +74,19 @@ def memory_snapshot(services):
 
 
 @pytest.fixture(scope="session")
-def api(app):
+def api(app, services):
     client = Api(app)
     yield client
     client.cleanup()
+    # Tests that undefine domains behind the service's back leave their filters, ipsets and
+    # disks to the orphan sweep; then nothing of this suite may be left on the host.
+    services.remove_orphans(min_age_s=0)
+    left = [info.name for info in services.hypervisor.list_domains()
+            if getattr(parse_metadata(info.xml), "role", None) is not VmRole.SEED]
+    assert not left, f"the suite left VMs behind: {left}"
+    sets = services.vms.ipsets.vm_names() - {info.name for info in
+                                             services.hypervisor.list_domains()}
+    assert not sets, f"the suite left ipsets behind: {sets}"
 
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app import create_app
+from app.errors import HypervisorError
 from tests.integration.conftest import API_KEY, HEADERS, SEED_BODY, virsh
 
 
@@ -55,11 +56,20 @@ def test_unknown_vm_is_404(api, path):
         assert response.status_code == 404 and "not found" in response.json["message"]
 
 
-def test_failure_half_way_leaves_nothing(services):
+def test_failure_half_way_leaves_nothing(services, monkeypatch):
+    """A restore that fails after the domain runs falls back to a boot, which times out:
+    both attempts are unwound."""
     impatient = create_app({"TESTING": True, "API_KEY": API_KEY, "BOOT_TIMEOUT_S": 0.5})
+
+    def agent_down(*_args, **_kwargs):
+        raise HypervisorError("injected: the guest agent does not answer")
+
+    monkeypatch.setattr(impatient.extensions["rds"].hypervisor, "guest_agent_exec", agent_down)
     before = _rds_state()
     dirs_before = set(services.settings.vms_dir.iterdir())
     response = impatient.test_client().post("/v1/vms", json=SEED_BODY, headers=HEADERS)
+    if response.status_code == 201:  # a failing test must not leave its VM behind
+        services.vms.delete(response.json["id"])
     assert response.status_code == 504 and "did not become ready" in response.json["message"]
     assert _rds_state() == before
     assert set(services.settings.vms_dir.iterdir()) == dirs_before

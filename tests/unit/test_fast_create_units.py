@@ -76,7 +76,7 @@ def build_at(path) -> ImageBuild:
 
 
 def test_seed_key_changes_with_everything_the_saved_guest_depends_on(tmp_path):
-    store = SeedStore(tmp_path, "qemu")
+    store = SeedStore(tmp_path, "qemu", lambda: "7.2.0")
     key = store.key(TEMPLATE, build_at(tmp_path / "a"), 1, 256, 4096)
     assert key.startswith("default-1c-256m-")
     others = {
@@ -86,13 +86,16 @@ def test_seed_key_changes_with_everything_the_saved_guest_depends_on(tmp_path):
         store.key(dataclasses.replace(TEMPLATE, kernel_cmdline="quiet"),
                   build_at(tmp_path / "a"), 1, 256, 4096),
         store.key(TEMPLATE, build_at(tmp_path / "a"), 1, 256, 8192),
-        SeedStore(tmp_path, "kvm").key(TEMPLATE, build_at(tmp_path / "a"), 1, 256, 4096),
+        SeedStore(tmp_path, "kvm", lambda: "7.2.0").key(TEMPLATE, build_at(tmp_path / "a"), 1, 256,
+                                                         4096),
+        SeedStore(tmp_path, "qemu", lambda: "8.0.0").key(TEMPLATE, build_at(tmp_path / "a"), 1,
+                                                          256, 4096),
     }
-    assert key not in others and len(others) == 5
+    assert key not in others and len(others) == 6
 
 
 def test_seed_is_found_only_when_complete_and_pruned_only_when_unused(tmp_path):
-    store = SeedStore(tmp_path, "qemu")
+    store = SeedStore(tmp_path, "qemu", lambda: "7.2.0")
     build = build_at(tmp_path / "image")
     key = store.key(TEMPLATE, build, 1, 256, 4096)
     staging = store.building_dir(key)
