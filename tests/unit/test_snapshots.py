@@ -41,6 +41,9 @@ class FakeHypervisor:
         self.agent_error: Exception | None = None
         self.agent_exit = 0
 
+    def emulator_version(self) -> str:
+        return "7.2.0"
+
     def add(self, record: VmRecord, state: str = "running") -> None:
         metadata = ET.tostring(metadata_element(record), encoding="unicode")
         self.domains[record.id] = DomainInfo(
