@@ -127,12 +127,13 @@ class CommandService:
             raise InvalidRequest("give exactly one of 'code' or 'path'")
         timeout = self._timeout_s(timeout_ms)
         token = uuid.uuid4().hex
-        header = {"token": token, "ext": ext,
-                  "path": workspace_path(path, "path") if path is not None else None}
         source = (code or "").encode()
-        stdin = json.dumps(header).encode() + b"\n" + source
-        # Where runner.mjs puts the code (named after its content), to remove it after a timeout.
+        # Where runner.mjs puts the code: named after its content, so that Deno's caches are
+        # warm when the same code runs again; also removed here after a timeout.
         code_file = f"/tmp/rds-code-{hashlib.sha256(source).hexdigest()}-main.{ext}"
+        header = {"token": token, "ext": ext, "file": code_file,
+                  "path": workspace_path(path, "path") if path is not None else None}
+        stdin = json.dumps(header).encode() + b"\n" + source
         script = f"exec {shlex.join(runtime)} {RUNNER} {shlex.join(args)}".rstrip()
         pairs = [f"{key}={value}" for key, value in env_map.items()]
         run = self._run(vm_id, script, "/workspace", pairs, timeout, stdin=stdin,

@@ -2,9 +2,10 @@
 //
 // The manager runs it as the main module (`deno run ... runner.mjs ARGS` / `node runner.mjs
 // ARGS`, so the caller's ARGS are Deno.args / process.argv.slice(2)) and writes to its stdin
-// one JSON header line {"token", "ext", "path"} followed by the caller's code. The runner
-// defines the global `result`, writes the code to /tmp/rds-code-<sha256>-main.<ext> (or imports
-// the workspace file at `path`), runs it, removes the temporary file, and at exit writes
+// one JSON header line {"token", "ext", "path", "file"} followed by the caller's code. The
+// runner defines the global `result`, writes the code to `file` (the manager names it
+// /tmp/rds-code-<sha256>-main.<ext>; the runner computes that name when `file` is missing) or
+// imports the workspace file at `path`, runs it, removes the temporary file, and at exit writes
 // "\n<RS><token><json>\n" to stderr (RS: the record separator \x1e), where json is
 // {"result"?: ..., "error"?: ...}. The manager
 // takes the part after the last token off stderr. Values JSON cannot hold (BigInt, cycles,
@@ -87,7 +88,23 @@ Object.defineProperty(globalThis, "result", {
 
 if (isDeno) {
   io = {
-    readStdin: async () => new Uint8Array(await new Response(Deno.stdin.readable).arrayBuffer()),
+    // Synchronous reads: a web stream (new Response(Deno.stdin.readable)) costs ~100 ms more
+    // on an emulated guest.
+    readStdin: async () => {
+      const chunks = [];
+      let total = 0;
+      const buffer = new Uint8Array(65536);
+      for (;;) {
+        const n = Deno.stdin.readSync(buffer);
+        if (n === null) break;
+        chunks.push(buffer.slice(0, n));
+        total += n;
+      }
+      const all = new Uint8Array(total);
+      let offset = 0;
+      for (const chunk of chunks) { all.set(chunk, offset); offset += chunk.length; }
+      return all;
+    },
     writeFile: (path, bytes) => Deno.writeFileSync(path, bytes, { mode: 0o600 }),
     rename: (from, to) => Deno.renameSync(from, to),
     exists: (path) => { try { Deno.statSync(path); return true; } catch { return false; } },
@@ -110,6 +127,8 @@ if (isDeno) {
   const { createRequire } = await import("node:module");
   const { createHash } = await import("node:crypto");
   io = {
+    // Synchronous reads: a web stream (new Response(Deno.stdin.readable)) costs ~100 ms more
+    // on an emulated guest.
     readStdin: async () => {
       const chunks = [];
       for await (const chunk of process.stdin) chunks.push(chunk);
@@ -137,8 +156,7 @@ const code = input.subarray(newline + 1);
 // compile cache warm. It is written atomically (temp name + rename) and removed at exit; a
 // concurrent run of the same code that finds it removed before its import writes it again.
 async function writeCodeFile() {
-  const digest = await io.sha256Hex(code);
-  const path = `/tmp/rds-code-${digest}-main.${header.ext}`;
+  const path = header.file ?? `/tmp/rds-code-${await io.sha256Hex(code)}-main.${header.ext}`;
   const temp = `${path}.${header.token}`;
   io.writeFile(temp, code);
   io.rename(temp, path);
