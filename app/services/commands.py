@@ -39,31 +39,32 @@ NODE_FORBIDDEN = re.compile(r"^(--inspect.*|--debug.*|-e|--eval(=.*)?|-p|--print
 
 
 # The command runs in the login shell (bash, started by sshd as `bash -c LINE`), after a
-# prelude of builtins only: every extra process costs 50-100 ms on an emulated (TCG) guest.
-# The prelude confines the working directory to the workspace, caps processes and open files,
-# and rebuilds a clean environment. RDS_EXEC_ID marks the command: it is in this shell's
-# command line and in the environment of every process the command starts, so kill-marked can
-# end the whole tree on timeout. Exit 210/211 with an "rds-exec:" message mean the command was
-# not started.
+# prelude of builtins only: every extra process costs 50-100 ms on an emulated (TCG) guest,
+# and even builtins cost a few ms each. The guest's sshd provides the fixed part: the session
+# starts in HOME=/workspace with the sandbox's PATH, TMPDIR and DENO_DIR (sshd_config SetEnv)
+# and inherits the process and open-file limits (/etc/rds/run-sshd). The prelude confines the
+# working directory to the workspace, drops what sshd adds (SSH_*, MAIL) and exports the
+# caller's variables. RDS_EXEC_ID marks the command: it is in this shell's command line and
+# in the environment of every process the command starts, so kill-marked can end the whole
+# tree on timeout. Exit 210/211 with an "rds-exec:" message mean the command was not started.
 # No LANG: assigning one makes bash load the locale (~20 ms under TCG). Commands run in the
 # POSIX locale, as in a plain SSH session; callers who want UTF-8 pass LANG=C.UTF-8 in env.
-BASE_ENV = {"HOME": "/workspace", "USER": "user", "LOGNAME": "user", "SHELL": "/bin/bash",
-            "PATH": "/usr/local/bin:/usr/bin:/bin", "TMPDIR": "/tmp",
-            "DENO_DIR": "/var/tmp/rds-deno", "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1",
-            "NPM_CONFIG_UPDATE_NOTIFIER": "false"}
+WORKSPACE = "/workspace"
 
 
 def sandbox_command_line(command: str, cwd: str, env_pairs: list[str], marker: str) -> str:
     """The SSH command line that runs ``command`` (a shell script) in ``cwd`` (pure)."""
-    exports = [f"{key}={value}" for key, value in BASE_ENV.items()]
-    exports += [*env_pairs, f"RDS_EXEC_ID={marker}"]
+    exports = [*env_pairs, f"RDS_EXEC_ID={marker}"]
     missing = shlex.quote(f"rds-exec: cwd {cwd} does not exist or is not a directory")
     outside = shlex.quote(f"rds-exec: cwd {cwd} resolves outside /workspace")
+    lines = []
+    if cwd != WORKSPACE:  # the session already starts in the workspace (sshd: HOME)
+        lines.append(f"cd -P -- {shlex.quote(cwd)} 2>/dev/null || "
+                     f"{{ echo {missing} >&2; exit 210; }}")
     return "\n".join([
-        f"cd -P -- {shlex.quote(cwd)} 2>/dev/null || {{ echo {missing} >&2; exit 210; }}",
+        *lines,
         f"case $PWD/ in /workspace/*) ;; *) echo {outside} >&2; exit 211 ;; esac",
-        "ulimit -u 512 -n 4096 2>/dev/null",
-        "unset ${!SSH_@} MAIL OLDPWD TERM",  # what sshd and bash add; the rest is set below
+        "unset ${!SSH_@} MAIL",
         "export " + " ".join(shlex.quote(item) for item in exports),
         # The caller's script starts on a line of its own, so that a syntax error in it cannot
         # keep the prelude from running first.

@@ -18,6 +18,18 @@ def test_runs_as_uid_1000_in_workspace(api, shared_vm):
     assert out["timedOut"] is False and out["stderr"] == ""
 
 
+def test_sandbox_environment_and_limits(api, shared_vm):
+    """What every command starts with: the sandbox's fixed environment (from the guest's sshd),
+    nothing of the SSH session, and the process/open-file limits that keep a fork bomb from
+    exhausting the VM."""
+    out = exec_ok(api, shared_vm["id"],
+                  'ulimit -u; ulimit -n; echo "$HOME|$PATH|$DENO_DIR|$TMPDIR|$USER"; '
+                  'env | grep -c -E "^(SSH_|MAIL=)" || true')["stdout"].split("\n")
+    assert out[:2] == ["512", "4096"]
+    assert out[2] == "/workspace|/usr/local/bin:/usr/bin:/bin|/var/tmp/rds-deno|/tmp|user"
+    assert out[3] == "0"
+
+
 def test_exit_code_stderr_and_env(api, shared_vm):
     response = _exec(api, shared_vm, cmd='echo "$GREETING $OTHER"; echo oops >&2; exit 7',
                      env={"GREETING": "hello world", "OTHER": "it's"})
