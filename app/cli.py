@@ -42,7 +42,7 @@ def purge(snapshots: bool) -> None:
     count = services.vms.purge_all()
     snapshot_count = services.snapshots.purge_all() if snapshots else 0
     removed = services.remove_orphans(min_age_s=0)
-    outdated = services.vms.prune_seeds()
+    outdated = services.seeds.prune()
     print(f"purged {count} VM(s), {snapshot_count} snapshot(s), {len(removed)} orphan item(s), "
           f"{len(outdated)} outdated memory snapshot(s)")
 

@@ -169,7 +169,7 @@ def main() -> None:
     services = app.extensions["rds"]
     client = app.test_client()
     started = time.monotonic()
-    services.vms.ensure_seed(BODY["cpu"], BODY["memMb"])
+    services.seeds.ensure(BODY["cpu"], BODY["memMb"])
     print(f"memory snapshot ready in {time.monotonic() - started:.1f} s (0 if it existed)")
     samples: dict[str, list[float]] = {"raw": [], "boot": [], "snapshot": [], "pool": [],
                                        "pool+exec": []}

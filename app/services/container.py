@@ -8,6 +8,7 @@ from app.config import Settings
 from app.services.commands import CommandService
 from app.services.files import FileService
 from app.services.maintenance import Maintainer
+from app.services.seed_builder import SeedBuilder
 from app.services.snapshots import SnapshotService, SnapshotStore
 from app.services.templates import TemplateCatalog
 from app.services.vms import VmService
@@ -26,6 +27,7 @@ class Services:
     commands: CommandService
     files: FileService
     snapshots: SnapshotService
+    seeds: SeedBuilder
     domain_type: str
     maintainer: Maintainer
 
@@ -48,7 +50,9 @@ def build_services(settings: Settings) -> Services:
                                 settings.default_image_id)
     store = SnapshotStore(settings.snapshots_dir, templates)
     vms = VmService(settings, hypervisor, templates, domain_type, snapshots=store)
+    seeds = SeedBuilder(settings, hypervisor, templates, vms.seeds, vms)
     return Services(settings=settings, hypervisor=hypervisor, templates=templates, vms=vms,
                     commands=CommandService(settings, vms), files=FileService(settings, vms),
                     snapshots=SnapshotService(settings, hypervisor, templates, vms, store),
-                    domain_type=domain_type, maintainer=Maintainer(settings, vms))
+                    seeds=seeds,
+                    domain_type=domain_type, maintainer=Maintainer(settings, vms, seeds))

@@ -26,6 +26,7 @@ from app.errors import AppError, QuotaExceeded
 from app.models import VmPhase, VmRecord
 
 if t.TYPE_CHECKING:
+    from app.services.seed_builder import SeedBuilder
     from app.services.vms import VmService
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,10 @@ INTERVAL_S = 3.0
 
 
 class Maintainer:
-    def __init__(self, settings: Settings, vms: VmService) -> None:
+    def __init__(self, settings: Settings, vms: VmService, seeds: SeedBuilder) -> None:
         self.settings = settings
         self.vms = vms
+        self.seeds = seeds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock_file: t.IO[str] | None = None
@@ -89,10 +91,10 @@ class Maintainer:
             if self._stop.is_set():
                 return
             try:
-                self.vms.ensure_seed(cpu, mem_mb)
+                self.seeds.ensure(cpu, mem_mb)
             except AppError as exc:
                 log.warning("memory snapshot %sx%s not saved: %s", cpu, mem_mb, exc.message)
-        self.vms.prune_seeds()
+        self.seeds.prune()
 
     def refill_pool(self) -> int:
         """Remove broken pool VMs, then start missing ones; returns how many were started."""

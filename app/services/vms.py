@@ -36,7 +36,7 @@ from app.virt.connection import DomainInfo, Hypervisor
 from app.virt.domain_xml import (METADATA_NS, METADATA_PREFIX, BootFiles, DomainParams,
                                  build_domain_xml, metadata_xml, parse_metadata, vm_title)
 from app.virt.ipsets import IpSets
-from app.virt.nwfilter_xml import build_filter_xml, build_sealed_filter_xml
+from app.virt.nwfilter_xml import build_filter_xml
 
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT = 60.0
@@ -44,7 +44,6 @@ ORPHAN_MIN_AGE_S = 600.0  # longer than any create (lock wait + boot timeout)
 REIDENTIFY = "/usr/local/lib/rds/reidentify"  # in the guest image, see guest/rootfs
 RESTORE_TIMEOUT_S = 120.0
 AGENT_TIMEOUT_S = 30.0
-SETTLE = "/usr/local/lib/rds/settle"  # prepares an idle guest to be saved
 
 
 def vm_state(domain_state: str, phase: VmPhase) -> VmState:
@@ -272,7 +271,7 @@ class VmService:
                 mac=mac_for(address), allow_ips=spec.allow_ips,
                 outbound_internet=spec.outbound_internet, image_id=template.id,
                 image_path=str(build.path), disk_size_mb=disk_size_mb,
-                created_at=_now_iso(),
+                created_at=now_iso(),
                 provision_mode="boot" if seed is None else "snapshot",
                 host_key=host_key.public_openssh, phase=VmPhase.STARTING, role=role,
                 seed=seed.key if seed else "", snapshot_id=spec.snapshot_id or "")
@@ -281,20 +280,20 @@ class VmService:
             undo.callback(shutil.rmtree, vm_dir, True)
             disks.create_overlay(seed.disk if seed else backing, vm_dir / "disk.qcow2",
                                  disk_size_mb)
-            self._write_guest_keys(vm_dir, host_key)
+            self.write_guest_keys(vm_dir, host_key)
             self._apply_policy(record)
             # Registered before the domain: undone after it, once no filter rule uses the sets.
             undo.callback(self._quietly, self.ipsets.destroy, name)
             self.hypervisor.define_filter(self._filter_xml(record))
             undo.callback(self._quietly, self.hypervisor.undefine_filter, name)
-            xml = self._domain_xml(record, template.domain_xml if seed is None else
+            xml = self.domain_xml(record, template.domain_xml if seed is None else
                                    save_image.read_header(seed.state).xml, build, vm_dir,
                                    genid=str(uuid.uuid4()) if seed else "")
             self.hypervisor.define_domain(xml)
             undo.callback(self._quietly, self.hypervisor.undefine_domain, vm_id)
         return record, xml
 
-    def _write_guest_keys(self, vm_dir: Path, host_key: KeyPair) -> None:
+    def write_guest_keys(self, vm_dir: Path, host_key: KeyPair) -> None:
         """The VM's own host key and the manager's public key, served to the guest by fw_cfg."""
         write_private(vm_dir / "ssh_host_ed25519_key", host_key.private_openssh)
         (vm_dir / "authorized_keys").write_text(self.manager_key().public_openssh + "\n")
@@ -322,7 +321,7 @@ class VmService:
         self.ipsets.apply(record.name, record.allow_ips, record.outbound_internet,
                           str(self.settings.gateway_ip))
 
-    def _domain_xml(self, record: VmRecord, base_xml: str, build: ImageBuild, vm_dir: Path,
+    def domain_xml(self, record: VmRecord, base_xml: str, build: ImageBuild, vm_dir: Path,
                     genid: str = "") -> str:
         """The domain XML of ``record``, built on the template's XML or on a seed's saved XML
         (then only the VM's identity changes and the devices stay exactly as saved)."""
@@ -392,7 +391,7 @@ class VmService:
             record = dataclasses.replace(
                 candidates[0], role=VmRole.SANDBOX, provision_mode="pool",
                 allow_ips=spec.allow_ips, outbound_internet=spec.outbound_internet,
-                created_at=_now_iso())
+                created_at=now_iso())
             try:
                 self._apply_policy(record)
                 self.hypervisor.set_metadata(record.id, metadata_xml(record), METADATA_NS,
@@ -415,105 +414,6 @@ class VmService:
         log.info("quota reached: evicting pool vm=%s name=%s", record.id, record.name)
         self._remove(record)
         return True
-
-    # Memory snapshots ######################################################################
-
-    def ensure_seed(self, cpu: int, mem_mb: int, image_id: str | None = None) -> Seed:
-        """The memory snapshot for this template and shape, booted and saved if missing.
-
-        Safe to call from several processes at once: one builds, the others wait for it.
-        """
-        template = self.templates.get(image_id)
-        build = self.templates.current_build(template)
-        disk_size_mb = max(template.default_disk_size_mb, build.disk_size_mb)
-        key = self.seeds.key(template, build, cpu, mem_mb, disk_size_mb)
-        seed = self.seeds.load(key)
-        if seed is not None:
-            return seed
-        with self.seeds.build_lock(key, self.settings.boot_timeout_s + RESTORE_TIMEOUT_S):
-            seed = self.seeds.load(key)
-            if seed is None:
-                seed = self._build_seed(key, template, build, cpu, mem_mb, disk_size_mb)
-        return seed
-
-    def _build_seed(self, key: str, template: Template, build: ImageBuild, cpu: int,
-                    mem_mb: int, disk_size_mb: int) -> Seed:
-        """Boot the template with no network identity, wait until it is idle, save it."""
-        started = time.monotonic()
-        staging = self.seeds.building_dir(key)
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(mode=0o700, parents=True)
-        name = f"rds-seed-{key}"
-        self._remove_stale_domain(name)
-        host_key = generate_keypair()
-        record = VmRecord(
-            id=str(uuid.uuid4()), name=name, cpu=cpu, mem_mb=mem_mb, guest_ip="",
-            mac="52:54:00:fe:" + ":".join(f"{b:02x}" for b in
-                                           bytes.fromhex(key.rsplit("-", 1)[-1][:4])),
-            allow_ips=(), outbound_internet=False, image_id=template.id,
-            image_path=str(build.path), disk_size_mb=disk_size_mb, created_at=_now_iso(),
-            provision_mode="boot", host_key=host_key.public_openssh, role=VmRole.SEED)
-        log.info("building memory snapshot seed=%s", key)
-        with contextlib.ExitStack() as undo:  # unwinds on success too: the seed is files only
-            undo.callback(shutil.rmtree, staging, True)
-            disks.create_overlay(build.disk, staging / "disk.qcow2", disk_size_mb)
-            self._write_guest_keys(staging, host_key)
-            self.hypervisor.define_filter(build_sealed_filter_xml(name, record.id))
-            undo.callback(self._quietly, self.hypervisor.undefine_filter, name)
-            self.hypervisor.define_domain(
-                self._domain_xml(record, template.domain_xml, build, staging))
-            undo.callback(self._quietly, self.hypervisor.undefine_domain, record.id)
-            self.hypervisor.start_domain(record.id)
-            undo.callback(self._quietly, self.hypervisor.destroy_domain, record.id)
-            self._wait_idle(record)
-            self.hypervisor.save_domain(record.id, str(staging / "state.sav"),
-                                        RESTORE_TIMEOUT_S)
-            save_image.read_header(staging / "state.sav")  # fail here, not in every restore
-            seed = self.seeds.publish(key, staging, template, cpu, mem_mb, disk_size_mb,
-                                      str(build.path))
-        log.info("memory snapshot saved seed=%s seconds=%.1f", key, time.monotonic() - started)
-        return seed
-
-    def _wait_idle(self, record: VmRecord) -> None:
-        """Until the guest's boot script finished and sshd runs (asked through the agent)."""
-        deadline = time.monotonic() + self.settings.boot_timeout_s
-        while time.monotonic() < deadline:
-            if self.hypervisor.guest_agent_ping(record.id, 5):
-                try:
-                    if self.hypervisor.guest_agent_exec(
-                            record.id, SETTLE, [],
-                            AGENT_TIMEOUT_S) == 0:
-                        return
-                except HypervisorError:
-                    pass
-            time.sleep(0.5)
-        raise GuestUnreachable(f"seed guest {record.name} did not come up within "
-                               f"{self.settings.boot_timeout_s:.0f}s")
-
-    def _remove_stale_domain(self, name: str) -> None:
-        """A domain of this name left behind by a crash: power it off and undefine it."""
-        for info in self.hypervisor.list_domains():
-            if info.name == name:
-                log.warning("removing stale domain %s", name)
-                self._quietly(self.hypervisor.destroy_domain, info.uuid)
-                self._quietly(self.hypervisor.undefine_domain, info.uuid)
-                self.hypervisor.undefine_filter(name)
-
-    def prune_seeds(self) -> list[str]:
-        """Remove memory snapshots of old image builds/templates once no VM is backed by them."""
-        current = set()
-        for template_id in self.templates.ids():
-            try:
-                template = self.templates.get(template_id)
-                build = self.templates.current_build(template)
-            except AppError:
-                continue
-            disk = max(template.default_disk_size_mb, build.disk_size_mb)
-            current.update(self.seeds.key(template, build, cpu, mem, disk)
-                           for cpu, mem in self.settings.snapshot_shape_list)
-        used = {r.seed for r in (parse_metadata(d.xml) for d in self.hypervisor.list_domains())
-                if r and r.seed}
-        return self.seeds.prune(current, used)
 
     # Stop / start / delete #################################################################
 
@@ -654,13 +554,7 @@ class VmService:
 
     @staticmethod
     def _quietly(action: t.Callable[..., t.Any], *args: t.Any) -> None:
-        """Run an undo step; log instead of raising so the other undo steps still run."""
-        try:
-            action(*args)
-        except AppError as exc:
-            log.warning("cleanup step failed step=%s error=%s", action.__name__, exc.message)
-        except Exception:  # noqa: BLE001 - cleanup must continue whatever happened
-            log.exception("cleanup step failed step=%s", action.__name__)
+        quietly(action, *args)
 
     # Housekeeping ##########################################################################
 
@@ -708,7 +602,17 @@ class VmService:
         return count
 
 
-def _now_iso() -> str:
+def quietly(action: t.Callable[..., t.Any], *args: t.Any) -> None:
+    """Run an undo step; log instead of raising so the other undo steps still run."""
+    try:
+        action(*args)
+    except AppError as exc:
+        log.warning("cleanup step failed step=%s error=%s", action.__name__, exc.message)
+    except Exception:  # noqa: BLE001 - cleanup must continue whatever happened
+        log.exception("cleanup step failed step=%s", action.__name__)
+
+
+def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
 

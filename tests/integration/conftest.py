@@ -70,7 +70,7 @@ def services(app):
 def memory_snapshot(services):
     """The seed shape's memory snapshot, saved once: the suite's VMs are restored from it (the
     fast path) unless a test asks for ``provisionMode: "boot"``."""
-    return services.vms.ensure_seed(SEED_BODY["cpu"], SEED_BODY["memMb"])
+    return services.seeds.ensure(SEED_BODY["cpu"], SEED_BODY["memMb"])
 
 
 @pytest.fixture(scope="session")

@@ -85,7 +85,7 @@ def test_spoofed_ip_or_mac_gets_nothing_through(api, services, closed_vm, bridge
     """Root in the guest (via the guest agent) changes eth0's address or MAC: blocked."""
     _put_policy(api, closed_vm, ["172.16.0.1/32"], True)
     assert _eventually(lambda: _connects(api, closed_vm, BRIDGE_IP, bridge_listener), True)
-    ip, mac = closed_vm["guestIp"], None
+    ip = closed_vm["guestIp"]
     probe = f"timeout 4 bash -c 'exec 3<>/dev/tcp/{BRIDGE_IP}/{bridge_listener}'"
     scripts = {
         "ip": (f"ip addr add 172.16.0.199/24 dev eth0 && ip addr del {ip}/24 dev eth0; "

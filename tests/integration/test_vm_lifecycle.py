@@ -4,8 +4,6 @@ One VM walks the whole life cycle, in file order; each step checks libvirt's vie
 """
 from __future__ import annotations
 
-import os
-import time
 
 import pytest
 

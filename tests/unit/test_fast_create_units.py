@@ -178,7 +178,7 @@ def test_refill_removes_broken_pool_vms_and_tops_up_to_the_target(tmp_path):
     settings = load_settings({}, {"STORAGE_ROOT": str(tmp_path), "ENABLE_WARM_POOL": "true",
                                   "WARM_POOL_TARGET": 3, "WARM_POOL_MAX_VMS": 4,
                                   "WARM_POOL_SHAPES": "1x256"})
-    maintainer = Maintainer(settings, vms)  # type: ignore[arg-type]
+    maintainer = Maintainer(settings, vms, seeds=None)  # type: ignore[arg-type]
     assert maintainer.refill_pool() == 2
     assert sorted(vms.removed) == ["dead", "half", "old", "unpooled"]
     assert len(vms.records) == 3
@@ -191,11 +191,12 @@ def test_pool_never_grows_past_its_maximum(tmp_path):
     settings = load_settings({}, {"STORAGE_ROOT": str(tmp_path), "ENABLE_WARM_POOL": "true",
                                   "WARM_POOL_TARGET": 5, "WARM_POOL_MAX_VMS": 2,
                                   "WARM_POOL_SHAPES": "1x256,2x512"})
-    assert Maintainer(settings, vms).refill_pool() == 2  # type: ignore[arg-type]
+    assert Maintainer(settings, vms, None).refill_pool() == 2  # type: ignore[arg-type]
 
 
 def test_only_one_maintainer_owns_the_host(tmp_path):
     settings = load_settings({}, {"STORAGE_ROOT": str(tmp_path)})
-    first, second = Maintainer(settings, FakePoolVms([])), Maintainer(settings, FakePoolVms([]))
+    first = Maintainer(settings, FakePoolVms([]), None)  # type: ignore[arg-type]
+    second = Maintainer(settings, FakePoolVms([]), None)  # type: ignore[arg-type]
     assert first.try_become_owner() and first.try_become_owner()
     assert not second.try_become_owner()

@@ -425,8 +425,8 @@ def test_purge_deletes_snapshots_only_when_asked(monkeypatch, capsys, argv, snap
     calls = []
 
     class Bundle:
-        vms = type("Vms", (), {"purge_all": lambda self: calls.append("vms") or 2,
-                               "prune_seeds": lambda self: []})()
+        vms = type("Vms", (), {"purge_all": lambda self: calls.append("vms") or 2})()
+        seeds = type("Seeds", (), {"prune": lambda self: []})()
         snapshots = type("Snaps", (), {"purge_all": lambda self: calls.append("snaps") or 3})()
 
         def remove_orphans(self, min_age_s=None):

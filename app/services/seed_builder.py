@@ -1,0 +1,137 @@
+"""Making memory snapshots (seeds): boot the template once per shape, wait until the guest is
+idle, save it; and remove the ones no current template build or VM needs.
+
+Where seeds live and how they are named is :class:`~app.services.seeds.SeedStore`'s business;
+restoring VMs from them is :class:`~app.services.vms.VmService`'s. The seed guest is booted with
+no address (eth0 stays down), a sealed nwfilter and its own throw-away host key, and reached
+only through the guest agent.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+import uuid
+
+from app.config import Settings
+from app.errors import AppError, GuestUnreachable, HypervisorError
+from app.models import Template, VmRecord, VmRole
+from app.services.seeds import Seed, SeedStore
+from app.services.templates import ImageBuild, TemplateCatalog
+from app.services.vms import (AGENT_TIMEOUT_S, RESTORE_TIMEOUT_S, VmService, now_iso,
+                              quietly)
+from app.sshkeys import generate_keypair
+from app.virt import disks, save_image
+from app.virt.connection import Hypervisor
+from app.virt.domain_xml import parse_metadata
+from app.virt.nwfilter_xml import build_sealed_filter_xml
+
+log = logging.getLogger(__name__)
+SETTLE = "/usr/local/lib/rds/settle"  # in the guest image: prepares an idle guest to be saved
+
+
+class SeedBuilder:
+    def __init__(self, settings: Settings, hypervisor: Hypervisor, templates: TemplateCatalog,
+                 store: SeedStore, vms: VmService) -> None:
+        self.settings = settings
+        self.hypervisor = hypervisor
+        self.templates = templates
+        self.store = store
+        self.vms = vms
+
+    def ensure(self, cpu: int, mem_mb: int, image_id: str | None = None) -> Seed:
+        """The memory snapshot for this template and shape, booted and saved if missing.
+
+        Safe to call from several processes at once: one builds, the others wait for it.
+        """
+        template = self.templates.get(image_id)
+        build = self.templates.current_build(template)
+        disk_size_mb = max(template.default_disk_size_mb, build.disk_size_mb)
+        key = self.store.key(template, build, cpu, mem_mb, disk_size_mb)
+        seed = self.store.load(key)
+        if seed is not None:
+            return seed
+        with self.store.build_lock(key, self.settings.boot_timeout_s + RESTORE_TIMEOUT_S):
+            seed = self.store.load(key)
+            if seed is None:
+                seed = self._build(key, template, build, cpu, mem_mb, disk_size_mb)
+        return seed
+
+    def _build(self, key: str, template: Template, build: ImageBuild, cpu: int,
+                    mem_mb: int, disk_size_mb: int) -> Seed:
+        """Boot the template with no network identity, wait until it is idle, save it."""
+        started = time.monotonic()
+        staging = self.store.building_dir(key)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o700, parents=True)
+        name = f"rds-seed-{key}"
+        self._remove_stale_domain(name)
+        host_key = generate_keypair()
+        record = VmRecord(
+            id=str(uuid.uuid4()), name=name, cpu=cpu, mem_mb=mem_mb, guest_ip="",
+            mac="52:54:00:fe:" + ":".join(f"{b:02x}" for b in
+                                           bytes.fromhex(key.rsplit("-", 1)[-1][:4])),
+            allow_ips=(), outbound_internet=False, image_id=template.id,
+            image_path=str(build.path), disk_size_mb=disk_size_mb, created_at=now_iso(),
+            provision_mode="boot", host_key=host_key.public_openssh, role=VmRole.SEED)
+        log.info("building memory snapshot seed=%s", key)
+        with contextlib.ExitStack() as undo:  # unwinds on success too: the seed is files only
+            undo.callback(shutil.rmtree, staging, True)
+            disks.create_overlay(build.disk, staging / "disk.qcow2", disk_size_mb)
+            self.vms.write_guest_keys(staging, host_key)
+            self.hypervisor.define_filter(build_sealed_filter_xml(name, record.id))
+            undo.callback(quietly, self.hypervisor.undefine_filter, name)
+            self.hypervisor.define_domain(
+                self.vms.domain_xml(record, template.domain_xml, build, staging))
+            undo.callback(quietly, self.hypervisor.undefine_domain, record.id)
+            self.hypervisor.start_domain(record.id)
+            undo.callback(quietly, self.hypervisor.destroy_domain, record.id)
+            self._wait_idle(record)
+            self.hypervisor.save_domain(record.id, str(staging / "state.sav"),
+                                        RESTORE_TIMEOUT_S)
+            save_image.read_header(staging / "state.sav")  # fail here, not in every restore
+            seed = self.store.publish(key, staging, template, cpu, mem_mb, disk_size_mb,
+                                      str(build.path))
+        log.info("memory snapshot saved seed=%s seconds=%.1f", key, time.monotonic() - started)
+        return seed
+
+    def _wait_idle(self, record: VmRecord) -> None:
+        """Until the guest's boot script finished and sshd runs (asked through the agent)."""
+        deadline = time.monotonic() + self.settings.boot_timeout_s
+        while time.monotonic() < deadline:
+            if self.hypervisor.guest_agent_ping(record.id, 5):
+                try:
+                    if self.hypervisor.guest_agent_exec(record.id, SETTLE, [],
+                                                        AGENT_TIMEOUT_S) == 0:
+                        return
+                except HypervisorError:
+                    pass
+            time.sleep(0.5)
+        raise GuestUnreachable(f"seed guest {record.name} did not come up within "
+                               f"{self.settings.boot_timeout_s:.0f}s")
+
+    def _remove_stale_domain(self, name: str) -> None:
+        """A domain of this name left behind by a crash: power it off and undefine it."""
+        for info in self.hypervisor.list_domains():
+            if info.name == name:
+                log.warning("removing stale domain %s", name)
+                quietly(self.hypervisor.destroy_domain, info.uuid)
+                quietly(self.hypervisor.undefine_domain, info.uuid)
+                self.hypervisor.undefine_filter(name)
+
+    def prune(self) -> list[str]:
+        """Remove memory snapshots of old image builds/templates once no VM is backed by them."""
+        current = set()
+        for template_id in self.templates.ids():
+            try:
+                template = self.templates.get(template_id)
+                build = self.templates.current_build(template)
+            except AppError:
+                continue
+            disk = max(template.default_disk_size_mb, build.disk_size_mb)
+            current.update(self.store.key(template, build, cpu, mem, disk)
+                           for cpu, mem in self.settings.snapshot_shape_list)
+        used = {r.seed for r in (parse_metadata(d.xml) for d in self.hypervisor.list_domains())
+                if r and r.seed}
+        return self.store.prune(current, used)
