@@ -4,7 +4,6 @@ One VM walks the whole life cycle, in file order; each step checks libvirt's vie
 """
 from __future__ import annotations
 
-
 import pytest
 
 from tests.integration.conftest import SEED_BODY, guest_sh, virsh
