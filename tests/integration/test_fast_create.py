@@ -141,6 +141,20 @@ def test_one_pool_vm_is_handed_out_once(pool_api):
         pool_api.delete_vm(vm["id"])
 
 
+def test_a_new_owner_adopts_the_ready_pool(pool_api):
+    """After the owning worker died, the next owner keeps the ready pool VMs (no new boots)."""
+    pool_api.app.extensions["rds"].maintainer.refill_pool()
+    [(record, _state)] = _pool(pool_api)
+    successor = create_app({"TESTING": True, "API_KEY": API_KEY, "ENABLE_WARM_POOL": "true",
+                            "WARM_POOL_TARGET": 1, "WARM_POOL_MAX_VMS": 2,
+                            "WARM_POOL_SHAPES": "1x256"})
+    try:
+        assert successor.extensions["rds"].maintainer.refill_pool() == 0
+        assert [r.id for r, _s in _pool(pool_api)] == [record.id]
+    finally:
+        successor.extensions["rds"].close()
+
+
 def test_pool_drains_and_a_miss_falls_back(pool_api):
     maintainer = pool_api.app.extensions["rds"].maintainer
     maintainer.refill_pool()

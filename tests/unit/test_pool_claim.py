@@ -1,0 +1,91 @@
+"""Claiming a warm-pool VM (VmService, fake libvirt): only a ready pool VM of the caller's shape
+and the current image build is handed out, once, with the caller's policy; at the quota an idle
+pool VM makes room."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from app.models import ProvisionMode, VmPhase, VmRecord, VmRole, VmSpec
+from tests.unit.test_snapshots import NEW_BUILD, OLD_BUILD, World
+
+
+class FakeIpSets:
+    def __init__(self) -> None:
+        self.applied: list[tuple[str, tuple[str, ...], bool]] = []
+
+    def apply(self, vm_name: str, allow_ips: tuple[str, ...], outbound_internet: bool,
+              _gateway_ip: str) -> None:
+        self.applied.append((vm_name, allow_ips, outbound_internet))
+
+    def destroy(self, _vm_name: str) -> None:
+        pass
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch) -> World:
+    world = World(tmp_path, monkeypatch)
+    world.vms.settings = dataclasses.replace(world.settings, enable_warm_pool="true")
+    world.vms.ipsets = FakeIpSets()
+    world.hypervisor.set_title = lambda uuid, title: None
+    return world
+
+
+def add_pool_vm(world: World, number: int, phase: VmPhase = VmPhase.READY, cpu: int = 1,
+                build: str = NEW_BUILD, state: str = "running") -> VmRecord:
+    record = world.add_vm(number, state=state, phase=phase, build=build)
+    record = dataclasses.replace(record, cpu=cpu, mem_mb=256, disk_size_mb=4096,
+                                 role=VmRole.POOL, provision_mode="snapshot")
+    world.hypervisor.add(record, state)
+    return record
+
+
+SPEC = VmSpec(cpu=1, mem_mb=256, allow_ips=("10.0.0.0/8",), outbound_internet=True)
+
+
+def claim(world: World, spec: VmSpec = SPEC):
+    template = world.templates.get(None)
+    return world.vms._claim_pool_vm(spec, template, world.templates.current_build(template),
+                                    4096)
+
+
+def test_only_a_ready_pool_vm_of_the_shape_and_build_is_claimed_once(world):
+    add_pool_vm(world, 1, phase=VmPhase.STARTING)
+    add_pool_vm(world, 2, cpu=2)
+    add_pool_vm(world, 3, build=OLD_BUILD)
+    add_pool_vm(world, 4, state="shutoff")
+    ready = add_pool_vm(world, 5)
+    assert world.vms.list() == []  # pool VMs are invisible
+
+    vm = world.vms.create(SPEC)  # auto: a pool hit answers without booting anything
+    assert (vm.id, vm.provision_mode) == (ready.id, "pool")
+    assert (vm.allow_ips, vm.outbound_internet) == (("10.0.0.0/8",), True)
+    assert world.vms.ipsets.applied == [(ready.name, ("10.0.0.0/8",), True)]
+    assert [v.id for v in world.vms.list()] == [ready.id]
+    assert world.vms.get(ready.id).provision_mode == "pool"
+    assert claim(world) is None  # handed out once; the others are not claimable
+
+
+def test_boot_and_snapshot_modes_never_take_from_the_pool(world, monkeypatch):
+    add_pool_vm(world, 5)
+    made = []
+    monkeypatch.setattr(world.vms, "_create_new", lambda spec, *_args: made.append(spec))
+    for mode in (ProvisionMode.BOOT, ProvisionMode.SNAPSHOT):
+        world.vms.create(dataclasses.replace(SPEC, provision_mode=mode))
+    assert [spec.provision_mode for spec in made] == [ProvisionMode.BOOT,
+                                                      ProvisionMode.SNAPSHOT]
+    assert world.vms.list() == [] and world.vms.ipsets.applied == []
+
+
+def test_disabled_pool_is_never_claimed(world):
+    world.vms.settings = dataclasses.replace(world.vms.settings, enable_warm_pool="false")
+    add_pool_vm(world, 5)
+    assert claim(world) is None
+
+
+def test_quota_evicts_an_idle_pool_vm(world):
+    pool_vm = add_pool_vm(world, 5, cpu=2)  # not the caller's shape: not claimable
+    assert world.vms._evict_pool_vm() is True
+    assert pool_vm.id not in world.hypervisor.domains
+    assert world.vms._evict_pool_vm() is False
