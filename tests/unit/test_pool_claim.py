@@ -11,23 +11,10 @@ from app.models import ProvisionMode, VmPhase, VmRecord, VmRole, VmSpec
 from tests.unit.test_snapshots import NEW_BUILD, OLD_BUILD, World
 
 
-class FakeIpSets:
-    def __init__(self) -> None:
-        self.applied: list[tuple[str, tuple[str, ...], bool]] = []
-
-    def apply(self, vm_name: str, allow_ips: tuple[str, ...], outbound_internet: bool,
-              _gateway_ip: str) -> None:
-        self.applied.append((vm_name, allow_ips, outbound_internet))
-
-    def destroy(self, _vm_name: str) -> None:
-        pass
-
-
 @pytest.fixture
 def world(tmp_path, monkeypatch) -> World:
     world = World(tmp_path, monkeypatch)
     world.vms.settings = dataclasses.replace(world.settings, enable_warm_pool="true")
-    world.vms.ipsets = FakeIpSets()
     world.hypervisor.set_title = lambda uuid, title: None
     return world
 

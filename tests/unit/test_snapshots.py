@@ -109,6 +109,23 @@ class FakeHypervisor:
         self.add(record, self.domains[uuid].state)
 
 
+class FakeIpSets:
+    """Stands in for app.virt.ipsets.IpSets: records the policies it was given."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[str, tuple[str, ...], bool]] = []
+
+    def apply(self, vm_name: str, allow_ips: tuple[str, ...], outbound_internet: bool,
+              _gateway_ip: str) -> None:
+        self.applied.append((vm_name, allow_ips, outbound_internet))
+
+    def destroy(self, _vm_name: str) -> None:
+        pass
+
+    def vm_names(self) -> set[str]:
+        return set()
+
+
 class FakeDisks:
     """Stands in for app.virt.disks: files are small text files, and every call is logged."""
 
@@ -159,6 +176,7 @@ class World:
         self.store = SnapshotStore(self.settings.snapshots_dir, self.templates)
         self.vms = VmService(self.settings, self.hypervisor, self.templates, "qemu",
                              snapshots=self.store)
+        self.vms.ipsets = FakeIpSets()  # never the host's kernel ipsets in a unit test
         self.snapshots = SnapshotService(self.settings, self.hypervisor, self.templates,
                                          self.vms, self.store)
 
