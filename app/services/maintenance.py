@@ -138,14 +138,7 @@ class Maintainer:
         return len(records)
 
     def _current_builds(self) -> set[str]:
-        builds = set()
-        for template_id in self.vms.templates.ids():
-            try:
-                template = self.vms.templates.get(template_id)
-                builds.add(str(self.vms.templates.current_build(template).path))
-            except AppError:
-                continue
-        return builds
+        return {str(build.path) for _template, build in self.vms.templates.current_builds()}
 
     def _problem(self, record: VmRecord, state: str, current_builds: set[str]) -> str:
         if state != "running":

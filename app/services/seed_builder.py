@@ -15,16 +15,15 @@ import time
 import uuid
 
 from app.config import Settings
-from app.errors import AppError, GuestUnreachable, HypervisorError
+from app.errors import GuestUnreachable, HypervisorError
 from app.models import Template, VmRecord, VmRole
 from app.services.seeds import Seed, SeedStore
-from app.services.templates import ImageBuild, TemplateCatalog
+from app.services.templates import ImageBuild, TemplateCatalog, default_disk_size_mb
 from app.services.vms import (AGENT_TIMEOUT_S, RESTORE_TIMEOUT_S, VmService, now_iso,
                               quietly)
 from app.sshkeys import generate_keypair
 from app.virt import disks, save_image
 from app.virt.connection import Hypervisor
-from app.virt.domain_xml import parse_metadata
 from app.virt.nwfilter_xml import build_sealed_filter_xml
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,7 @@ class SeedBuilder:
         """
         template = self.templates.get(image_id)
         build = self.templates.current_build(template)
-        disk_size_mb = max(template.default_disk_size_mb, build.disk_size_mb)
+        disk_size_mb = default_disk_size_mb(template, build)
         key = self.store.key(template, build, cpu, mem_mb, disk_size_mb)
         seed = self.store.load(key)
         if seed is not None:
@@ -122,16 +121,9 @@ class SeedBuilder:
 
     def prune(self) -> list[str]:
         """Remove memory snapshots of old image builds/templates once no VM is backed by them."""
-        current = set()
-        for template_id in self.templates.ids():
-            try:
-                template = self.templates.get(template_id)
-                build = self.templates.current_build(template)
-            except AppError:
-                continue
-            disk = max(template.default_disk_size_mb, build.disk_size_mb)
-            current.update(self.store.key(template, build, cpu, mem, disk)
-                           for cpu, mem in self.settings.snapshot_shape_list)
-        used = {r.seed for r in (parse_metadata(d.xml) for d in self.hypervisor.list_domains())
-                if r and r.seed}
+        current = {self.store.key(template, build, cpu, mem,
+                                  default_disk_size_mb(template, build))
+                   for template, build in self.templates.current_builds()
+                   for cpu, mem in self.settings.snapshot_shape_list}
+        used = {record.seed for record, _info in self.vms.records() if record.seed}
         return self.store.prune(current, used)

@@ -24,6 +24,11 @@ class ImageBuild:
     disk_size_mb: int
 
 
+def default_disk_size_mb(template: Template, build: ImageBuild) -> int:
+    """A VM's disk size when the caller gives none (never smaller than the image)."""
+    return max(template.default_disk_size_mb, build.disk_size_mb)
+
+
 class TemplateCatalog:
     """Reads templates from disk on each call, so an edit needs no restart."""
 
@@ -51,6 +56,17 @@ class TemplateCatalog:
             default_disk_size_mb=int(meta.get("default_disk_size_mb", 4096)),
             kernel_cmdline=str(meta.get("kernel_cmdline", "console=ttyS0")),
         )
+
+    def current_builds(self) -> list[tuple[Template, ImageBuild]]:
+        """Every template whose image is built on this host, with its current build."""
+        found = []
+        for template_id in self.ids():
+            try:
+                template = self.get(template_id)
+                found.append((template, self.current_build(template)))
+            except (CapacityExhausted, InvalidRequest):
+                continue
+        return found
 
     def current_build(self, template: Template) -> ImageBuild:
         """The newest build of the template's image, resolved to its hash directory.

@@ -29,7 +29,7 @@ from app.models import (ProvisionMode, Template, Vm, VmPhase, VmRecord, VmRole, 
 from app.services.addresses import allocation_lock, mac_for, pick_address
 from app.services.seeds import Seed, SeedStore
 from app.services.snapshots import SnapshotStore
-from app.services.templates import ImageBuild, TemplateCatalog
+from app.services.templates import ImageBuild, TemplateCatalog, default_disk_size_mb
 from app.sshkeys import KeyPair, generate_keypair, manager_keypair, write_private
 from app.virt import disks, save_image
 from app.virt.connection import DomainInfo, Hypervisor
@@ -86,12 +86,18 @@ class VmService:
 
     # Queries ###############################################################################
 
-    def list(self) -> list[Vm]:
-        vms = []
+    def records(self) -> list[tuple[VmRecord, DomainInfo]]:
+        """Every domain of this service that carries our metadata (sandboxes, pool, seeds)."""
+        found = []
         for info in self.hypervisor.list_domains():
             record = parse_metadata(info.xml)
-            if record is not None and record.role is VmRole.SANDBOX:
-                vms.append(to_vm(record, info.state))
+            if record is not None:
+                found.append((record, info))
+        return found
+
+    def list(self) -> list[Vm]:
+        vms = [to_vm(record, info.state) for record, info in self.records()
+               if record.role is VmRole.SANDBOX]
         return sorted(vms, key=lambda vm: (vm.created_at, vm.id))
 
     def get(self, vm_id: str) -> Vm:
@@ -131,8 +137,7 @@ class VmService:
         self._check_limits(spec)
         template = self.templates.get(spec.image_id)
         build = self.templates.current_build(template)
-        disk_size_mb = spec.disk_size_mb or max(template.default_disk_size_mb,
-                                                build.disk_size_mb)
+        disk_size_mb = spec.disk_size_mb or default_disk_size_mb(template, build)
         if disk_size_mb < build.disk_size_mb:
             raise InvalidRequest(f"diskSizeMb must be at least {build.disk_size_mb} for "
                                  f"template {template.id!r}")
@@ -178,7 +183,7 @@ class VmService:
                      record.guest_ip, self.domain_type, record.provision_mode)
             if seed is None:
                 self.hypervisor.start_domain(record.id)
-                undo.callback(self._quietly, self.hypervisor.destroy_domain, record.id)
+                undo.callback(quietly, self.hypervisor.destroy_domain, record.id)
             else:
                 self._restore(record, xml, seed, undo)
             self._wait_ready(record)
@@ -203,7 +208,7 @@ class VmService:
             self.hypervisor.restore_domain(str(state), RESTORE_TIMEOUT_S)
         finally:
             state.unlink(missing_ok=True)
-        undo.callback(self._quietly, self.hypervisor.destroy_domain, record.id)
+        undo.callback(quietly, self.hypervisor.destroy_domain, record.id)
         self.hypervisor.set_guest_time(record.id, AGENT_TIMEOUT_S)
         exit_code = self.hypervisor.guest_agent_exec(
             record.id, REIDENTIFY,
@@ -283,14 +288,14 @@ class VmService:
             self.write_guest_keys(vm_dir, host_key)
             self._apply_policy(record)
             # Registered before the domain: undone after it, once no filter rule uses the sets.
-            undo.callback(self._quietly, self.ipsets.destroy, name)
+            undo.callback(quietly, self.ipsets.destroy, name)
             self.hypervisor.define_filter(self._filter_xml(record))
-            undo.callback(self._quietly, self.hypervisor.undefine_filter, name)
+            undo.callback(quietly, self.hypervisor.undefine_filter, name)
             xml = self.domain_xml(record, template.domain_xml if seed is None else
                                    save_image.read_header(seed.state).xml, build, vm_dir,
                                    genid=str(uuid.uuid4()) if seed else "")
             self.hypervisor.define_domain(xml)
-            undo.callback(self._quietly, self.hypervisor.undefine_domain, vm_id)
+            undo.callback(quietly, self.hypervisor.undefine_domain, vm_id)
         return record, xml
 
     def write_guest_keys(self, vm_dir: Path, host_key: KeyPair) -> None:
@@ -348,18 +353,14 @@ class VmService:
 
     def pool_records(self) -> list[tuple[VmRecord, str]]:
         """Every warm-pool VM with its libvirt run state."""
-        found = []
-        for info in self.hypervisor.list_domains():
-            record = parse_metadata(info.xml)
-            if record is not None and record.role is VmRole.POOL:
-                found.append((record, info.state))
-        return found
+        return [(record, info.state) for record, info in self.records()
+                if record.role is VmRole.POOL]
 
     def create_pool_vm(self, cpu: int, mem_mb: int, image_id: str | None = None) -> Vm:
         """Start one sealed warm-pool VM (no egress at all: its ipsets stay empty)."""
         template = self.templates.get(image_id)
         build = self.templates.current_build(template)
-        disk_size_mb = max(template.default_disk_size_mb, build.disk_size_mb)
+        disk_size_mb = default_disk_size_mb(template, build)
         spec = VmSpec(cpu=cpu, mem_mb=mem_mb, image_id=template.id)
         seed = self.seeds.find(template, build, cpu, mem_mb, disk_size_mb)
         return self._create(spec, template, build, disk_size_mb, seed, role=VmRole.POOL)
@@ -399,9 +400,9 @@ class VmService:
             except AppError as exc:
                 log.warning("warm pool claim failed vm=%s error=%s: removing it", record.id,
                             exc.message)
-                self._quietly(self._remove, record)
+                quietly(self._remove, record)
                 return None
-        self._quietly(self.hypervisor.set_title, record.id, vm_title(record))
+        quietly(self.hypervisor.set_title, record.id, vm_title(record))
         log.info("warm pool hit vm=%s name=%s", record.id, record.name)
         return to_vm(record, "running")
 
@@ -453,7 +454,7 @@ class VmService:
         try:
             self._wait_ready(record)
         except AppError:
-            self._quietly(self.hypervisor.destroy_domain, vm_id)
+            quietly(self.hypervisor.destroy_domain, vm_id)
             raise
         self._set_phase(record, VmPhase.READY)
         log.info("vm started vm=%s", vm_id)
@@ -475,7 +476,7 @@ class VmService:
         except VmNotFound:
             pass  # undefined by someone else meanwhile: the goal is reached
         self.hypervisor.undefine_filter(record.name)
-        self._quietly(self.ipsets.destroy, record.name)
+        quietly(self.ipsets.destroy, record.name)
         shutil.rmtree(self.settings.vms_dir / record.name, ignore_errors=True)
         log.info("vm deleted vm=%s name=%s role=%s", record.id, record.name, record.role.value)
 
@@ -552,10 +553,6 @@ class VmService:
             time.sleep(0.25)
         return False
 
-    @staticmethod
-    def _quietly(action: t.Callable[..., t.Any], *args: t.Any) -> None:
-        quietly(action, *args)
-
     # Housekeeping ##########################################################################
 
     def remove_orphans(self, min_age_s: float = ORPHAN_MIN_AGE_S) -> list[str]:
@@ -580,11 +577,11 @@ class VmService:
                 removed.append(f"files {vm_dir}")
         for filter_name in self.hypervisor.list_filter_names():
             if filter_name not in names and filter_name not in fresh:
-                self._quietly(self.hypervisor.undefine_filter, filter_name)
+                quietly(self.hypervisor.undefine_filter, filter_name)
                 removed.append(f"nwfilter {filter_name}")
         for set_owner in self.ipsets.vm_names():
             if set_owner not in names and set_owner not in fresh:
-                self._quietly(self.ipsets.destroy, set_owner)
+                quietly(self.ipsets.destroy, set_owner)
                 removed.append(f"ipsets {set_owner}-*")
         for item in removed:
             log.info("removed orphan %s", item)
@@ -592,14 +589,10 @@ class VmService:
 
     def purge_all(self) -> int:
         """Delete every VM of this service (CI and ``make clean-vms``)."""
-        count = 0
-        for info in self.hypervisor.list_domains():
-            record = parse_metadata(info.xml)
-            if record is None:
-                continue
+        records = self.records()
+        for record, _info in records:
             self._remove(record)
-            count += 1
-        return count
+        return len(records)
 
 
 def quietly(action: t.Callable[..., t.Any], *args: t.Any) -> None:

@@ -144,6 +144,9 @@ class FakeTemplates:
     def current_build(self, _template: Template) -> ImageBuild:
         return build_at(Path("/images/current"))
 
+    def current_builds(self) -> list[tuple[Template, ImageBuild]]:
+        return [(TEMPLATE, self.current_build(TEMPLATE))]
+
 
 class FakePoolVms:
     def __init__(self, records: list[tuple[VmRecord, str]]) -> None:
