@@ -10,8 +10,8 @@ with libvirt. VMs restored from it skip the boot. On disk, ``<storage_root>/seed
 
 The key contains a digest of everything the saved guest depends on (image build, template
 XML and kernel command line, accelerator, QEMU version, format version), so a rebuilt image or
-an edited template simply has no seed yet: VMs cold-boot until the new one is saved, and the old one is
-removed once no VM uses its disk any more.
+an edited template simply has no seed yet: VMs cold-boot until the new one is saved, and the
+old one is removed once no VM uses its disk any more.
 """
 from __future__ import annotations
 
