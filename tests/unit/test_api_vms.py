@@ -54,12 +54,20 @@ def test_allow_ips_are_normalised(client, auth, services):
     ({"cpu": 1, "memMb": 256, "allowIps": ["1.1.1.1", "not-an-ip"]}, "'not-an-ip'"),
     ({"cpu": 1, "memMb": 256, "allowIps": "1.1.1.1"}, "allowIps"),
     ({"cpu": 1, "memMb": 256, "outboundInternet": "maybe"}, "outboundInternet"),
+    ({"cpu": 1, "memMb": 256, "provisionMode": "teleport"}, "provisionMode"),
+    ({"cpu": 1, "memMb": 256, "provisionMode": 1}, "provisionMode"),
 ])
 def test_invalid_bodies_are_400_naming_the_problem(client, auth, services, body, named):
     response = client.post("/v1/vms", json=body, headers=auth)
     assert response.status_code == 400
     assert named in response.get_json()["message"]
     assert services.vms.created == []
+
+
+def test_provision_mode_reaches_the_service(client, auth, services):
+    assert create(client, auth, provisionMode="pool").status_code == 201
+    assert create(client, auth).status_code == 201
+    assert [spec.provision_mode.value for spec in services.vms.created] == ["pool", "auto"]
 
 
 def test_bad_allow_ips_entry_is_named_with_its_index(client, auth):
