@@ -184,7 +184,7 @@ class GuestSSH:
                 last_error = exc.message
                 self.close()
             # Fast at first: a restored guest's sshd is back within a fraction of a second.
-            time.sleep(0.1 if attempt < 20 else 0.5 if attempt < 60 else 1.0)
+            time.sleep(0.05 if attempt < 40 else 0.5 if attempt < 80 else 1.0)
         raise GuestUnreachable(f"guest {self.host} did not answer over SSH in time "
                                f"(last error: {last_error})")
 

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 
 import paramiko
 
@@ -37,6 +38,19 @@ from bench.common import fmt, machine, stats  # noqa: E402
 KEY = "bench-key"
 BODY = {"cpu": 1, "memMb": 256, "allowIps": ["172.16.0.1/32"], "outboundInternet": True}
 RAW_IP = "172.16.0.250"
+
+
+def plain_libvirt_nic(xml: str, network: str, guest_ip: str) -> str:
+    """The NIC as a plain libvirt user writes it: on the network, with libvirt's own
+    clean-traffic filter (libvirt makes, filters and plugs in the tap before the boot)."""
+    root = ET.fromstring(xml)
+    nic = root.find("devices/interface")
+    nic.set("type", "network")
+    nic.remove(nic.find("target"))
+    nic.insert(1, ET.Element("source", {"network": network}))
+    filterref = ET.SubElement(nic, "filterref", {"filter": "clean-traffic"})
+    ET.SubElement(filterref, "parameter", {"name": "IP", "value": guest_ip})
+    return ET.tostring(root, encoding="unicode")
 
 
 def raw_boot(services, workdir: pathlib.Path) -> float:
@@ -60,12 +74,11 @@ def raw_boot(services, workdir: pathlib.Path) -> float:
     xml = build_domain_xml(template.domain_xml, record, DomainParams(
         accelerator=services.domain_type,
         boot=BootFiles(str(build.kernel), str(build.initrd), cmdline),
-        overlay_path=str(vm_dir / "disk.qcow2"), network_name=settings.network_name,
-        filter_name="clean-traffic", gateway_ip=str(settings.gateway_ip),
-        console_log=str(vm_dir / "console.log"),
+        overlay_path=str(vm_dir / "disk.qcow2"), port="unused",
+        console_log=str(vm_dir / "console.log"), identity_socket=str(vm_dir / "identity.sock"),
         fwcfg_files=(("ssh_host_ed25519_key", str(vm_dir / "hostkey")),
                      ("authorized_keys", str(vm_dir / "authorized_keys")))))
-    (vm_dir / "domain.xml").write_text(xml)
+    (vm_dir / "domain.xml").write_text(plain_libvirt_nic(xml, settings.network_name, RAW_IP))
     pkey = paramiko.Ed25519Key.from_private_key_file(str(_write(vm_dir / "client",
                                                                 client_key.private_openssh)))
     started = time.monotonic()

@@ -3,8 +3,8 @@ idle, save it; and remove the ones no current template build or VM needs.
 
 Where seeds live and how they are named is :class:`~app.services.seeds.SeedStore`'s business;
 restoring VMs from them is :class:`~app.services.vms.VmService`'s. The seed guest is booted with
-no address (eth0 stays down), a sealed nwfilter and its own throw-away host key, and reached
-only through the guest agent.
+no address (eth0 stays down), a tap that is never plugged into any bridge (no frame can leave
+or reach it) and its own throw-away host key, and reached only through the guest agent.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from app.services.vms import (AGENT_TIMEOUT_S, RESTORE_TIMEOUT_S, VmService, now
 from app.sshkeys import generate_keypair
 from app.virt import disks, save_image
 from app.virt.connection import Hypervisor
-from app.virt.nwfilter_xml import build_sealed_filter_xml
+from app.virt.domain_xml import port_name
 
 log = logging.getLogger(__name__)
 SETTLE = "/usr/local/lib/rds/settle"  # in the guest image: prepares an idle guest to be saved
@@ -79,11 +79,12 @@ class SeedBuilder:
             undo.callback(shutil.rmtree, staging, True)
             disks.create_overlay(build.disk, staging / "disk.qcow2", disk_size_mb)
             self.vms.write_guest_keys(staging, host_key)
-            self.hypervisor.define_filter(build_sealed_filter_xml(name, record.id))
-            undo.callback(quietly, self.hypervisor.undefine_filter, name)
             self.hypervisor.define_domain(
                 self.vms.domain_xml(record, template.domain_xml, build, staging))
             undo.callback(quietly, self.hypervisor.undefine_domain, record.id)
+            # After the domain: the orphan sweep keeps taps whose domain exists.
+            self.vms.taps.create(port_name(name), record.mac)
+            undo.callback(quietly, self.vms.taps.delete, port_name(name))
             self.hypervisor.start_domain(record.id)
             undo.callback(quietly, self.hypervisor.destroy_domain, record.id)
             self._wait_idle(record)
@@ -117,7 +118,8 @@ class SeedBuilder:
                 log.warning("removing stale domain %s", name)
                 quietly(self.hypervisor.destroy_domain, info.uuid)
                 quietly(self.hypervisor.undefine_domain, info.uuid)
-                self.hypervisor.undefine_filter(name)
+                self.vms.taps.delete(port_name(name))
+                self.hypervisor.undefine_filter(name)  # made by earlier versions
 
     def prune(self) -> list[str]:
         """Remove memory snapshots of old image builds/templates once no VM is backed by them."""

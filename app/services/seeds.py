@@ -31,7 +31,7 @@ from app.services.templates import ImageBuild
 
 log = logging.getLogger(__name__)
 
-SEED_FORMAT = "2"  # bump when the way seeds are made changes: old ones are rebuilt
+SEED_FORMAT = "3"  # bump when the way seeds are made changes: old ones are rebuilt
 STALE_BUILD_S = 900.0  # a half-built seed directory older than this is left by a crash
 
 

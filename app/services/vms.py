@@ -8,6 +8,7 @@ everything (domain, filter, disk, address).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
@@ -31,19 +32,23 @@ from app.services.seeds import Seed, SeedStore
 from app.services.snapshots import SnapshotStore
 from app.services.templates import ImageBuild, TemplateCatalog, default_disk_size_mb
 from app.sshkeys import KeyPair, generate_keypair, manager_keypair, write_private
-from app.virt import disks, save_image
+from app.virt import disks, identity, save_image
 from app.virt.connection import DomainInfo, Hypervisor
 from app.virt.domain_xml import (METADATA_NS, METADATA_PREFIX, BootFiles, DomainParams,
-                                 build_domain_xml, metadata_xml, parse_metadata, vm_title)
+                                 build_domain_xml, metadata_xml, parse_metadata, port_name,
+                                 vm_title)
 from app.virt.ipsets import IpSets
-from app.virt.nwfilter_xml import build_filter_xml
+from app.virt.nwfilter_xml import build_binding_xml, build_filter_xml
+from app.virt.taps import Taps
 
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT = 60.0
 ORPHAN_MIN_AGE_S = 600.0  # longer than any create (lock wait + boot timeout)
-REIDENTIFY = "/usr/local/lib/rds/reidentify"  # in the guest image, see guest/rootfs
+IDENTITY_SOCKET = "identity.sock"  # in the VM's directory: see app.virt.identity
 RESTORE_TIMEOUT_S = 120.0
 AGENT_TIMEOUT_S = 30.0
+IDENTITY_TIMEOUT_S = 10.0  # a restored guest answers in well under a second
+BACKGROUND_TIMEOUT_S = 120.0  # the calls have their own timeouts; this only bounds the wait
 
 
 def vm_state(domain_state: str, phase: VmPhase) -> VmState:
@@ -79,10 +84,14 @@ class VmService:
         self.seeds = SeedStore(settings.seeds_dir, domain_type,
                                lambda: hypervisor.emulator_version())
         self.ipsets = IpSets()
+        self.taps = Taps()
         self.snapshots = snapshots
         self._manager_key: KeyPair | None = None
         self._guests: dict[str, GuestSSH] = {}
         self._guests_lock = threading.Lock()
+        # Work done alongside a guest's start (see _alongside).
+        self._background = concurrent.futures.ThreadPoolExecutor(
+            max_workers=4, thread_name_prefix="vm-start")
 
     # Queries ###############################################################################
 
@@ -181,25 +190,57 @@ class VmService:
                                           role=role)
             log.info("vm defined vm=%s name=%s ip=%s accel=%s mode=%s", record.id, record.name,
                      record.guest_ip, self.domain_type, record.provision_mode)
-            if seed is None:
-                self.hypervisor.start_domain(record.id)
-                undo.callback(quietly, self.hypervisor.destroy_domain, record.id)
-            else:
-                self._restore(record, xml, seed, undo)
-            self._wait_ready(record)
+            undo.callback(quietly, self.hypervisor.delete_filter_binding,
+                          port_name(record.name))
+            # The port is filtered and plugged in while the guest starts, and the restored
+            # guest's clock set while the manager connects: both finish before it is handed out.
+            with self._alongside(f"connecting the network port of {record.name}",
+                                 self._connect_port, record):
+                if seed is None:
+                    self.hypervisor.start_domain(record.id)
+                    undo.callback(quietly, self.hypervisor.destroy_domain, record.id)
+                else:
+                    self._restore(record, xml, seed, undo)
+            with (self._alongside(f"setting the clock of {record.name}",
+                                  self.hypervisor.set_guest_time, record.id, AGENT_TIMEOUT_S)
+                  if seed else contextlib.nullcontext()):
+                self._wait_ready(record)
             record = self._set_phase(record, VmPhase.READY)
             undo.pop_all()
         log.info("vm ready vm=%s name=%s mode=%s seconds=%.2f", record.id, record.name,
                  record.provision_mode, time.monotonic() - started)
         return to_vm(record, "running")
 
+    @contextlib.contextmanager
+    def _alongside(self, what: str, action: t.Callable[..., t.Any],
+                   *args: t.Any) -> t.Iterator[None]:
+        """Run ``action(*args)`` in the background while the body runs. Leaving waits for it
+        (so no undo step races it) and raises its error: the create fails with it."""
+        future = self._background.submit(action, *args)
+        try:
+            yield
+        finally:
+            done, _pending = concurrent.futures.wait([future], timeout=BACKGROUND_TIMEOUT_S)
+            if not done:
+                raise HypervisorError(f"{what} did not finish in time")
+        future.result()
+
+    def _connect_port(self, record: VmRecord) -> None:
+        """Instantiate the VM's filter on its tap, then plug the tap into the bridge."""
+        port = port_name(record.name)
+        self.hypervisor.create_filter_binding(build_binding_xml(
+            port, record.mac, record.name, record.name, record.id,
+            {"IP": record.guest_ip, "GATEWAY": str(self.settings.gateway_ip)}))
+        self.taps.attach(port, self.settings.network_bridge)
+
     def _restore(self, record: VmRecord, xml: str, seed: Seed,
                  undo: contextlib.ExitStack) -> None:
         """Run the seed's saved guest as this VM, then give the guest the VM's identity.
 
-        The guest agent does the re-identification, because the saved guest has eth0 down
-        (so it never sends a frame with the seed's MAC) until :data:`REIDENTIFY` brings it up
-        with the VM's own MAC and address.
+        The saved guest has eth0 down (so it never sends a frame with the seed's MAC) and a
+        helper waiting on the VM's identity port (:mod:`app.virt.identity`), which brings eth0
+        up with the VM's own MAC and address. (The clock is set alongside the first SSH
+        connection, see :meth:`_create`.)
         """
         vm_dir = self.settings.vms_dir / record.name
         state = vm_dir / "restore.sav"
@@ -209,15 +250,11 @@ class VmService:
         finally:
             state.unlink(missing_ok=True)
         undo.callback(quietly, self.hypervisor.destroy_domain, record.id)
-        self.hypervisor.set_guest_time(record.id, AGENT_TIMEOUT_S)
-        exit_code = self.hypervisor.guest_agent_exec(
-            record.id, REIDENTIFY,
-            [record.mac, f"{record.guest_ip}/{self.settings.network.prefixlen}",
-             str(self.settings.gateway_ip), record.name],
-            AGENT_TIMEOUT_S, stdin=(vm_dir / "ssh_host_ed25519_key").read_bytes())
-        if exit_code != 0:
-            raise HypervisorError(f"re-identifying the restored guest {record.name} failed "
-                                  f"(exit {exit_code})")
+        identity.send_identity(
+            str(vm_dir / IDENTITY_SOCKET), record.mac,
+            f"{record.guest_ip}/{self.settings.network.prefixlen}",
+            str(self.settings.gateway_ip), record.name, record.host_key,
+            (vm_dir / "ssh_host_ed25519_key").read_bytes(), IDENTITY_TIMEOUT_S)
 
     def _check_limits(self, spec: VmSpec) -> None:
         limits = self.settings
@@ -291,6 +328,8 @@ class VmService:
             undo.callback(quietly, self.ipsets.destroy, name)
             self.hypervisor.define_filter(self._filter_xml(record))
             undo.callback(quietly, self.hypervisor.undefine_filter, name)
+            self.taps.create(port_name(name), record.mac)  # filtered and plugged in by _create
+            undo.callback(quietly, self.taps.delete, port_name(name))
             xml = self.domain_xml(record, template.domain_xml if seed is None else
                                    save_image.read_header(seed.state).xml, build, vm_dir,
                                    genid=str(uuid.uuid4()) if seed else "")
@@ -339,10 +378,9 @@ class VmService:
             accelerator=self.domain_type,
             boot=BootFiles(kernel=str(build.kernel), initrd=str(build.initrd), cmdline=cmdline),
             overlay_path=str(vm_dir / "disk.qcow2"),
-            network_name=self.settings.network_name,
-            filter_name=record.name,
-            gateway_ip=str(self.settings.gateway_ip),
+            port=port_name(record.name),
             console_log=str(vm_dir / "console.log"),
+            identity_socket=str(vm_dir / IDENTITY_SOCKET),
             fwcfg_files=(("ssh_host_ed25519_key", str(vm_dir / "ssh_host_ed25519_key")),
                          ("authorized_keys", str(vm_dir / "authorized_keys"))),
             genid=genid,
@@ -450,6 +488,7 @@ class VmService:
                                   f"started")
         record = self._set_phase(record, VmPhase.STARTING)
         self._apply_policy(record)  # the sets are kernel state: gone after a host reboot
+        self._ensure_port(record)  # so is the tap, and libvirt's bindings live under /run
         self.hypervisor.start_domain(vm_id)
         try:
             self._wait_ready(record)
@@ -458,6 +497,17 @@ class VmService:
             raise
         self._set_phase(record, VmPhase.READY)
         log.info("vm started vm=%s", vm_id)
+
+    def _ensure_port(self, record: VmRecord) -> None:
+        """Re-create the VM's tap and filter binding if they are gone (a host reboot), and
+        plug the tap in again (a re-created bridge has lost it)."""
+        port = port_name(record.name)
+        if not self.taps.exists(port):
+            self.taps.create(port, record.mac)
+        if port in self.hypervisor.filter_binding_ports():
+            self.taps.attach(port, self.settings.network_bridge)
+        else:
+            self._connect_port(record)
 
     def delete(self, vm_id: str) -> None:
         """Remove domain, filter, disk and address.
@@ -475,6 +525,8 @@ class VmService:
             self.hypervisor.undefine_domain(record.id)
         except VmNotFound:
             pass  # undefined by someone else meanwhile: the goal is reached
+        self.hypervisor.delete_filter_binding(port_name(record.name))
+        self.taps.delete(port_name(record.name))
         self.hypervisor.undefine_filter(record.name)
         quietly(self.ipsets.destroy, record.name)
         shutil.rmtree(self.settings.vms_dir / record.name, ignore_errors=True)
@@ -526,7 +578,7 @@ class VmService:
         deadline = time.monotonic() + self.settings.boot_timeout_s
         client = self._guest_client(record)
         try:
-            client.wait_until_ready(deadline, probe="id -u")
+            client.wait_until_ready(deadline, probe="true")
         except GuestUnreachable as exc:
             self._forget_guest(record.id)
             raise GuestUnreachable(f"VM {record.id} did not become ready within "
@@ -556,7 +608,8 @@ class VmService:
     # Housekeeping ##########################################################################
 
     def remove_orphans(self, min_age_s: float = ORPHAN_MIN_AGE_S) -> list[str]:
-        """Delete disks/keys and filters that belong to no domain (a crash mid-create).
+        """Delete disks/keys, filters, ipsets and taps that belong to no domain (a crash
+        mid-create).
 
         A create in flight has a fresh directory and no domain yet, so only directories older
         than ``min_age_s`` (and filters with no recent directory) count as orphans; that keeps
@@ -575,6 +628,16 @@ class VmService:
                     continue
                 shutil.rmtree(vm_dir, ignore_errors=True)
                 removed.append(f"files {vm_dir}")
+        # Bindings first: libvirt keeps a filter, and the kernel an ipset, that rules still use.
+        ports = {port_name(name) for name in names | fresh}
+        for port in self.hypervisor.filter_binding_ports():
+            if port not in ports:
+                quietly(self.hypervisor.delete_filter_binding, port)
+                removed.append(f"nwfilter binding {port}")
+        for port in self.taps.names():
+            if port not in ports:
+                quietly(self.taps.delete, port)
+                removed.append(f"tap {port}")
         for filter_name in self.hypervisor.list_filter_names():
             if filter_name not in names and filter_name not in fresh:
                 quietly(self.hypervisor.undefine_filter, filter_name)

@@ -277,25 +277,44 @@ class Hypervisor:
         :returns: its exit code.
         :raises HypervisorError: when the agent does not answer or the program hangs.
         """
-        def agent(conn: t.Any) -> int:
-            dom = conn.lookupByUUIDString(uuid)
+        pid = self.guest_agent_spawn(uuid, path, args, timeout, stdin)
+        return self.guest_agent_wait(uuid, pid, timeout)
+
+    def guest_agent_spawn(self, uuid: str, path: str, args: list[str], timeout: float,
+                          stdin: bytes | None = None) -> int:
+        """Start a program as root in the guest (``guest-exec``) and return its guest pid at
+        once; :meth:`guest_agent_wait` collects the exit code. Other agent commands may be
+        sent meanwhile.
+
+        :raises HypervisorError: when the agent does not answer.
+        """
+        def spawn(conn: t.Any) -> int:
             request: dict[str, t.Any] = {"execute": "guest-exec",
                                          "arguments": {"path": path, "arg": args}}
             if stdin is not None:
                 request["arguments"]["input-data"] = base64.b64encode(stdin).decode()
-            reply = json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps(request),
-                                                             int(timeout), 0))
-            pid = reply["return"]["pid"]
+            reply = libvirt_qemu.qemuAgentCommand(conn.lookupByUUIDString(uuid),
+                                                  json.dumps(request), int(timeout) or 1, 0)
+            return int(json.loads(reply)["return"]["pid"])
+        return self._call("guest agent exec", spawn, timeout=timeout + 5)
+
+    def guest_agent_wait(self, uuid: str, pid: int, timeout: float) -> int:
+        """Wait for a program started by :meth:`guest_agent_spawn`; returns its exit code.
+
+        :raises HypervisorError: when the agent does not answer or the program hangs.
+        """
+        def wait(conn: t.Any) -> int:
+            dom = conn.lookupByUUIDString(uuid)
+            request = json.dumps({"execute": "guest-exec-status", "arguments": {"pid": pid}})
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                status = json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps(
-                    {"execute": "guest-exec-status", "arguments": {"pid": pid}}),
-                    int(timeout), 0))["return"]
+                status = json.loads(libvirt_qemu.qemuAgentCommand(
+                    dom, request, int(timeout) or 1, 0))["return"]
                 if status.get("exited"):
                     return int(status.get("exitcode", -1))
-                time.sleep(0.05)
-            raise HypervisorError(f"guest agent command {path} did not finish in time")
-        return self._call("guest agent exec", agent, timeout=timeout + 5)
+                time.sleep(0.02)
+            raise HypervisorError(f"guest agent command (pid {pid}) did not finish in time")
+        return self._call("guest agent wait", wait, timeout=timeout + 5)
 
     def fs_freeze(self, uuid: str, timeout: float) -> int:
         """Flush and freeze the guest's filesystems through qemu-guest-agent
@@ -332,6 +351,30 @@ class Hypervisor:
                        lambda conn: conn.nwfilterLookupByName(name).undefine())
         except VmNotFound:
             pass
+
+    def create_filter_binding(self, xml: str) -> None:
+        """Instantiate a filter on a tap (``virNWFilterBindingCreateXML``); returns once its
+        ebtables/iptables rules are in place."""
+        log.debug("creating nwfilter binding xml=%s", xml)
+        self._call("create nwfilter binding", lambda conn: conn.nwfilterBindingCreateXML(xml, 0))
+
+    def delete_filter_binding(self, port: str) -> None:
+        """Remove the filter binding of ``port`` and its rules; none is fine."""
+        def delete(conn: t.Any) -> None:
+            try:
+                binding = conn.nwfilterBindingLookupByPortDev(port)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_NWFILTER_BINDING:
+                    return
+                raise
+            binding.delete()
+        self._call("delete nwfilter binding", delete)
+
+    def filter_binding_ports(self) -> list[str]:
+        """The ports (taps) of this service that have a filter binding."""
+        return self._call("list nwfilter bindings", lambda conn: [
+            b.portDev() for b in conn.listAllNWFilterBindings(0)
+            if b.portDev().startswith(DOMAIN_PREFIX)])
 
     def list_filter_names(self) -> list[str]:
         return self._call("list nwfilters", lambda conn: [

@@ -1,13 +1,14 @@
 """Domain XML for one VM, built from its template's ``domain.xml`` (pure: no I/O, no libvirt).
 
 Like virt-manager's Cloner, start from the template and change only what a clone needs: name,
-uuid, title, metadata, memory, vcpus, boot files, disk, NIC (MAC, network, filter), fw_cfg
+uuid, title, metadata, memory, vcpus, boot files, disk, NIC (MAC, the manager's tap), fw_cfg
 entries, console log and the accelerator. The VM's API fields live in ``<metadata>`` under
 :data:`METADATA_NS`, which makes libvirt the only store of VM state.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import xml.etree.ElementTree as ET
 
 from app.models import VmPhase, VmRecord, VmRole
@@ -15,6 +16,8 @@ from app.models import VmPhase, VmRecord, VmRole
 METADATA_NS = "https://run-dat-sheesh.dev/xmlns/vm/1"
 METADATA_PREFIX = "rds"
 FWCFG_PREFIX = "opt/org.rundatsheesh/"
+IFNAMSIZ = 16  # Linux interface names: 15 characters and the NUL
+IDENTITY_CHANNEL = "org.rundatsheesh.identity"  # virtio-serial port, see app.virt.identity
 ET.register_namespace(METADATA_PREFIX, METADATA_NS)
 
 
@@ -32,10 +35,9 @@ class DomainParams:
     accelerator: str  # "kvm" or "qemu" (TCG)
     boot: BootFiles
     overlay_path: str
-    network_name: str
-    filter_name: str
-    gateway_ip: str
+    port: str  # the VM's tap, created by the manager (app.virt.taps); see port_name()
     console_log: str
+    identity_socket: str  # host end of the IDENTITY_CHANNEL port (a unix socket libvirt binds)
     fwcfg_files: tuple[tuple[str, str], ...]  # (entry name below FWCFG_PREFIX, host file)
     genid: str = ""  # VM generation ID; "" lets libvirt pick one (a clone needs a new one)
 
@@ -78,6 +80,7 @@ def build_domain_xml(template_xml: str, record: VmRecord, params: DomainParams) 
     _set_disk(devices, params.overlay_path)
     _set_interface(devices, record, params)
     _set_console_log(devices, params.console_log)
+    _set_identity_channel(devices, params.identity_socket)
     ET.indent(root, space="  ")
     return ET.tostring(root, encoding="unicode") + "\n"
 
@@ -207,19 +210,46 @@ def _set_disk(devices: ET.Element, overlay_path: str) -> None:
     disk.insert(1, source)
 
 
+def port_name(domain_name: str) -> str:
+    """The VM's tap: the domain's name where it fits an interface name (15 characters, as
+    ``rds-<short id>`` does), else ``rds-`` and a digest of it (memory-snapshot seeds)."""
+    if len(domain_name) <= IFNAMSIZ - 1:
+        return domain_name
+    return "rds-" + hashlib.sha256(domain_name.encode()).hexdigest()[:IFNAMSIZ - 5]
+
+
 def _set_interface(devices: ET.Element, record: VmRecord, params: DomainParams) -> None:
+    """The NIC uses the manager's pre-created tap as it is (``managed='no'``): the manager
+    filters it and plugs it into the bridge, so the domain carries no ``<source>`` or
+    ``<filterref>`` (see :mod:`app.virt.taps`)."""
     nic = devices.find("interface")
     if nic is None:
         raise ValueError("template domain.xml has no <interface>")
-    nic.set("type", "network")
-    for tag in ("mac", "source", "filterref"):
+    nic.set("type", "ethernet")
+    for tag in ("mac", "source", "target", "filterref"):
         for old in nic.findall(tag):
             nic.remove(old)
     nic.insert(0, ET.Element("mac", {"address": record.mac}))
-    nic.insert(1, ET.Element("source", {"network": params.network_name}))
-    filterref = ET.SubElement(nic, "filterref", {"filter": params.filter_name})
-    ET.SubElement(filterref, "parameter", {"name": "IP", "value": record.guest_ip})
-    ET.SubElement(filterref, "parameter", {"name": "GATEWAY", "value": params.gateway_ip})
+    nic.insert(1, ET.Element("target", {"dev": params.port, "managed": "no"}))
+
+
+def _set_identity_channel(devices: ET.Element, socket_path: str) -> None:
+    """The virtio-serial port through which a guest restored from a memory snapshot gets its
+    identity (:mod:`app.virt.identity`). Every VM has it, so seeds and their clones have the
+    same devices; in a seed's saved XML only the socket path changes (the port keeps its
+    address), else it goes after the last channel."""
+    for channel in devices.findall("channel"):
+        if channel.find(f"target[@name='{IDENTITY_CHANNEL}']") is not None:
+            for old in channel.findall("source"):
+                channel.remove(old)
+            channel.insert(0, ET.Element("source", {"mode": "bind", "path": socket_path}))
+            return
+    channel = ET.Element("channel", {"type": "unix"})
+    ET.SubElement(channel, "source", {"mode": "bind", "path": socket_path})
+    ET.SubElement(channel, "target", {"type": "virtio", "name": IDENTITY_CHANNEL})
+    children = list(devices)
+    last = max((i for i, child in enumerate(children) if child.tag == "channel"), default=None)
+    devices.insert(len(children) if last is None else last + 1, channel)
 
 
 def _set_console_log(devices: ET.Element, path: str) -> None:

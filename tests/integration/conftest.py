@@ -15,7 +15,7 @@ import pytest
 
 from app import create_app
 from app.models import VmRole
-from app.virt.domain_xml import parse_metadata
+from app.virt.domain_xml import parse_metadata, port_name
 
 API_KEY = "integration-test-key"
 HEADERS = {"X-API-Key": API_KEY}
@@ -87,6 +87,11 @@ def api(app, services):
     sets = services.vms.ipsets.vm_names() - {info.name for info in
                                              services.hypervisor.list_domains()}
     assert not sets, f"the suite left ipsets behind: {sets}"
+    ports = {port_name(info.name) for info in services.hypervisor.list_domains()}
+    taps = services.vms.taps.names() - ports
+    assert not taps, f"the suite left taps behind: {taps}"
+    bindings = set(services.hypervisor.filter_binding_ports()) - ports
+    assert not bindings, f"the suite left nwfilter bindings behind: {bindings}"
 
 
 

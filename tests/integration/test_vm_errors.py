@@ -2,6 +2,8 @@
 and a VM undefined by hand with virsh."""
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from app import create_app
@@ -9,11 +11,17 @@ from app.errors import HypervisorError
 from tests.integration.conftest import API_KEY, HEADERS, SEED_BODY, virsh
 
 
-def _rds_state() -> tuple[set[str], set[str]]:
+def _rds_state() -> tuple[set[str], ...]:
+    """Domains, filters, filter bindings and taps of this service on the host."""
     domains = {n for n in virsh("list", "--all", "--name").stdout.split() if n.startswith("rds-")}
     filters = {line.split()[1] for line in virsh("nwfilter-list").stdout.splitlines()
                if len(line.split()) > 1 and line.split()[1].startswith("rds-")}
-    return domains, filters
+    bindings = {line.split()[0] for line in virsh("nwfilter-binding-list").stdout.splitlines()
+                if line.split() and line.split()[0].startswith("rds-")}
+    taps = {line.split(":")[1].strip() for line in subprocess.run(
+        ["ip", "-o", "link", "show", "type", "tun"], capture_output=True, text=True,
+        timeout=10).stdout.splitlines() if line.split(":")[1].strip().startswith("rds-")}
+    return domains, filters, bindings, taps
 
 
 def test_v1_needs_credentials(api):
@@ -58,13 +66,13 @@ def test_unknown_vm_is_404(api, path):
 
 def test_failure_half_way_leaves_nothing(services, monkeypatch):
     """A restore that fails after the domain runs falls back to a boot, which times out:
-    both attempts are unwound."""
+    both attempts are unwound (domain, binding, tap, filter, files)."""
     impatient = create_app({"TESTING": True, "API_KEY": API_KEY, "BOOT_TIMEOUT_S": 0.5})
 
-    def agent_down(*_args, **_kwargs):
-        raise HypervisorError("injected: the guest agent does not answer")
+    def guest_silent(*_args, **_kwargs):
+        raise HypervisorError("injected: the guest does not take its identity")
 
-    monkeypatch.setattr(impatient.extensions["rds"].hypervisor, "guest_agent_exec", agent_down)
+    monkeypatch.setattr("app.virt.identity.send_identity", guest_silent)
     before = _rds_state()
     dirs_before = set(services.settings.vms_dir.iterdir())
     response = impatient.test_client().post("/v1/vms", json=SEED_BODY, headers=HEADERS)
@@ -100,9 +108,10 @@ def test_vm_undefined_by_hand_is_gone_not_a_crash(api, vm, services):
     listed = api.request("GET", "/v1/vms")
     assert listed.status_code == 200 and vm["id"] not in [v["id"] for v in listed.json]
     assert api.request("DELETE", f"/v1/vms/{vm['id']}").status_code == 404
-    # Its filter and disk are orphans now; the start-up sweep removes them.
+    # Its filter, binding, tap and disk are orphans now; the start-up sweep removes them.
     assert services.vms.remove_orphans() == []  # too fresh: might be a create in flight
     removed = services.vms.remove_orphans(min_age_s=0)
-    assert f"nwfilter {vm['name']}" in removed
+    for item in ("nwfilter", "nwfilter binding", "tap"):
+        assert f"{item} {vm['name']}" in removed
     assert not (services.settings.vms_dir / vm["name"]).exists()
-    assert vm["name"] not in _rds_state()[1]
+    assert all(vm["name"] not in names for names in _rds_state())

@@ -4,6 +4,8 @@ One VM walks the whole life cycle, in file order; each step checks libvirt's vie
 """
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from tests.integration.conftest import SEED_BODY, guest_sh, virsh
@@ -30,15 +32,26 @@ def test_create_returns_running_vm_that_runs_commands(vm, services):
     assert guest_sh(services, vm["id"], "id -u; id -g").split() == ["1000", "1000"]
 
 
-def test_domain_is_readable_for_operators(vm):
+def test_domain_is_readable_for_operators(vm, services):
     name = vm["name"]
     assert name == "rds-" + vm["id"].split("-")[0]
     listing = virsh("list", "--all", "--title").stdout
     assert name in listing and vm["guestIp"] in listing
     dumped = virsh("dumpxml", name).stdout
     assert "https://run-dat-sheesh.dev/xmlns/vm/1" in dumped
-    assert f"<filterref filter=\"{name}\"" in dumped or f"<filterref filter='{name}'" in dumped
+    # The NIC is the VM's own tap, named after it, filtered by its own filter, on the bridge.
+    assert f"<target dev='{name}' managed='no'/>" in dumped
     assert virsh("nwfilter-dumpxml", name).returncode == 0
+    assert_port_connected(name, services.settings.network_bridge)
+
+
+def assert_port_connected(name: str, bridge: str) -> None:
+    bindings = virsh("nwfilter-binding-list").stdout
+    assert any(line.split() == [name, name] for line in bindings.splitlines()), bindings
+    link = subprocess.run(["ip", "-o", "link", "show", "dev", name], capture_output=True,
+                          text=True, timeout=10).stdout
+    flags = link.split("<", 1)[1].split(">", 1)[0].split(",")
+    assert f"master {bridge} " in link and "UP" in flags, link
 
 
 def test_get_and_list(api, vm):
@@ -64,6 +77,8 @@ def test_stop_then_start_keeps_workspace(api, vm, services):
     assert api.request("POST", f"/v1/vms/{vm['id']}/start").status_code == 204
     assert api.request("GET", f"/v1/vms/{vm['id']}").json["state"] == "RUNNING"
     assert guest_sh(services, vm["id"], "cat /workspace/marker.txt").strip() == "survived"
+    # The tap and its filter outlive the stop.
+    assert_port_connected(vm["name"], services.settings.network_bridge)
     assert api.request("POST", f"/v1/vms/{vm['id']}/start").status_code == 409
 
 
@@ -83,6 +98,9 @@ def test_delete_leaves_nothing_behind(api, vm, services):
     assert api.request("DELETE", f"/v1/vms/{vm['id']}").status_code == 204
     assert vm["name"] not in virsh("list", "--all", "--name").stdout
     assert vm["name"] not in virsh("nwfilter-list").stdout
+    assert vm["name"] not in virsh("nwfilter-binding-list").stdout
+    assert subprocess.run(["ip", "link", "show", "dev", vm["name"]], capture_output=True,
+                          timeout=10).returncode != 0
     assert not overlay.exists() and not overlay.parent.exists()
     assert api.request("GET", f"/v1/vms/{vm['id']}").status_code == 404
     assert api.request("DELETE", f"/v1/vms/{vm['id']}").status_code == 404

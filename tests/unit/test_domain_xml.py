@@ -10,7 +10,7 @@ import pytest
 from app.config import REPO_ROOT
 from app.models import VmPhase, VmRecord
 from app.virt.domain_xml import (METADATA_NS, BootFiles, DomainParams, build_domain_xml,
-                                 metadata_xml, parse_metadata)
+                                 metadata_xml, parse_metadata, port_name)
 
 XML_DIR = Path(__file__).parent / "data" / "xml"
 TEMPLATE = REPO_ROOT / "vm-templates" / "default" / "domain.xml"
@@ -32,8 +32,8 @@ def params(accelerator: str) -> DomainParams:
         accelerator=accelerator,
         boot=BootFiles(kernel=f"{build}/vmlinuz", initrd=f"{build}/initrd.img",
                        cmdline="console=ttyS0 root=/dev/vda rw rds.ip=172.16.0.2"),
-        overlay_path=f"{VM_DIR}/disk.qcow2", network_name="rds-net", filter_name=RECORD.name,
-        gateway_ip="172.16.0.1", console_log=f"{VM_DIR}/console.log",
+        overlay_path=f"{VM_DIR}/disk.qcow2", port=RECORD.name,
+        console_log=f"{VM_DIR}/console.log", identity_socket=f"{VM_DIR}/identity.sock",
         fwcfg_files=(("ssh_host_ed25519_key", f"{VM_DIR}/ssh_host_ed25519_key"),
                      ("authorized_keys", f"{VM_DIR}/authorized_keys")))
 
@@ -53,7 +53,8 @@ def test_real_template_builds():
     assert root.find("devices/disk/source").get("file") == f"{VM_DIR}/disk.qcow2"
     nic = root.find("devices/interface")
     assert nic.find("mac").get("address") == RECORD.mac
-    assert nic.find("filterref").get("filter") == RECORD.name
+    assert nic.get("type") == "ethernet" and nic.find("filterref") is None
+    assert nic.find("target").attrib == {"dev": RECORD.name, "managed": "no"}
 
 
 def test_building_twice_changes_nothing():
@@ -113,3 +114,11 @@ def test_snapshot_id_is_written_only_when_set():
     assert "snapshotId" not in metadata_xml(RECORD)
     record = dataclasses.replace(RECORD, snapshot_id="5a1e0c2d-7b3f-4e6a-9c8d-0f1e2d3c4b5a")
     assert ET.fromstring(metadata_xml(record)).findtext("snapshotId") == record.snapshot_id
+
+
+def test_port_name_is_the_domain_name_or_a_digest_that_fits():
+    assert port_name("rds-0b5c1a3e") == "rds-0b5c1a3e"
+    long = port_name("rds-seed-default-1c-256m-872dc9e9ac")
+    assert long.startswith("rds-") and len(long) == 15
+    assert long == port_name("rds-seed-default-1c-256m-872dc9e9ac")
+    assert long != port_name("rds-seed-default-1c-512m-872dc9e9ac")

@@ -8,7 +8,7 @@ import pytest
 
 from app.virt.egress import egress_entries, restore_script
 from app.virt.network_xml import build_network_xml
-from app.virt.nwfilter_xml import build_filter_xml, build_sealed_filter_xml
+from app.virt.nwfilter_xml import build_binding_xml, build_filter_xml
 
 NAME = "rds-0b5c1a3e"
 UUID = "0b5c1a3e-2f4d-4c6b-9a8e-1d2c3b4a5f60"
@@ -30,20 +30,35 @@ def test_golden(golden):
     golden("xml/nwfilter-vm-out.xml", build())
 
 
-def test_sealed_golden(golden):
-    golden("xml/nwfilter-sealed-out.xml", build_sealed_filter_xml(NAME, UUID))
-
-
-def test_sealed_filter_only_drops():
-    assert [(a, d) for a, d, _p, _attrs in rules(build_sealed_filter_xml(NAME, UUID))] == [
-        ("drop", "inout")]
-
-
-def test_filter_names_the_vm_and_keeps_clean_traffic():
+def test_filter_names_the_vm_and_ends_with_drop_all():
     root = ET.fromstring(build())
     assert root.get("name") == NAME and root.findtext("uuid") == UUID
-    assert root.find("filterref").get("filter") == "clean-traffic"
     assert rules(build())[-1] == ("drop", "inout", 1000, {})
+
+
+def test_anti_spoofing_comes_first_and_drops_every_other_ethertype():
+    """The clean-traffic checks, written out: own MAC, IPv4 source and ARP sender; then only
+    IPv4 and ARP pass, both ways."""
+    layer2 = [(a, d, attrs) for a, d, prio, attrs in rules(build()) if prio < 0]
+    assert layer2[:4] == [("drop", "out", {"match": "no", "srcmacaddr": "$MAC"}),
+                          ("drop", "out", {"match": "no", "srcipaddr": "$IP"}),
+                          ("drop", "out", {"match": "no", "arpsrcmacaddr": "$MAC"}),
+                          ("drop", "out", {"match": "no", "arpsrcipaddr": "$IP"})]
+    assert layer2[4:] == [("accept", "inout", {}), ("accept", "inout", {}),
+                          ("drop", "inout", {})]
+    elements = [rule[0].tag for rule in ET.fromstring(build()).iter("rule")][:7]
+    assert elements == ["mac", "ip", "arp", "arp", "ip", "arp", "mac"]
+
+
+def test_binding_applies_the_vm_filter_to_its_port():
+    root = ET.fromstring(build_binding_xml(NAME, "52:54:00:10:00:05", NAME, NAME, UUID,
+                                           {"IP": "172.16.0.5", "GATEWAY": GATEWAY}))
+    assert root.find("portdev").get("name") == NAME
+    assert root.find("mac").get("address") == "52:54:00:10:00:05"
+    assert root.findtext("owner/name") == NAME and root.findtext("owner/uuid") == UUID
+    assert root.find("filterref").get("filter") == NAME
+    assert {p.get("name"): p.get("value") for p in root.iter("parameter")} == {
+        "IP": "172.16.0.5", "GATEWAY": GATEWAY}
 
 
 def test_manager_ssh_is_always_let_through():

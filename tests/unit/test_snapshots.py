@@ -40,6 +40,7 @@ class FakeHypervisor:
         self.thaw_error: Exception | None = None
         self.agent_error: Exception | None = None
         self.agent_exit = 0
+        self.bindings: set[str] = set()
 
     def emulator_version(self) -> str:
         return "7.2.0"
@@ -89,6 +90,20 @@ class FakeHypervisor:
     def undefine_filter(self, name: str) -> None:
         self.calls.append("undefine filter")
 
+    def list_filter_names(self) -> list[str]:
+        return []
+
+    def create_filter_binding(self, xml: str) -> None:
+        self.calls.append("bind filter")
+        self.bindings.add(ET.fromstring(xml).find("portdev").get("name"))
+
+    def delete_filter_binding(self, port: str) -> None:
+        self.calls.append("unbind filter")
+        self.bindings.discard(port)
+
+    def filter_binding_ports(self) -> list[str]:
+        return sorted(self.bindings)
+
     def destroy_domain(self, uuid: str) -> None:
         self.calls.append("destroy")
 
@@ -124,6 +139,31 @@ class FakeIpSets:
 
     def vm_names(self) -> set[str]:
         return set()
+
+
+class FakeTaps:
+    """Stands in for app.virt.taps.Taps: the taps are names in a set."""
+
+    def __init__(self) -> None:
+        self.ports: set[str] = set()
+        self.attached: set[str] = set()
+
+    def create(self, port: str, _mac: str) -> None:
+        self.ports.add(port)
+
+    def attach(self, port: str, _bridge: str) -> None:
+        assert port in self.ports
+        self.attached.add(port)
+
+    def exists(self, port: str) -> bool:
+        return port in self.ports
+
+    def delete(self, port: str) -> None:
+        self.ports.discard(port)
+        self.attached.discard(port)
+
+    def names(self) -> set[str]:
+        return set(self.ports)
 
 
 class FakeDisks:
@@ -177,6 +217,7 @@ class World:
         self.vms = VmService(self.settings, self.hypervisor, self.templates, "qemu",
                              snapshots=self.store)
         self.vms.ipsets = FakeIpSets()  # never the host's kernel ipsets in a unit test
+        self.vms.taps = FakeTaps()  # nor its network devices
         self.snapshots = SnapshotService(self.settings, self.hypervisor, self.templates,
                                          self.vms, self.store)
 
