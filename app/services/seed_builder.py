@@ -19,12 +19,11 @@ from app.errors import GuestUnreachable, HypervisorError
 from app.models import Template, VmRecord, VmRole
 from app.services.seeds import Seed, SeedStore
 from app.services.templates import ImageBuild, TemplateCatalog, default_disk_size_mb
-from app.services.vms import (AGENT_TIMEOUT_S, RESTORE_TIMEOUT_S, VmService, now_iso,
-                              quietly)
+from app.services.undo import quietly
+from app.services.vms import AGENT_TIMEOUT_S, RESTORE_TIMEOUT_S, VmService, now_iso
 from app.sshkeys import generate_keypair
 from app.virt import disks, save_image
 from app.virt.connection import Hypervisor
-from app.virt.domain_xml import port_name
 
 log = logging.getLogger(__name__)
 SETTLE = "/usr/local/lib/rds/settle"  # in the guest image: prepares an idle guest to be saved
@@ -82,9 +81,10 @@ class SeedBuilder:
             self.hypervisor.define_domain(
                 self.vms.domain_xml(record, template.domain_xml, build, staging))
             undo.callback(quietly, self.hypervisor.undefine_domain, record.id)
-            # After the domain: the orphan sweep keeps taps whose domain exists.
-            self.vms.taps.create(port_name(name), record.mac)
-            undo.callback(quietly, self.vms.taps.delete, port_name(name))
+            # After the domain (the orphan sweep keeps the ports of existing domains); never
+            # connected: the seed's tap stays down and off the bridge.
+            self.vms.ports.create(record)
+            undo.callback(quietly, self.vms.ports.remove, name)
             self.hypervisor.start_domain(record.id)
             undo.callback(quietly, self.hypervisor.destroy_domain, record.id)
             self._wait_idle(record)
@@ -118,7 +118,7 @@ class SeedBuilder:
                 log.warning("removing stale domain %s", name)
                 quietly(self.hypervisor.destroy_domain, info.uuid)
                 quietly(self.hypervisor.undefine_domain, info.uuid)
-                self.vms.taps.delete(port_name(name))
+                self.vms.ports.remove(name)
                 self.hypervisor.undefine_filter(name)  # made by earlier versions
 
     def prune(self) -> list[str]:

@@ -28,9 +28,11 @@ from app.guestssh import GuestSSH, SshTimeouts, load_private_key
 from app.models import (ProvisionMode, Template, Vm, VmPhase, VmRecord, VmRole, VmSpec,
                         VmState)
 from app.services.addresses import allocation_lock, mac_for, pick_address
+from app.services.ports import VmPorts
 from app.services.seeds import Seed, SeedStore
 from app.services.snapshots import SnapshotStore
 from app.services.templates import ImageBuild, TemplateCatalog, default_disk_size_mb
+from app.services.undo import quietly
 from app.sshkeys import KeyPair, generate_keypair, manager_keypair, write_private
 from app.virt import disks, identity, save_image
 from app.virt.connection import DomainInfo, Hypervisor
@@ -38,8 +40,7 @@ from app.virt.domain_xml import (METADATA_NS, METADATA_PREFIX, BootFiles, Domain
                                  build_domain_xml, metadata_xml, parse_metadata, port_name,
                                  vm_title)
 from app.virt.ipsets import IpSets
-from app.virt.nwfilter_xml import build_binding_xml, build_filter_xml
-from app.virt.taps import Taps
+from app.virt.nwfilter_xml import build_filter_xml
 
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT = 60.0
@@ -84,7 +85,7 @@ class VmService:
         self.seeds = SeedStore(settings.seeds_dir, domain_type,
                                lambda: hypervisor.emulator_version())
         self.ipsets = IpSets()
-        self.taps = Taps()
+        self.ports = VmPorts(settings, hypervisor)
         self.snapshots = snapshots
         self._manager_key: KeyPair | None = None
         self._guests: dict[str, GuestSSH] = {}
@@ -190,12 +191,11 @@ class VmService:
                                           role=role)
             log.info("vm defined vm=%s name=%s ip=%s accel=%s mode=%s", record.id, record.name,
                      record.guest_ip, self.domain_type, record.provision_mode)
-            undo.callback(quietly, self.hypervisor.delete_filter_binding,
-                          port_name(record.name))
+            undo.callback(quietly, self.ports.disconnect, record.name)
             # The port is filtered and plugged in while the guest starts, and the restored
             # guest's clock set while the manager connects: both finish before it is handed out.
             with self._alongside(f"connecting the network port of {record.name}",
-                                 self._connect_port, record):
+                                 self.ports.connect, record):
                 if seed is None:
                     self.hypervisor.start_domain(record.id)
                     undo.callback(quietly, self.hypervisor.destroy_domain, record.id)
@@ -224,14 +224,6 @@ class VmService:
             if not done:
                 raise HypervisorError(f"{what} did not finish in time")
         future.result()
-
-    def _connect_port(self, record: VmRecord) -> None:
-        """Instantiate the VM's filter on its tap, then plug the tap into the bridge."""
-        port = port_name(record.name)
-        self.hypervisor.create_filter_binding(build_binding_xml(
-            port, record.mac, record.name, record.name, record.id,
-            {"IP": record.guest_ip, "GATEWAY": str(self.settings.gateway_ip)}))
-        self.taps.attach(port, self.settings.network_bridge)
 
     def _restore(self, record: VmRecord, xml: str, seed: Seed,
                  undo: contextlib.ExitStack) -> None:
@@ -328,8 +320,8 @@ class VmService:
             undo.callback(quietly, self.ipsets.destroy, name)
             self.hypervisor.define_filter(self._filter_xml(record))
             undo.callback(quietly, self.hypervisor.undefine_filter, name)
-            self.taps.create(port_name(name), record.mac)  # filtered and plugged in by _create
-            undo.callback(quietly, self.taps.delete, port_name(name))
+            self.ports.create(record)  # filtered and plugged in by _create
+            undo.callback(quietly, self.ports.remove, name)
             xml = self.domain_xml(record, template.domain_xml if seed is None else
                                    save_image.read_header(seed.state).xml, build, vm_dir,
                                    genid=str(uuid.uuid4()) if seed else "")
@@ -488,7 +480,7 @@ class VmService:
                                   f"started")
         record = self._set_phase(record, VmPhase.STARTING)
         self._apply_policy(record)  # the sets are kernel state: gone after a host reboot
-        self._ensure_port(record)  # so is the tap, and libvirt's bindings live under /run
+        self.ports.ensure(record)  # so is the tap, and libvirt's bindings live under /run
         self.hypervisor.start_domain(vm_id)
         try:
             self._wait_ready(record)
@@ -497,17 +489,6 @@ class VmService:
             raise
         self._set_phase(record, VmPhase.READY)
         log.info("vm started vm=%s", vm_id)
-
-    def _ensure_port(self, record: VmRecord) -> None:
-        """Re-create the VM's tap and filter binding if they are gone (a host reboot), and
-        plug the tap in again (a re-created bridge has lost it)."""
-        port = port_name(record.name)
-        if not self.taps.exists(port):
-            self.taps.create(port, record.mac)
-        if port in self.hypervisor.filter_binding_ports():
-            self.taps.attach(port, self.settings.network_bridge)
-        else:
-            self._connect_port(record)
 
     def delete(self, vm_id: str) -> None:
         """Remove domain, filter, disk and address.
@@ -525,8 +506,7 @@ class VmService:
             self.hypervisor.undefine_domain(record.id)
         except VmNotFound:
             pass  # undefined by someone else meanwhile: the goal is reached
-        self.hypervisor.delete_filter_binding(port_name(record.name))
-        self.taps.delete(port_name(record.name))
+        self.ports.remove(record.name)
         self.hypervisor.undefine_filter(record.name)
         quietly(self.ipsets.destroy, record.name)
         shutil.rmtree(self.settings.vms_dir / record.name, ignore_errors=True)
@@ -628,16 +608,8 @@ class VmService:
                     continue
                 shutil.rmtree(vm_dir, ignore_errors=True)
                 removed.append(f"files {vm_dir}")
-        # Bindings first: libvirt keeps a filter, and the kernel an ipset, that rules still use.
-        ports = {port_name(name) for name in names | fresh}
-        for port in self.hypervisor.filter_binding_ports():
-            if port not in ports:
-                quietly(self.hypervisor.delete_filter_binding, port)
-                removed.append(f"nwfilter binding {port}")
-        for port in self.taps.names():
-            if port not in ports:
-                quietly(self.taps.delete, port)
-                removed.append(f"tap {port}")
+        # Ports first: libvirt keeps a filter, and the kernel an ipset, that rules still use.
+        removed += self.ports.sweep(names | fresh)
         for filter_name in self.hypervisor.list_filter_names():
             if filter_name not in names and filter_name not in fresh:
                 quietly(self.hypervisor.undefine_filter, filter_name)
@@ -656,16 +628,6 @@ class VmService:
         for record, _info in records:
             self._remove(record)
         return len(records)
-
-
-def quietly(action: t.Callable[..., t.Any], *args: t.Any) -> None:
-    """Run an undo step; log instead of raising so the other undo steps still run."""
-    try:
-        action(*args)
-    except AppError as exc:
-        log.warning("cleanup step failed step=%s error=%s", action.__name__, exc.message)
-    except Exception:  # noqa: BLE001 - cleanup must continue whatever happened
-        log.exception("cleanup step failed step=%s", action.__name__)
 
 
 def now_iso() -> str:

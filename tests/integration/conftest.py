@@ -88,7 +88,7 @@ def api(app, services):
                                              services.hypervisor.list_domains()}
     assert not sets, f"the suite left ipsets behind: {sets}"
     ports = {port_name(info.name) for info in services.hypervisor.list_domains()}
-    taps = services.vms.taps.names() - ports
+    taps = services.vms.ports.taps.names() - ports
     assert not taps, f"the suite left taps behind: {taps}"
     bindings = set(services.hypervisor.filter_binding_ports()) - ports
     assert not bindings, f"the suite left nwfilter bindings behind: {bindings}"

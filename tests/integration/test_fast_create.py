@@ -48,6 +48,11 @@ def test_concurrent_restores_get_their_own_identity(api):
             assert seen[0][key] != seen[1][key], key
         keys = {_host_key(vm["name"]) for vm in vms}
         assert len(keys) == 2  # and SSH (which pins each key) reached both guests above
+        # The identity helper is gone (nothing listens on its port any more) and sshd's
+        # config is a plain file again (it was a fifo in the seed).
+        leftovers = exec_ok(api, vms[0]["id"], "pgrep -f 'lib/rds/reidentif[y]' || echo none; "
+                                               "test -p /etc/ssh/sshd_config || echo plain")
+        assert leftovers["stdout"].split() == ["none", "plain"]
     finally:
         for vm in vms:
             api.delete_vm(vm["id"])

@@ -217,7 +217,7 @@ class World:
         self.vms = VmService(self.settings, self.hypervisor, self.templates, "qemu",
                              snapshots=self.store)
         self.vms.ipsets = FakeIpSets()  # never the host's kernel ipsets in a unit test
-        self.vms.taps = FakeTaps()  # nor its network devices
+        self.vms.ports.taps = FakeTaps()  # nor its network devices
         self.snapshots = SnapshotService(self.settings, self.hypervisor, self.templates,
                                          self.vms, self.store)
 
