@@ -15,6 +15,7 @@ import logging
 import re
 import shlex
 import uuid
+from pathlib import Path
 
 from app.config import Settings
 from app.errors import AppError, GuestUnreachable, InvalidRequest
@@ -26,6 +27,7 @@ from app.services.workspace import GUEST_HELPERS as HELPERS, workspace_path
 log = logging.getLogger(__name__)
 
 RUNNER = f"{HELPERS}/runner.mjs"
+TOKEN_VARIABLE = "RDS_TOKEN"  # run-ts: the runner reads the run's token from it, then deletes it
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV = {"RDS_EXEC_ID"}
 NOT_STARTED_CODES = {210, 211}
@@ -103,12 +105,19 @@ class CommandService:
         env_map = self._env_list(env)
         permissions = ["--allow-read=/workspace,/tmp,/var/tmp",
                        "--allow-write=/workspace,/tmp,/var/tmp"]
-        if env_map:
-            permissions.append("--allow-env=" + ",".join(env_map))
+        permissions.append("--allow-env=" + ",".join([TOKEN_VARIABLE, *env_map]))
         if self._egress_allowed(vm_id):
             permissions.append("--allow-net")
-        runtime = ["deno", "run", "--quiet", "--no-prompt", *permissions, *flags]
-        return self._run_script(vm_id, "ts", runtime, code, path, args, env_map, timeout_ms)
+        runtime = ["deno", "run", "--quiet", "--no-prompt", *permissions, *flags, "--ext=ts", "-"]
+        if (code is None) == (path is None):
+            raise InvalidRequest("give exactly one of 'code' or 'path'")
+        timeout = self._timeout_s(timeout_ms)
+        token = uuid.uuid4().hex
+        program = deno_program(code, workspace_path(path, "path") if path is not None else None)
+        script = f"exec {shlex.join(runtime)} {shlex.join(args)}".rstrip()
+        pairs = [f"{k}={v}" for k, v in {**env_map, TOKEN_VARIABLE: token}.items()]
+        run = self._run(vm_id, script, "/workspace", pairs, timeout, stdin=program.encode())
+        return split_outcome(run.command, b"\x1e" + token.encode())
 
     def run_js(self, vm_id: str, code: str | None, path: str | None, args: list[str],
                env: list[str], flags: list[str], timeout_ms: int | None) -> RunResult:
@@ -211,6 +220,37 @@ class CommandService:
                                  f"by the service)")
 
 
+def deno_program(code: str | None, path: str | None) -> str:
+    """The main module run-ts sends to ``deno run -``: the runner first (an import, evaluated
+    before anything of the caller's; it takes the run's token from :data:`TOKEN_VARIABLE`),
+    then the caller's code on the same line, so its line numbers stay as written, or an import
+    of ``path``. The same code always makes the same program, so Deno's caches stay warm.
+
+    A leading ``#!`` line stays first (a shebang is only valid there).
+    """
+    prelude = f'import "file://{RUNNER}"; '
+    if path is not None:
+        return prelude + f"await import({json.dumps(Path(path).as_uri())});\n"
+    source = (code or "").removeprefix("\ufeff")
+    if source.startswith("#!"):
+        shebang, _, rest = source.partition("\n")
+        return f"{shebang}\n{prelude}{rest}"
+    return prelude + source
+
+
+def _load_error(command: CommandResult) -> dict:
+    """No outcome: the runtime stopped before the runner ran, e.g. Deno could not parse the
+    caller's code ("error: SyntaxError: ..."). That first line becomes ``error``."""
+    if command.timed_out or command.exit_code in (0, -1) or not command.stderr.startswith(
+            b"error: "):
+        return {}
+    first = command.stderr.split(b"\n", 1)[0].decode(errors="replace").removeprefix("error: ")
+    name, sep, message = first.partition(": ")
+    if not sep or not name.isidentifier():
+        name, message = "Error", first
+    return {"error": {"name": name, "message": message, "stack": ""}}
+
+
 def split_outcome(command: CommandResult, token: bytes) -> RunResult:
     """Take the runner's outcome (after the last ``token`` on stderr) off the visible stderr.
 
@@ -220,7 +260,7 @@ def split_outcome(command: CommandResult, token: bytes) -> RunResult:
     stderr, tail = command.stderr, command.stderr_tail or command.stderr
     at = tail.rfind(token)
     if at < 0:
-        return RunResult(command=command, outcome={})
+        return RunResult(command=command, outcome=_load_error(command))
     text = tail[at + len(token):].decode(errors="replace").strip()
     head_at = stderr.rfind(token)
     if head_at >= 0:

@@ -28,15 +28,18 @@ def test_seed_example_result_error(api, shared_vm):
     body = _run(api, shared_vm, code='result.error(new TypeError("nope"))')
     assert body["exitCode"] != 0
     assert body["error"]["name"] == "TypeError" and body["error"]["message"] == "nope"
-    assert "main.ts" in body["error"]["stack"]
+    # The caller's code is Deno's main module, read from stdin; its line numbers are kept.
+    assert "$deno$stdin.ts:1:" in body["error"]["stack"]
 
 
 def test_env_is_set_and_only_passed_keys_are_readable(api, shared_vm):
     code = ("const other = (() => { try { return Deno.env.get('HOME'); } "
             "catch (e) { return e.name; } })();\n"
-            "result.set({greeting: Deno.env.get('GREETING'), other})")
+            "result.set({greeting: Deno.env.get('GREETING'), other, "
+            "token: Deno.env.get('RDS_TOKEN') ?? null})")
     body = _run(api, shared_vm, code=code, env=["GREETING=hi there"])
-    assert body["result"] == {"greeting": "hi there", "other": "NotCapable"}
+    # The runner's own variable is gone before the caller's code runs.
+    assert body["result"] == {"greeting": "hi there", "other": "NotCapable", "token": None}
 
 
 def test_plain_object_error_passes_through(api, shared_vm):
@@ -48,6 +51,19 @@ def test_uncaught_throw_fills_error(api, shared_vm):
     body = _run(api, shared_vm, code="console.log('before');\nthrow new RangeError('boom')")
     assert body["exitCode"] != 0 and body["stdout"] == "before\n"
     assert body["error"]["name"] == "RangeError" and body["error"]["message"] == "boom"
+    assert "$deno$stdin.ts:2:" in body["error"]["stack"]
+
+
+def test_code_imports_workspace_modules_relatively(api, shared_vm):
+    exec_ok(api, shared_vm["id"], "mkdir -p lib && echo 'export const two = 2;' > lib/two.ts")
+    body = _run(api, shared_vm, code="import { two } from './lib/two.ts';\nresult.set(two * 21)")
+    assert body["exitCode"] == 0 and body["result"] == 42
+
+
+def test_syntax_error_is_reported_not_a_crash(api, shared_vm):
+    body = _run(api, shared_vm, code="const = ;")
+    assert body["exitCode"] != 0 and "SyntaxError" in body["stderr"]
+    assert body["error"]["name"] == "SyntaxError" and "Unexpected token" in body["error"]["message"]
 
 
 def test_unhandled_rejection_fills_error(api, shared_vm):

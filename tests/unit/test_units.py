@@ -134,3 +134,29 @@ def test_vm_state(domain_state, phase, expected):
 ])
 def test_summarise(messages, expected):
     assert _summarise(messages) == expected
+
+
+def test_deno_program_runs_the_runner_first_and_keeps_line_numbers():
+    from app.services.commands import RUNNER, deno_program
+    program = deno_program("console.log(1)\nthrow new Error('x')", None)
+    first, second = program.split("\n")
+    assert first == f'import "file://{RUNNER}"; console.log(1)'
+    assert second == "throw new Error('x')"
+    shebang = deno_program("#!/usr/bin/env -S deno run\nconsole.log(1)", None)
+    assert shebang.split("\n")[:2] == ["#!/usr/bin/env -S deno run",
+                                       f'import "file://{RUNNER}"; console.log(1)']
+    path = deno_program(None, "/workspace/my dir/a.ts")
+    assert path.endswith('await import("file:///workspace/my%20dir/a.ts");\n')
+
+
+def test_a_load_error_becomes_the_error_when_the_runner_never_ran():
+    from app.models import CommandResult
+    from app.services.commands import split_outcome
+    failed = CommandResult(exit_code=1, stdout=b"", stderr=b"error: SyntaxError: Unexpected token\n"
+                           b"  at file:///workspace/$deno$stdin.ts:1:9\n", timed_out=False,
+                           duration_ms=5)
+    assert split_outcome(failed, b"\x1etok").outcome == {
+        "error": {"name": "SyntaxError", "message": "Unexpected token", "stack": ""}}
+    killed = CommandResult(exit_code=-1, stdout=b"", stderr=b"error: x\n", timed_out=True,
+                           duration_ms=5)
+    assert split_outcome(killed, b"\x1etok").outcome == {}

@@ -1,6 +1,16 @@
 // run-dat-sheesh code runner, shared by run-ts (Deno) and run-js (Node.js).
 //
-// The manager runs it as the main module (`deno run ... runner.mjs ARGS` / `node runner.mjs
+// run-ts: the manager sends the caller's program to `deno run --ext=ts - ARGS` on stdin, as
+// Deno's main module, whose first statement imports this file
+// (`import "file:///usr/local/lib/rds/runner.mjs";`). Imports are evaluated first and in order,
+// so `result` and the handlers below exist before any of the caller's code (or modules it
+// imports) runs; a throw at the top level arrives as an unhandled rejection. The run's token
+// comes in the environment variable RDS_TOKEN, which is deleted at once (the program's text
+// stays the same from run to run, so Deno's compile caches stay warm). No code file, no
+// dynamic import: as fast as a plain `deno run`. A workspace file (`path`) is imported
+// dynamically by that program.
+//
+// run-js: the manager runs it as the main module (`deno run ... runner.mjs ARGS` / `node runner.mjs
 // ARGS`, so the caller's ARGS are Deno.args / process.argv.slice(2)) and writes to its stdin
 // one JSON header line {"token", "ext", "path", "file"} followed by the caller's code. The
 // runner defines the global `result`, writes the code to `file` (the manager names it
@@ -15,6 +25,12 @@ const outcome = {};
 let finished = false;
 let header = { token: "", ext: "mjs", path: null };
 let codeFile = null;
+// The run's token when imported by a run-ts program (see the top of this file).
+let preludeToken = "";
+if (isDeno && !import.meta.main) {
+  preludeToken = Deno.env.get("RDS_TOKEN") ?? "";
+  Deno.env.delete("RDS_TOKEN");
+}
 
 function jsonSafe(value) {
   const ancestors = [];
@@ -147,41 +163,45 @@ if (isDeno) {
   process.on("exit", finish);
 }
 
-const input = await io.readStdin();
-const newline = input.indexOf(10);
-header = JSON.parse(new TextDecoder().decode(input.subarray(0, newline)));
-const code = input.subarray(newline + 1);
-
-// The code file is named after its content, so running the same code again finds Deno's
-// compile cache warm. It is written atomically (temp name + rename) and removed at exit; a
-// concurrent run of the same code that finds it removed before its import writes it again.
-async function writeCodeFile() {
-  const path = header.file ?? `/tmp/rds-code-${await io.sha256Hex(code)}-main.${header.ext}`;
-  const temp = `${path}.${header.token}`;
-  io.writeFile(temp, code);
-  io.rename(temp, path);
-  return path;
-}
-
-let entry;
-if (header.path) {
-  entry = new URL("file://" + header.path).href;
+if (preludeToken) {
+  header.token = preludeToken;
 } else {
-  codeFile = await writeCodeFile();
-  entry = new URL("file://" + codeFile).href;
-}
+  const input = await io.readStdin();
+  const newline = input.indexOf(10);
+  header = JSON.parse(new TextDecoder().decode(input.subarray(0, newline)));
+  const code = input.subarray(newline + 1);
 
-for (let attempt = 1; ; attempt++) {
-  try {
-    await import(entry);
-    break;
-  } catch (err) {
-    const vanished = codeFile && attempt < 3 && String(err?.message ?? "").includes(codeFile) &&
-      !io.exists(codeFile);
-    if (!vanished) {
-      fail(err);
-      break;
-    }
+  // The code file is named after its content, so running the same code again finds Deno's
+  // compile cache warm. It is written atomically (temp name + rename) and removed at exit; a
+  // concurrent run of the same code that finds it removed before its import writes it again.
+  async function writeCodeFile() {
+    const path = header.file ?? `/tmp/rds-code-${await io.sha256Hex(code)}-main.${header.ext}`;
+    const temp = `${path}.${header.token}`;
+    io.writeFile(temp, code);
+    io.rename(temp, path);
+    return path;
+  }
+
+  let entry;
+  if (header.path) {
+    entry = new URL("file://" + header.path).href;
+  } else {
     codeFile = await writeCodeFile();
+    entry = new URL("file://" + codeFile).href;
+  }
+
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await import(entry);
+      break;
+    } catch (err) {
+      const vanished = codeFile && attempt < 3 && String(err?.message ?? "").includes(codeFile) &&
+        !io.exists(codeFile);
+      if (!vanished) {
+        fail(err);
+        break;
+      }
+      codeFile = await writeCodeFile();
+    }
   }
 }
