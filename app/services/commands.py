@@ -109,45 +109,47 @@ class CommandService:
         if self._egress_allowed(vm_id):
             permissions.append("--allow-net")
         runtime = ["deno", "run", "--quiet", "--no-prompt", *permissions, *flags, "--ext=ts", "-"]
-        if (code is None) == (path is None):
-            raise InvalidRequest("give exactly one of 'code' or 'path'")
-        timeout = self._timeout_s(timeout_ms)
+        workspace_file = self._code_or_path(code, path)
         token = uuid.uuid4().hex
-        program = deno_program(code, workspace_path(path, "path") if path is not None else None)
-        script = f"exec {shlex.join(runtime)} {shlex.join(args)}".rstrip()
-        pairs = [f"{k}={v}" for k, v in {**env_map, TOKEN_VARIABLE: token}.items()]
-        run = self._run(vm_id, script, "/workspace", pairs, timeout, stdin=program.encode())
-        return split_outcome(run.command, b"\x1e" + token.encode())
+        return self._run_script(vm_id, [*runtime, *args], {**env_map, TOKEN_VARIABLE: token},
+                                deno_program(code, workspace_file).encode(), token, timeout_ms)
 
     def run_js(self, vm_id: str, code: str | None, path: str | None, args: list[str],
                env: list[str], flags: list[str], timeout_ms: int | None) -> RunResult:
-        """Run JavaScript (ES module) with Node.js; same result/env/timeout contract."""
+        """Run JavaScript (ES module) with Node.js; same result/env/timeout contract.
+
+        ``runner.mjs`` is Node's main module (see guest/README.md): a JSON header line and the
+        code on stdin; it writes the code to a file named after its content and imports it.
+        """
         for flag in flags:
             self._check_flag(flag, NODE_FORBIDDEN, "nodeFlags")
         env_map = self._env_list(env)
-        runtime = ["node", *flags]
-        return self._run_script(vm_id, "mjs", runtime, code, path, args, env_map, timeout_ms)
-
-    def _run_script(self, vm_id: str, ext: str, runtime: list[str], code: str | None,
-                    path: str | None, args: list[str], env_map: dict[str, str],
-                    timeout_ms: int | None) -> RunResult:
-        """Run ``runner.mjs`` (see guest/README.md): a JSON header line and the code on stdin,
-        the outcome after a per-run token at the end of stderr."""
-        if (code is None) == (path is None):
-            raise InvalidRequest("give exactly one of 'code' or 'path'")
-        timeout = self._timeout_s(timeout_ms)
+        workspace_file = self._code_or_path(code, path)
         token = uuid.uuid4().hex
         source = (code or "").encode()
-        # Where runner.mjs puts the code: named after its content, so that Deno's caches are
-        # warm when the same code runs again; also removed here after a timeout.
-        code_file = f"/tmp/rds-code-{hashlib.sha256(source).hexdigest()}-main.{ext}"
-        header = {"token": token, "ext": ext, "file": code_file,
-                  "path": workspace_path(path, "path") if path is not None else None}
-        stdin = json.dumps(header).encode() + b"\n" + source
-        script = f"exec {shlex.join(runtime)} {RUNNER} {shlex.join(args)}".rstrip()
+        code_file = f"/tmp/rds-code-{hashlib.sha256(source).hexdigest()}-main.mjs"
+        header = {"token": token, "ext": "mjs", "file": code_file, "path": workspace_file}
+        return self._run_script(vm_id, ["node", *flags, RUNNER, *args], env_map,
+                                json.dumps(header).encode() + b"\n" + source, token, timeout_ms,
+                                after_timeout=f"rm -f {code_file} {code_file}.{token}")
+
+    def _code_or_path(self, code: str | None, path: str | None) -> str | None:
+        """:returns: the workspace file to run, or None for ``code``.
+
+        :raises InvalidRequest: not exactly one of them, or a path outside the workspace.
+        """
+        if (code is None) == (path is None):
+            raise InvalidRequest("give exactly one of 'code' or 'path'")
+        return workspace_path(path, "path") if path is not None else None
+
+    def _run_script(self, vm_id: str, argv: list[str], env_map: dict[str, str], stdin: bytes,
+                    token: str, timeout_ms: int | None, after_timeout: str = "") -> RunResult:
+        """Run a runtime whose runner reports the outcome after ``token`` at the end of
+        stderr (see guest/README.md)."""
+        timeout = self._timeout_s(timeout_ms)
         pairs = [f"{key}={value}" for key, value in env_map.items()]
-        run = self._run(vm_id, script, "/workspace", pairs, timeout, stdin=stdin,
-                        after_timeout=f"rm -f {code_file} {code_file}.{token}")
+        run = self._run(vm_id, "exec " + shlex.join(argv), "/workspace", pairs, timeout,
+                        stdin=stdin, after_timeout=after_timeout)
         return split_outcome(run.command, b"\x1e" + token.encode())
 
     # Plumbing ##############################################################################

@@ -52,13 +52,10 @@ class VmPorts:
         else:
             self.connect(record)
 
-    def disconnect(self, vm_name: str) -> None:
-        """Remove the binding (and with it the filter's rules); none is fine."""
-        self.hypervisor.delete_filter_binding(port_name(vm_name))
-
     def remove(self, vm_name: str) -> None:
-        """Remove binding and tap; missing ones are fine."""
-        self.disconnect(vm_name)
+        """Remove the binding (and with it the filter's rules), then the tap; missing ones
+        are fine."""
+        self.hypervisor.delete_filter_binding(port_name(vm_name))
         self.taps.delete(port_name(vm_name))
 
     def sweep(self, keep: set[str]) -> list[str]:

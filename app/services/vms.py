@@ -191,7 +191,6 @@ class VmService:
                                           role=role)
             log.info("vm defined vm=%s name=%s ip=%s accel=%s mode=%s", record.id, record.name,
                      record.guest_ip, self.domain_type, record.provision_mode)
-            undo.callback(quietly, self.ports.disconnect, record.name)
             # The port is filtered and plugged in while the guest starts, and the restored
             # guest's clock set while the manager connects: both finish before it is handed out.
             with self._alongside(f"connecting the network port of {record.name}",
