@@ -13,6 +13,7 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
+import os
 import threading
 import time
 import typing as t
@@ -37,7 +38,7 @@ STATE_NAMES = {
     libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
 }
 
-_event_loop_started = False
+_event_loop_pid: int | None = None  # the process whose thread runs libvirt's event loop
 _event_loop_lock = threading.Lock()
 
 
@@ -49,10 +50,15 @@ libvirt.registerErrorHandler(_silence_default_handler, None)
 
 
 def _start_event_loop() -> None:
-    """Keepalives need libvirt's event loop; one daemon thread per process runs it."""
-    global _event_loop_started
+    """Keepalives need libvirt's event loop; one daemon thread per process runs it.
+
+    Per *process*: gunicorn's master opens a connection before it forks the workers, and a
+    fork copies the "started" state but not the thread. Without a loop nobody answers
+    libvirtd's keepalive probes and it drops the connection after ~30 s idle.
+    """
+    global _event_loop_pid
     with _event_loop_lock:
-        if _event_loop_started:
+        if _event_loop_pid == os.getpid():
             return
         libvirt.virEventRegisterDefaultImpl()
 
@@ -61,7 +67,16 @@ def _start_event_loop() -> None:
                 libvirt.virEventRunDefaultImpl()
 
         threading.Thread(target=run, name="libvirt-events", daemon=True).start()
-        _event_loop_started = True
+        _event_loop_pid = os.getpid()
+
+
+def _never_sent(exc: libvirt.libvirtError) -> bool:
+    """The RPC layer failed before the request was written: the socket was already closed
+    ("client socket is closed") or the write itself failed ("Cannot write data")."""
+    if exc.get_error_domain() != libvirt.VIR_FROM_RPC:
+        return False
+    message = exc.get_error_message() or ""
+    return "client socket is closed" in message or "Cannot write data" in message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +116,15 @@ class Hypervisor:
 
     # Plumbing ##############################################################################
 
+    def _drop(self, conn: t.Any) -> None:
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+
     def _connection(self) -> t.Any:
         with self._lock:
             if self._conn is not None:
@@ -128,7 +152,18 @@ class Hypervisor:
 
     def _run(self, fn: t.Callable[..., t.Any], *args: t.Any) -> t.Any:
         try:
-            return fn(self._connection(), *args)
+            conn = self._connection()
+            try:
+                return fn(conn, *args)
+            except libvirt.libvirtError as exc:
+                if not _never_sent(exc):
+                    raise
+                # libvirtd closed the connection (restart, keepalive) and the call never left
+                # this process: safe to send again on a new connection, once.
+                log.warning("libvirt connection was closed, retrying on a new one: %s",
+                            exc.get_error_message())
+                self._drop(conn)
+                return fn(self._connection(), *args)
         except libvirt.libvirtError as exc:
             code = exc.get_error_code()
             if code in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NWFILTER):
