@@ -62,6 +62,10 @@ def main() -> None:
     parser.add_argument("--exec-rounds", type=int, default=30)
     parser.add_argument("--ts-rounds", type=int, default=10)
     parser.add_argument("--transfer-rounds", type=int, default=5)
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds of quiet before each run-ts sample (API and raw alike): "
+                             "after an API run the guest starts the next warm Deno in the "
+                             "background, which must not slow the raw sample that follows")
     args = parser.parse_args()
     app = create_app({"API_KEY": KEY, "MAX_UPLOAD_BYTES": 64 * 1024 * 1024})
     services = app.extensions["rds"]
@@ -108,15 +112,18 @@ def main() -> None:
             sftp.getfo("/workspace/raw.tar.gz", out)
             assert out.tell() == len(archive_bytes)
 
-        plan = [("exec `true`", api_exec, lambda: raw_run(ssh, "true"), args.exec_rounds),
+        plan = [("exec `true`", api_exec, lambda: raw_run(ssh, "true"), args.exec_rounds, 0),
                 ("run-ts `console.log(2+2)`", api_ts,
-                 lambda: raw_run(ssh, raw_ts_command), args.ts_rounds),
-                ("upload+download 20 MiB", api_transfer, raw_transfer, args.transfer_rounds)]
-        for name, api_fn, raw_fn, rounds in plan:
+                 lambda: raw_run(ssh, raw_ts_command), args.ts_rounds, args.settle),
+                ("upload+download 20 MiB", api_transfer, raw_transfer, args.transfer_rounds,
+                 0)]
+        for name, api_fn, raw_fn, rounds, settle in plan:
             api_fn(), raw_fn()  # warm both paths once
             samples = {"api": [], "raw": []}
             for _ in range(rounds):
+                time.sleep(settle)
                 samples["raw"].append(timed(raw_fn))
+                time.sleep(settle)
                 samples["api"].append(timed(api_fn))
             results[name] = samples
             print(f"{name}: done", flush=True)

@@ -27,7 +27,6 @@ from app.services.workspace import GUEST_HELPERS as HELPERS, workspace_path
 log = logging.getLogger(__name__)
 
 RUNNER = f"{HELPERS}/runner.mjs"
-TOKEN_VARIABLE = "RDS_TOKEN"  # run-ts: the runner reads the run's token from it, then deletes it
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV = {"RDS_EXEC_ID"}
 NOT_STARTED_CODES = {210, 211}
@@ -35,6 +34,10 @@ KILL_TIMEOUT = 15.0
 # Deno flags that would widen the permission sandbox; refused.
 DENO_FORBIDDEN = re.compile(r"^(-A|-[RWNESP](=.*)?|--allow-.*|--permission-set(=.*)?|"
                             r"--unsafely-ignore-certificate-errors.*|--inspect.*)$")
+# denoFlags a warm Deno may be started with: they act on the runtime, not on how Deno loads
+# the program (e.g. --check reads the program while Deno starts: a spare would wait for it).
+WARM_DENO_FLAGS = re.compile(r"^--(unstable(-[a-z0-9-]+)?|v8-flags=.*|seed=[0-9]+|"
+                             r"location=\S+)$")
 NODE_FORBIDDEN = re.compile(r"^(--inspect.*|--debug.*|-e|--eval(=.*)?|-p|--print(=.*)?|"
                             r"-r|--require(=.*)?|--import(=.*)?|--loader(=.*)?|"
                             r"--experimental-loader(=.*)?)$")
@@ -105,14 +108,20 @@ class CommandService:
         env_map = self._env_list(env)
         permissions = ["--allow-read=/workspace,/tmp,/var/tmp",
                        "--allow-write=/workspace,/tmp,/var/tmp"]
-        permissions.append("--allow-env=" + ",".join([TOKEN_VARIABLE, *env_map]))
+        if env_map:
+            permissions.append("--allow-env=" + ",".join(env_map))
         if self._egress_allowed(vm_id):
             permissions.append("--allow-net")
-        runtime = ["deno", "run", "--quiet", "--no-prompt", *permissions, *flags, "--ext=ts", "-"]
+        deno_flags = ["--quiet", "--no-prompt", *permissions, *flags]
         workspace_file = self._code_or_path(code, path)
         token = uuid.uuid4().hex
-        return self._run_script(vm_id, [*runtime, *args], {**env_map, TOKEN_VARIABLE: token},
-                                deno_program(code, workspace_file).encode(), token, timeout_ms)
+        request = json.dumps({"token": token, "env": env_map, "args": args})
+        key = warm_deno_key(deno_flags, env_map) if all(
+            WARM_DENO_FLAGS.match(flag) for flag in flags) else ""
+        command = (f". {HELPERS}/run-ts && rds_run_ts " + shlex.join(
+            [key, request, *deno_flags, "--", *args]))
+        return self._run_script(vm_id, command, env_map, deno_program(code, workspace_file)
+                                .encode(), token, timeout_ms)
 
     def run_js(self, vm_id: str, code: str | None, path: str | None, args: list[str],
                env: list[str], flags: list[str], timeout_ms: int | None) -> RunResult:
@@ -129,7 +138,8 @@ class CommandService:
         source = (code or "").encode()
         code_file = f"/tmp/rds-code-{hashlib.sha256(source).hexdigest()}-main.mjs"
         header = {"token": token, "ext": "mjs", "file": code_file, "path": workspace_file}
-        return self._run_script(vm_id, ["node", *flags, RUNNER, *args], env_map,
+        return self._run_script(vm_id, "exec " + shlex.join(["node", *flags, RUNNER, *args]),
+                                env_map,
                                 json.dumps(header).encode() + b"\n" + source, token, timeout_ms,
                                 after_timeout=f"rm -f {code_file} {code_file}.{token}")
 
@@ -142,13 +152,13 @@ class CommandService:
             raise InvalidRequest("give exactly one of 'code' or 'path'")
         return workspace_path(path, "path") if path is not None else None
 
-    def _run_script(self, vm_id: str, argv: list[str], env_map: dict[str, str], stdin: bytes,
+    def _run_script(self, vm_id: str, command: str, env_map: dict[str, str], stdin: bytes,
                     token: str, timeout_ms: int | None, after_timeout: str = "") -> RunResult:
         """Run a runtime whose runner reports the outcome after ``token`` at the end of
         stderr (see guest/README.md)."""
         timeout = self._timeout_s(timeout_ms)
         pairs = [f"{key}={value}" for key, value in env_map.items()]
-        run = self._run(vm_id, "exec " + shlex.join(argv), "/workspace", pairs, timeout,
+        run = self._run(vm_id, command, "/workspace", pairs, timeout,
                         stdin=stdin, after_timeout=after_timeout)
         return split_outcome(run.command, b"\x1e" + token.encode())
 
@@ -222,22 +232,21 @@ class CommandService:
                                  f"by the service)")
 
 
-def deno_program(code: str | None, path: str | None) -> str:
-    """The main module run-ts sends to ``deno run -``: the runner first (an import, evaluated
-    before anything of the caller's; it takes the run's token from :data:`TOKEN_VARIABLE`),
-    then the caller's code on the same line, so its line numbers stay as written, or an import
-    of ``path``. The same code always makes the same program, so Deno's caches stay warm.
+def warm_deno_key(deno_flags: list[str], env_map: dict[str, str]) -> str:
+    """The name under which a Deno started ahead with ``deno_flags`` waits in the guest
+    (guest/README.md, "run-ts"); "" when this run must start its own: variables that Deno
+    reads while it starts (DENO_*, NO_COLOR) would come too late for a warm one."""
+    if any(key.startswith("DENO_") or key == "NO_COLOR" for key in env_map):
+        return ""
+    return hashlib.sha256("\0".join(deno_flags).encode()).hexdigest()[:16]
 
-    A leading ``#!`` line stays first (a shebang is only valid there).
-    """
-    prelude = f'import "file://{RUNNER}"; '
+
+def deno_program(code: str | None, path: str | None) -> str:
+    """The main module run-ts gives Deno: the caller's code as it is (the runner is preloaded,
+    see guest/README.md), or an import of the workspace file ``path``."""
     if path is not None:
-        return prelude + f"await import({json.dumps(Path(path).as_uri())});\n"
-    source = (code or "").removeprefix("\ufeff")
-    if source.startswith("#!"):
-        shebang, _, rest = source.partition("\n")
-        return f"{shebang}\n{prelude}{rest}"
-    return prelude + source
+        return f"await import({json.dumps(Path(path).as_uri())});\n"
+    return code or ""
 
 
 def _load_error(command: CommandResult) -> dict:

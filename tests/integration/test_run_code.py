@@ -1,6 +1,8 @@
 """POST /run-ts (Deno) and /run-js (Node.js) against a real guest."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.integration.conftest import exec_ok
@@ -28,18 +30,23 @@ def test_seed_example_result_error(api, shared_vm):
     body = _run(api, shared_vm, code='result.error(new TypeError("nope"))')
     assert body["exitCode"] != 0
     assert body["error"]["name"] == "TypeError" and body["error"]["message"] == "nope"
-    # The caller's code is Deno's main module, read from stdin; its line numbers are kept.
-    assert "$deno$stdin.ts:1:" in body["error"]["stack"]
+    # The caller's code is Deno's main module (/tmp/.rds-deno/<run>.ts); its line numbers
+    # are kept.
+    assert re.search(r"/tmp/\.rds-deno/[0-9a-f.]+\.ts:1:", body["error"]["stack"]), body
 
 
 def test_env_is_set_and_only_passed_keys_are_readable(api, shared_vm):
     code = ("const other = (() => { try { return Deno.env.get('HOME'); } "
             "catch (e) { return e.name; } })();\n"
-            "result.set({greeting: Deno.env.get('GREETING'), other, "
-            "token: Deno.env.get('RDS_TOKEN') ?? null})")
+            "const node = (await import('node:process')).env.GREETING;\n"
+            "result.set({greeting: Deno.env.get('GREETING'), other, node})")
     body = _run(api, shared_vm, code=code, env=["GREETING=hi there"])
-    # The runner's own variable is gone before the caller's code runs.
-    assert body["result"] == {"greeting": "hi there", "other": "NotCapable", "token": None}
+    assert body["result"] == {"greeting": "hi there", "other": "NotCapable", "node": "hi there"}
+    # The run's request (token, env, args) is read and removed before the code runs (a
+    # waiting warm Deno's request fifo is no file).
+    body = _run(api, shared_vm, code="result.set([...Deno.readDirSync('/tmp/.rds-deno')]"
+                                     ".filter((e) => e.isFile && e.name.endsWith('.request')))")
+    assert body["result"] == [], body
 
 
 def test_plain_object_error_passes_through(api, shared_vm):
@@ -51,7 +58,7 @@ def test_uncaught_throw_fills_error(api, shared_vm):
     body = _run(api, shared_vm, code="console.log('before');\nthrow new RangeError('boom')")
     assert body["exitCode"] != 0 and body["stdout"] == "before\n"
     assert body["error"]["name"] == "RangeError" and body["error"]["message"] == "boom"
-    assert "$deno$stdin.ts:2:" in body["error"]["stack"]
+    assert re.search(r"/tmp/\.rds-deno/[0-9a-f.]+\.ts:2:", body["error"]["stack"]), body
 
 
 def test_code_imports_workspace_modules_relatively(api, shared_vm):
@@ -112,9 +119,15 @@ def test_timeout_and_temp_files_removed(api, shared_vm):
     body = _run(api, shared_vm, code="await new Promise(() => setInterval(() => {}, 1000))",
                 timeoutMs=8000)
     assert body["timedOut"] is True and body["exitCode"] == -1
-    left = exec_ok(api, shared_vm["id"], "ls /tmp | grep -cE '^rds-(run|code)-' || true; "
-                                         "ps -eo args | grep -c '^deno' || true")
-    assert left["stdout"].split() == ["0", "0"]
+    # Nothing of the run is left: no program, request or import map in /tmp/.rds-deno (only
+    # files of an idle warm Deno, test_warm_deno), no Deno but that one.
+    left = exec_ok(api, shared_vm["id"], "cd /tmp/.rds-deno && ls; echo --; "
+                                         "ps -eo args | grep '^deno' || true")
+    files, _, processes = left["stdout"].partition("--\n")
+    idle = {name[:-4] for name in files.split() if name.endswith(".pid")}
+    assert all(name.startswith(tuple(f"{stem}." for stem in idle)) for name in files.split())
+    assert not any(name.endswith(".claim") for name in files.split()), files
+    assert len(processes.splitlines()) == len(idle) <= 1, processes
 
 
 def test_run_js_result_env_and_require(api, shared_vm):

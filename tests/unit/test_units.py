@@ -136,17 +136,22 @@ def test_summarise(messages, expected):
     assert _summarise(messages) == expected
 
 
-def test_deno_program_runs_the_runner_first_and_keeps_line_numbers():
-    from app.services.commands import RUNNER, deno_program
-    program = deno_program("console.log(1)\nthrow new Error('x')", None)
-    first, second = program.split("\n")
-    assert first == f'import "file://{RUNNER}"; console.log(1)'
-    assert second == "throw new Error('x')"
-    shebang = deno_program("#!/usr/bin/env -S deno run\nconsole.log(1)", None)
-    assert shebang.split("\n")[:2] == ["#!/usr/bin/env -S deno run",
-                                       f'import "file://{RUNNER}"; console.log(1)']
+def test_deno_program_is_the_code_as_written_or_an_import_of_the_path():
+    from app.services.commands import deno_program
+    code = "#!/usr/bin/env -S deno run\nconsole.log(1)\nthrow new Error('x')"
+    assert deno_program(code, None) == code  # the runner is preloaded: nothing added
     path = deno_program(None, "/workspace/my dir/a.ts")
-    assert path.endswith('await import("file:///workspace/my%20dir/a.ts");\n')
+    assert path == 'await import("file:///workspace/my%20dir/a.ts");\n'
+
+
+def test_warm_deno_key_names_the_flags_unless_deno_reads_the_env_at_start():
+    from app.services.commands import warm_deno_key
+    flags = ["--quiet", "--no-prompt", "--allow-env=A"]
+    key = warm_deno_key(flags, {"A": "1"})
+    assert len(key) == 16 and key == warm_deno_key(list(flags), {"A": "other value"})
+    assert key != warm_deno_key([*flags, "--allow-net"], {"A": "1"})
+    assert warm_deno_key(flags, {"DENO_V8_FLAGS": "--max-old-space-size=64"}) == ""
+    assert warm_deno_key(flags, {"NO_COLOR": "1"}) == ""
 
 
 def test_a_load_error_becomes_the_error_when_the_runner_never_ran():
@@ -160,3 +165,13 @@ def test_a_load_error_becomes_the_error_when_the_runner_never_ran():
     killed = CommandResult(exit_code=-1, stdout=b"", stderr=b"error: x\n", timed_out=True,
                            duration_ms=5)
     assert split_outcome(killed, b"\x1etok").outcome == {}
+
+
+@pytest.mark.parametrize("flag, warm", [
+    ("--unstable-kv", True), ("--unstable", True), ("--v8-flags=--max-old-space-size=64", True),
+    ("--seed=7", True), ("--location=https://example.test/", True),
+    ("--check", False), ("--watch", False), ("--reload", False), ("--lock=deno.lock", False),
+])
+def test_only_runtime_deno_flags_may_use_a_warm_deno(flag, warm):
+    from app.services.commands import WARM_DENO_FLAGS
+    assert bool(WARM_DENO_FLAGS.match(flag)) is warm

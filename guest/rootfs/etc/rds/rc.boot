@@ -13,6 +13,7 @@ mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mkdir -p /run/sshd /run/lock
 chmod 1777 /tmp /var/tmp
+rm -rf /tmp/.rds-deno  # warm Denos of the last boot (guest/rootfs/usr/local/lib/rds/run-ts)
 
 for module in virtio_net qemu_fw_cfg virtio_console virtio_rng; do
     modprobe -q "$module"

@@ -1,14 +1,14 @@
 // run-dat-sheesh code runner, shared by run-ts (Deno) and run-js (Node.js).
 //
-// run-ts: the manager sends the caller's program to `deno run --ext=ts - ARGS` on stdin, as
-// Deno's main module, whose first statement imports this file
-// (`import "file:///usr/local/lib/rds/runner.mjs";`). Imports are evaluated first and in order,
-// so `result` and the handlers below exist before any of the caller's code (or modules it
-// imports) runs; a throw at the top level arrives as an unhandled rejection. The run's token
-// comes in the environment variable RDS_TOKEN, which is deleted at once (the program's text
-// stays the same from run to run, so Deno's compile caches stay warm). No code file, no
-// dynamic import: as fast as a plain `deno run`. A workspace file (`path`) is imported
-// dynamically by that program.
+// run-ts: Deno preloads this file (`deno run --preload=file:///usr/local/lib/rds/runner.mjs`,
+// see run-ts), so `result` and the handlers below exist before the caller's program, Deno's
+// main module, is even loaded; a throw at the top level arrives as an unhandled rejection.
+// The program is /tmp/.rds-deno/<stem>.ts (a file, or a warm Deno's fifo) or stdin with
+// `deno run -`. The run's request {"token", "env", "args"} is read first from
+// <stem>.request (stdin: <pid>.request); a warm Deno waits here, started before the run was
+// known, so `env` is set and `args` become Deno.args / process.argv. The program's text is
+// the caller's code alone, the same from run to run, so Deno's compile caches stay warm. A
+// workspace file (`path`) is imported dynamically by that program.
 //
 // run-js: the manager runs it as the main module (`deno run ... runner.mjs ARGS` / `node runner.mjs
 // ARGS`, so the caller's ARGS are Deno.args / process.argv.slice(2)) and writes to its stdin
@@ -25,11 +25,24 @@ const outcome = {};
 let finished = false;
 let header = { token: "", ext: "mjs", path: null };
 let codeFile = null;
-// The run's token when imported by a run-ts program (see the top of this file).
+// The run's token when preloaded by run-ts (see the top of this file).
 let preludeToken = "";
+let programFiles = [];  // a cold run's program and import map, removed at exit
 if (isDeno && !import.meta.main) {
-  preludeToken = Deno.env.get("RDS_TOKEN") ?? "";
-  Deno.env.delete("RDS_TOKEN");
+  const spool = "/tmp/.rds-deno/";
+  const main = decodeURIComponent(new URL(Deno.mainModule).pathname);
+  const stem = main.startsWith(spool) && main.endsWith(".ts")
+    ? main.slice(0, -3) : spool + Deno.pid;
+  const request = JSON.parse(Deno.readTextFileSync(stem + ".request"));
+  try { Deno.removeSync(stem + ".request"); } catch { /* a warm Deno's: removed after it */ }
+  programFiles = [stem + ".ts", stem + ".map.json"];
+  preludeToken = request.token ?? "";
+  for (const [key, value] of Object.entries(request.env ?? {})) Deno.env.set(key, value);
+  const args = Object.freeze([...(request.args ?? [])]);
+  if (args.length !== Deno.args.length || args.some((arg, i) => arg !== Deno.args[i])) {
+    Object.defineProperty(Deno, "args", { value: args, enumerable: true, configurable: true });
+    globalThis.process?.argv.splice(2, Infinity, ...args);
+  }
 }
 
 function jsonSafe(value) {
@@ -84,13 +97,16 @@ let io;  // readStdin, writeFile, rename, exists, removeFile, writeStderr, sha25
 function finish() {
   if (finished) return;
   finished = true;
-  if (codeFile) {
-    try { io.removeFile(codeFile); } catch { /* already gone */ }
+  for (const file of codeFile ? [codeFile] : programFiles) {
+    try { io.removeFile(file); } catch { /* already gone, or a warm Deno's fifo */ }
   }
   const doc = {};
   if ("result" in outcome) doc.result = jsonSafe(outcome.result);
   if ("error" in outcome) doc.error = errorJson(outcome.error);
   io.writeStderr("\n\x1e" + header.token + JSON.stringify(doc) + "\n");
+  // Nothing is left to run (this is the unload event) but Deno would still tear the runtime
+  // down gracefully: ~0.4 s under emulation. Exit now, with the exit code as it stands.
+  if (isDeno) Deno.exit();
 }
 
 Object.defineProperty(globalThis, "result", {
