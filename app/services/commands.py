@@ -116,10 +116,8 @@ class CommandService:
         workspace_file = self._code_or_path(code, path)
         token = uuid.uuid4().hex
         request = json.dumps({"token": token, "env": env_map, "args": args})
-        key = warm_deno_key(deno_flags, env_map) if all(
-            WARM_DENO_FLAGS.match(flag) for flag in flags) else ""
         command = (f". {HELPERS}/run-ts && rds_run_ts " + shlex.join(
-            [key, request, *deno_flags, "--", *args]))
+            [warm_deno_key(deno_flags, flags, env_map), request, *deno_flags, "--", *args]))
         return self._run_script(vm_id, command, env_map, deno_program(code, workspace_file)
                                 .encode(), token, timeout_ms)
 
@@ -139,8 +137,8 @@ class CommandService:
         code_file = f"/tmp/rds-code-{hashlib.sha256(source).hexdigest()}-main.mjs"
         header = {"token": token, "ext": "mjs", "file": code_file, "path": workspace_file}
         return self._run_script(vm_id, "exec " + shlex.join(["node", *flags, RUNNER, *args]),
-                                env_map,
-                                json.dumps(header).encode() + b"\n" + source, token, timeout_ms,
+                                env_map, json.dumps(header).encode() + b"\n" + source, token,
+                                timeout_ms,
                                 after_timeout=f"rm -f {code_file} {code_file}.{token}")
 
     def _code_or_path(self, code: str | None, path: str | None) -> str | None:
@@ -232,11 +230,15 @@ class CommandService:
                                  f"by the service)")
 
 
-def warm_deno_key(deno_flags: list[str], env_map: dict[str, str]) -> str:
+def warm_deno_key(deno_flags: list[str], caller_flags: list[str],
+                  env_map: dict[str, str]) -> str:
     """The name under which a Deno started ahead with ``deno_flags`` waits in the guest
     (guest/README.md, "run-ts"); "" when this run must start its own: variables that Deno
-    reads while it starts (DENO_*, NO_COLOR) would come too late for a warm one."""
+    reads while it starts (DENO_*, NO_COLOR) would come too late for a warm one, and some of
+    the caller's flags change how Deno loads the program (:data:`WARM_DENO_FLAGS`)."""
     if any(key.startswith("DENO_") or key == "NO_COLOR" for key in env_map):
+        return ""
+    if not all(WARM_DENO_FLAGS.match(flag) for flag in caller_flags):
         return ""
     return hashlib.sha256("\0".join(deno_flags).encode()).hexdigest()[:16]
 

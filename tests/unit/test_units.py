@@ -147,11 +147,13 @@ def test_deno_program_is_the_code_as_written_or_an_import_of_the_path():
 def test_warm_deno_key_names_the_flags_unless_deno_reads_the_env_at_start():
     from app.services.commands import warm_deno_key
     flags = ["--quiet", "--no-prompt", "--allow-env=A"]
-    key = warm_deno_key(flags, {"A": "1"})
-    assert len(key) == 16 and key == warm_deno_key(list(flags), {"A": "other value"})
-    assert key != warm_deno_key([*flags, "--allow-net"], {"A": "1"})
-    assert warm_deno_key(flags, {"DENO_V8_FLAGS": "--max-old-space-size=64"}) == ""
-    assert warm_deno_key(flags, {"NO_COLOR": "1"}) == ""
+    key = warm_deno_key(flags, [], {"A": "1"})
+    assert len(key) == 16 and key == warm_deno_key(list(flags), [], {"A": "other value"})
+    assert key != warm_deno_key([*flags, "--allow-net"], [], {"A": "1"})
+    assert warm_deno_key(flags, [], {"DENO_V8_FLAGS": "--max-old-space-size=64"}) == ""
+    assert warm_deno_key(flags, [], {"NO_COLOR": "1"}) == ""
+    assert warm_deno_key([*flags, "--seed=1"], ["--seed=1"], {}) != ""
+    assert warm_deno_key([*flags, "--check"], ["--check"], {}) == ""
 
 
 def test_a_load_error_becomes_the_error_when_the_runner_never_ran():
