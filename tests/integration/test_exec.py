@@ -124,3 +124,10 @@ def test_sandbox_user_cannot_become_root_or_read_secrets(api, shared_vm):
     """
     body = exec_ok(api, shared_vm["id"], script)
     assert body["stdout"].split() == ["WRITES_OK"]
+
+
+def test_the_guest_connection_uses_aes_gcm(services, shared_vm):
+    """AES-GCM needs no separate MAC: the cheapest choice for an emulated guest's sshd."""
+    guest = services.vms.guest(shared_vm["id"])
+    assert guest.run("true", timeout=30).exit_code == 0
+    assert guest._transport().remote_cipher == "aes128-gcm@openssh.com"

@@ -9,7 +9,7 @@ import paramiko
 import pytest
 
 from app.errors import GuestUnreachable
-from app.guestssh import GUEST_USER, GuestSSH, SshTimeouts, load_private_key
+from app.guestssh import GUEST_USER, GuestSSH, GuestTransport, SshTimeouts, load_private_key
 from app.sshkeys import KeyPair, generate_keypair
 
 TIMEOUTS = SshTimeouts(connect=2.0, auth=2.0, channel=2.0)
@@ -151,6 +151,13 @@ def test_commands_share_one_connection(guest, ssh_server):
     guest.close()
     assert guest.run("id -u", timeout=5).exit_code == 0
     assert len(ssh_server.transports) == before + 2
+
+
+def test_guest_connections_prefer_aes_gcm(guest, ssh_server):
+    assert guest.run("id -u", timeout=5).exit_code == 0
+    server_side = ssh_server.transports[-1]
+    assert server_side.remote_cipher == "aes128-gcm@openssh.com"
+    assert "aes128-ctr" in GuestTransport._preferred_ciphers  # still a fallback
 
 
 def test_output_is_capped_and_flagged(guest):
