@@ -94,6 +94,15 @@ def test_warm_runs_keep_the_result_contract(api, vm):
     assert body["result"][0] == 42 and WARM_URL.match(body["result"][1]), body
 
 
+def test_the_code_arrives_byte_for_byte(api, vm):
+    code = 'result.set(["a\x00b".length, "h\u00e9llo \u2713", import.meta.url])'
+    for _ in range(2):  # the second run is a warm one
+        body = _run(api, vm, code=code)
+        assert body["result"][:2] == [3, "h\u00e9llo \u2713"], body
+        _settle(api, vm)
+    assert WARM_URL.match(body["result"][2]), body
+
+
 def test_one_idle_spare_per_vm(api, vm):
     _run(api, vm, code="1", env=["A=1"])
     _settle(api, vm)
