@@ -149,6 +149,12 @@ def test_result_survives_stderr_over_the_cap(api, shared_vm):
     assert body["stderrTruncated"] is True and body["result"] == "kept"
 
 
+def test_the_programs_own_unload_listeners_run(api, shared_vm):
+    body = _run(api, shared_vm, code="addEventListener('unload', () => console.log('bye'));\n"
+                                     "console.log('hi'); result.set(1)")
+    assert body["stdout"] == "hi\nbye\n" and body["result"] == 1 and body["exitCode"] == 0
+
+
 def test_stderr_of_the_script_stays_visible(api, shared_vm):
     body = _run(api, shared_vm, code="console.error('warn: careful'); result.set(1)")
     assert body["stderr"] == "warn: careful\n" and body["result"] == 1

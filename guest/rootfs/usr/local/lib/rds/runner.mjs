@@ -104,9 +104,6 @@ function finish() {
   if ("result" in outcome) doc.result = jsonSafe(outcome.result);
   if ("error" in outcome) doc.error = errorJson(outcome.error);
   io.writeStderr("\n\x1e" + header.token + JSON.stringify(doc) + "\n");
-  // Nothing is left to run (this is the unload event) but Deno would still tear the runtime
-  // down gracefully: ~0.4 s under emulation. Exit now, with the exit code as it stands.
-  if (isDeno) Deno.exit();
 }
 
 Object.defineProperty(globalThis, "result", {
@@ -154,6 +151,12 @@ if (isDeno) {
     fail(event.reason);
   });
   globalThis.addEventListener("unload", finish);
+  // Once nothing is left to run (the unload event) Deno would still tear the runtime down
+  // gracefully: ~0.4 s under emulation. Exit instead, with the exit code as it stands, after
+  // the unload listeners the program added while it loaded (this one is added after them).
+  globalThis.addEventListener("load", () => {
+    globalThis.addEventListener("unload", () => Deno.exit());
+  });
 } else {
   const fs = await import("node:fs");
   const { createRequire } = await import("node:module");
