@@ -75,6 +75,15 @@ def test_the_second_run_takes_the_warm_deno_with_its_own_args_and_env(api, vm):
     assert all(name.startswith(tuple(state["idle"])) for name in state["files"]), state
 
 
+def test_runs_in_a_row_each_find_the_spare_the_last_one_started(api, vm):
+    """Each run starts the next spare as soon as it has used its own, even while that one's
+    launcher is still cleaning up (they must not mistake it for an idle spare)."""
+    urls = [_run(api, vm, code="result.set(import.meta.url)", env=["ROW=1"])["result"]
+            for _ in range(5)]
+    assert all(WARM_URL.match(url) for url in urls[1:]), urls
+    assert len(set(urls)) == 5
+
+
 def test_warm_runs_keep_the_result_contract(api, vm):
     _run(api, vm, code="1")
     _settle(api, vm)
