@@ -106,17 +106,14 @@ class Hypervisor:
         atexit.register(self.close)
 
     def close(self) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
+        conn = self._conn
         if conn is not None:
-            try:
-                conn.close()
-            except libvirt.libvirtError:
-                pass
+            self._drop(conn)
 
     # Plumbing ##############################################################################
 
     def _drop(self, conn: t.Any) -> None:
+        """Forget ``conn`` (if it is still the current connection) and close it."""
         with self._lock:
             if self._conn is conn:
                 self._conn = None
