@@ -30,6 +30,7 @@ def prepare_host() -> None:
           f"{settings.network_bridge}, {settings.network_mode}) "
           f"{'created' if created else 'present'}")
     services.vms.manager_key()
+    services.vms.ipsets.refresh_host_sets()
     for item in services.remove_orphans():
         print(f"removed orphan {item}")
 

@@ -17,8 +17,12 @@ class SessionSchema(Schema):
 
 
 class HealthSchema(Schema):
-    status = fields.String(required=True)
+    status = fields.String(required=True, metadata={
+        "description": "ok, degraded (guest network down), unhealthy (network policy not "
+                       "enforced) or unavailable (libvirt unreachable)"})
     libvirt = fields.String(required=True)
-    libvirtVersion = fields.String()
+    libvirtVersion = fields.String(attribute="libvirt_version")
     network = fields.String()
+    networkPolicy = fields.String(attribute="network_policy", metadata={
+        "description": "'enforced', or why guests' IP rules are not applied"})
     accelerator = fields.String()

@@ -14,24 +14,39 @@ The filter is applied to the VM's network port (its tap) through a libvirt filte
 instantiate it (~0.8 s of ebtables/iptables calls) while the guest boots or resumes, and
 attach the port to the bridge only once it is in place (see :mod:`app.virt.taps`).
 
-The rules do not depend on the VM's policy: what a guest may reach is the content of its two
-ipsets (:mod:`app.virt.egress`), which change in milliseconds without touching the filter.
+The rules do not depend on the VM's policy: what a guest may reach is the content of its three
+ipsets and of two host-wide ones (:mod:`app.virt.egress`), which change in milliseconds without
+touching the filter. In order, for a connection the guest opens:
+
+1. never: link-local (cloud metadata) and the operator's ``EGRESS_NEVER_CIDRS``;
+2. DNS to the bridge's resolver when ``outboundInternet``;
+3. the host bridge only when pinned (named exactly, as a /32); other guests never;
+4. other pinned addresses (the host's other addresses included);
+5. the host's own addresses: never through a wider range;
+6. ``allowIps``; everything else is dropped.
+
+The same 'out' rules guard traffic that ends on the host (libvirt's ``HI-`` chains in INPUT)
+and traffic the host forwards (``FO-`` chains): both need bridge netfilter
+(``net.bridge.bridge-nf-call-iptables=1``), which host setup turns on and ``/healthz`` checks.
 """
 from __future__ import annotations
 
 import ipaddress
 import xml.etree.ElementTree as ET
 
-from app.virt.egress import allow_set, dns_set
+from app.virt.egress import HOST_SET, NEVER_SET, allow_set, dns_set, pin_set
 
 # Rule priorities: lower runs first. Blocks that must win over allow-lists come first.
 PRIO_SPOOFING = -900  # layer 2 (ebtables): before anything is accepted
 PRIO_L2_ALLOWED = -800
 PRIO_L2_OTHER = -700
 PRIO_MANAGER = 100
+PRIO_NEVER = 120  # link-local and the operator's never-ranges: before any accept
 PRIO_DNS = 150  # before the gateway block: DNS is allowed whenever outboundInternet is
-PRIO_GATEWAY_ALLOWED = 190  # the bridge itself, when an allowIps entry covers it
+PRIO_GATEWAY_PINNED = 190  # the bridge itself, when allowIps names it exactly (a /32)
 PRIO_BLOCK_GUESTS = 200
+PRIO_PINNED = 300  # addresses named exactly: may be one of the host's own
+PRIO_BLOCK_HOST = 350  # the host's own addresses, through any wider range
 PRIO_ALLOW = 400
 PRIO_ESTABLISHED = 500
 PRIO_DROP_ALL = 1000
@@ -43,7 +58,7 @@ def build_filter_xml(name: str, uuid: str, guest_network: str, gateway_ip: str) 
 
     :param guest_network: the guests' CIDR; never reachable from a guest, whatever the policy.
     """
-    allowed, resolver = allow_set(name), dns_set(name)
+    allowed, pinned, resolver = allow_set(name), pin_set(name), dns_set(name)
     root = ET.Element("filter", {"name": name, "chain": "root"})
     ET.SubElement(root, "uuid").text = uuid
     _anti_spoofing(root)
@@ -51,13 +66,16 @@ def build_filter_xml(name: str, uuid: str, guest_network: str, gateway_ip: str) 
     root.append(ET.Comment(" the manager's SSH control connection from the host bridge "))
     _manager_ssh(root)
 
+    root.append(ET.Comment(f" never, whatever the policy: link-local (RFC 3927, cloud metadata) "
+                           f"and the operator's ranges, in {NEVER_SET} "))
+    _rule(root, "drop", "out", PRIO_NEVER, "all", ipset=NEVER_SET, ipsetflags="dst")
     root.append(ET.Comment(f" DNS to the resolver on the host bridge: address and port in "
                            f"{resolver} (outboundInternet) "))
     _rule(root, "accept", "out", PRIO_DNS, "all", ipset=resolver, ipsetflags="dst,dst",
           state=NEW_OR_REPLY)
-    root.append(ET.Comment(f" the host bridge only if an entry of {allowed} covers it "))
-    _rule(root, "accept", "out", PRIO_GATEWAY_ALLOWED, "all", dstipaddr="$GATEWAY",
-          ipset=allowed, ipsetflags="dst", state=NEW_OR_REPLY)
+    root.append(ET.Comment(f" the host bridge only if allowIps names it exactly: {pinned} "))
+    _rule(root, "accept", "out", PRIO_GATEWAY_PINNED, "all", dstipaddr="$GATEWAY",
+          ipset=pinned, ipsetflags="dst", state=NEW_OR_REPLY)
 
     network = ipaddress.IPv4Network(guest_network)
     root.append(ET.Comment(" other guests and the host bridge: never, even with 0.0.0.0/0 "
@@ -65,6 +83,14 @@ def build_filter_xml(name: str, uuid: str, guest_network: str, gateway_ip: str) 
     _rule(root, "drop", "out", PRIO_BLOCK_GUESTS, "all", dstipaddr="$GATEWAY")
     _rule(root, "drop", "out", PRIO_BLOCK_GUESTS, "all", dstipaddr=str(network.network_address),
           dstipmask=str(network.prefixlen))
+
+    root.append(ET.Comment(f" addresses allowIps names exactly (/32), the host's own included: "
+                           f"{pinned} "))
+    _rule(root, "accept", "out", PRIO_PINNED, "all", ipset=pinned, ipsetflags="dst",
+          state=NEW_OR_REPLY)
+    root.append(ET.Comment(f" the host's own addresses ({HOST_SET}): never through a wider "
+                           f"range "))
+    _rule(root, "drop", "out", PRIO_BLOCK_HOST, "all", ipset=HOST_SET, ipsetflags="dst")
 
     root.append(ET.Comment(f" allowIps: destinations in {allowed} (empty without "
                            f"outboundInternet) "))

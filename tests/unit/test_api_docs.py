@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from app.errors import HypervisorError
 
 # The error responses each /v1 operation must document, besides 401.
@@ -37,7 +39,20 @@ def test_healthz_is_public_and_reports_libvirt(client):
     assert response.status_code == 200
     assert response.get_json() == {"status": "ok", "libvirt": "reachable",
                                    "libvirtVersion": "10.0.0", "network": "active",
-                                   "accelerator": "tcg"}
+                                   "networkPolicy": "enforced", "accelerator": "tcg"}
+
+
+@pytest.mark.parametrize("value", ["0", None])
+def test_healthz_unhealthy_when_bridge_netfilter_is_off(client, bridge_nf, value):
+    """Without bridge netfilter the guests' IP rules are skipped: the host must not get work."""
+    if value is None:
+        bridge_nf.unlink()  # br_netfilter not loaded at all
+    else:
+        bridge_nf.write_text(value + "\n")
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["status"] == "unhealthy" and "not enforced" in body["networkPolicy"]
 
 
 def test_healthz_degraded_when_network_is_down(client, services):

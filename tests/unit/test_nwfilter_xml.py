@@ -6,7 +6,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from app.virt.egress import egress_entries, restore_script
+from app.virt.egress import (HOST_SET, NEVER_SET, EgressSets, egress_entries, host_sets_script,
+                             never_ranges, owner_of, restore_script)
+from app.virt.ipsets import parse_addresses
 from app.virt.network_xml import build_network_xml
 from app.virt.nwfilter_xml import build_binding_xml, build_filter_xml
 
@@ -70,16 +72,17 @@ def test_every_egress_accept_needs_a_set_member():
     """No outbound connection is accepted unless the VM's sets (its policy) say so."""
     for action, direction, _prio, attrs in rules(build()):
         if action == "accept" and direction == "out" and attrs.get("srcportstart") != "22":
-            assert attrs["ipset"] in (f"{NAME}-allow", f"{NAME}-dns"), attrs
+            assert attrs["ipset"] in (f"{NAME}-allow", f"{NAME}-pin", f"{NAME}-dns"), attrs
 
 
-def test_guest_blocks_outrank_the_allow_set():
+def test_guest_blocks_outrank_every_set_but_dns():
     table = rules(build())
-    blocks = [prio for action, direction, prio, attrs in table
-              if action == "drop" and direction == "out"]
-    allow = [prio for action, direction, prio, attrs in table
-             if attrs.get("ipset") == f"{NAME}-allow" and "dstipaddr" not in attrs]
-    assert allow and max(blocks) < min(allow)
+    guest_blocks = [prio for action, direction, prio, attrs in table
+                    if action == "drop" and direction == "out" and "dstipaddr" in attrs]
+    accepts = [prio for action, direction, prio, attrs in table
+               if action == "accept" and attrs.get("ipset") in (f"{NAME}-allow", f"{NAME}-pin")
+               and "dstipaddr" not in attrs]
+    assert accepts and max(guest_blocks) < min(accepts)
     dropped = [ipaddress.ip_network(f"{a['dstipaddr']}/{a.get('dstipmask', '32')}")
                for action, _d, _p, a in table if action == "drop" and "dstipaddr" in a
                and not a["dstipaddr"].startswith("$")]
@@ -87,13 +90,74 @@ def test_guest_blocks_outrank_the_allow_set():
     assert all(any(ip in block for block in dropped) for ip in guests)
 
 
-def test_gateway_reachable_only_through_the_allow_set():
-    table = rules(build())
-    allowed = [prio for action, _d, prio, a in table if action == "accept"
-               and a.get("dstipaddr") == "$GATEWAY" and a.get("ipset") == f"{NAME}-allow"]
-    dropped = [prio for action, _d, prio, a in table if action == "drop"
-               and a.get("dstipaddr") == "$GATEWAY"]
-    assert allowed and dropped and max(allowed) < min(dropped)
+def verdict(destination: str, sets: dict[str, list[str]], port: int = 80) -> str:
+    """What the filter does with a guest's new connection to ``destination`` (a model of
+    libvirt's evaluation: IP rules of direction out, by priority, first match wins)."""
+    address = ipaddress.ip_address(destination)
+
+    def in_set(name: str) -> bool:
+        for member in sets.get(name, []):
+            if "," in member:
+                ip, _sep, proto_port = member.partition(",")
+                if ipaddress.ip_address(ip) == address and proto_port.endswith(f":{port}"):
+                    return True
+            elif address in ipaddress.ip_network(member):
+                return True
+        return False
+
+    for action, direction, _prio, attrs in sorted(rules(build()), key=lambda rule: rule[2]):
+        if direction not in ("out", "inout") or _prio < 0 or "srcportstart" in attrs:
+            continue
+        if "dstipaddr" in attrs:
+            value = GATEWAY if attrs["dstipaddr"] == "$GATEWAY" else attrs["dstipaddr"]
+            if address not in ipaddress.ip_network(f"{value}/{attrs.get('dstipmask', '32')}"):
+                continue
+        if "ipset" in attrs and not in_set(attrs["ipset"]):
+            continue
+        return action
+    return "none"
+
+
+def policy_sets(allow_ips: tuple[str, ...], outbound: bool = True,
+                host: tuple[str, ...] = ("10.0.2.15/32", f"{GATEWAY}/32")) -> dict:
+    sets = egress_entries(allow_ips, outbound, GATEWAY)
+    return {f"{NAME}-allow": list(sets.allowed), f"{NAME}-pin": list(sets.pinned),
+            f"{NAME}-dns": list(sets.resolvers), HOST_SET: list(host),
+            NEVER_SET: never_ranges()}
+
+
+@pytest.mark.parametrize("destination", [GATEWAY, "10.0.2.15", "169.254.169.254"])
+def test_full_internet_never_opens_the_host_or_link_local(destination):
+    """0.0.0.0/0 contains the bridge, the host's other addresses and the metadata address:
+    none of them opens through it."""
+    assert verdict(destination, policy_sets(("0.0.0.0/0",))) == "drop"
+    assert verdict("8.8.8.8", policy_sets(("0.0.0.0/0",))) == "accept"
+    assert verdict("10.0.2.16", policy_sets(("10.0.0.0/8",))) == "accept"
+    assert verdict("10.0.2.15", policy_sets(("10.0.0.0/8",))) == "drop"
+
+
+@pytest.mark.parametrize("destination", [GATEWAY, "10.0.2.15"])
+def test_host_addresses_open_only_when_named_as_a_slash_32(destination):
+    assert verdict(destination, policy_sets((f"{destination}/32",))) == "accept"
+    assert verdict(destination, policy_sets((destination,))) == "accept"
+    assert verdict(destination, policy_sets((f"{destination}/32",), outbound=False)) == "drop"
+
+
+def test_link_local_and_never_ranges_stay_closed_even_when_named():
+    assert verdict("169.254.169.254", policy_sets(("169.254.169.254/32",))) == "drop"
+    sets = policy_sets(("192.168.1.7/32", "0.0.0.0/0"))
+    sets[NEVER_SET] = never_ranges(["192.168.0.0/16"])
+    assert verdict("192.168.1.7", sets) == "drop"
+    assert verdict("8.8.4.4", sets) == "accept"
+
+
+def test_other_guests_stay_closed_even_when_named():
+    assert verdict("172.16.0.9", policy_sets(("172.16.0.9/32", "0.0.0.0/0"))) == "drop"
+
+
+def test_dns_to_the_bridge_follows_outbound_internet():
+    assert verdict(GATEWAY, policy_sets(("8.8.8.8/32",)), port=53) == "accept"
+    assert verdict(GATEWAY, policy_sets(("8.8.8.8/32",), outbound=False), port=53) == "drop"
 
 
 def test_dns_matches_address_and_port_in_the_dns_set():
@@ -104,39 +168,62 @@ def test_dns_matches_address_and_port_in_the_dns_set():
 
 @pytest.mark.parametrize("allow_ips", [(), ("8.8.8.8/32", "0.0.0.0/0")])
 def test_outbound_false_fills_no_set(allow_ips):
-    assert egress_entries(allow_ips, False, GATEWAY) == ([], [])
+    assert egress_entries(allow_ips, False, GATEWAY) == EgressSets()
 
 
 def test_outbound_true_allows_dns_and_the_entries():
-    cidrs, dns = egress_entries(("10.0.0.0/8", "1.1.1.1/32"), True, GATEWAY)
-    assert cidrs == ["10.0.0.0/8", "1.1.1.1/32"]
-    assert dns == [f"{GATEWAY},udp:53", f"{GATEWAY},tcp:53"]
+    sets = egress_entries(("10.0.0.0/8", "1.1.1.1/32"), True, GATEWAY)
+    assert sets.allowed == ("10.0.0.0/8", "1.1.1.1/32")
+    assert sets.pinned == ("1.1.1.1",)
+    assert sets.resolvers == (f"{GATEWAY},udp:53", f"{GATEWAY},tcp:53")
 
 
 def test_full_internet_is_split_into_halves():
-    assert egress_entries(("0.0.0.0/0",), True, GATEWAY)[0] == ["0.0.0.0/1", "128.0.0.0/1"]
+    sets = egress_entries(("0.0.0.0/0",), True, GATEWAY)
+    assert sets.allowed == ("0.0.0.0/1", "128.0.0.0/1") and sets.pinned == ()
 
 
 def test_ipv6_entries_are_dropped_and_duplicates_merged():
-    cidrs, _dns = egress_entries(("2001:db8::/32", "1.1.1.1", "1.1.1.1/32"), True, GATEWAY)
-    assert cidrs == ["1.1.1.1/32"]
+    sets = egress_entries(("2001:db8::/32", "1.1.1.1", "1.1.1.1/32"), True, GATEWAY)
+    assert sets.allowed == ("1.1.1.1/32",) and sets.pinned == ("1.1.1.1",)
 
 
 def test_restore_script_swaps_fresh_sets_in():
-    script = restore_script(NAME, ["10.0.0.0/8"], [f"{GATEWAY},udp:53"]).splitlines()
+    script = restore_script(NAME, EgressSets(("10.0.0.0/8",), ("10.0.0.1",),
+                                             (f"{GATEWAY},udp:53",))).splitlines()
     assert script[:3] == [f"create {NAME}-allow hash:net family inet -exist",
                           f"create {NAME}-allow-n hash:net family inet -exist",
                           f"flush {NAME}-allow-n"]
     assert f"add {NAME}-allow-n 10.0.0.0/8 -exist" in script
+    assert f"add {NAME}-pin-n 10.0.0.1 -exist" in script
     assert script.index(f"swap {NAME}-allow-n {NAME}-allow") > script.index(
         f"add {NAME}-allow-n 10.0.0.0/8 -exist")
+    assert f"create {NAME}-pin hash:ip family inet -exist" in script
     assert f"create {NAME}-dns hash:ip,port family inet -exist" in script
     assert script[-1] == f"destroy {NAME}-dns-n"
 
 
+def test_host_sets_hold_the_host_addresses_and_the_never_ranges():
+    script = host_sets_script(["10.0.2.15/32"], never_ranges()).splitlines()
+    assert f"add {HOST_SET}-n 10.0.2.15/32 -exist" in script
+    assert f"add {NEVER_SET}-n 169.254.0.0/16 -exist" in script
+
+
+def test_host_addresses_are_parsed_from_ip_addr():
+    output = ("1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n"
+              "2: eth0    inet 10.0.2.15/24 brd 10.0.2.255 scope global eth0\\  x\n"
+              "5: rds-br0    inet 172.16.0.1/24 brd 172.16.0.255 scope global rds-br0\n")
+    assert parse_addresses(output) == ["127.0.0.1/32", "10.0.2.15/32", "172.16.0.1/32"]
+
+
+def test_set_owners_are_found_for_every_suffix():
+    names = [f"{NAME}-allow", f"{NAME}-pin-n", f"{NAME}-dns", HOST_SET, NEVER_SET, "other"]
+    assert {owner_of(name) for name in names} - {None} == {NAME}
+
+
 def test_set_names_fit_the_kernel_limit():
     with pytest.raises(ValueError):
-        restore_script("rds-" + "x" * 30, [], [])
+        restore_script("rds-" + "x" * 30, EgressSets())
 
 
 def test_isolated_network_has_no_forward():
