@@ -39,6 +39,13 @@ class Settings:
     max_upload_uncompressed_bytes: int = 512 * 1024 * 1024
     max_upload_entries: int = 10_000
     max_download_bytes: int = 512 * 1024 * 1024
+    # Disks: a VM's diskSizeMb at most; VM disks (their full size) + snapshots at most
+    # DISK_BUDGET_MB (0: whatever the storage filesystem can hold, keeping DISK_RESERVE_MB
+    # free); at most MAX_SNAPSHOTS snapshots.
+    max_disk_size_mb: int = 65536
+    disk_budget_mb: int = 0
+    disk_reserve_mb: int = 2048
+    max_snapshots: int = 100
     storage_root: str = "/var/lib/run-dat-sheesh"
     templates_dir: str = str(REPO_ROOT / "vm-templates")
     default_image_id: str = "default"
@@ -48,6 +55,9 @@ class Settings:
     network_bridge: str = "rds-br0"
     network_cidr: str = "172.16.0.0/24"
     network_mode: str = "isolated"
+    # Ranges no guest may ever reach, whatever its allowIps (comma-separated IPv4 CIDRs), on top
+    # of link-local (169.254.0.0/16), which is always in: e.g. the LAN of a NAT-mode host.
+    egress_never_cidrs: str = ""
     boot_timeout_s: float = 240.0
     stop_timeout_s: float = 30.0
     libvirt_timeout_s: float = 30.0
@@ -56,6 +66,10 @@ class Settings:
     ssh_channel_timeout_s: float = 10.0
     log_level: str = "INFO"
     trusted_proxies: int = 0
+    # gunicorn threads per worker (deploy/gunicorn.conf.py reads the same variable) and how
+    # many of them may run long calls at once (0: all but 4); see app/api/limits.py.
+    web_threads: int = 16
+    long_call_slots: int = 0
     # Memory snapshots: VM shapes ("CPUxMEM_MB", comma-separated) kept as saved booted guests.
     snapshot_shapes: str = "1x256"
     snapshot_auto_build: str = "true"  # build a missing one in the background on first use
@@ -120,6 +134,16 @@ class Settings:
         return next(self.network.hosts())
 
     @property
+    def egress_never_list(self) -> tuple[str, ...]:
+        parts = (part.strip() for part in self.egress_never_cidrs.split(","))
+        return tuple(part for part in parts if part)
+
+    @property
+    def long_call_limit(self) -> int:
+        """Long calls a worker runs at once: LONG_CALL_SLOTS, or all threads but 4."""
+        return self.long_call_slots or max(1, self.web_threads - 4)
+
+    @property
     def is_production(self) -> bool:
         return self.app_env == "production"
 
@@ -142,6 +166,10 @@ ENV_NAMES: dict[str, str] = {
     "MAX_UPLOAD_UNCOMPRESSED_BYTES": "max_upload_uncompressed_bytes",
     "MAX_UPLOAD_ENTRIES": "max_upload_entries",
     "MAX_DOWNLOAD_BYTES": "max_download_bytes",
+    "MAX_DISK_SIZE_MB": "max_disk_size_mb",
+    "DISK_BUDGET_MB": "disk_budget_mb",
+    "DISK_RESERVE_MB": "disk_reserve_mb",
+    "MAX_SNAPSHOTS": "max_snapshots",
     "STORAGE_ROOT": "storage_root",
     "TEMPLATES_DIR": "templates_dir",
     "DEFAULT_IMAGE_ID": "default_image_id",
@@ -151,6 +179,7 @@ ENV_NAMES: dict[str, str] = {
     "NETWORK_BRIDGE": "network_bridge",
     "NETWORK_CIDR": "network_cidr",
     "NETWORK_MODE": "network_mode",
+    "EGRESS_NEVER_CIDRS": "egress_never_cidrs",
     "BOOT_TIMEOUT_S": "boot_timeout_s",
     "STOP_TIMEOUT_S": "stop_timeout_s",
     "LIBVIRT_TIMEOUT_S": "libvirt_timeout_s",
@@ -159,6 +188,8 @@ ENV_NAMES: dict[str, str] = {
     "SSH_CHANNEL_TIMEOUT_S": "ssh_channel_timeout_s",
     "LOG_LEVEL": "log_level",
     "TRUSTED_PROXIES": "trusted_proxies",
+    "WEB_THREADS": "web_threads",
+    "LONG_CALL_SLOTS": "long_call_slots",
     "SNAPSHOT_SHAPES": "snapshot_shapes",
     "SNAPSHOT_AUTO_BUILD": "snapshot_auto_build",
     "ENABLE_WARM_POOL": "enable_warm_pool",
@@ -240,6 +271,16 @@ def validate(settings: Settings) -> None:
                  "max_upload_uncompressed_bytes", "max_upload_entries", "max_download_bytes"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
+    for name in ("disk_budget_mb", "disk_reserve_mb", "max_snapshots"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"{name.upper()} must not be negative")
+    if settings.web_threads < 1 or settings.long_call_slots < 0:
+        raise ConfigError("WEB_THREADS must be at least 1 and LONG_CALL_SLOTS not negative")
+    if settings.long_call_slots >= settings.web_threads:
+        raise ConfigError("LONG_CALL_SLOTS must be below WEB_THREADS (threads must stay free "
+                          "for health checks and reads)")
+    if settings.max_disk_size_mb < 1:
+        raise ConfigError("MAX_DISK_SIZE_MB must be at least 1")
     if settings.default_exec_timeout_ms > settings.max_exec_timeout_ms:
         raise ConfigError("DEFAULT_EXEC_TIMEOUT_MS must not exceed MAX_EXEC_TIMEOUT_MS")
     if not 1 <= settings.port <= 65535:
@@ -256,6 +297,11 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"NETWORK_CIDR is not an IPv4 network: {exc}") from None
     if network.prefixlen > 29:
         raise ConfigError("NETWORK_CIDR must have room for guests (at most /29)")
+    for entry in settings.egress_never_list:
+        try:
+            ipaddress.IPv4Network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"EGRESS_NEVER_CIDRS: {entry!r} is not an IPv4 CIDR") from None
     for name in ("boot_timeout_s", "stop_timeout_s", "libvirt_timeout_s",
                  "ssh_connect_timeout_s", "ssh_auth_timeout_s", "ssh_channel_timeout_s"):
         if getattr(settings, name) <= 0:

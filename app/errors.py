@@ -12,9 +12,13 @@ class AppError(Exception):
 
     http_status = 500
 
-    def __init__(self, message: str, **extra: t.Any) -> None:
+    def __init__(self, message: str, headers: t.Mapping[str, str] | None = None,
+                 **extra: t.Any) -> None:
+        """:param headers: response headers to send with the error (e.g. ``Retry-After``).
+        :param extra: more fields of the JSON body."""
         super().__init__(message)
         self.message = message
+        self.headers = dict(headers or {})
         self.extra = extra
 
 
@@ -38,12 +42,28 @@ class VmStateConflict(AppError):
     http_status = 409
 
 
+class VmBusy(VmStateConflict):
+    """Another operation (stop, start, delete, network change) holds the VM's lock."""
+
+
 class PayloadTooLarge(AppError):
     http_status = 413
 
 
 class QuotaExceeded(AppError):
     http_status = 429
+
+
+class TooBusy(AppError):
+    """Every slot for long calls on this worker is taken: retry shortly."""
+
+    http_status = 429
+
+
+class InsufficientStorage(AppError):
+    """The host's disk budget has no room for a new disk or snapshot."""
+
+    http_status = 507
 
 
 class HypervisorError(AppError):
@@ -54,6 +74,12 @@ class HypervisorError(AppError):
 
 class CapacityExhausted(AppError):
     http_status = 503
+
+
+class GuestCommandFailed(AppError):
+    """A helper in the guest failed (e.g. packing a download): the guest answered, wrongly."""
+
+    http_status = 502
 
 
 class GuestUnreachable(AppError):
@@ -80,7 +106,9 @@ def register_error_handlers(app: t.Any) -> None:
     def handle_app_error(error: AppError):
         if error.http_status >= 500:
             log.warning("request failed status=%s message=%s", error.http_status, error.message)
-        return _reply(error.http_status, {"message": error.message, **error.extra})
+        response = _reply(error.http_status, {"message": error.message, **error.extra})
+        response.headers.update(error.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(error: HTTPException):

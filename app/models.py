@@ -21,7 +21,8 @@ class VmPhase(str, enum.Enum):
     answered since (``ready``), so every worker process reports the same state.
     """
 
-    STARTING = "starting"
+    CREATING = "creating"  # a create in progress: swept when older than any create can take
+    STARTING = "starting"  # a start of a stopped VM in progress
     READY = "ready"
     STOPPING = "stopping"
 

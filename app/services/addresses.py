@@ -5,39 +5,23 @@ allocation is: take the host-wide lock, read the taken set, pick, define the dom
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import ipaddress
-import time
 import typing as t
 from pathlib import Path
 
 from app.errors import CapacityExhausted
+from app.services.locks import host_lock
 
 
-@contextlib.contextmanager
 def allocation_lock(path: Path, timeout: float,
-                    busy: str = "the host is busy allocating VMs; retry") -> t.Iterator[None]:
+                    busy: str = "the host is busy allocating VMs; retry"
+                    ) -> t.ContextManager[None]:
     """An exclusive host-wide lock (flock), shared by every worker process.
 
     :param busy: the error message when the lock stays taken.
     :raises CapacityExhausted: when it cannot be taken within ``timeout`` seconds.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise CapacityExhausted(busy) from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return host_lock(path, timeout, lambda: CapacityExhausted(busy))
 
 
 def pick_address(network: ipaddress.IPv4Network, gateway: ipaddress.IPv4Address,

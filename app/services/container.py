@@ -7,6 +7,7 @@ import logging
 from app.config import Settings
 from app.services.commands import CommandService
 from app.services.files import FileService
+from app.services.health import HealthService
 from app.services.maintenance import Maintainer
 from app.services.seed_builder import SeedBuilder
 from app.services.snapshots import SnapshotService, SnapshotStore
@@ -30,6 +31,7 @@ class Services:
     seeds: SeedBuilder
     domain_type: str
     maintainer: Maintainer
+    health: HealthService
 
     def close(self) -> None:
         self.maintainer.stop()
@@ -51,8 +53,13 @@ def build_services(settings: Settings) -> Services:
     store = SnapshotStore(settings.snapshots_dir, templates)
     vms = VmService(settings, hypervisor, templates, domain_type, snapshots=store)
     seeds = SeedBuilder(settings, hypervisor, templates, vms.seeds, vms)
+    snapshots = SnapshotService(settings, hypervisor, templates, vms, store)
+
+    def sweep() -> list[str]:
+        return vms.remove_orphans() + snapshots.remove_orphans()
+
     return Services(settings=settings, hypervisor=hypervisor, templates=templates, vms=vms,
                     commands=CommandService(settings, vms), files=FileService(settings, vms),
-                    snapshots=SnapshotService(settings, hypervisor, templates, vms, store),
-                    seeds=seeds,
-                    domain_type=domain_type, maintainer=Maintainer(settings, vms, seeds))
+                    snapshots=snapshots, seeds=seeds, domain_type=domain_type,
+                    maintainer=Maintainer(settings, vms, seeds, sweep=sweep),
+                    health=HealthService(settings, hypervisor, domain_type))

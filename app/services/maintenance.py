@@ -8,7 +8,11 @@ others wait to take over. The owner, every few seconds:
   current image build (``SNAPSHOT_AUTO_BUILD``), and removes outdated unused ones;
 - keeps ``WARM_POOL_TARGET`` ready pool VMs per ``WARM_POOL_SHAPES`` entry
   (``ENABLE_WARM_POOL``), at most ``WARM_POOL_MAX_VMS`` in all, and removes pool VMs that
-  died, belong to an old image build or were left half-made by a crashed owner.
+  died, belong to an old image build or were left half-made by a crashed owner;
+- refreshes the host-wide egress sets (the host's own addresses change: DHCP, new links);
+- every :data:`SWEEP_INTERVAL_S`, sweeps what crashed creates left behind (a worker killed
+  mid-create leaves a domain that counts against ``MAX_VMS``), with the usual 10-minute age
+  guard (:meth:`VmService.remove_orphans`).
 
 Claiming a pool VM is not done here but in the request (:meth:`VmService.create`), under the
 allocation lock. ``drain()`` removes every pool VM (gunicorn's ``on_exit``).
@@ -18,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import threading
+import time
 import typing as t
 from pathlib import Path
 
@@ -31,13 +36,19 @@ if t.TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 INTERVAL_S = 3.0
+SWEEP_INTERVAL_S = 60.0
 
 
 class Maintainer:
-    def __init__(self, settings: Settings, vms: VmService, seeds: SeedBuilder) -> None:
+    def __init__(self, settings: Settings, vms: VmService, seeds: SeedBuilder,
+                 sweep: t.Callable[[], list[str]] | None = None) -> None:
+        """:param sweep: removes what crashed creates and snapshots left (default: the VM
+        service's own sweep)."""
         self.settings = settings
         self.vms = vms
         self.seeds = seeds
+        self.sweep = sweep
+        self._swept_at: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock_file: t.IO[str] | None = None
@@ -81,6 +92,11 @@ class Maintainer:
     # Work ##################################################################################
 
     def run_once(self) -> None:
+        self.vms.ipsets.refresh_host_sets()
+        if self._swept_at is None or time.monotonic() - self._swept_at >= SWEEP_INTERVAL_S:
+            self._swept_at = time.monotonic()
+            for item in (self.sweep or self.vms.remove_orphans)():
+                log.info("removed orphan %s", item)
         if self.settings.snapshot_auto_build_enabled:
             self.ensure_seeds()
         if self.settings.warm_pool_enabled:

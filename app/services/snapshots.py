@@ -35,6 +35,7 @@ from app.errors import (AppError, GuestUnreachable, HypervisorError, InvalidRequ
                         SnapshotNotFound, VmNotFound, VmStateConflict)
 from app.models import Snapshot, Template, VmRecord, VmSpec, VmState
 from app.services.addresses import allocation_lock
+from app.services.capacity import DiskBudget, allocated_mb
 from app.services.templates import ImageBuild, TemplateCatalog
 from app.virt import disks
 from app.virt.connection import Hypervisor
@@ -186,6 +187,7 @@ class SnapshotService:
         self.templates = templates
         self.vms = vms
         self.store = store
+        self.budget = DiskBudget(settings)
 
     def list(self) -> list[Snapshot]:
         return self.store.list()
@@ -200,6 +202,8 @@ class SnapshotService:
         :raises VmNotFound: unknown VM.
         :raises VmStateConflict: the VM is neither RUNNING nor STOPPED, or changed state during
             the copy.
+        :raises QuotaExceeded: at ``MAX_SNAPSHOTS``.
+        :raises InsufficientStorage: the host's disk budget has no room for the copy.
         :raises GuestUnreachable: the guest agent could neither freeze nor sync the guest.
         :raises HypervisorError: copying or checking the disk failed.
         """
@@ -208,6 +212,9 @@ class SnapshotService:
         with allocation_lock(self.settings.snapshot_lock_path, LOCK_TIMEOUT,
                              busy="the host is busy taking snapshots; retry"):
             record, state = self._source(vm_id)
+            self.budget.check_new_snapshot(
+                [vm for vm, _info in self.vms.records()], len(self.store.list()),
+                allocated_mb(self.settings.vms_dir / record.name / DISK))
             image = self.templates.build_at(Path(record.image_path)).disk
             snapshot_id = str(uuid.uuid4())
             snapshot = Snapshot(

@@ -23,11 +23,13 @@ from pathlib import Path
 
 from app.config import Settings
 from app.errors import (AppError, GuestUnreachable, HypervisorError, InvalidRequest,
-                        QuotaExceeded, VmNotFound, VmStateConflict)
+                        QuotaExceeded, VmBusy, VmNotFound, VmStateConflict)
 from app.guestssh import GuestSSH, SshTimeouts, load_private_key
 from app.models import (ProvisionMode, Template, Vm, VmPhase, VmRecord, VmRole, VmSpec,
                         VmState)
 from app.services.addresses import allocation_lock, mac_for, pick_address
+from app.services.capacity import DiskBudget
+from app.services.locks import host_lock
 from app.services.ports import VmPorts
 from app.services.seeds import Seed, SeedStore
 from app.services.snapshots import SnapshotStore
@@ -37,13 +39,14 @@ from app.sshkeys import KeyPair, generate_keypair, manager_keypair, write_privat
 from app.virt import disks, identity, save_image
 from app.virt.connection import DomainInfo, Hypervisor
 from app.virt.domain_xml import (METADATA_NS, METADATA_PREFIX, BootFiles, DomainParams,
-                                 build_domain_xml, metadata_xml, parse_metadata, port_name,
-                                 vm_title)
+                                 build_domain_xml, kernel_cmdline, metadata_xml, parse_metadata,
+                                 port_name, vm_title)
 from app.virt.ipsets import IpSets
 from app.virt.nwfilter_xml import build_filter_xml
 
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT = 60.0
+VM_LOCK_FILE = "lock"  # in the VM's directory: held by stop, start, delete and policy changes
 ORPHAN_MIN_AGE_S = 600.0  # longer than any create (lock wait + boot timeout)
 IDENTITY_SOCKET = "identity.sock"  # in the VM's directory: see app.virt.identity
 RESTORE_TIMEOUT_S = 120.0
@@ -56,7 +59,7 @@ def vm_state(domain_state: str, phase: VmPhase) -> VmState:
     """The API state from libvirt's run state and the manager's last phase."""
     if domain_state == "running":
         return {VmPhase.READY: VmState.RUNNING, VmPhase.STARTING: VmState.STARTING,
-                VmPhase.STOPPING: VmState.STOPPING}[phase]
+                VmPhase.CREATING: VmState.STARTING, VmPhase.STOPPING: VmState.STOPPING}[phase]
     if domain_state == "shutoff":
         return VmState.STOPPED
     if domain_state == "shutdown":
@@ -84,8 +87,9 @@ class VmService:
         self.domain_type = domain_type
         self.seeds = SeedStore(settings.seeds_dir, domain_type,
                                lambda: hypervisor.emulator_version())
-        self.ipsets = IpSets()
+        self.ipsets = IpSets(settings.egress_never_list)
         self.ports = VmPorts(settings, hypervisor)
+        self.disk_budget = DiskBudget(settings)
         self.snapshots = snapshots
         self._manager_key: KeyPair | None = None
         self._guests: dict[str, GuestSSH] = {}
@@ -130,6 +134,24 @@ class VmService:
             raise VmNotFound(f"VM {vm_id} not found")
         return record, info
 
+    @contextlib.contextmanager
+    def _locked(self, vm_id: str) -> t.Iterator[tuple[VmRecord, DomainInfo]]:
+        """Hold the VM's host-wide lock and yield its record as read under it.
+
+        Stop, start, delete and policy changes of one VM run one at a time, whichever worker
+        process serves them, so the sets in the kernel always hold the policy the metadata
+        says, and nothing is re-created for a VM that a concurrent delete removed.
+
+        :raises VmNotFound: unknown, or deleted while waiting.
+        :raises VmBusy: another operation kept the lock for :data:`LOCK_TIMEOUT` seconds.
+        """
+        record, _info = self._lookup(vm_id)
+        gone = lambda: VmNotFound(f"VM {vm_id} not found")  # noqa: E731
+        with host_lock(self.settings.vms_dir / record.name / VM_LOCK_FILE, LOCK_TIMEOUT,
+                       busy=lambda: VmBusy(f"VM {vm_id} is busy with another operation; "
+                                           f"retry"), missing=gone):
+            yield self._lookup(vm_id)
+
     # Create ################################################################################
 
     def create(self, spec: VmSpec) -> Vm:
@@ -142,12 +164,14 @@ class VmService:
 
         :raises InvalidRequest: limits or unknown template.
         :raises QuotaExceeded: at ``MAX_VMS``.
+        :raises InsufficientStorage: the host's disk budget has no room for the VM's disk.
         :raises GuestUnreachable: the guest did not answer in time (nothing is left behind).
         """
         self._check_limits(spec)
         template = self.templates.get(spec.image_id)
         build = self.templates.current_build(template)
         disk_size_mb = spec.disk_size_mb or default_disk_size_mb(template, build)
+        self.disk_budget.check_disk_size(disk_size_mb)
         if disk_size_mb < build.disk_size_mb:
             raise InvalidRequest(f"diskSizeMb must be at least {build.disk_size_mb} for "
                                  f"template {template.id!r}")
@@ -269,11 +293,12 @@ class VmService:
         :raises InvalidRequest: too many entries.
         """
         self._check_allow_ips(allow_ips)
-        record, info = self._lookup(vm_id)
-        updated = dataclasses.replace(record, allow_ips=allow_ips,
-                                      outbound_internet=outbound_internet)
-        self._apply_policy(updated)
-        self.hypervisor.set_metadata(vm_id, metadata_xml(updated), METADATA_NS, METADATA_PREFIX)
+        with self._locked(vm_id) as (record, info):
+            updated = dataclasses.replace(record, allow_ips=allow_ips,
+                                          outbound_internet=outbound_internet)
+            self._apply_policy(updated)
+            self.hypervisor.set_metadata(vm_id, metadata_xml(updated), METADATA_NS,
+                                         METADATA_PREFIX)
         log.info("vm network policy changed vm=%s outbound=%s entries=%s", vm_id,
                  outbound_internet, len(allow_ips))
         return to_vm(updated, info.state)
@@ -296,6 +321,7 @@ class VmService:
             if len(domains) >= settings.max_vms:
                 raise QuotaExceeded(f"VM quota reached ({settings.max_vms} VMs)")
             records = [r for r in (parse_metadata(d.xml) for d in domains) if r]
+            self.disk_budget.check_new_vm(records, disk_size_mb)
             address = pick_address(settings.network, settings.gateway_ip,
                                    [r.guest_ip for r in records])
             vm_id, name = self._new_identity()
@@ -306,7 +332,7 @@ class VmService:
                 image_path=str(build.path), disk_size_mb=disk_size_mb,
                 created_at=now_iso(),
                 provision_mode="boot" if seed is None else "snapshot",
-                host_key=host_key.public_openssh, phase=VmPhase.STARTING, role=role,
+                host_key=host_key.public_openssh, phase=VmPhase.CREATING, role=role,
                 seed=seed.key if seed else "", snapshot_id=spec.snapshot_id or "")
             vm_dir = settings.vms_dir / name
             vm_dir.mkdir(mode=0o700, parents=True)
@@ -361,10 +387,11 @@ class VmService:
         """The domain XML of ``record``, built on the template's XML or on a seed's saved XML
         (then only the VM's identity changes and the devices stay exactly as saved)."""
         template = self.templates.get(record.image_id)
-        cmdline = f"{template.kernel_cmdline} rds.hostname={record.name}"
+        identity = f"rds.hostname={record.name}"
         if record.guest_ip:
-            cmdline += (f" rds.ip={record.guest_ip}/{self.settings.network.prefixlen} "
-                        f"rds.gw={self.settings.gateway_ip}")
+            identity += (f" rds.ip={record.guest_ip}/{self.settings.network.prefixlen} "
+                         f"rds.gw={self.settings.gateway_ip}")
+        cmdline = kernel_cmdline(template.kernel_cmdline, self.domain_type, identity)
         params = DomainParams(
             accelerator=self.domain_type,
             boot=BootFiles(kernel=str(build.kernel), initrd=str(build.initrd), cmdline=cmdline),
@@ -394,8 +421,24 @@ class VmService:
         seed = self.seeds.find(template, build, cpu, mem_mb, disk_size_mb)
         return self._create(spec, template, build, disk_size_mb, seed, role=VmRole.POOL)
 
-    def remove_pool_vm(self, record: VmRecord) -> None:
-        self._remove(record)
+    def remove_pool_vm(self, record: VmRecord) -> bool:
+        """Remove a warm-pool VM unless a create claimed it since ``record`` was read.
+
+        Claims change a pool VM's role under the allocation lock; the role is read again under
+        the same lock here, so a VM that was just handed out is never removed.
+
+        :returns: whether it was removed.
+        """
+        with allocation_lock(self.settings.lock_path, LOCK_TIMEOUT):
+            try:
+                current = parse_metadata(self.hypervisor.get_domain(record.id).xml)
+            except VmNotFound:
+                return False
+            if current is None or current.role is not VmRole.POOL:
+                log.info("pool vm=%s was claimed meanwhile: kept", record.id)
+                return False
+            self._remove(current)
+        return True
 
     def _claim_pool_vm(self, spec: VmSpec, template: Template, build: ImageBuild,
                        disk_size_mb: int) -> Vm | None:
@@ -436,14 +479,14 @@ class VmService:
         return to_vm(record, "running")
 
     def _evict_pool_vm(self) -> bool:
-        """Make room for a caller's VM at the quota: remove the newest idle pool VM."""
-        records = sorted(self.pool_records(), key=lambda item: item[0].created_at)
-        if not records:
-            return False
-        record = records[-1][0]
-        log.info("quota reached: evicting pool vm=%s name=%s", record.id, record.name)
-        self._remove(record)
-        return True
+        """Make room for a caller's VM at the quota: remove the newest idle pool VM (one that
+        no concurrent create claimed meanwhile)."""
+        for record, _state in sorted(self.pool_records(), key=lambda item: item[0].created_at,
+                                     reverse=True):
+            if self.remove_pool_vm(record):
+                log.info("quota reached: evicted pool vm=%s name=%s", record.id, record.name)
+                return True
+        return False
 
     # Stop / start / delete #################################################################
 
@@ -452,41 +495,48 @@ class VmService:
 
         :raises VmStateConflict: unless RUNNING.
         """
-        record, info = self._lookup(vm_id)
-        if to_vm(record, info.state).state is not VmState.RUNNING:
-            raise VmStateConflict(f"VM {vm_id} is {to_vm(record, info.state).state.value}; "
-                                  f"only a RUNNING VM can be stopped")
-        self._forget_guest(vm_id)
-        record = self._set_phase(record, VmPhase.STOPPING)
-        try:
-            self.hypervisor.request_shutdown(vm_id)
-        except HypervisorError as exc:
-            log.warning("clean shutdown request failed vm=%s error=%s", vm_id, exc.message)
-        if not self._wait_for_state(vm_id, "shutoff", self.settings.stop_timeout_s):
-            log.warning("guest did not power off in time, forcing vm=%s", vm_id)
-            self.hypervisor.destroy_domain(vm_id)
+        with self._locked(vm_id) as (record, info):
+            state = to_vm(record, info.state).state
+            if state is not VmState.RUNNING:
+                raise VmStateConflict(f"VM {vm_id} is {state.value}; only a RUNNING VM can be "
+                                      f"stopped")
+            self._forget_guest(vm_id)
+            record = self._set_phase(record, VmPhase.STOPPING)
+            try:
+                self.hypervisor.request_shutdown(vm_id)
+            except HypervisorError as exc:
+                log.warning("clean shutdown request failed vm=%s error=%s", vm_id, exc.message)
+            if not self._wait_for_state(vm_id, "shutoff", self.settings.stop_timeout_s):
+                log.warning("guest did not power off in time, forcing vm=%s", vm_id)
+                self.hypervisor.destroy_domain(vm_id)
         log.info("vm stopped vm=%s", vm_id)
 
     def start(self, vm_id: str) -> None:
         """Boot a STOPPED VM from its kept disk; returns once the guest answers.
 
+        The VM's lock is held while its network and domain are set up, not while the guest
+        boots: a delete or a policy change meanwhile waits seconds, not a boot.
+
         :raises VmStateConflict: unless STOPPED.
         """
-        record, info = self._lookup(vm_id)
-        state = to_vm(record, info.state).state
-        if state is not VmState.STOPPED:
-            raise VmStateConflict(f"VM {vm_id} is {state.value}; only a STOPPED VM can be "
-                                  f"started")
-        record = self._set_phase(record, VmPhase.STARTING)
-        self._apply_policy(record)  # the sets are kernel state: gone after a host reboot
-        self.ports.ensure(record)  # so is the tap, and libvirt's bindings live under /run
-        self.hypervisor.start_domain(vm_id)
+        with self._locked(vm_id) as (record, info):
+            state = to_vm(record, info.state).state
+            if state is not VmState.STOPPED:
+                raise VmStateConflict(f"VM {vm_id} is {state.value}; only a STOPPED VM can be "
+                                      f"started")
+            record = self._set_phase(record, VmPhase.STARTING)
+            self._apply_policy(record)  # the sets are kernel state: gone after a host reboot
+            self.ports.ensure(record)  # so is the tap, and libvirt's bindings live under /run
+            self.hypervisor.start_domain(vm_id)
         try:
             self._wait_ready(record)
         except AppError:
-            quietly(self.hypervisor.destroy_domain, vm_id)
+            with contextlib.suppress(VmNotFound), self._locked(vm_id):
+                quietly(self.hypervisor.destroy_domain, vm_id)
             raise
-        self._set_phase(record, VmPhase.READY)
+        with self._locked(vm_id) as (record, info):
+            if info.state == "running" and record.phase is VmPhase.STARTING:
+                self._set_phase(record, VmPhase.READY)
         log.info("vm started vm=%s", vm_id)
 
     def delete(self, vm_id: str) -> None:
@@ -494,8 +544,8 @@ class VmService:
 
         :raises VmNotFound: when already gone.
         """
-        record, _info = self._lookup(vm_id)
-        self._remove(record)
+        with self._locked(vm_id) as (record, _info):
+            self._remove(record)
 
     def _remove(self, record: VmRecord) -> None:
         """Delete any domain of this service (sandbox, pool VM or seed) and all it owns."""
@@ -587,16 +637,16 @@ class VmService:
     # Housekeeping ##########################################################################
 
     def remove_orphans(self, min_age_s: float = ORPHAN_MIN_AGE_S) -> list[str]:
-        """Delete disks/keys, filters, ipsets and taps that belong to no domain (a crash
-        mid-create).
+        """Delete domains whose create never finished, and disks/keys, filters, ipsets and taps
+        that belong to no domain (a crash mid-create).
 
         A create in flight has a fresh directory and no domain yet, so only directories older
         than ``min_age_s`` (and filters with no recent directory) count as orphans; that keeps
         the sweep safe while another process is creating VMs.
         """
+        removed = self._remove_half_made(min_age_s)
         names = {info.name for info in self.hypervisor.list_domains()}
         fresh = set()
-        removed = []
         if self.settings.vms_dir.is_dir():
             now = time.time()
             for vm_dir in self.settings.vms_dir.iterdir():
@@ -619,6 +669,24 @@ class VmService:
                 removed.append(f"ipsets {set_owner}-*")
         for item in removed:
             log.info("removed orphan %s", item)
+        return removed
+
+    def _remove_half_made(self, min_age_s: float) -> list[str]:
+        """Domains whose create never finished (its worker was killed): still ``creating``
+        after ``min_age_s``, longer than any create may take. They count against
+        ``MAX_VMS`` and were never handed to a caller."""
+        removed = []
+        now = dt.datetime.now(dt.timezone.utc)
+        for record, _info in self.records():
+            if record.phase is not VmPhase.CREATING or record.role is VmRole.SEED:
+                continue
+            try:
+                age = (now - dt.datetime.fromisoformat(record.created_at)).total_seconds()
+            except ValueError:
+                age = min_age_s + 1  # unreadable: as old as it gets
+            if age >= min_age_s:
+                quietly(self._remove, record)
+                removed.append(f"half-made vm {record.name} ({record.id})")
         return removed
 
     def purge_all(self) -> int:

@@ -14,6 +14,7 @@ from app.config import Settings, load_settings
 from app.errors import (InvalidRequest, QuotaExceeded, SnapshotNotFound, VmNotFound,
                         VmStateConflict)
 from app.models import Snapshot, Vm, VmSpec, VmState
+from app.services.health import HealthService
 
 API_KEY = "unit-test-key"
 ADMIN_EMAIL = "admin@test.example"
@@ -139,6 +140,7 @@ class FakeServices:
     hypervisor: FakeHypervisor
     vms: FakeVmService
     snapshots: FakeSnapshotService
+    health: t.Any = None
     domain_type: str = "qemu"
     closed: bool = False
 
@@ -147,14 +149,24 @@ class FakeServices:
 
 
 @pytest.fixture
-def services() -> FakeServices:
+def bridge_nf(tmp_path) -> Path:
+    """Stands in for /proc/sys/net/bridge/bridge-nf-call-iptables (on: "1")."""
+    path = tmp_path / "bridge-nf-call-iptables"
+    path.write_text("1\n")
+    return path
+
+
+@pytest.fixture
+def services(bridge_nf) -> FakeServices:
     settings = load_settings(environ={}, overrides={
         "API_KEY": API_KEY, "ADMIN_EMAIL": ADMIN_EMAIL, "ADMIN_PASSWORD": ADMIN_PASSWORD,
         "SESSION_SECRET": "unit-test-session-secret", "MAX_VMS": MAX_VMS})
     vms = FakeVmService(settings.max_vms)
     vms.snapshots = FakeSnapshotService(vms)
-    return FakeServices(settings=settings, hypervisor=FakeHypervisor(), vms=vms,
-                        snapshots=vms.snapshots)
+    hypervisor = FakeHypervisor()
+    return FakeServices(settings=settings, hypervisor=hypervisor, vms=vms,
+                        snapshots=vms.snapshots,
+                        health=HealthService(settings, hypervisor, "qemu", bridge_nf))
 
 
 @pytest.fixture

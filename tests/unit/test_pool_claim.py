@@ -76,3 +76,25 @@ def test_quota_evicts_an_idle_pool_vm(world):
     assert world.vms._evict_pool_vm() is True
     assert pool_vm.id not in world.hypervisor.domains
     assert world.vms._evict_pool_vm() is False
+
+
+def test_evicting_never_removes_a_vm_claimed_meanwhile(world, monkeypatch):
+    """The eviction reads the pool, a concurrent create claims that VM, then the eviction
+    removes what it read: the claimed VM must survive (it re-checks the role under the
+    allocation lock)."""
+    pool_vm = add_pool_vm(world, 5)
+    stale = world.vms.pool_records()
+    claimed = world.vms.create(SPEC)  # another worker's create takes it first
+    assert claimed.id == pool_vm.id
+    monkeypatch.setattr(world.vms, "pool_records", lambda: stale)
+    assert world.vms._evict_pool_vm() is False
+    assert pool_vm.id in world.hypervisor.domains
+    assert [vm.id for vm in world.vms.list()] == [pool_vm.id]
+
+
+def test_maintainer_never_removes_a_vm_claimed_meanwhile(world):
+    pool_vm = add_pool_vm(world, 5)
+    claimed = world.vms.create(SPEC)
+    assert claimed.id == pool_vm.id
+    assert world.vms.remove_pool_vm(pool_vm) is False
+    assert world.vms.get(pool_vm.id).state.value == "RUNNING"
