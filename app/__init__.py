@@ -56,13 +56,14 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
         "ApiKeyAuth", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
     api.spec.components.security_scheme(
         "SessionCookie", {"type": "apiKey", "in": "cookie", "name": "rds_session"})
-    from app.api import auth, commands, files, health, snapshots, vms
+    from app.api import auth, commands, files, health, limits, snapshots, vms
     for blueprint in (health.blp, auth.blp, vms.blp, commands.blp, files.blp, snapshots.blp):
         api.register_blueprint(blueprint)
     _secure_v1_paths(api)
 
     app.before_request(_assign_request_id)
     app.before_request(auth.require_credentials)
+    limits.install(app, settings.long_call_limit)  # after the credential check
     app.after_request(_echo_request_id)
     register_error_handlers(app)
     _add_doc_routes(app, api)

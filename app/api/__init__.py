@@ -25,8 +25,11 @@ def services() -> t.Any:
 ERROR_REASONS = {
     400: "Invalid input", 401: "Missing or wrong credentials", 404: "Unknown VM, snapshot or path",
     409: "Wrong state for the operation", 413: "Body or content too large",
-    429: "VM quota reached", 503: "libvirt unreachable or no capacity",
+    429: "VM or snapshot quota reached, or this worker runs its maximum of long calls "
+         "(Retry-After)",
+    502: "A helper in the guest failed", 503: "libvirt unreachable or no capacity",
     504: "The guest did not answer in time",
+    507: "The host's disk budget has no room (DISK_BUDGET_MB / free space)",
 }
 ALWAYS = (401, 503)
 

@@ -15,7 +15,7 @@ blp = Blueprint("commands", __name__, url_prefix="/v1/vms",
 class Exec(MethodView):
     @blp.arguments(ExecSchema)
     @blp.response(200, CommandResultSchema)
-    @document_errors(blp, 400, 404, 409, 504)
+    @document_errors(blp, 400, 404, 409, 429, 504)
     def post(self, body, vm_id):
         """Run a shell command as uid 1000 in /workspace"""
         return services().commands.exec(vm_id, body["cmd"], body["cwd"], body["env"],
@@ -26,7 +26,7 @@ class Exec(MethodView):
 class RunTs(MethodView):
     @blp.arguments(RunTsSchema)
     @blp.response(200, RunResultSchema)
-    @document_errors(blp, 400, 404, 409, 504)
+    @document_errors(blp, 400, 404, 409, 429, 504)
     def post(self, body, vm_id):
         """Run TypeScript with Deno inside its permission sandbox"""
         return services().commands.run_ts(vm_id, body["code"], body["path"], body["args"],
@@ -37,7 +37,7 @@ class RunTs(MethodView):
 class RunJs(MethodView):
     @blp.arguments(RunJsSchema)
     @blp.response(200, RunResultSchema)
-    @document_errors(blp, 400, 404, 409, 504)
+    @document_errors(blp, 400, 404, 409, 429, 504)
     def post(self, body, vm_id):
         """Run JavaScript (ES module) with Node.js"""
         return services().commands.run_js(vm_id, body["code"], body["path"], body["args"],

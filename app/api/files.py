@@ -17,7 +17,7 @@ ARCHIVE_TYPES = ("application/gzip", "application/x-gzip", "application/octet-st
 class Upload(MethodView):
     @blp.arguments(UploadQueryArgsSchema, location="query")
     @blp.response(204)
-    @document_errors(blp, 400, 404, 409, 413, 504)
+    @document_errors(blp, 400, 404, 409, 413, 429, 504)
     def post(self, query, vm_id):
         """Extract a tar.gz body into a workspace directory (all or nothing)"""
         bundle = services()
@@ -33,7 +33,7 @@ class Download(MethodView):
     @blp.arguments(DownloadQueryArgsSchema, location="query")
     @blp.response(200, content_type="application/gzip",
                   description="tar.gz of the directory's contents or of the single file")
-    @document_errors(blp, 400, 404, 409, 413, 504)
+    @document_errors(blp, 400, 404, 409, 413, 429, 502, 504)
     def get(self, query, vm_id):
         """Download a file or directory of the workspace as tar.gz"""
         chunks = services().files.download(vm_id, query["path"])

@@ -15,7 +15,7 @@ blp = Blueprint("snapshots", __name__, url_prefix="/v1",
 @blp.route("/vms/<vm_id>/snapshots")
 class VmSnapshots(MethodView):
     @blp.response(201, SnapshotSchema)
-    @document_errors(blp, 404, 409, 504)
+    @document_errors(blp, 404, 409, 429, 504, 507)
     def post(self, vm_id):
         """Snapshot the disk of a RUNNING or STOPPED VM
 

@@ -19,7 +19,7 @@ class Vms(MethodView):
 
     @blp.arguments(VmCreateSchema)
     @blp.response(201, VmSchema)
-    @document_errors(blp, 400, 404, 429, 504)
+    @document_errors(blp, 400, 404, 429, 504, 507)
     def post(self, body):
         """Create a VM and boot it; answers once commands can run in it"""
         spec = VmSpec(cpu=body["cpu"], mem_mb=body["memMb"], allow_ips=tuple(body["allowIps"]),
@@ -38,7 +38,7 @@ class VmById(MethodView):
         return services().vms.get(vm_id)
 
     @blp.response(204)
-    @document_errors(blp, 404)
+    @document_errors(blp, 404, 409, 429)
     def delete(self, vm_id):
         """Delete a VM: domain, disk, filter and address"""
         services().vms.delete(vm_id)
@@ -47,7 +47,7 @@ class VmById(MethodView):
 @blp.route("/<vm_id>/stop")
 class VmStop(MethodView):
     @blp.response(204)
-    @document_errors(blp, 404, 409)
+    @document_errors(blp, 404, 409, 429)
     def post(self, vm_id):
         """Stop a RUNNING VM with a clean guest shutdown; the disk is kept"""
         services().vms.stop(vm_id)
@@ -56,7 +56,7 @@ class VmStop(MethodView):
 @blp.route("/<vm_id>/start")
 class VmStart(MethodView):
     @blp.response(204)
-    @document_errors(blp, 404, 409, 504)
+    @document_errors(blp, 404, 409, 429, 504)
     def post(self, vm_id):
         """Start a STOPPED VM from its kept disk"""
         services().vms.start(vm_id)
@@ -66,7 +66,7 @@ class VmStart(MethodView):
 class VmNetwork(MethodView):
     @blp.arguments(NetworkPolicySchema)
     @blp.response(200, VmSchema)
-    @document_errors(blp, 400, 404)
+    @document_errors(blp, 400, 404, 409, 429)
     def put(self, body, vm_id):
         """Change a VM's egress policy, live (extension)"""
         return services().vms.update_network(vm_id, tuple(body["allowIps"]),

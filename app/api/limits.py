@@ -1,0 +1,44 @@
+"""Long calls never starve cheap ones: each worker process runs at most ``LONG_CALL_SLOTS``
+long calls (creates, commands, file transfers, ...) at once, so some of its threads are always
+free for ``/healthz``, listings and reads. A long call beyond that is answered at once with 429
+and ``Retry-After`` instead of queueing behind the others (gunicorn's gthread workers hand a
+connection to the next free thread, and there is no other queue to wait in)."""
+from __future__ import annotations
+
+import threading
+
+from flask import Flask, g, request
+
+from app.errors import TooBusy
+
+# (endpoint, method) of every call that may take seconds to minutes.
+LONG_CALLS = {
+    ("vms.Vms", "POST"), ("vms.VmById", "DELETE"), ("vms.VmStop", "POST"),
+    ("vms.VmStart", "POST"), ("vms.VmNetwork", "PUT"),
+    ("commands.Exec", "POST"), ("commands.RunTs", "POST"), ("commands.RunJs", "POST"),
+    ("files.Upload", "POST"), ("files.Download", "GET"),
+    ("snapshots.VmSnapshots", "POST"),
+}
+RETRY_AFTER_S = 2
+
+
+def install(app: Flask, slots: int) -> None:
+    """Hold a slot for each long call from before the view until the response is done (for a
+    streamed download: until its last byte)."""
+    semaphore = threading.BoundedSemaphore(slots)
+    app.extensions["rds.long_call_slots"] = slots
+
+    @app.before_request
+    def take_slot() -> None:
+        if (request.endpoint, request.method) not in LONG_CALLS:
+            return
+        if not semaphore.acquire(blocking=False):
+            raise TooBusy(f"this worker is running its maximum of {slots} long calls; retry "
+                          f"in {RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
+        g.long_call_slot = semaphore
+
+    @app.teardown_request
+    def give_slot_back(_error: BaseException | None) -> None:
+        held = g.pop("long_call_slot", None)
+        if held is not None:
+            held.release()
