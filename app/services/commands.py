@@ -8,6 +8,7 @@ agent when SSH itself is starved.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -21,6 +22,7 @@ from app.config import Settings
 from app.errors import AppError, GuestUnreachable, InvalidRequest
 from app.guestssh import GuestSSH
 from app.models import CommandResult, RunResult
+from app.services.runtime_flags import check_deno_flags, check_node_flags
 from app.services.vms import VmService
 from app.services.workspace import GUEST_HELPERS as HELPERS, workspace_path
 
@@ -31,16 +33,17 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV = {"RDS_EXEC_ID"}
 NOT_STARTED_CODES = {210, 211}
 KILL_TIMEOUT = 15.0
-# Deno flags that would widen the permission sandbox; refused.
-DENO_FORBIDDEN = re.compile(r"^(-A|-[RWNESP](=.*)?|--allow-.*|--permission-set(=.*)?|"
-                            r"--unsafely-ignore-certificate-errors.*|--inspect.*)$")
+KILL_WAIT_S = 1.5  # how long a timed-out call waits for its kill before answering
+# Deno's permission sandbox: the workspace and the temp dirs, plus what DNS and TLS code reads
+# (as the original service grants). Never the spool of warm Denos (/run/rds-deno) or Deno's
+# cache (/var/cache/rds-deno): a run that could write them could spy on the next one.
+DENO_WRITABLE = ("/workspace", "/tmp", "/var/tmp")
+DENO_READABLE = (*DENO_WRITABLE, "/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf",
+                 "/etc/ssl/certs/ca-certificates.crt")
 # denoFlags a warm Deno may be started with: they act on the runtime, not on how Deno loads
 # the program (e.g. --check reads the program while Deno starts: a spare would wait for it).
 WARM_DENO_FLAGS = re.compile(r"^--(unstable(-[a-z0-9-]+)?|v8-flags=.*|seed=[0-9]+|"
                              r"location=\S+)$")
-NODE_FORBIDDEN = re.compile(r"^(--inspect.*|--debug.*|-e|--eval(=.*)?|-p|--print(=.*)?|"
-                            r"-r|--require(=.*)?|--import(=.*)?|--loader(=.*)?|"
-                            r"--experimental-loader(=.*)?)$")
 
 
 # The command runs in the login shell (bash, started by sshd as `bash -c LINE`), after a
@@ -83,6 +86,8 @@ class CommandService:
     def __init__(self, settings: Settings, vms: VmService) -> None:
         self.settings = settings
         self.vms = vms
+        self._killer = concurrent.futures.ThreadPoolExecutor(max_workers=4,
+                                                             thread_name_prefix="kill-tree")
 
     # exec ##################################################################################
 
@@ -103,16 +108,9 @@ class CommandService:
     def run_ts(self, vm_id: str, code: str | None, path: str | None, args: list[str],
                env: list[str], flags: list[str], timeout_ms: int | None) -> RunResult:
         """Run TypeScript with Deno inside its permission sandbox."""
-        for flag in flags:
-            self._check_flag(flag, DENO_FORBIDDEN, "denoFlags")
+        check_deno_flags(flags)
         env_map = self._env_list(env)
-        permissions = ["--allow-read=/workspace,/tmp,/var/tmp",
-                       "--allow-write=/workspace,/tmp,/var/tmp"]
-        if env_map:
-            permissions.append("--allow-env=" + ",".join(env_map))
-        if self._egress_allowed(vm_id):
-            permissions.append("--allow-net")
-        deno_flags = ["--quiet", "--no-prompt", *permissions, *flags]
+        deno_flags = deno_run_flags(env_map, self._egress_allowed(vm_id), flags)
         workspace_file = self._code_or_path(code, path)
         token = uuid.uuid4().hex
         request = json.dumps({"token": token, "env": env_map, "args": args})
@@ -128,8 +126,7 @@ class CommandService:
         ``runner.mjs`` is Node's main module (see guest/README.md): a JSON header line and the
         code on stdin; it writes the code to a file named after its content and imports it.
         """
-        for flag in flags:
-            self._check_flag(flag, NODE_FORBIDDEN, "nodeFlags")
+        check_node_flags(flags)
         env_map = self._env_list(env)
         workspace_file = self._code_or_path(code, path)
         token = uuid.uuid4().hex
@@ -180,14 +177,33 @@ class CommandService:
         return RunResult(command=result, outcome={})
 
     def _kill_tree(self, vm_id: str, guest: GuestSSH, marker: str, also: str = "") -> None:
-        command = shlex.join([f"{HELPERS}/kill-marked", marker]) + (f"; {also}" if also else "")
+        """Kill the timed-out command's process tree, waiting at most :data:`KILL_WAIT_S`:
+        the answer must leave within its deadline + 2 s even when the guest's SSH is stuck.
+        The kill itself goes on in the background until it is done."""
+        future = self._killer.submit(self._kill_now, vm_id, guest, marker, also)
         try:
-            done = guest.run(command, timeout=KILL_TIMEOUT)
+            future.result(timeout=KILL_WAIT_S)
+        except concurrent.futures.TimeoutError:
+            log.info("still killing a timed-out command in the background vm=%s", vm_id)
+
+    def _kill_now(self, vm_id: str, guest: GuestSSH, marker: str, also: str) -> None:
+        """kill-marked over the command's connection; if that one is stuck (the sandbox user
+        can stop its own sshd session), over a new one; last, as root through the guest
+        agent."""
+        command = shlex.join([f"{HELPERS}/kill-marked", marker]) + (f"; {also}" if also else "")
+        for attempt in (1, 2):  # GuestSSH drops a connection that stalled: 2 is on a new one
+            try:
+                done = guest.run(command, timeout=KILL_TIMEOUT)
+            except GuestUnreachable as exc:
+                log.warning("kill over SSH failed vm=%s attempt=%s error=%s", vm_id, attempt,
+                            exc.message)
+                continue
             if done.exit_code == 0:
                 return
-        except GuestUnreachable as exc:
-            log.warning("kill over SSH failed, using the guest agent vm=%s error=%s", vm_id,
-                        exc.message)
+            log.warning("kill-marked failed vm=%s exit=%s timed_out=%s", vm_id,
+                        done.exit_code, done.timed_out)
+            if not done.timed_out:
+                break
         try:
             self.vms.hypervisor.guest_agent_exec(vm_id, f"{HELPERS}/kill-marked", [marker],
                                                  KILL_TIMEOUT)
@@ -223,11 +239,17 @@ class CommandService:
             pairs[key] = value
         return self._check_env(pairs)
 
-    @staticmethod
-    def _check_flag(flag: str, forbidden: re.Pattern, field: str) -> None:
-        if not flag.startswith("-") or flag == "--" or forbidden.match(flag):
-            raise InvalidRequest(f"{field} entry {flag!r} is not allowed (permissions are set "
-                                 f"by the service)")
+
+
+def deno_run_flags(env_map: dict[str, str], egress: bool, caller_flags: list[str]) -> list[str]:
+    """``deno run``'s flags for a run: Deno's permission sandbox, then the caller's flags."""
+    permissions = ["--allow-read=" + ",".join(DENO_READABLE),
+                   "--allow-write=" + ",".join(DENO_WRITABLE)]
+    if env_map:
+        permissions.append("--allow-env=" + ",".join(env_map))
+    if egress:
+        permissions.append("--allow-net")
+    return ["--quiet", "--no-prompt", *permissions, *caller_flags]
 
 
 def warm_deno_key(deno_flags: list[str], caller_flags: list[str],

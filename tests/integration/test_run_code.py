@@ -30,9 +30,9 @@ def test_seed_example_result_error(api, shared_vm):
     body = _run(api, shared_vm, code='result.error(new TypeError("nope"))')
     assert body["exitCode"] != 0
     assert body["error"]["name"] == "TypeError" and body["error"]["message"] == "nope"
-    # The caller's code is Deno's main module (/tmp/.rds-deno/<run>.ts); its line numbers
+    # The caller's code is Deno's main module (/run/rds-deno/<run>.ts); its line numbers
     # are kept.
-    assert re.search(r"/tmp/\.rds-deno/[0-9a-f.]+\.ts:1:", body["error"]["stack"]), body
+    assert re.search(r"/run/rds-deno/[0-9a-f.]+\.ts:1:", body["error"]["stack"]), body
 
 
 def test_env_is_set_and_only_passed_keys_are_readable(api, shared_vm):
@@ -42,11 +42,12 @@ def test_env_is_set_and_only_passed_keys_are_readable(api, shared_vm):
             "result.set({greeting: Deno.env.get('GREETING'), other, node})")
     body = _run(api, shared_vm, code=code, env=["GREETING=hi there"])
     assert body["result"] == {"greeting": "hi there", "other": "NotCapable", "node": "hi there"}
-    # The run's request (token, env, args) is read and removed before the code runs (a
-    # waiting warm Deno's request fifo is no file).
-    body = _run(api, shared_vm, code="result.set([...Deno.readDirSync('/tmp/.rds-deno')]"
-                                     ".filter((e) => e.isFile && e.name.endsWith('.request')))")
-    assert body["result"] == [], body
+    # The run's request (token, env, args) lies in the spool, which no run may read.
+    body = _run(api, shared_vm, code="result.set([...Deno.readDirSync('/run/rds-deno')])")
+    assert body["error"]["name"] == "NotCapable", body
+    left = exec_ok(api, shared_vm["id"], "cd /run/rds-deno && ls")["stdout"].split()
+    assert not [name for name in left if name.endswith(".request") and "." not in
+                name[:-len(".request")]], left
 
 
 def test_plain_object_error_passes_through(api, shared_vm):
@@ -58,7 +59,7 @@ def test_uncaught_throw_fills_error(api, shared_vm):
     body = _run(api, shared_vm, code="console.log('before');\nthrow new RangeError('boom')")
     assert body["exitCode"] != 0 and body["stdout"] == "before\n"
     assert body["error"]["name"] == "RangeError" and body["error"]["message"] == "boom"
-    assert re.search(r"/tmp/\.rds-deno/[0-9a-f.]+\.ts:2:", body["error"]["stack"]), body
+    assert re.search(r"/run/rds-deno/[0-9a-f.]+\.ts:2:", body["error"]["stack"]), body
 
 
 def test_code_imports_workspace_modules_relatively(api, shared_vm):
@@ -94,10 +95,23 @@ def test_permission_sandbox(api, shared_vm):
 
 
 @pytest.mark.parametrize("flags", [["-A"], ["--allow-all"], ["--allow-read=/"], ["-R"],
-                                   ["--allow-run"], ["not-a-flag"]])
+                                   ["--allow-run"], ["not-a-flag"],
+                                   # clustered short flags / attached values: passed the old
+                                   # blocklist and switched the permission sandbox off
+                                   ["-qA"], ["-RW"], ["-R/"], ["-W/"], ["-Nhost"],
+                                   ["-Pdefault"], ["-I"]])
 def test_widening_deno_flags_are_400(api, shared_vm, flags):
     response = api.request("POST", f"/v1/vms/{shared_vm['id']}/run-ts",
-                           json={"code": "1", "denoFlags": flags})
+                           json={"code": "await Deno.readTextFile('/etc/passwd')",
+                                 "denoFlags": flags})
+    assert response.status_code == 400 and flags[0] in response.json["message"]
+
+
+@pytest.mark.parametrize("flags", [["--require=/workspace/x.cjs"], ["--import=./x.mjs"],
+                                   ["-e"], ["--inspect"]])
+def test_node_flags_outside_the_allowlist_are_400(api, shared_vm, flags):
+    response = api.request("POST", f"/v1/vms/{shared_vm['id']}/run-js",
+                           json={"code": "1", "nodeFlags": flags})
     assert response.status_code == 400 and flags[0] in response.json["message"]
 
 
@@ -119,9 +133,9 @@ def test_timeout_and_temp_files_removed(api, shared_vm):
     body = _run(api, shared_vm, code="await new Promise(() => setInterval(() => {}, 1000))",
                 timeoutMs=8000)
     assert body["timedOut"] is True and body["exitCode"] == -1
-    # Nothing of the run is left: no program, request or import map in /tmp/.rds-deno (only
+    # Nothing of the run is left: no program, request or import map in /run/rds-deno (only
     # files of an idle warm Deno, test_warm_deno), no Deno but that one.
-    left = exec_ok(api, shared_vm["id"], "cd /tmp/.rds-deno && ls; echo --; "
+    left = exec_ok(api, shared_vm["id"], "cd /run/rds-deno && ls; echo --; "
                                          "ps -eo args | grep '^deno' || true")
     files, _, processes = left["stdout"].partition("--\n")
     idle = {name[:-4] for name in files.split() if name.endswith(".pid")}
