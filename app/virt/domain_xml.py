@@ -42,6 +42,19 @@ class DomainParams:
     genid: str = ""  # VM generation ID; "" lets libvirt pick one (a clone needs a new one)
 
 
+def kernel_cmdline(template_cmdline: str, accelerator: str, extra: str = "") -> str:
+    """The guest kernel's command line: the template's, then ``extra``.
+
+    Under TCG ("qemu") the guest's CPU-vulnerability mitigations protect nothing (the emulated
+    CPU does not speculate across the guest/host boundary) and cost a lot, so they are turned
+    off; under KVM the guest kernel keeps them, whatever the template says.
+    """
+    words = [word for word in template_cmdline.split() if not word.startswith("mitigations=")]
+    if accelerator == "qemu":
+        words.append("mitigations=off")
+    return " ".join([*words, *extra.split()])
+
+
 def vm_title(record: VmRecord) -> str:
     """One line an operator reads in ``virsh list --title``."""
     role = "" if record.role is VmRole.SANDBOX else f"{record.role.value} "

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -185,6 +186,10 @@ def configure(rootfs: Path, deno: Path) -> None:
     chroot(rootfs, ["usermod", "-p", "*", "root"])
     (rootfs / "workspace").mkdir(mode=0o755, exist_ok=True)
     os.chown(rootfs / "workspace", 1000, 1000)
+    # Deno's cache (DENO_DIR): the sandbox user's, outside every path a Deno program may read
+    # or write, so that no run can plant compiled code for the next one.
+    (rootfs / "var/cache/rds-deno").mkdir(mode=0o700, exist_ok=True)
+    os.chown(rootfs / "var/cache/rds-deno", 1000, 1000)
     (rootfs / "home").mkdir(exist_ok=True)
     home = rootfs / "home/user"
     if not home.is_symlink():
@@ -204,6 +209,23 @@ def configure(rootfs: Path, deno: Path) -> None:
                  "var/cache/apt", "var/cache/debconf/templates.dat-old"):
         shutil.rmtree(rootfs / path, ignore_errors=True)
     (rootfs / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
+    strip_setuid(rootfs)
+
+
+def strip_setuid(rootfs: Path) -> list[str]:
+    """Clear every setuid/setgid bit in the image (su, passwd, chfn, chsh, gpasswd, mount,
+    umount, newgrp, ssh-keysign, ...): the sandbox user needs none of them, and root inside
+    the guest (the boot script, the guest agent) does not need the bits."""
+    stripped = []
+    for path in sorted(rootfs.rglob("*")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        mode = path.stat().st_mode
+        if mode & (stat.S_ISUID | stat.S_ISGID):
+            path.chmod(stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
+            stripped.append("/" + str(path.relative_to(rootfs)))
+    print(f"setuid/setgid bits cleared: {' '.join(stripped) or 'none'}", flush=True)
+    return stripped
 
 
 def kernel_version(rootfs: Path) -> str:

@@ -26,7 +26,7 @@ def test_sandbox_environment_and_limits(api, shared_vm):
                   'ulimit -u; ulimit -n; echo "$HOME|$PATH|$DENO_DIR|$TMPDIR|$USER"; '
                   'env | grep -c -E "^(SSH_|MAIL=)" || true')["stdout"].split("\n")
     assert out[:2] == ["512", "4096"]
-    assert out[2] == "/workspace|/usr/local/bin:/usr/bin:/bin|/var/tmp/rds-deno|/tmp|user"
+    assert out[2] == "/workspace|/usr/local/bin:/usr/bin:/bin|/var/cache/rds-deno|/tmp|user"
     assert out[3] == "0"
 
 

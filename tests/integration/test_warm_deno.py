@@ -1,6 +1,6 @@
 """run-ts through a warm Deno: a Deno started ahead in the guest (guest/README.md, "run-ts").
 
-These tests look at the guest's side of it (the spare's files in /tmp/.rds-deno and its
+These tests look at the guest's side of it (the spare's files in /run/rds-deno and its
 processes) as well as at the API's answers, which must not depend on which way a run took.
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 
 from tests.integration.conftest import SEED_BODY, exec_ok
 
-SPOOL = "/tmp/.rds-deno"
-# A run's program: /tmp/.rds-deno/<marker>.ts (cold) or <key>.<marker>.ts (warm).
-WARM_URL = re.compile(r"^file:///tmp/\.rds-deno/[0-9a-f]{16}\.[0-9a-f]{32}\.ts$")
-COLD_URL = re.compile(r"^file:///tmp/\.rds-deno/[0-9a-f]{32}\.ts$")
+SPOOL = "/run/rds-deno"
+# A run's program: /run/rds-deno/<marker>.ts (cold) or <key>.<marker>.ts (warm).
+WARM_URL = re.compile(r"^file:///run/rds-deno/[0-9a-f]{16}\.[0-9a-f]{32}\.ts$")
+COLD_URL = re.compile(r"^file:///run/rds-deno/[0-9a-f]{32}\.ts$")
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_warm_runs_keep_the_result_contract(api, vm):
                               "throw new RangeError('warm boom')")
     assert body["stdout"] == "out\n" and body["stderr"] == "err\n"
     assert body["exitCode"] != 0 and body["error"]["name"] == "RangeError"
-    assert re.search(r"/tmp/\.rds-deno/[0-9a-f.]+\.ts:2:7", body["error"]["stack"]), body
+    assert re.search(r"/run/rds-deno/[0-9a-f.]+\.ts:2:7", body["error"]["stack"]), body
     _settle(api, vm)
     body = _run(api, vm, code="console.log('bye'); Deno.exit(3)")
     assert body["exitCode"] == 3 and body["stdout"] == "bye\n"

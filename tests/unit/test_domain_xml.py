@@ -10,6 +10,7 @@ import pytest
 from app.config import REPO_ROOT
 from app.models import VmPhase, VmRecord
 from app.virt.domain_xml import (METADATA_NS, BootFiles, DomainParams, build_domain_xml,
+                                 kernel_cmdline,
                                  metadata_xml, parse_metadata, port_name)
 
 XML_DIR = Path(__file__).parent / "data" / "xml"
@@ -122,3 +123,21 @@ def test_port_name_is_the_domain_name_or_a_digest_that_fits():
     assert long.startswith("rds-") and len(long) == 15
     assert long == port_name("rds-seed-default-1c-256m-872dc9e9ac")
     assert long != port_name("rds-seed-default-1c-512m-872dc9e9ac")
+
+
+def test_mitigations_are_off_only_under_tcg():
+    """Under KVM the guest kernel keeps its CPU-vulnerability mitigations, even when the
+    template asks for mitigations=off; under TCG they protect nothing and cost a lot."""
+    base = "console=ttyS0 root=/dev/vda rw mitigations=off quiet"
+    assert kernel_cmdline(base, "kvm", "rds.hostname=x").split() == [
+        "console=ttyS0", "root=/dev/vda", "rw", "quiet", "rds.hostname=x"]
+    assert "mitigations=off" in kernel_cmdline("quiet", "qemu").split()
+    assert "mitigations" not in kernel_cmdline("quiet mitigations=auto", "kvm")
+
+
+def test_the_default_template_leaves_mitigations_to_the_accelerator():
+    from app.services.templates import TemplateCatalog
+    from app.config import REPO_ROOT
+    template = TemplateCatalog(str(REPO_ROOT / "vm-templates"), REPO_ROOT / "nowhere",
+                               "default").get(None)
+    assert "mitigations" not in template.kernel_cmdline

@@ -13,7 +13,15 @@ mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mkdir -p /run/sshd /run/lock
 chmod 1777 /tmp /var/tmp
-rm -rf /tmp/.rds-deno  # warm Denos of the last boot (guest/rootfs/usr/local/lib/rds/run-ts)
+# Where the sandbox user may write, nothing setuid or device-like counts (the image carries no
+# setuid file either; see guest/build/build_image.py).
+for dir in /workspace /tmp /var/tmp; do
+    mount --bind "$dir" "$dir" && mount -o remount,bind,nosuid,nodev "$dir"
+done
+# run-ts's spool of warm Denos (guest/rootfs/usr/local/lib/rds/run-ts): outside every path a
+# Deno program may read or write (--allow-read/--allow-write), made fresh at each boot.
+mkdir -m 700 /run/rds-deno
+chown 1000:1000 /run/rds-deno
 
 for module in virtio_net qemu_fw_cfg virtio_console virtio_rng; do
     modprobe -q "$module"

@@ -3,7 +3,7 @@
 // run-ts: Deno preloads this file (`deno run --preload=file:///usr/local/lib/rds/runner.mjs`,
 // see run-ts), so `result` and the handlers below exist before the caller's program, Deno's
 // main module, is even loaded; a throw at the top level arrives as an unhandled rejection.
-// The program is /tmp/.rds-deno/<stem>.ts (a file, or a warm Deno's fifo) or stdin with
+// The program is /run/rds-deno/<stem>.ts (a file, or a warm Deno's fifo) or stdin with
 // `deno run -`. The run's request {"token", "env", "args"} is read first from
 // <stem>.request (stdin: <pid>.request); a warm Deno waits here, started before the run was
 // known, so `env` is set and `args` become Deno.args / process.argv. The program's text is
@@ -27,15 +27,13 @@ let header = { token: "", ext: "mjs", path: null };
 let codeFile = null;
 // The run's token when preloaded by run-ts (see the top of this file).
 let preludeToken = "";
-let programFiles = [];  // a cold run's program and import map, removed at exit
 if (isDeno && !import.meta.main) {
-  const spool = "/tmp/.rds-deno/";
+  const spool = "/run/rds-deno/";
   const main = decodeURIComponent(new URL(Deno.mainModule).pathname);
   const stem = main.startsWith(spool) && main.endsWith(".ts")
     ? main.slice(0, -3) : spool + Deno.pid;
   const request = JSON.parse(Deno.readTextFileSync(stem + ".request"));
   try { Deno.removeSync(stem + ".request"); } catch { /* a warm Deno's: removed after it */ }
-  programFiles = [stem + ".ts", stem + ".map.json"];
   preludeToken = request.token ?? "";
   for (const [key, value] of Object.entries(request.env ?? {})) Deno.env.set(key, value);
   const args = Object.freeze([...(request.args ?? [])]);
@@ -97,8 +95,9 @@ let io;  // readStdin, writeFile, rename, exists, removeFile, writeStderr, sha25
 function finish() {
   if (finished) return;
   finished = true;
-  for (const file of codeFile ? [codeFile] : programFiles) {
-    try { io.removeFile(file); } catch { /* already gone, or a warm Deno's fifo */ }
+  // run-js's code file; run-ts's program files are the launcher's (outside the sandbox).
+  if (codeFile) {
+    try { io.removeFile(codeFile); } catch { /* already gone */ }
   }
   const doc = {};
   if ("result" in outcome) doc.result = jsonSafe(outcome.result);
