@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import heapq
 import io
 import logging
+import os
 import select
 import socket
 import threading
@@ -26,6 +28,54 @@ log = logging.getLogger(__name__)
 GUEST_USER = "user"
 READ_CHUNK = 65536
 STDERR_TAIL = 4 * 1024 * 1024  # kept past the cap: run-ts/run-js put their outcome last
+
+
+class Watchdog:
+    """One thread per process that runs callbacks at deadlines: it closes the SSH channel of a
+    command whose deadline passed while paramiko waits without a timeout of its own (the
+    reply to an exec request, a send into a full window). The sandbox user can stop its own
+    sshd session process (``kill -STOP``), which freezes every channel of the connection."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._timers: list[tuple[float, int, t.Callable[[], None]]] = []
+        self._cancelled: set[int] = set()
+        self._counter = 0
+        self._pid = 0
+
+    def arm(self, deadline: float, callback: t.Callable[[], None]) -> int:
+        """Run ``callback`` at ``deadline`` (monotonic) unless :meth:`disarm` came first."""
+        with self._lock:
+            if self._pid != os.getpid():  # a forked worker: the thread stayed in the parent
+                self._pid = os.getpid()
+                self._timers, self._cancelled = [], set()
+                threading.Thread(target=self._loop, name="ssh-watchdog", daemon=True).start()
+            self._counter += 1
+            heapq.heappush(self._timers, (deadline, self._counter, callback))
+            self._lock.notify()
+            return self._counter
+
+    def disarm(self, token: int) -> None:
+        with self._lock:
+            self._cancelled.add(token)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._timers or self._timers[0][0] > time.monotonic():
+                    wait = self._timers[0][0] - time.monotonic() if self._timers else None
+                    self._lock.wait(wait)
+                _deadline, token, callback = heapq.heappop(self._timers)
+                if token in self._cancelled:
+                    self._cancelled.discard(token)
+                    continue
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - a failing callback must not stop the others
+                log.exception("watchdog callback failed")
+
+
+WATCHDOG = Watchdog()
 
 
 class GuestTransport(paramiko.Transport):
@@ -77,43 +127,59 @@ class GuestSSH:
 
     # Connection ############################################################################
 
-    def _connect(self) -> paramiko.SSHClient:
+    def _connect(self, deadline: float) -> paramiko.SSHClient:
+        """Connect and authenticate; every phase ends by ``deadline`` at the latest (a
+        watchdog closes the socket if paramiko is still waiting then)."""
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         pinned = parse_public_key(self.host_key)
         client.get_host_keys().add(self.host, pinned.get_name(), pinned)
         try:
             sock = socket.create_connection((self.host, self.port),
-                                            timeout=self.timeouts.connect)
+                                            timeout=_within(self.timeouts.connect, deadline))
         except OSError as exc:
             raise GuestUnreachable(
                 f"cannot connect to guest {self.host}:{self.port}: {exc}") from exc
+        token = WATCHDOG.arm(deadline, lambda: _close_quietly(sock))
         try:
             client.connect(self.host, username=GUEST_USER, pkey=self.client_key, sock=sock,
-                           timeout=self.timeouts.connect, banner_timeout=self.timeouts.connect,
-                           auth_timeout=self.timeouts.auth,
-                           channel_timeout=self.timeouts.channel,
+                           timeout=_within(self.timeouts.connect, deadline),
+                           banner_timeout=_within(self.timeouts.connect, deadline),
+                           auth_timeout=_within(self.timeouts.auth, deadline),
+                           channel_timeout=_within(self.timeouts.channel, deadline),
                            look_for_keys=False, allow_agent=False,
                            transport_factory=GuestTransport)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             client.close()
             sock.close()
             raise GuestUnreachable(f"SSH to guest {self.host} failed: {exc}") from exc
+        finally:
+            WATCHDOG.disarm(token)
         transport = client.get_transport()
         if transport is not None:
             transport.set_keepalive(30)
         return client
 
-    def _transport(self) -> paramiko.Transport:
+    def _transport(self, deadline: float) -> paramiko.Transport:
         with self._lock:
             transport = self._client.get_transport() if self._client else None
             if transport is None or not transport.is_active():
                 if self._client is not None:
                     self._client.close()
-                self._client = self._connect()
+                self._client = None
+                self._client = self._connect(deadline)
                 transport = self._client.get_transport()
             assert transport is not None
             return transport
+
+    def _drop(self, transport: paramiko.Transport) -> None:
+        """Close ``transport`` if it is still the current one (it stalled): the next command
+        connects afresh."""
+        with self._lock:
+            if self._client is not None and self._client.get_transport() is transport:
+                self._client.close()
+                self._client = None
+        transport.close()
 
     def close(self) -> None:
         with self._lock:
@@ -123,12 +189,12 @@ class GuestSSH:
 
     # Commands ############################################################################
 
-    def _open_channel(self) -> t.Any:
-        transport = self._transport()
+    def _open_channel(self, deadline: float) -> t.Any:
+        transport = self._transport(deadline)
         try:
-            return transport.open_session(timeout=self.timeouts.channel)
+            return transport.open_session(timeout=_within(self.timeouts.channel, deadline))
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            self.close()  # a stalled transport: the next call starts afresh
+            self._drop(transport)  # a stalled transport: the next call starts afresh
             raise GuestUnreachable(f"guest {self.host} did not open a channel: {exc}") from exc
 
     def run(self, command: str, timeout: float, stdin: bytes | t.BinaryIO = b"",
@@ -136,44 +202,78 @@ class GuestSSH:
         """Run ``command`` on a fresh channel.
 
         Output beyond ``max_output`` bytes per stream is drained but dropped (and flagged).
-        When ``timeout`` passes, the result has ``timed_out=True`` and ``exit_code=-1``;
-        the caller decides how to kill what is left in the guest.
+        ``timeout`` bounds the whole call, every phase included (connect, auth, channel open,
+        exec request, stdin, output, exit status): when it passes, the result has
+        ``timed_out=True`` and ``exit_code=-1``, and the caller decides how to kill what is
+        left in the guest. A connection that did not answer a channel request in that time is
+        closed (the next command connects afresh).
 
-        :raises GuestUnreachable: when the transport or channel cannot be set up or breaks.
+        :raises GuestUnreachable: when the transport or channel breaks or cannot be set up
+            before the deadline.
         """
         started = time.monotonic()
-        channel = self._open_channel()
+        deadline = started + timeout
         try:
-            channel.settimeout(self.timeouts.channel)
+            channel = self._open_channel(deadline)
+        except GuestUnreachable:
+            if time.monotonic() >= deadline:
+                return _timed_out(started)
+            raise
+        stage = {"name": "exec"}
+        token = WATCHDOG.arm(deadline, lambda: _close_quietly(channel))
+        try:
+            channel.settimeout(_within(self.timeouts.channel, deadline))
             channel.exec_command(command)
+            stage["name"] = "stdin"
+            channel.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 _send_stdin(channel, stdin)
             except (OSError, EOFError, paramiko.SSHException):
                 # The command may exit without reading all of its input; that is its answer.
+                if time.monotonic() >= deadline:
+                    return _collect(channel, started, 0, max_output)
                 if not (channel.closed or channel.exit_status_ready() or channel.eof_received):
                     raise
+            # Reading output never blocks (_collect polls up to the deadline itself): the
+            # watchdog must not close the channel under it.
+            WATCHDOG.disarm(token)
+            stage["name"] = "output"
             return _collect(channel, started, timeout, max_output)
         except (paramiko.SSHException, OSError, EOFError) as exc:
+            if time.monotonic() >= deadline:
+                if stage["name"] == "exec":  # no answer to the exec request: stalled
+                    self._drop(channel.get_transport())
+                return _timed_out(started)
             self.close()
             raise GuestUnreachable(f"guest {self.host} dropped the command: {exc}") from exc
         finally:
+            WATCHDOG.disarm(token)
             channel.close()
 
     def open_stream(self, command: str, timeout: float) -> "OutputStream":
-        """Start ``command`` and hand back its stdout as a stream (for large downloads).
+        """Start ``command`` and hand back its stdout as a stream (for large downloads);
+        ``timeout`` bounds the whole transfer.
 
         :raises GuestUnreachable: when the channel cannot be set up.
+        :raises CommandTimeout: when the deadline passed before the command started.
         """
-        channel = self._open_channel()
+        deadline = time.monotonic() + timeout
+        channel = self._open_channel(deadline)
+        token = WATCHDOG.arm(deadline, lambda: _close_quietly(channel))
         try:
-            channel.settimeout(timeout)
+            channel.settimeout(_within(self.timeouts.channel, deadline))
             channel.exec_command(command)
             channel.shutdown_write()
         except (paramiko.SSHException, OSError, EOFError) as exc:
+            WATCHDOG.disarm(token)
             channel.close()
+            if time.monotonic() >= deadline:
+                self._drop(channel.get_transport())
+                raise CommandTimeout(f"guest {self.host} did not start the command within "
+                                     f"{timeout:.0f}s") from exc
             self.close()
             raise GuestUnreachable(f"guest {self.host} dropped the command: {exc}") from exc
-        return OutputStream(channel, timeout)
+        return OutputStream(channel, deadline, lambda: WATCHDOG.disarm(token))
 
     def wait_until_ready(self, deadline: float, probe: str = "id -u") -> str:
         """Retry connect + ``probe`` until it succeeds or ``deadline`` (monotonic) passes.
@@ -186,7 +286,7 @@ class GuestSSH:
         while time.monotonic() < deadline:
             attempt += 1
             try:
-                result = self.run(probe, timeout=max(1.0, min(15.0, deadline - time.monotonic())))
+                result = self.run(probe, timeout=max(0.5, min(15.0, deadline - time.monotonic())))
                 if result.exit_code == 0:
                     return result.stdout.decode(errors="replace")
                 last_error = ("probe timed out" if result.timed_out
@@ -199,6 +299,23 @@ class GuestSSH:
             time.sleep(0.05 if attempt < 40 else 0.5 if attempt < 80 else 1.0)
         raise GuestUnreachable(f"guest {self.host} did not answer over SSH in time "
                                f"(last error: {last_error})")
+
+
+def _within(phase_timeout: float, deadline: float) -> float:
+    """A phase's own timeout, cut to what is left before ``deadline`` (at least 10 ms)."""
+    return max(0.01, min(phase_timeout, deadline - time.monotonic()))
+
+
+def _close_quietly(closable: t.Any) -> None:
+    try:
+        closable.close()
+    except Exception:  # noqa: BLE001 - closing a broken channel or socket may fail; fine
+        pass
+
+
+def _timed_out(started: float) -> CommandResult:
+    return CommandResult(exit_code=-1, stdout=b"", stderr=b"", timed_out=True,
+                         duration_ms=int((time.monotonic() - started) * 1000))
 
 
 def _send_stdin(channel: t.Any, stdin: bytes | t.BinaryIO) -> None:
@@ -263,44 +380,81 @@ def _collect(channel: t.Any, started: float, timeout: float,
 
 
 class OutputStream:
-    """stdout of a running guest command, read in chunks; stderr is kept for errors."""
+    """stdout of a running guest command, read in chunks until ``deadline`` (monotonic);
+    stderr is kept for errors."""
 
-    def __init__(self, channel: t.Any, timeout: float) -> None:
+    def __init__(self, channel: t.Any, deadline: float,
+                 on_close: t.Callable[[], None] = lambda: None) -> None:
         self.channel = channel
-        self.timeout = timeout
+        self.deadline = deadline
         self.stderr = bytearray()
+        self._on_close = on_close
 
     def first_chunk(self) -> bytes:
-        """Wait for the first stdout bytes or the exit, whichever comes first."""
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
+        """Wait for the first stdout bytes or the exit, whichever comes first.
+
+        :raises CommandTimeout: when the deadline passes first.
+        """
+        while time.monotonic() < self.deadline:
             if self.channel.recv_ready():
                 return self.channel.recv(READ_CHUNK)
             self._drain_stderr()
             if self.channel.exit_status_ready() and not self.channel.recv_ready():
                 return b""
+            if self.channel.closed:
+                break
             self.channel.status_event.wait(0.01)
-        raise CommandTimeout(f"guest command gave no output within {self.timeout:.0f}s")
+        self.close()
+        raise CommandTimeout("guest command gave no output in time")
 
     def exit_status(self) -> int | None:
+        """The command's exit status once it has exited, else None."""
         if self.channel.exit_status_ready():
             self._drain_stderr()
             return self.channel.recv_exit_status()
         return None
 
     def chunks(self) -> t.Iterator[bytes]:
+        """The rest of stdout.
+
+        :raises CommandTimeout: when the deadline passes before the end of the output.
+        """
         try:
             while True:
-                data = self.channel.recv(READ_CHUNK)
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise CommandTimeout("guest command did not finish its output in time")
+                self.channel.settimeout(left)
+                try:
+                    data = self.channel.recv(READ_CHUNK)
+                except socket.timeout:
+                    raise CommandTimeout("guest command did not finish its output in "
+                                         "time") from None
                 if not data:
+                    if self.channel.closed and time.monotonic() >= self.deadline:
+                        raise CommandTimeout("guest command did not finish its output in time")
                     return
                 yield data
         finally:
-            self.close()
+            self._drain_stderr()
+
+    def wait_exit(self) -> int:
+        """The exit status, waiting for it until the deadline (after the output ended).
+
+        :raises CommandTimeout: when no status came in time.
+        """
+        while time.monotonic() < self.deadline:
+            if self.channel.exit_status_ready():
+                return self.exit_status()
+            if self.channel.closed:
+                break
+            self.channel.status_event.wait(0.05)
+        raise CommandTimeout("guest command gave no exit status in time")
 
     def _drain_stderr(self) -> None:
         while self.channel.recv_stderr_ready():
             self.stderr += self.channel.recv_stderr(READ_CHUNK)[:65536]
 
     def close(self) -> None:
+        self._on_close()
         self.channel.close()

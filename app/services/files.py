@@ -16,7 +16,8 @@ import typing as t
 import zlib
 
 from app.config import Settings
-from app.errors import InvalidRequest, PayloadTooLarge, VmNotFound
+from app.errors import (CommandTimeout, GuestCommandFailed, InvalidRequest, PayloadTooLarge,
+                        VmNotFound)
 from app.services.archives import ArchiveLimits, validate_archive
 from app.services.vms import VmService
 from app.services.workspace import GUEST_HELPERS as HELPERS, workspace_path
@@ -78,9 +79,16 @@ class FileService:
     def download(self, vm_id: str, path: str | None) -> t.Iterator[bytes]:
         """A tar.gz of ``path`` (a directory's contents or one file), as chunks.
 
+        The whole transfer has a deadline (``TRANSFER_TIMEOUT``), and the guest's ``pack``
+        must exit 0: a pack that fails or is cut off once the body has started ends the body
+        without the gzip trailer and the response is aborted (the client sees a broken
+        transfer, never a complete-looking short archive).
+
         :raises VmNotFound: when the path does not exist (404).
         :raises InvalidRequest: outside the workspace.
         :raises PayloadTooLarge: larger than ``MAX_DOWNLOAD_BYTES``.
+        :raises GuestCommandFailed: packing failed before the first byte (502).
+        :raises CommandTimeout: no output before the deadline (504).
         """
         if path is None:
             raise InvalidRequest("query parameter 'path' is required")
@@ -98,15 +106,32 @@ class FileService:
                 raise VmNotFound(f"path {source} not found in the VM")
             if status == 214:
                 raise PayloadTooLarge(message)
-            raise InvalidRequest(message or f"cannot download {source} (exit {status})")
+            if status == 211:
+                raise InvalidRequest(message)
+            raise GuestCommandFailed(f"packing {source} failed (exit {status}): "
+                                     f"{message or 'no message'}")
 
         def chunks() -> t.Iterator[bytes]:
             # The guest sends a plain tar; it is gzipped here, on the host's native CPU.
             deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-            yield deflate.compress(first)
-            for chunk in stream.chunks():
-                packed = deflate.compress(chunk)
-                if packed:
-                    yield packed
-            yield deflate.flush()
+            try:
+                yield deflate.compress(first)
+                for chunk in stream.chunks():
+                    packed = deflate.compress(chunk)
+                    if packed:
+                        yield packed
+                status = stream.wait_exit()
+                if status != 0:
+                    message = stream.stderr.decode(errors="replace").strip()[:500]
+                    log.error("download aborted vm=%s path=%s exit=%s stderr=%s", vm_id,
+                              source, status, message)
+                    raise GuestCommandFailed(f"packing {source} failed part-way (exit "
+                                             f"{status}): {message}")
+                yield deflate.flush()
+            except CommandTimeout:
+                log.error("download aborted vm=%s path=%s: deadline of %.0fs passed", vm_id,
+                          source, TRANSFER_TIMEOUT)
+                raise
+            finally:
+                stream.close()
         return chunks()

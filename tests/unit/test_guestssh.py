@@ -1,6 +1,7 @@
 """GuestSSH against a real paramiko server on 127.0.0.1 (NullServer style, as paramiko tests)."""
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -8,7 +9,7 @@ import time
 import paramiko
 import pytest
 
-from app.errors import GuestUnreachable
+from app.errors import CommandTimeout, GuestUnreachable
 from app.guestssh import GUEST_USER, GuestSSH, GuestTransport, SshTimeouts, load_private_key
 from app.sshkeys import KeyPair, generate_keypair
 
@@ -18,7 +19,7 @@ TIMEOUTS = SshTimeouts(connect=2.0, auth=2.0, channel=2.0)
 def run_command(channel: paramiko.Channel, command: str) -> None:
     """The 'guest': a handful of canned commands."""
     time.sleep(0.05)  # like sshd: the exec request is answered before any output or close
-    if command == "sleep":
+    if command in ("sleep", "stall-transport"):
         time.sleep(5)  # never answers in time: the client must give up
         return
     if command == "cat":
@@ -62,6 +63,10 @@ class NullServer(paramiko.ServerInterface):
         return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        if command == b"stall-transport":
+            # Like an sshd session process the sandbox user stopped (kill -STOP): the server
+            # side of the whole connection hangs, no channel request is answered.
+            time.sleep(8)
         # Reply first (we return), run in the background like a real shell would.
         threading.Thread(target=run_command, args=(channel, command.decode()),
                          daemon=True).start()
@@ -208,3 +213,41 @@ def test_wait_until_ready_gives_up_on_a_closed_port(host_key, client_key):
     with pytest.raises(GuestUnreachable, match=f"cannot connect to guest 127.0.0.1:{port}"):
         client.wait_until_ready(time.monotonic() + 1.0)
     assert time.monotonic() - started < 4
+
+
+def test_a_stalled_exec_request_is_a_timeout_within_the_deadline(guest, ssh_server):
+    """paramiko waits for the reply to an exec request without a timeout of its own: the
+    request's deadline must cover it, and the stalled connection must be dropped."""
+    before = len(ssh_server.transports)
+    started = time.monotonic()
+    result = guest.run("stall-transport", timeout=1.0)
+    assert (result.timed_out, result.exit_code) == (True, -1)
+    assert time.monotonic() - started < 1.0 + 2.0
+    started = time.monotonic()
+    assert guest.run("id -u", timeout=5).stdout == b"1000\n"  # on a new connection
+    assert time.monotonic() - started < 3
+    assert len(ssh_server.transports) == before + 2
+
+
+def test_a_stalled_connection_times_out_the_next_commands_too(guest):
+    """A command that opens its channel on a connection that stalled meanwhile."""
+    assert guest.run("id -u", timeout=5).exit_code == 0
+
+    def stall() -> None:
+        with contextlib.suppress(GuestUnreachable):  # its connection is dropped under it
+            guest.run("stall-transport", 20.0)
+
+    stalled = threading.Thread(target=stall, daemon=True)
+    stalled.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    result = guest.run("id -u", timeout=1.0)
+    assert result.timed_out and time.monotonic() - started < 1.0 + 2.0
+
+
+def test_the_stream_deadline_covers_the_whole_transfer(guest):
+    started = time.monotonic()
+    stream = guest.open_stream("sleep", timeout=1.0)
+    with pytest.raises(CommandTimeout):
+        stream.first_chunk()
+    assert time.monotonic() - started < 3
