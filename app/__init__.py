@@ -8,6 +8,7 @@ import uuid
 from flask import Flask, g, request, send_from_directory
 from flask_smorest import Api
 
+from app.api.jsonbody import StrictJSONProvider
 from app.config import DEV_API_KEY, Settings, load_settings
 from app.errors import register_error_handlers
 
@@ -27,6 +28,7 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
         overrides=test_config)
     configure_logging(settings.log_level)
     app = Flask(__name__)
+    app.json = StrictJSONProvider(app)
     app.config.update(
         SECRET_KEY=settings.secret_key,
         SESSION_COOKIE_HTTPONLY=True,

@@ -3,14 +3,35 @@ from __future__ import annotations
 
 import typing as t
 
-from flask import current_app
+import marshmallow as ma
+from flask import Request, current_app
 from flask_smorest import Blueprint as _Blueprint
-from webargs.flaskparser import FlaskParser
+from webargs import core
+from webargs.flaskparser import FlaskParser, is_json_request
+
+from app.api.jsonbody import InvalidJson, load_document
+from app.errors import InvalidRequest
 
 
 class _Parser(FlaskParser):
     # The contract says schema validation failures are 400, not webargs' 422.
     DEFAULT_VALIDATION_STATUS = 400
+
+    def load_json(self, req: Request, schema: ma.Schema) -> t.Any:
+        """The body through :func:`app.api.jsonbody.load_document`; ``missing`` when the body
+        is empty or not JSON (the schema then names the missing fields).
+
+        :raise 400: ``{"message": "Invalid JSON: ..."}``.
+        """
+        if not is_json_request(req):
+            return core.missing
+        data = req.get_data(cache=True)
+        if not data:
+            return core.missing
+        try:
+            return load_document(data)
+        except InvalidJson as exc:
+            raise InvalidRequest(f"Invalid JSON: {exc}") from None
 
 
 class Blueprint(_Blueprint):
