@@ -94,7 +94,7 @@ def register_error_handlers(app: t.Any) -> None:
             # Our parser raises 400 (not 422); either way say which field is wrong.
             body["message"] = "Invalid request: " + _summarise(messages)
         if messages:
-            body["errors"] = messages
+            body["errors"] = _string_keys(messages)
         if isinstance(data, dict) and data.get("message"):
             body["message"] = data["message"]
         return _reply(status, body)
@@ -104,6 +104,16 @@ def register_error_handlers(app: t.Any) -> None:
         request_id = getattr(g, "request_id", None)
         log.exception("unhandled error request_id=%s", request_id)
         return _reply(500, {"message": "Internal server error", "requestId": request_id})
+
+
+def _string_keys(node: t.Any) -> t.Any:
+    """marshmallow's errors with every key a string: a list field's errors are keyed by index
+    and may sit beside ``"_schema"``, which JSON (sorted keys) cannot mix."""
+    if isinstance(node, dict):
+        return {str(key): _string_keys(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_string_keys(item) for item in node]
+    return node
 
 
 def _summarise(messages: t.Any) -> str:
