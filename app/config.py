@@ -14,6 +14,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEV_API_KEY = "dev-key"
 DEV_SECRET = "dev-secret-change-me"
+DEV_ADMIN_PASSWORD = "admin"
+MIN_SECRET_LENGTH = 16
 
 
 class ConfigError(ValueError):
@@ -25,8 +27,9 @@ class Settings:
     app_env: str = "development"
     api_key: str = DEV_API_KEY
     admin_email: str = "admin@example.com"
-    admin_password: str = "admin"
+    admin_password: str = DEV_ADMIN_PASSWORD
     secret_key: str = DEV_SECRET
+    bind_host: str = "127.0.0.1"  # what gunicorn listens on (deploy/gunicorn.conf.py)
     port: int = 3000
     max_vms: int = 20
     max_cpu: int = 4
@@ -123,6 +126,27 @@ class Settings:
     def is_production(self) -> bool:
         return self.app_env == "production"
 
+    @property
+    def exposure(self) -> str:
+        """Why others than this host's own users can reach the service ("" when nothing says
+        so): a non-loopback BIND_HOST, a proxy in front (TRUSTED_PROXIES) or production."""
+        reasons = []
+        if not is_loopback(self.bind_host):
+            reasons.append(f"BIND_HOST={self.bind_host} is not a loopback address")
+        if self.trusted_proxies > 0:
+            reasons.append(f"TRUSTED_PROXIES={self.trusted_proxies} (behind a proxy)")
+        if self.is_production:
+            reasons.append("APP_ENV=production")
+        return ", ".join(reasons)
+
+    @property
+    def development_defaults(self) -> list[str]:
+        """The secrets still at their public development default (or empty), by env name."""
+        defaults = {"API_KEY": (self.api_key, DEV_API_KEY),
+                    "ADMIN_PASSWORD": (self.admin_password, DEV_ADMIN_PASSWORD),
+                    "SESSION_SECRET": (self.secret_key, DEV_SECRET)}
+        return [name for name, (value, default) in defaults.items() if value in ("", default)]
+
 
 ENV_NAMES: dict[str, str] = {
     "APP_ENV": "app_env",
@@ -130,6 +154,7 @@ ENV_NAMES: dict[str, str] = {
     "ADMIN_EMAIL": "admin_email",
     "ADMIN_PASSWORD": "admin_password",
     "SESSION_SECRET": "secret_key",
+    "BIND_HOST": "bind_host",
     "PORT": "port",
     "MAX_VMS": "max_vms",
     "MAX_CPU": "max_cpu",
@@ -183,6 +208,18 @@ def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(shapes)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` keeps the service to this machine (``127.0.0.1``,
+    ``::1``, ``[::1]``, ``localhost``); anything else, names included, counts as reachable."""
+    host = host.strip().removeprefix("[").removesuffix("]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _truthy(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
@@ -226,13 +263,7 @@ def validate(settings: Settings) -> None:
     """:raises ConfigError: naming the first bad setting."""
     if settings.app_env not in ("development", "production"):
         raise ConfigError("APP_ENV must be 'development' or 'production'")
-    if settings.is_production:
-        if settings.api_key in ("", DEV_API_KEY):
-            raise ConfigError("API_KEY must be set to a non-default value in production")
-        if settings.secret_key in ("", DEV_SECRET) or len(settings.secret_key) < 16:
-            raise ConfigError("SESSION_SECRET must be set (16+ characters) in production")
-        if settings.admin_password in ("", "admin"):
-            raise ConfigError("ADMIN_PASSWORD must be set to a non-default value in production")
+    _refuse_exposed_defaults(settings)
     if not settings.api_key:
         raise ConfigError("API_KEY must not be empty")
     for name in ("port", "max_vms", "max_cpu", "max_mem_mb", "max_exec_timeout_ms",
@@ -273,3 +304,24 @@ def validate(settings: Settings) -> None:
         raise ConfigError("WARM_POOL_TARGET and WARM_POOL_MAX_VMS must not be negative")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+
+
+def _refuse_exposed_defaults(settings: Settings) -> None:
+    """A service others can reach must not run on the public development secrets: anyone
+    could log in as admin/admin, call the API with ``dev-key`` or forge a session cookie.
+
+    :raises ConfigError: naming every secret to set, and why the service counts as exposed.
+    """
+    exposure = settings.exposure
+    if not exposure:
+        return
+    defaults = settings.development_defaults
+    if defaults:
+        raise ConfigError(
+            f"{', '.join(defaults)} must be set to non-default values: the service is "
+            f"reachable from other hosts ({exposure}) and the development defaults are "
+            f"public. Generate each with: openssl rand -hex 32 (or listen on "
+            f"BIND_HOST=127.0.0.1 without TRUSTED_PROXIES for local development)")
+    if len(settings.secret_key) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"SESSION_SECRET must be at least {MIN_SECRET_LENGTH} characters "
+                          f"when the service is reachable from other hosts ({exposure})")
