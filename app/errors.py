@@ -56,6 +56,12 @@ class CapacityExhausted(AppError):
     http_status = 503
 
 
+class StoreUnavailable(AppError):
+    """The service's own state database (app.store) cannot be read or written."""
+
+    http_status = 503
+
+
 class GuestUnreachable(AppError):
     """The guest did not answer over SSH in time."""
 
