@@ -1,9 +1,11 @@
 """One SQLite file (WAL) shared by the service's processes, and its migration runner.
 
-A connection is opened per use (:meth:`Store.transaction`): gunicorn forks workers and runs
-many threads in each, and a SQLite connection must not cross a fork; opening one costs well
-under a millisecond. Writers take the database lock up front (``BEGIN IMMEDIATE``), so two
-processes never deadlock on an upgrade from read to write, and wait ``busy_timeout`` for it.
+Each thread of each process has its own connection (gunicorn gthread workers run many
+threads, and SQLite connections must not be shared between threads or carried across a
+fork: a forked child opens its own). Connections stay open: closing the last one would
+checkpoint the WAL and fsync on every use. Writers take the database lock up front
+(``BEGIN IMMEDIATE``), so two processes never deadlock on an upgrade from read to write, and
+wait ``busy_timeout`` for it.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import logging
 import os
 import re
 import sqlite3
+import threading
 import time
 import typing as t
 from pathlib import Path
@@ -33,11 +36,20 @@ class Store:
     def __init__(self, path: Path | str, busy_timeout_s: float = 10.0) -> None:
         self.path = Path(path)
         self.busy_timeout_ms = int(busy_timeout_s * 1000)
+        self._local = threading.local()
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection (a new one after a fork)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():
+            conn = self._connect()
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; transaction() says BEGIN itself.
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000,
-                               isolation_level=None, check_same_thread=True)
+                               isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -54,10 +66,7 @@ class Store:
         :raises StoreUnavailable: for any SQLite error (locked past the timeout, disk full).
         """
         try:
-            conn = self._connect()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"state database unavailable: {exc}") from exc
-        try:
+            conn = self._connection()
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield conn
@@ -66,8 +75,14 @@ class Store:
                 raise
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            self.close()  # a broken connection is not reused
             raise StoreUnavailable(f"state database unavailable: {exc}") from exc
-        finally:
+
+    def close(self) -> None:
+        """Close this thread's connection (the next use opens another)."""
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None and self._local.pid == os.getpid():
             conn.close()
 
     def open(self, migrations_dir: Path = MIGRATIONS_DIR) -> list[str]:
@@ -83,11 +98,7 @@ class Store:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Sessions and login attempts are nobody else's business.
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-            conn = self._connect()
-            try:
-                conn.execute("PRAGMA journal_mode = WAL")
-            finally:
-                conn.close()
+            self._connection().execute("PRAGMA journal_mode = WAL")
             return self._migrate(_read_migrations(migrations_dir))
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"state database {self.path}: {exc}") from exc
