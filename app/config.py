@@ -59,6 +59,12 @@ class Settings:
     ssh_channel_timeout_s: float = 10.0
     log_level: str = "INFO"
     trusted_proxies: int = 0
+    # Admin sessions (server-side, app.store) and login rate limits.
+    session_idle_timeout_s: int = 12 * 3600
+    session_max_age_s: int = 7 * 24 * 3600
+    login_max_failures: int = 5  # per client address and per account, then a lockout
+    login_failure_window_s: int = 15 * 60  # failures older than this (since the last) reset
+    login_max_lockout_s: int = 15 * 60  # the lockout doubles per failure up to this
     # Memory snapshots: VM shapes ("CPUxMEM_MB", comma-separated) kept as saved booted guests.
     snapshot_shapes: str = "1x256"
     snapshot_auto_build: str = "true"  # build a missing one in the background on first use
@@ -104,6 +110,11 @@ class Settings:
     @property
     def snapshots_dir(self) -> Path:
         return Path(self.storage_root) / "snapshots"
+
+    @property
+    def state_db_path(self) -> Path:
+        """The embedded store (app.store): sessions, login attempts."""
+        return Path(self.storage_root) / "state.db"
 
     @property
     def lock_path(self) -> Path:
@@ -184,6 +195,11 @@ ENV_NAMES: dict[str, str] = {
     "SSH_CHANNEL_TIMEOUT_S": "ssh_channel_timeout_s",
     "LOG_LEVEL": "log_level",
     "TRUSTED_PROXIES": "trusted_proxies",
+    "SESSION_IDLE_TIMEOUT_S": "session_idle_timeout_s",
+    "SESSION_MAX_AGE_S": "session_max_age_s",
+    "LOGIN_MAX_FAILURES": "login_max_failures",
+    "LOGIN_FAILURE_WINDOW_S": "login_failure_window_s",
+    "LOGIN_MAX_LOCKOUT_S": "login_max_lockout_s",
     "SNAPSHOT_SHAPES": "snapshot_shapes",
     "SNAPSHOT_AUTO_BUILD": "snapshot_auto_build",
     "ENABLE_WARM_POOL": "enable_warm_pool",
@@ -268,7 +284,9 @@ def validate(settings: Settings) -> None:
         raise ConfigError("API_KEY must not be empty")
     for name in ("port", "max_vms", "max_cpu", "max_mem_mb", "max_exec_timeout_ms",
                  "default_exec_timeout_ms", "max_output_bytes", "max_upload_bytes",
-                 "max_upload_uncompressed_bytes", "max_upload_entries", "max_download_bytes"):
+                 "max_upload_uncompressed_bytes", "max_upload_entries", "max_download_bytes",
+                 "session_idle_timeout_s", "session_max_age_s", "login_max_failures",
+                 "login_failure_window_s", "login_max_lockout_s"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
     if settings.default_exec_timeout_ms > settings.max_exec_timeout_ms:

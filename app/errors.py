@@ -17,6 +17,11 @@ class AppError(Exception):
         self.message = message
         self.extra = extra
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers the error needs (e.g. Retry-After)."""
+        return {}
+
 
 class InvalidRequest(AppError):
     http_status = 400
@@ -24,6 +29,12 @@ class InvalidRequest(AppError):
 
 class Unauthorized(AppError):
     http_status = 401
+
+
+class Forbidden(AppError):
+    """Credentials are fine but the request is refused (e.g. a cross-site request)."""
+
+    http_status = 403
 
 
 class VmNotFound(AppError):
@@ -44,6 +55,20 @@ class PayloadTooLarge(AppError):
 
 class QuotaExceeded(AppError):
     http_status = 429
+
+
+class RateLimited(AppError):
+    """Too many attempts; try again after ``retry_after_s`` seconds (the Retry-After header)."""
+
+    http_status = 429
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, retryAfterS=retry_after_s)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class HypervisorError(AppError):
@@ -86,7 +111,9 @@ def register_error_handlers(app: t.Any) -> None:
     def handle_app_error(error: AppError):
         if error.http_status >= 500:
             log.warning("request failed status=%s message=%s", error.http_status, error.message)
-        return _reply(error.http_status, {"message": error.message, **error.extra})
+        response = _reply(error.http_status, {"message": error.message, **error.extra})
+        response.headers.update(error.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(error: HTTPException):

@@ -5,6 +5,7 @@ import dataclasses
 import logging
 
 from app.config import Settings
+from app.services.auth import AuthService
 from app.services.commands import CommandService
 from app.services.files import FileService
 from app.services.maintenance import Maintainer
@@ -12,6 +13,7 @@ from app.services.seed_builder import SeedBuilder
 from app.services.snapshots import SnapshotService, SnapshotStore
 from app.services.templates import TemplateCatalog
 from app.services.vms import VmService
+from app.store.db import Store
 from app.virt.accel import choose_domain_type
 from app.virt.connection import Hypervisor
 
@@ -30,6 +32,7 @@ class Services:
     seeds: SeedBuilder
     domain_type: str
     maintainer: Maintainer
+    auth: AuthService
 
     def close(self) -> None:
         self.maintainer.stop()
@@ -51,8 +54,11 @@ def build_services(settings: Settings) -> Services:
     store = SnapshotStore(settings.snapshots_dir, templates)
     vms = VmService(settings, hypervisor, templates, domain_type, snapshots=store)
     seeds = SeedBuilder(settings, hypervisor, templates, vms.seeds, vms)
+    state = Store(settings.state_db_path)
+    state.open()
     return Services(settings=settings, hypervisor=hypervisor, templates=templates, vms=vms,
                     commands=CommandService(settings, vms), files=FileService(settings, vms),
                     snapshots=SnapshotService(settings, hypervisor, templates, vms, store),
                     seeds=seeds,
-                    domain_type=domain_type, maintainer=Maintainer(settings, vms, seeds))
+                    domain_type=domain_type, maintainer=Maintainer(settings, vms, seeds),
+                    auth=AuthService(settings, state))

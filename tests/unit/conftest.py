@@ -15,13 +15,16 @@ from app.errors import (GuestUnreachable, InvalidRequest, QuotaExceeded, Snapsho
                         VmNotFound, VmStateConflict)
 from app.guestssh import check_command_line
 from app.models import CommandResult, Snapshot, Vm, VmSpec, VmState
+from app.services.auth import AuthService
 from app.services.commands import CommandService
 from app.services.files import FileService
+from app.store.db import Store
 
 API_KEY = "unit-test-key"
 ADMIN_EMAIL = "admin@test.example"
 ADMIN_PASSWORD = "unit-test-password"
 MAX_VMS = 3
+CSRF = {"X-Requested-With": "unit-test"}  # what a cookie-authenticated change must send
 DATA_DIR = Path(__file__).parent / "data"
 
 
@@ -203,6 +206,7 @@ class FakeServices:
     snapshots: FakeSnapshotService
     commands: CommandService
     files: FileService
+    auth: AuthService
     domain_type: str = "qemu"
     closed: bool = False
 
@@ -210,16 +214,46 @@ class FakeServices:
         self.closed = True
 
 
+class FakeClock:
+    """Wall-clock seconds that only move when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-def services() -> FakeServices:
-    settings = load_settings(environ={}, overrides={
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def unit_settings(storage_root: Path, **overrides: t.Any) -> Settings:
+    return load_settings(environ={}, overrides={
         "API_KEY": API_KEY, "ADMIN_EMAIL": ADMIN_EMAIL, "ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "SESSION_SECRET": "unit-test-session-secret", "MAX_VMS": MAX_VMS})
+        "SESSION_SECRET": "unit-test-session-secret", "MAX_VMS": MAX_VMS,
+        "STORAGE_ROOT": str(storage_root), **overrides})
+
+
+def auth_service(settings: Settings, clock: FakeClock) -> AuthService:
+    """The real AuthService on a SQLite file under the settings' STORAGE_ROOT."""
+    store = Store(settings.state_db_path)
+    store.open()
+    return AuthService(settings, store, clock=clock)
+
+
+@pytest.fixture
+def services(tmp_path: Path, clock: FakeClock) -> FakeServices:
+    settings = unit_settings(tmp_path)
     vms = FakeVmService(settings.max_vms)
     vms.snapshots = FakeSnapshotService(vms)
     return FakeServices(settings=settings, hypervisor=FakeHypervisor(), vms=vms,
                         snapshots=vms.snapshots, commands=CommandService(settings, vms),
-                        files=FileService(settings, vms))
+                        files=FileService(settings, vms), auth=auth_service(settings, clock))
 
 
 @pytest.fixture
@@ -250,7 +284,7 @@ class AuthActions:
         return self._client.post("/auth/login", json={"email": email, "password": password})
 
     def logout(self):
-        return self._client.post("/auth/logout")
+        return self._client.post("/auth/logout", headers=CSRF)
 
 
 @pytest.fixture
