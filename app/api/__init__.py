@@ -44,7 +44,9 @@ def services() -> t.Any:
 
 
 ERROR_REASONS = {
-    400: "Invalid input", 401: "Missing or wrong credentials", 404: "Unknown VM, snapshot or path",
+    400: "Invalid input", 401: "Missing or wrong credentials",
+    403: "Session cookie without X-Requested-With, or from another origin (CSRF check)",
+    404: "Unknown VM, snapshot or path",
     409: "Wrong state for the operation", 413: "Body or content too large",
     429: "VM quota reached", 503: "libvirt unreachable or no capacity",
     504: "The guest did not answer in time",
@@ -52,12 +54,17 @@ ERROR_REASONS = {
 ALWAYS = (401, 503)
 
 
+STATE_CHANGING_VIEWS = ("post", "put", "patch", "delete")
+
+
 def document_errors(blp: _Blueprint, *statuses: int) -> t.Callable:
-    """Document the error responses of a /v1 route (401 and 503 are always possible)."""
+    """Document the error responses of a /v1 route (401 and 503 are always possible, and 403
+    on a method that changes state: the session cookie's CSRF check)."""
     from app.schemas.vms import ApiErrorSchema
 
     def decorate(view: t.Callable) -> t.Callable:
-        for status in sorted(set(statuses + ALWAYS)):
+        csrf = (403,) if view.__name__ in STATE_CHANGING_VIEWS else ()
+        for status in sorted(set(statuses + ALWAYS + csrf)):
             view = blp.alt_response(status, schema=ApiErrorSchema,
                                     description=ERROR_REASONS[status])(view)
         return view
