@@ -86,10 +86,15 @@ class Login(MethodView):
     def post(self, body):
         """Log in as the admin; sets an httpOnly session cookie
 
-        After 5 failures (per client address and per account) each attempt waits a lockout
-        that doubles per failure, up to 15 minutes.
+        After LOGIN_MAX_FAILURES (default 5) failures per client address or per account,
+        each attempt waits a lockout that doubles per failure (1 s, 2 s, 4 s ...) up to
+        LOGIN_MAX_LOCKOUT_S (default 15 minutes): 429 with Retry-After.
         """
-        opened = services().auth.login(body["email"], body["password"], request.remote_addr or "")
+        bundle = services()
+        opened = bundle.auth.login(body["email"], body["password"], request.remote_addr or "")
+        previous = _session_token()
+        if previous:  # this browser's earlier session ends with the new one
+            bundle.auth.logout(previous)
         session.clear()
         session[SESSION_KEY] = opened.token
         return {"email": opened.email}

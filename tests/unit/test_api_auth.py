@@ -150,6 +150,15 @@ def test_a_new_admin_password_ends_older_sessions(services, tmp_path, clock):
     assert AuthActions(restarted).login(password="a-brand-new-password").status_code == 200
 
 
+def test_logging_in_again_ends_the_browsers_earlier_session(client, session):
+    session.login()
+    earlier = session_cookie(client)
+    session.login()
+    assert client.get("/auth/me").status_code == 200
+    client.set_cookie("rds_session", earlier)
+    assert client.get("/auth/me").status_code == 401
+
+
 def test_an_idle_session_expires(client, session, clock, services):
     session.login()
     clock.advance(services.settings.session_idle_timeout_s + 1)

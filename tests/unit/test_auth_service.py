@@ -1,6 +1,8 @@
 """AuthService on a real SQLite file: login rate limits with backoff, server-side sessions."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from app.errors import RateLimited, Unauthorized
@@ -164,3 +166,17 @@ def test_sessions_and_counts_do_not_pile_up(auth, clock, settings):
     with auth.store.transaction(write=False) as conn:
         assert conn.execute("SELECT count(*) FROM login_failures").fetchone()[0] == 1
         assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 1
+
+
+def test_concurrent_failures_are_all_counted(auth):
+    """gthread workers: many threads, one connection each, every failure counted once."""
+    def attempt(index: int) -> None:
+        with pytest.raises(Unauthorized):
+            auth.login(ADMIN_EMAIL, WRONG, f"198.51.100.{index}")
+
+    threads = [threading.Thread(target=attempt, args=(index,)) for index in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert locked_for(auth, address="203.0.113.1") == 1
