@@ -8,7 +8,8 @@ import uuid
 from flask import Flask, g, request, send_from_directory
 from flask_smorest import Api
 
-from app.config import DEV_API_KEY, Settings, load_settings
+from app.api.jsonbody import StrictJSONProvider
+from app.config import Settings, load_settings
 from app.errors import register_error_handlers
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
         overrides=test_config)
     configure_logging(settings.log_level)
     app = Flask(__name__)
+    app.json = StrictJSONProvider(app)
     app.config.update(
         SECRET_KEY=settings.secret_key,
         SESSION_COOKIE_HTTPONLY=True,
@@ -47,9 +49,7 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
         from app.services.container import build_services
         services = build_services(settings)
     app.extensions["rds"] = services
-    if settings.api_key == DEV_API_KEY:
-        log.warning("API_KEY is the development default %r: never expose this service",
-                    DEV_API_KEY)
+    warn_about_development_defaults(settings)
 
     api = Api(app, spec_kwargs={"info": {"description": "Disposable Linux sandboxes."}})
     api.spec.components.security_scheme(
@@ -72,6 +72,19 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
         hops = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     return app
+
+
+def warn_about_development_defaults(settings: Settings) -> None:
+    """Say loudly, at start, which public development defaults are in use (names only; the
+    configuration refuses them once the service is reachable from other hosts)."""
+    defaults = settings.development_defaults
+    if defaults:
+        log.warning("DEVELOPMENT DEFAULTS IN USE: %s %s the public development default; "
+                    "anyone who can reach this service can use %s. Allowed only on loopback "
+                    "(BIND_HOST=%s); set %s before exposing it", ", ".join(defaults),
+                    "is" if len(defaults) == 1 else "are",
+                    "it" if len(defaults) == 1 else "them", settings.bind_host,
+                    " and ".join(defaults))
 
 
 def _secure_v1_paths(api: Api) -> None:

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from app.config import ConfigError, load_settings
+from app.config import DEV_API_KEY, ConfigError, load_settings
 from app.virt.network_xml import build_network_xml
 
 log = logging.getLogger("app.cli")
@@ -52,10 +52,12 @@ def serve(extra: list[str]) -> None:
     settings = load_settings()
     config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "deploy", "gunicorn.conf.py")
-    print(f"run-dat-sheesh listening on http://127.0.0.1:{settings.port}  "
-          f"(docs: http://127.0.0.1:{settings.port}/docs)")
-    print(f"API key: {settings.api_key}" + ("   <- development default, do not expose"
-                                            if settings.api_key == "dev-key" else ""))
+    host = settings.bind_host if ":" not in settings.bind_host else f"[{settings.bind_host}]"
+    print(f"run-dat-sheesh listening on http://{host}:{settings.port}  "
+          f"(docs: http://{host}:{settings.port}/docs)")
+    # Only the public default is shown: a real key must not end up in a journal.
+    print(f"API key: {DEV_API_KEY}   <- development default, do not expose"
+          if settings.api_key == DEV_API_KEY else "API key: as set in API_KEY")
     sys.stdout.flush()
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     os.execv(gunicorn, [gunicorn, "-c", config, *extra, "app:create_app()"])

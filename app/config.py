@@ -14,6 +14,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEV_API_KEY = "dev-key"
 DEV_SECRET = "dev-secret-change-me"
+DEV_ADMIN_PASSWORD = "admin"
+MIN_SECRET_LENGTH = 16
 
 
 class ConfigError(ValueError):
@@ -25,8 +27,9 @@ class Settings:
     app_env: str = "development"
     api_key: str = DEV_API_KEY
     admin_email: str = "admin@example.com"
-    admin_password: str = "admin"
+    admin_password: str = DEV_ADMIN_PASSWORD
     secret_key: str = DEV_SECRET
+    bind_host: str = "127.0.0.1"  # what gunicorn listens on (deploy/gunicorn.conf.py)
     port: int = 3000
     max_vms: int = 20
     max_cpu: int = 4
@@ -70,6 +73,12 @@ class Settings:
     # many of them may run long calls at once (0: all but 4); see app/api/limits.py.
     web_threads: int = 16
     long_call_slots: int = 0
+    # Admin sessions (server-side, app.store) and login rate limits.
+    session_idle_timeout_s: int = 12 * 3600
+    session_max_age_s: int = 7 * 24 * 3600
+    login_max_failures: int = 5  # per client address and per account, then a lockout
+    login_failure_window_s: int = 15 * 60  # failures older than this (since the last) reset
+    login_max_lockout_s: int = 15 * 60  # the lockout doubles per failure up to this
     # Memory snapshots: VM shapes ("CPUxMEM_MB", comma-separated) kept as saved booted guests.
     snapshot_shapes: str = "1x256"
     snapshot_auto_build: str = "true"  # build a missing one in the background on first use
@@ -117,6 +126,11 @@ class Settings:
         return Path(self.storage_root) / "snapshots"
 
     @property
+    def state_db_path(self) -> Path:
+        """The embedded store (app.store): sessions, login attempts."""
+        return Path(self.storage_root) / "state.db"
+
+    @property
     def lock_path(self) -> Path:
         return Path(self.storage_root) / "allocation.lock"
 
@@ -147,6 +161,27 @@ class Settings:
     def is_production(self) -> bool:
         return self.app_env == "production"
 
+    @property
+    def exposure(self) -> str:
+        """Why others than this host's own users can reach the service ("" when nothing says
+        so): a non-loopback BIND_HOST, a proxy in front (TRUSTED_PROXIES) or production."""
+        reasons = []
+        if not is_loopback(self.bind_host):
+            reasons.append(f"BIND_HOST={self.bind_host} is not a loopback address")
+        if self.trusted_proxies > 0:
+            reasons.append(f"TRUSTED_PROXIES={self.trusted_proxies} (behind a proxy)")
+        if self.is_production:
+            reasons.append("APP_ENV=production")
+        return ", ".join(reasons)
+
+    @property
+    def development_defaults(self) -> list[str]:
+        """The secrets still at their public development default (or empty), by env name."""
+        defaults = {"API_KEY": (self.api_key, DEV_API_KEY),
+                    "ADMIN_PASSWORD": (self.admin_password, DEV_ADMIN_PASSWORD),
+                    "SESSION_SECRET": (self.secret_key, DEV_SECRET)}
+        return [name for name, (value, default) in defaults.items() if value in ("", default)]
+
 
 ENV_NAMES: dict[str, str] = {
     "APP_ENV": "app_env",
@@ -154,6 +189,7 @@ ENV_NAMES: dict[str, str] = {
     "ADMIN_EMAIL": "admin_email",
     "ADMIN_PASSWORD": "admin_password",
     "SESSION_SECRET": "secret_key",
+    "BIND_HOST": "bind_host",
     "PORT": "port",
     "MAX_VMS": "max_vms",
     "MAX_CPU": "max_cpu",
@@ -190,6 +226,11 @@ ENV_NAMES: dict[str, str] = {
     "TRUSTED_PROXIES": "trusted_proxies",
     "WEB_THREADS": "web_threads",
     "LONG_CALL_SLOTS": "long_call_slots",
+    "SESSION_IDLE_TIMEOUT_S": "session_idle_timeout_s",
+    "SESSION_MAX_AGE_S": "session_max_age_s",
+    "LOGIN_MAX_FAILURES": "login_max_failures",
+    "LOGIN_FAILURE_WINDOW_S": "login_failure_window_s",
+    "LOGIN_MAX_LOCKOUT_S": "login_max_lockout_s",
     "SNAPSHOT_SHAPES": "snapshot_shapes",
     "SNAPSHOT_AUTO_BUILD": "snapshot_auto_build",
     "ENABLE_WARM_POOL": "enable_warm_pool",
@@ -212,6 +253,18 @@ def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
             raise ValueError(f"{entry!r} is not CPUxMEM_MB (e.g. 1x256)")
         shapes.append((int(cpu), int(mem)))
     return tuple(shapes)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` keeps the service to this machine (``127.0.0.1``,
+    ``::1``, ``[::1]``, ``localhost``); anything else, names included, counts as reachable."""
+    host = host.strip().removeprefix("[").removesuffix("]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _truthy(value: str) -> bool:
@@ -257,18 +310,14 @@ def validate(settings: Settings) -> None:
     """:raises ConfigError: naming the first bad setting."""
     if settings.app_env not in ("development", "production"):
         raise ConfigError("APP_ENV must be 'development' or 'production'")
-    if settings.is_production:
-        if settings.api_key in ("", DEV_API_KEY):
-            raise ConfigError("API_KEY must be set to a non-default value in production")
-        if settings.secret_key in ("", DEV_SECRET) or len(settings.secret_key) < 16:
-            raise ConfigError("SESSION_SECRET must be set (16+ characters) in production")
-        if settings.admin_password in ("", "admin"):
-            raise ConfigError("ADMIN_PASSWORD must be set to a non-default value in production")
+    _refuse_exposed_defaults(settings)
     if not settings.api_key:
         raise ConfigError("API_KEY must not be empty")
     for name in ("port", "max_vms", "max_cpu", "max_mem_mb", "max_exec_timeout_ms",
                  "default_exec_timeout_ms", "max_output_bytes", "max_upload_bytes",
-                 "max_upload_uncompressed_bytes", "max_upload_entries", "max_download_bytes"):
+                 "max_upload_uncompressed_bytes", "max_upload_entries", "max_download_bytes",
+                 "session_idle_timeout_s", "session_max_age_s", "login_max_failures",
+                 "login_failure_window_s", "login_max_lockout_s"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
     for name in ("disk_budget_mb", "disk_reserve_mb", "max_snapshots"):
@@ -319,3 +368,24 @@ def validate(settings: Settings) -> None:
         raise ConfigError("WARM_POOL_TARGET and WARM_POOL_MAX_VMS must not be negative")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+
+
+def _refuse_exposed_defaults(settings: Settings) -> None:
+    """A service others can reach must not run on the public development secrets: anyone
+    could log in as admin/admin, call the API with ``dev-key`` or forge a session cookie.
+
+    :raises ConfigError: naming every secret to set, and why the service counts as exposed.
+    """
+    exposure = settings.exposure
+    if not exposure:
+        return
+    defaults = settings.development_defaults
+    if defaults:
+        raise ConfigError(
+            f"{', '.join(defaults)} must be set to non-default values: the service is "
+            f"reachable from other hosts ({exposure}) and the development defaults are "
+            f"public. Generate each with: openssl rand -hex 32 (or listen on "
+            f"BIND_HOST=127.0.0.1 without TRUSTED_PROXIES for local development)")
+    if len(settings.secret_key) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"SESSION_SECRET must be at least {MIN_SECRET_LENGTH} characters "
+                          f"when the service is reachable from other hosts ({exposure})")

@@ -30,6 +30,12 @@ class Unauthorized(AppError):
     http_status = 401
 
 
+class Forbidden(AppError):
+    """Credentials are fine but the request is refused (e.g. a cross-site request)."""
+
+    http_status = 403
+
+
 class VmNotFound(AppError):
     http_status = 404
 
@@ -66,6 +72,17 @@ class InsufficientStorage(AppError):
     http_status = 507
 
 
+class RateLimited(AppError):
+    """Too many attempts; try again after ``retry_after_s`` seconds (the Retry-After header)."""
+
+    http_status = 429
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)},
+                         retryAfterS=retry_after_s)
+        self.retry_after_s = retry_after_s
+
+
 class HypervisorError(AppError):
     """libvirt failed or is unreachable."""
 
@@ -80,6 +97,12 @@ class GuestCommandFailed(AppError):
     """A helper in the guest failed (e.g. packing a download): the guest answered, wrongly."""
 
     http_status = 502
+
+
+class StoreUnavailable(AppError):
+    """The service's own state database (app.store) cannot be read or written."""
+
+    http_status = 503
 
 
 class GuestUnreachable(AppError):
@@ -122,7 +145,7 @@ def register_error_handlers(app: t.Any) -> None:
             # Our parser raises 400 (not 422); either way say which field is wrong.
             body["message"] = "Invalid request: " + _summarise(messages)
         if messages:
-            body["errors"] = messages
+            body["errors"] = _string_keys(messages)
         if isinstance(data, dict) and data.get("message"):
             body["message"] = data["message"]
         return _reply(status, body)
@@ -132,6 +155,16 @@ def register_error_handlers(app: t.Any) -> None:
         request_id = getattr(g, "request_id", None)
         log.exception("unhandled error request_id=%s", request_id)
         return _reply(500, {"message": "Internal server error", "requestId": request_id})
+
+
+def _string_keys(node: t.Any) -> t.Any:
+    """marshmallow's errors with every key a string: a list field's errors are keyed by index
+    and may sit beside ``"_schema"``, which JSON (sorted keys) cannot mix."""
+    if isinstance(node, dict):
+        return {str(key): _string_keys(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_string_keys(item) for item in node]
+    return node
 
 
 def _summarise(messages: t.Any) -> str:

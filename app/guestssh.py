@@ -21,13 +21,16 @@ import typing as t
 
 import paramiko
 
-from app.errors import CommandTimeout, GuestUnreachable
+from app.errors import CommandTimeout, GuestUnreachable, InvalidRequest
 from app.models import CommandResult
 
 log = logging.getLogger(__name__)
 GUEST_USER = "user"
 READ_CHUNK = 65536
 STDERR_TAIL = 4 * 1024 * 1024  # kept past the cap: run-ts/run-js put their outcome last
+# sshd runs a command as `bash -c COMMAND`, one argv string, which Linux caps at 32 pages
+# including its NUL (MAX_ARG_STRLEN); a longer one fails to start.
+MAX_COMMAND_BYTES = 32 * 4096 - 1
 
 
 class Watchdog:
@@ -94,6 +97,27 @@ class SshTimeouts:
     connect: float = 5.0
     auth: float = 10.0
     channel: float = 10.0
+
+
+def check_command_line(command: str) -> None:
+    """Refuse a command line before it reaches the guest's sshd.
+
+    OpenSSH treats a NUL in an exec request, or a request over its packet limit (256 KiB), as
+    a protocol error and drops the connection, which all of the VM's commands share; a lone
+    surrogate cannot be sent at all. The API's schemas refuse these per field; this is the
+    last check, for any caller.
+
+    :raises InvalidRequest: NUL, not encodable as UTF-8, or over :data:`MAX_COMMAND_BYTES`.
+    """
+    if "\0" in command:
+        raise InvalidRequest("the command line contains a NUL character")
+    try:
+        size = len(command.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidRequest("the command line is not valid Unicode text") from None
+    if size > MAX_COMMAND_BYTES:
+        raise InvalidRequest(f"the command line is {size} bytes long; the guest runs at most "
+                             f"{MAX_COMMAND_BYTES} (shorten cmd, args or env)")
 
 
 def load_private_key(pem: str) -> paramiko.PKey:
@@ -210,7 +234,9 @@ class GuestSSH:
 
         :raises GuestUnreachable: when the transport or channel breaks or cannot be set up
             before the deadline.
+        :raises InvalidRequest: a command line sshd would refuse (:func:`check_command_line`).
         """
+        check_command_line(command)
         started = time.monotonic()
         deadline = started + timeout
         try:
@@ -256,7 +282,9 @@ class GuestSSH:
 
         :raises GuestUnreachable: when the channel cannot be set up.
         :raises CommandTimeout: when the deadline passed before the command started.
+        :raises InvalidRequest: a command line sshd would refuse (:func:`check_command_line`).
         """
+        check_command_line(command)
         deadline = time.monotonic() + timeout
         channel = self._open_channel(deadline)
         token = WATCHDOG.arm(deadline, lambda: _close_quietly(channel))

@@ -3,14 +3,35 @@ from __future__ import annotations
 
 import typing as t
 
-from flask import current_app
+import marshmallow as ma
+from flask import Request, current_app
 from flask_smorest import Blueprint as _Blueprint
-from webargs.flaskparser import FlaskParser
+from webargs import core
+from webargs.flaskparser import FlaskParser, is_json_request
+
+from app.api.jsonbody import InvalidJson, load_document
+from app.errors import InvalidRequest
 
 
 class _Parser(FlaskParser):
     # The contract says schema validation failures are 400, not webargs' 422.
     DEFAULT_VALIDATION_STATUS = 400
+
+    def load_json(self, req: Request, schema: ma.Schema) -> t.Any:
+        """The body through :func:`app.api.jsonbody.load_document`; ``missing`` when the body
+        is empty or not JSON (the schema then names the missing fields).
+
+        :raise 400: ``{"message": "Invalid JSON: ..."}``.
+        """
+        if not is_json_request(req):
+            return core.missing
+        data = req.get_data(cache=True)
+        if not data:
+            return core.missing
+        try:
+            return load_document(data)
+        except InvalidJson as exc:
+            raise InvalidRequest(f"Invalid JSON: {exc}") from None
 
 
 class Blueprint(_Blueprint):
@@ -23,7 +44,9 @@ def services() -> t.Any:
 
 
 ERROR_REASONS = {
-    400: "Invalid input", 401: "Missing or wrong credentials", 404: "Unknown VM, snapshot or path",
+    400: "Invalid input", 401: "Missing or wrong credentials",
+    403: "Session cookie without X-Requested-With, or from another origin (CSRF check)",
+    404: "Unknown VM, snapshot or path",
     409: "Wrong state for the operation", 413: "Body or content too large",
     429: "VM or snapshot quota reached, or this worker runs its maximum of long calls "
          "(Retry-After)",
@@ -34,12 +57,17 @@ ERROR_REASONS = {
 ALWAYS = (401, 503)
 
 
+STATE_CHANGING_VIEWS = ("post", "put", "patch", "delete")
+
+
 def document_errors(blp: _Blueprint, *statuses: int) -> t.Callable:
-    """Document the error responses of a /v1 route (401 and 503 are always possible)."""
+    """Document the error responses of a /v1 route (401 and 503 are always possible, and 403
+    on a method that changes state: the session cookie's CSRF check)."""
     from app.schemas.vms import ApiErrorSchema
 
     def decorate(view: t.Callable) -> t.Callable:
-        for status in sorted(set(statuses + ALWAYS)):
+        csrf = (403,) if view.__name__ in STATE_CHANGING_VIEWS else ()
+        for status in sorted(set(statuses + ALWAYS + csrf)):
             view = blp.alt_response(status, schema=ApiErrorSchema,
                                     description=ERROR_REASONS[status])(view)
         return view

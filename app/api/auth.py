@@ -1,38 +1,78 @@
-"""Admin session (/auth) and the credential check in front of every /v1 route."""
+"""Admin session (/auth) and the credential check in front of every /v1 route.
+
+The session cookie (Flask's signed session) carries only a random session id; the session
+itself, its expiry and its revocation live server-side (app.services.auth). Requests that
+change state and are authenticated by that cookie must also pass a CSRF check
+(:func:`check_csrf`); requests with an API key are not cookie-borne and need none.
+"""
 from __future__ import annotations
 
 import hmac
 
-from flask import current_app, request, session
+from flask import request, session
 from flask.views import MethodView
 
-from app.api import Blueprint
-from app.errors import Unauthorized
+from app.api import Blueprint, services
+from app.errors import Forbidden, Unauthorized
 from app.schemas.auth import LoginSchema, SessionSchema
 from app.schemas.vms import ApiErrorSchema
 
 blp = Blueprint("auth", __name__, url_prefix="/auth", description="Admin session")
+SESSION_KEY = "sid"
+CSRF_HEADER = "X-Requested-With"
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def _equal(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
+def _session_token() -> str | None:
+    token = session.get(SESSION_KEY)
+    return token if isinstance(token, str) else None
+
+
+def _session_email() -> str | None:
+    token = _session_token()
+    return services().auth.session_email(token) if token else None
+
+
 def require_credentials() -> None:
-    """before_request hook: /v1/* needs X-API-Key or an admin session.
+    """before_request hook: /v1/* needs X-API-Key or a live admin session (plus the CSRF
+    check for a state-changing request on the cookie).
 
     :raise 401: ``{"message": "Unauthorized"}``.
+    :raise 403: a cookie-authenticated request that fails :func:`check_csrf`.
     """
     if not request.path.startswith("/v1/") and request.path != "/v1":
         return
-    settings = current_app.extensions["rds"].settings
     key = request.headers.get("X-API-Key", "")
-    if key and _equal(key, settings.api_key):
+    if key and _equal(key, services().settings.api_key):
         return
-    email = session.get("email")
-    if email and _equal(email, settings.admin_email):
+    if _session_email() is None:
+        raise Unauthorized("Unauthorized")
+    check_csrf()
+
+
+def check_csrf() -> None:
+    """Refuse a state-changing request that another site may have made the browser send.
+
+    A cross-site form cannot set a custom header, and a cross-origin fetch that does needs a
+    CORS preflight this service never grants; browsers also say where a request comes from
+    in ``Origin``, which must then be this service itself (scheme and host, as ProxyFix
+    sees them behind a proxy).
+
+    :raise 403: ``Origin`` names another site, or ``X-Requested-With`` is missing.
+    """
+    if request.method not in STATE_CHANGING:
         return
-    raise Unauthorized("Unauthorized")
+    origin = request.headers.get("Origin")
+    own = f"{request.scheme}://{request.host}".lower()
+    if origin is not None and origin.rstrip("/").lower() != own:
+        raise Forbidden(f"Cross-origin request refused: Origin {origin[:200]!r} is not {own}")
+    if not request.headers.get(CSRF_HEADER, "").strip():
+        raise Forbidden(f"A request with the session cookie that changes state needs the "
+                        f"header {CSRF_HEADER} (any value); API clients send X-API-Key instead")
 
 
 @blp.route("/login")
@@ -40,24 +80,41 @@ class Login(MethodView):
     @blp.arguments(LoginSchema)
     @blp.response(200, SessionSchema)
     @blp.alt_response(401, schema=ApiErrorSchema, description="Wrong credentials")
+    @blp.alt_response(429, schema=ApiErrorSchema, headers={"Retry-After": {
+        "description": "seconds until the next attempt", "schema": {"type": "integer"}}},
+        description="Too many failed logins from this address or for this account")
     def post(self, body):
-        """Log in as the admin; sets an httpOnly session cookie"""
-        settings = current_app.extensions["rds"].settings
-        # Compare both fields every time: no timing hint which one was wrong.
-        ok_email = _equal(body["email"], settings.admin_email)
-        ok_password = _equal(body["password"], settings.admin_password)
-        if not (ok_email and ok_password):
-            raise Unauthorized("Invalid email or password")
+        """Log in as the admin; sets an httpOnly session cookie
+
+        After LOGIN_MAX_FAILURES (default 5) failures per client address or per account,
+        each attempt waits a lockout that doubles per failure (1 s, 2 s, 4 s ...) up to
+        LOGIN_MAX_LOCKOUT_S (default 15 minutes): 429 with Retry-After.
+        """
+        bundle = services()
+        opened = bundle.auth.login(body["email"], body["password"], request.remote_addr or "")
+        previous = _session_token()
+        if previous:  # this browser's earlier session ends with the new one
+            bundle.auth.logout(previous)
         session.clear()
-        session["email"] = settings.admin_email
-        return {"email": settings.admin_email}
+        session[SESSION_KEY] = opened.token
+        return {"email": opened.email}
 
 
 @blp.route("/logout")
 class Logout(MethodView):
     @blp.response(200)
+    @blp.alt_response(403, schema=ApiErrorSchema,
+                      description="Cross-site request (Origin) or no X-Requested-With header")
     def post(self):
-        """Log out: clears the session cookie"""
+        """Log out: ends the session server-side and clears the cookie
+
+        With a session cookie the request needs the header X-Requested-With (any value) and,
+        if it sends Origin, this service's own origin.
+        """
+        token = _session_token()
+        if token:
+            check_csrf()
+            services().auth.logout(token)
         session.clear()
         return {}
 
@@ -68,7 +125,7 @@ class Me(MethodView):
     @blp.alt_response(401, schema=ApiErrorSchema, description="Not logged in")
     def get(self):
         """Who is logged in"""
-        email = session.get("email")
-        if not email:
+        email = _session_email()
+        if email is None:
             raise Unauthorized("Unauthorized")
         return {"email": email}

@@ -5,6 +5,8 @@ import types
 
 from marshmallow import RAISE, Schema, fields, pre_dump, validate
 
+from app.schemas.fields import NulFreeString
+
 MAX_CODE = 1_000_000
 
 
@@ -12,9 +14,9 @@ class ExecSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    cmd = fields.String(required=True, validate=validate.Length(min=1, max=100_000))
-    cwd = fields.String(load_default=None, allow_none=True)
-    env = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    cmd = NulFreeString(required=True, validate=validate.Length(min=1, max=100_000))
+    cwd = NulFreeString(load_default=None, allow_none=True)
+    env = fields.Dict(keys=NulFreeString(), values=NulFreeString(), load_default=dict)
     timeoutMs = fields.Integer(load_default=None, allow_none=True, strict=True,
                                metadata={"description": "default 30000, max "
                                                         "MAX_EXEC_TIMEOUT_MS (120000)"})
@@ -40,21 +42,23 @@ class _RunSchema(Schema):
     class Meta:
         unknown = RAISE
 
+    # code goes to the runtime on stdin, so it may hold NUL; everything else is on the command
+    # line (see NulFreeString).
     code = fields.String(load_default=None, allow_none=True,
                          validate=validate.Length(max=MAX_CODE))
-    path = fields.String(load_default=None, allow_none=True)
-    args = fields.List(fields.String(), load_default=list)
-    env = fields.List(fields.String(), load_default=list,
+    path = NulFreeString(load_default=None, allow_none=True)
+    args = fields.List(NulFreeString(), load_default=list)
+    env = fields.List(NulFreeString(), load_default=list,
                       metadata={"description": '["KEY=VALUE", ...]'})
     timeoutMs = fields.Integer(load_default=None, allow_none=True, strict=True)
 
 
 class RunTsSchema(_RunSchema):
-    denoFlags = fields.List(fields.String(), load_default=list)
+    denoFlags = fields.List(NulFreeString(), load_default=list)
 
 
 class RunJsSchema(_RunSchema):
-    nodeFlags = fields.List(fields.String(), load_default=list)
+    nodeFlags = fields.List(NulFreeString(), load_default=list)
 
 
 class RunResultSchema(CommandResultSchema):

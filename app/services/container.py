@@ -5,6 +5,7 @@ import dataclasses
 import logging
 
 from app.config import Settings
+from app.services.auth import AuthService
 from app.services.commands import CommandService
 from app.services.files import FileService
 from app.services.health import HealthService
@@ -13,6 +14,7 @@ from app.services.seed_builder import SeedBuilder
 from app.services.snapshots import SnapshotService, SnapshotStore
 from app.services.templates import TemplateCatalog
 from app.services.vms import VmService
+from app.store.db import Store
 from app.virt.accel import choose_domain_type
 from app.virt.connection import Hypervisor
 
@@ -32,6 +34,7 @@ class Services:
     domain_type: str
     maintainer: Maintainer
     health: HealthService
+    auth: AuthService
 
     def close(self) -> None:
         self.maintainer.stop()
@@ -54,6 +57,8 @@ def build_services(settings: Settings) -> Services:
     vms = VmService(settings, hypervisor, templates, domain_type, snapshots=store)
     seeds = SeedBuilder(settings, hypervisor, templates, vms.seeds, vms)
     snapshots = SnapshotService(settings, hypervisor, templates, vms, store)
+    state = Store(settings.state_db_path)
+    state.open()
 
     def sweep() -> list[str]:
         return vms.remove_orphans() + snapshots.remove_orphans()
@@ -62,4 +67,5 @@ def build_services(settings: Settings) -> Services:
                     commands=CommandService(settings, vms), files=FileService(settings, vms),
                     snapshots=snapshots, seeds=seeds, domain_type=domain_type,
                     maintainer=Maintainer(settings, vms, seeds, sweep=sweep),
-                    health=HealthService(settings, hypervisor, domain_type))
+                    health=HealthService(settings, hypervisor, domain_type),
+                    auth=AuthService(settings, state))

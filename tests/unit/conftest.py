@@ -11,15 +11,21 @@ import pytest
 
 from app import create_app
 from app.config import Settings, load_settings
-from app.errors import (InvalidRequest, QuotaExceeded, SnapshotNotFound, VmNotFound,
-                        VmStateConflict)
-from app.models import Snapshot, Vm, VmSpec, VmState
+from app.errors import (GuestUnreachable, InvalidRequest, QuotaExceeded, SnapshotNotFound,
+                        VmNotFound, VmStateConflict)
+from app.guestssh import check_command_line
+from app.models import CommandResult, Snapshot, Vm, VmSpec, VmState
+from app.services.auth import AuthService
+from app.services.commands import CommandService
+from app.services.files import FileService
+from app.store.db import Store
 from app.services.health import HealthService
 
 API_KEY = "unit-test-key"
 ADMIN_EMAIL = "admin@test.example"
 ADMIN_PASSWORD = "unit-test-password"
 MAX_VMS = 3
+CSRF = {"X-Requested-With": "unit-test"}  # what a cookie-authenticated change must send
 DATA_DIR = Path(__file__).parent / "data"
 
 
@@ -41,12 +47,55 @@ class FakeHypervisor:
         return self.network_active
 
 
+class FakeGuest:
+    """A RUNNING VM's SSH client (GuestSSH): records each command line, answers exit 0.
+
+    It checks a line as GuestSSH does, and then behaves like OpenSSH would: a NUL in an exec
+    request, or a request over its 256 KiB packet limit, drops the VM's shared connection;
+    a lone surrogate cannot be encoded at all.
+    """
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def _send(self, command: str) -> None:
+        check_command_line(command)
+        if "\0" in command or len(command.encode("utf-8")) > 256 * 1024:
+            raise GuestUnreachable("guest dropped the command: connection closed by sshd")
+        self.commands.append(command)
+
+    def run(self, command: str, timeout: float, stdin: t.Any = b"",
+            max_output: int = 1_000_000) -> CommandResult:
+        self._send(command)
+        return CommandResult(exit_code=0, stdout=b"", stderr=b"")
+
+    def open_stream(self, command: str, timeout: float) -> FakeMissingPath:
+        self._send(command)
+        return FakeMissingPath()
+
+
+class FakeMissingPath:
+    """GuestSSH.open_stream's stream for ``pack`` of a path that does not exist (exit 212)."""
+
+    stderr = b"rds-pack: no such file or directory"
+
+    def first_chunk(self) -> bytes:
+        return b""
+
+    def exit_status(self) -> int:
+        return 212
+
+    def close(self) -> None:
+        pass
+
+
 class FakeVmService:
     """An in-memory VmService with the real one's errors; ``fail_with`` breaks create()."""
 
     def __init__(self, max_vms: int) -> None:
         self.max_vms = max_vms
         self.vms: dict[str, Vm] = {}
+        self.guests: dict[str, FakeGuest] = {}
         self.created: list[VmSpec] = []
         self.fail_with: Exception | None = None
         self.snapshots: FakeSnapshotService | None = None
@@ -89,6 +138,19 @@ class FakeVmService:
 
     def start(self, vm_id: str) -> None:
         self._transition(vm_id, VmState.STOPPED, VmState.RUNNING)
+
+    def update_network(self, vm_id: str, allow_ips: tuple[str, ...],
+                       outbound_internet: bool) -> Vm:
+        vm = dataclasses.replace(self.get(vm_id), allow_ips=allow_ips,
+                                 outbound_internet=outbound_internet)
+        self.vms[vm_id] = vm
+        return vm
+
+    def guest(self, vm_id: str) -> FakeGuest:
+        vm = self.get(vm_id)
+        if vm.state is not VmState.RUNNING:
+            raise VmStateConflict(f"VM {vm_id} is {vm.state.value}; it must be RUNNING")
+        return self.guests.setdefault(vm_id, FakeGuest())
 
     def _transition(self, vm_id: str, wanted: VmState, new: VmState) -> None:
         vm = self.get(vm_id)
@@ -136,16 +198,35 @@ class FakeSnapshotService:
 
 @dataclasses.dataclass
 class FakeServices:
+    """The service bundle: fakes below the API, and the real command and file services on
+    the fake VMs (their validation is what a caller meets)."""
+
     settings: Settings
     hypervisor: FakeHypervisor
     vms: FakeVmService
     snapshots: FakeSnapshotService
-    health: t.Any = None
+    commands: CommandService
+    files: FileService
+    auth: AuthService
+    health: HealthService | None = None
     domain_type: str = "qemu"
     closed: bool = False
 
     def close(self) -> None:
         self.closed = True
+
+
+class FakeClock:
+    """Wall-clock seconds that only move when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 @pytest.fixture
@@ -157,15 +238,33 @@ def bridge_nf(tmp_path) -> Path:
 
 
 @pytest.fixture
-def services(bridge_nf) -> FakeServices:
-    settings = load_settings(environ={}, overrides={
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def unit_settings(storage_root: Path, **overrides: t.Any) -> Settings:
+    return load_settings(environ={}, overrides={
         "API_KEY": API_KEY, "ADMIN_EMAIL": ADMIN_EMAIL, "ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "SESSION_SECRET": "unit-test-session-secret", "MAX_VMS": MAX_VMS})
+        "SESSION_SECRET": "unit-test-session-secret", "MAX_VMS": MAX_VMS,
+        "STORAGE_ROOT": str(storage_root), **overrides})
+
+
+def auth_service(settings: Settings, clock: FakeClock) -> AuthService:
+    """The real AuthService on a SQLite file under the settings' STORAGE_ROOT."""
+    store = Store(settings.state_db_path)
+    store.open()
+    return AuthService(settings, store, clock=clock)
+
+
+@pytest.fixture
+def services(tmp_path: Path, clock: FakeClock, bridge_nf: Path) -> FakeServices:
+    settings = unit_settings(tmp_path)
     vms = FakeVmService(settings.max_vms)
     vms.snapshots = FakeSnapshotService(vms)
     hypervisor = FakeHypervisor()
     return FakeServices(settings=settings, hypervisor=hypervisor, vms=vms,
-                        snapshots=vms.snapshots,
+                        snapshots=vms.snapshots, commands=CommandService(settings, vms),
+                        files=FileService(settings, vms), auth=auth_service(settings, clock),
                         health=HealthService(settings, hypervisor, "qemu", bridge_nf))
 
 
@@ -197,7 +296,7 @@ class AuthActions:
         return self._client.post("/auth/login", json={"email": email, "password": password})
 
     def logout(self):
-        return self._client.post("/auth/logout")
+        return self._client.post("/auth/logout", headers=CSRF)
 
 
 @pytest.fixture

@@ -115,3 +115,19 @@ def test_validation_errors_are_documented_as_400_not_422(client):
 def test_spec_matches_snapshot(client, golden):
     """A deliberate API change: REGENERATE_GOLDEN=1, then review the diff of data/openapi.json."""
     golden("openapi.json", json.dumps(spec(client), indent=2, sort_keys=True) + "\n")
+
+
+def test_state_changing_v1_operations_document_the_csrf_403(client):
+    paths = spec(client)["paths"]
+    for (path, method) in DOCUMENTED_ERRORS:
+        responses = paths[path][method]["responses"]
+        assert ("403" in responses) == (method in ("post", "put", "patch", "delete")), (path,
+                                                                                        method)
+
+
+def test_auth_routes_document_rate_limit_and_csrf(client):
+    paths = spec(client)["paths"]
+    login = paths["/auth/login"]["post"]["responses"]
+    assert {"400", "401", "429"} <= set(login)
+    assert "Retry-After" in login["429"]["headers"]
+    assert "403" in paths["/auth/logout"]["post"]["responses"]

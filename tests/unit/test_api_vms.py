@@ -165,3 +165,12 @@ def test_request_id_is_generated_when_missing_or_unusable(client, given):
     headers = {} if given is None else {"X-Request-Id": given}
     response = client.get("/healthz", headers=headers)
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-Request-Id"])
+
+
+def test_errors_keyed_by_index_and_by_name_are_a_400(client, auth):
+    """A list field's errors (keyed 1) beside a validator's ("_schema") once broke jsonify."""
+    response = client.put("/v1/vms/x/network", json={"allowIps": ["", None]}, headers=auth)
+    assert response.status_code == 400
+    body = response.get_json()
+    assert "allowIps" in body["message"]
+    assert set(body["errors"]["json"]["allowIps"]) == {"1", "_schema"}

@@ -9,8 +9,9 @@ import time
 import paramiko
 import pytest
 
-from app.errors import CommandTimeout, GuestUnreachable
-from app.guestssh import GUEST_USER, GuestSSH, GuestTransport, SshTimeouts, load_private_key
+from app.errors import CommandTimeout, GuestUnreachable, InvalidRequest
+from app.guestssh import (GUEST_USER, MAX_COMMAND_BYTES, GuestSSH, GuestTransport, SshTimeouts,
+                          check_command_line, load_private_key)
 from app.sshkeys import KeyPair, generate_keypair
 
 TIMEOUTS = SshTimeouts(connect=2.0, auth=2.0, channel=2.0)
@@ -251,3 +252,20 @@ def test_the_stream_deadline_covers_the_whole_transfer(guest):
     with pytest.raises(CommandTimeout):
         stream.first_chunk()
     assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize(("command", "words"), [
+    ("echo a\0b", "NUL"), ("echo \ud800", "Unicode"),
+    ("x" * (MAX_COMMAND_BYTES + 1), "bytes"), ("é" * (MAX_COMMAND_BYTES // 2 + 1), "bytes")])
+def test_command_line_sshd_would_drop_is_refused_before_any_channel(command, words):
+    keys = generate_keypair()  # 192.0.2.1 is unroutable: a connect would fail differently
+    guest = GuestSSH("192.0.2.1", keys.public_openssh,
+                     load_private_key(keys.private_openssh), TIMEOUTS)
+    with pytest.raises(InvalidRequest, match=words):
+        guest.run(command, timeout=1.0)
+    with pytest.raises(InvalidRequest, match=words):
+        guest.open_stream(command, timeout=1.0)
+
+
+def test_command_line_at_the_limit_is_allowed():
+    check_command_line("x" * MAX_COMMAND_BYTES)
