@@ -57,6 +57,24 @@ EOF
     restart_libvirtd=1
 fi
 
+# The guests' network policy is iptables rules on bridged traffic: without bridge netfilter
+# those rules are skipped (only the ebtables part applies). /healthz reports 503 while it is off.
+modprobe br_netfilter 2>/dev/null || true
+for key in net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables; do
+    sysctl -q -w "$key=1" >/dev/null 2>&1 || true
+done
+if [ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null)" != 1 ]; then
+    echo "host-setup: bridge netfilter cannot be turned on (modprobe br_netfilter;" \
+         "sysctl net.bridge.bridge-nf-call-iptables=1): the network policy would not apply" >&2
+    exit 1
+fi
+if [ -d /etc/sysctl.d ] && [ ! -f /etc/sysctl.d/60-run-dat-sheesh.conf ]; then
+    printf '%s\n' "# run-dat-sheesh: guests' IP rules need bridged traffic to pass iptables" \
+        "net.bridge.bridge-nf-call-iptables = 1" "net.bridge.bridge-nf-call-ip6tables = 1" \
+        > /etc/sysctl.d/60-run-dat-sheesh.conf
+    echo br_netfilter > /etc/modules-load.d/run-dat-sheesh.conf 2>/dev/null || true
+fi
+
 daemon_up() { timeout 10 virsh -c qemu:///system version >/dev/null 2>&1; }
 if [ -d /run/systemd/system ]; then
     systemctl enable --now virtlogd.socket libvirtd.socket >/dev/null 2>&1 || true

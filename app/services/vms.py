@@ -57,6 +57,8 @@ BACKGROUND_TIMEOUT_S = 120.0  # the calls have their own timeouts; this only bou
 
 def vm_state(domain_state: str, phase: VmPhase) -> VmState:
     """The API state from libvirt's run state and the manager's last phase."""
+    if phase is VmPhase.CREATING and domain_state in ("running", "shutoff", "paused"):
+        return VmState.STARTING  # defined, being restored or booted: not a caller's yet
     if domain_state == "running":
         return {VmPhase.READY: VmState.RUNNING, VmPhase.STARTING: VmState.STARTING,
                 VmPhase.CREATING: VmState.STARTING, VmPhase.STOPPING: VmState.STOPPING}[phase]

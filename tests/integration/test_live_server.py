@@ -74,4 +74,5 @@ def test_serve_prints_url_and_key(server):
     base, process = server
     process.terminate()
     output = process.communicate(timeout=30)[0]
-    assert base in output and "API key: live-key" in output
+    assert base in output and "API key: as set in API_KEY" in output
+    assert "live-key" not in output  # a real key never ends up in a journal
