@@ -24,7 +24,7 @@ PACKAGES=(
     libvirt-dev pkg-config gcc python3-dev python3-venv
     dnsmasq-base iptables ebtables nftables ipset iproute2
     debootstrap busybox-static cpio kmod e2fsprogs xz-utils wget ca-certificates
-    openssh-client nginx make
+    openssh-client nginx make tini
 )
 
 missing=()
@@ -43,18 +43,29 @@ else
     log "Debian packages already installed"
 fi
 
-# libvirt's QEMU driver: direct kernel boot from our image directory and fw_cfg files that only
-# root can read need QEMU to run as root without a MAC/DAC relabelling driver on this host type.
+# libvirt's QEMU driver: QEMU runs as the unprivileged libvirt-qemu user (group kvm), and
+# libvirt's DAC driver hands each VM's files (disk chain, kernel, initrd, fw_cfg files) to it
+# while the VM runs (dynamic_ownership, remember_owner); the app makes the directories on the
+# way searchable by group kvm (app/virt/qemu_access.py). No MAC driver (AppArmor/SELinux) is
+# configured here. Earlier versions ran QEMU as root: their block is replaced.
 QEMU_CONF=/etc/libvirt/qemu.conf
-if ! grep -q '^# run-dat-sheesh' "$QEMU_CONF" 2>/dev/null; then
-    log "configuring $QEMU_CONF"
+if ! grep -q '^# run-dat-sheesh v2' "$QEMU_CONF" 2>/dev/null; then
+    log "configuring $QEMU_CONF (QEMU as libvirt-qemu)"
+    sed -i '/^# run-dat-sheesh/,/^security_driver/d' "$QEMU_CONF"
     cat >> "$QEMU_CONF" <<'EOF'
-# run-dat-sheesh: QEMU runs as root, confined by the VM's own isolation; no relabelling.
-user = "root"
-group = "root"
+# run-dat-sheesh v2: QEMU runs unprivileged; libvirt hands it each VM's files (DAC).
+user = "libvirt-qemu"
+group = "kvm"
+dynamic_ownership = 1
+remember_owner = 1
 security_driver = "none"
 EOF
     restart_libvirtd=1
+fi
+# As udev does on systemd hosts: /dev/kvm for group kvm (QEMU's group). Without it libvirt,
+# probing QEMU as libvirt-qemu, sees KVM come and go and re-probes on every call.
+if [ -e /dev/kvm ]; then
+    chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
 fi
 
 # The guests' network policy is iptables rules on bridged traffic: without bridge netfilter
@@ -85,13 +96,21 @@ else
     # files or dead daemons behind; a daemon that does not answer is restarted.
     # A second virtlogd exits at once on the held pid-file lock, so starting it is idempotent
     # (and immune to a dead one still listed as a zombie).
+    # libvirtd runs under tini as a subreaper: QEMU daemonizes, and where PID 1 is slow to
+    # reap orphans (as on this kind of host) libvirt waits for each exited QEMU's zombie.
     virtlogd -d 2>/dev/null || true
-    if [ "${restart_libvirtd:-0}" = 1 ] || ! daemon_up; then
+    under_tini() {
+        local pid
+        pid=$(pgrep -x libvirtd | head -n 1) || return 1
+        [ "$(ps -o comm= -p "$(ps -o ppid= -p "$pid" | tr -d ' ')")" = tini ]
+    }
+    if [ "${restart_libvirtd:-0}" = 1 ] || ! daemon_up || ! under_tini; then
         pkill -x libvirtd 2>/dev/null || true
-        for _ in $(seq 1 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
+        for _ in $(seq 1 100); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
         pkill -9 -x libvirtd 2>/dev/null || true
-        log "starting libvirtd"
-        libvirtd -d
+        for _ in $(seq 1 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
+        log "starting libvirtd (under tini -s)"
+        setsid tini -s -- libvirtd </dev/null >>/var/log/libvirt/libvirtd-run.log 2>&1 &
     fi
 fi
 for _ in $(seq 1 100); do daemon_up && break; sleep 0.2; done

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from app.models import Template
 from app.services.addresses import allocation_lock
+from app.virt.qemu_access import share_with_qemu
 from app.services.templates import ImageBuild
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,10 @@ class SeedStore:
                         image_path=info["imagePath"])
         except (OSError, ValueError, KeyError):
             return None
-        return seed if seed.state.is_file() and seed.disk.is_file() else None
+        if not (seed.state.is_file() and seed.disk.is_file()):
+            return None
+        share_with_qemu(path)  # seeds saved by versions that ran QEMU as root
+        return seed
 
     def building_dir(self, key: str) -> Path:
         return self.seeds_dir / f".{key}.building"
@@ -100,6 +104,7 @@ class SeedStore:
             "diskSizeMb": disk_size_mb, "imagePath": image_path,
             "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
         (staging / "disk.qcow2").chmod(0o444)
+        share_with_qemu(staging)  # its disk backs clones' disks: QEMU must reach it
         target = self.seeds_dir / key
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
@@ -111,6 +116,7 @@ class SeedStore:
     def build_lock(self, key: str, timeout: float) -> t.Iterator[None]:
         """Host-wide: one process builds a given seed at a time."""
         self.seeds_dir.mkdir(parents=True, exist_ok=True)
+        share_with_qemu(self.seeds_dir)
         with allocation_lock(self.seeds_dir / f".{key}.lock", timeout):
             yield
 

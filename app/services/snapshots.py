@@ -40,6 +40,7 @@ from app.services.templates import ImageBuild, TemplateCatalog
 from app.virt import disks
 from app.virt.connection import Hypervisor
 from app.virt.domain_xml import parse_metadata
+from app.virt.qemu_access import share_with_qemu
 
 if t.TYPE_CHECKING:
     from app.services.vms import VmService
@@ -110,6 +111,8 @@ class SnapshotStore:
         if spec.disk_size_mb is not None and spec.disk_size_mb < snapshot.disk_size_mb:
             raise InvalidRequest(f"diskSizeMb must be at least {snapshot.disk_size_mb} for "
                                  f"snapshot {snapshot.id}")
+        for folder in (self.root, self._folder(snapshot.id)):  # snapshots of older versions
+            share_with_qemu(folder)
         return VmBase(template=self.templates.get(snapshot.image_id),
                       build=self.templates.build_at(Path(snapshot.image_path).parent),
                       backing=Path(snapshot.disk_path),
@@ -119,7 +122,9 @@ class SnapshotStore:
     def staging(self) -> t.Iterator[Path]:
         """A fresh hidden directory next to the snapshots, removed if the body fails."""
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        share_with_qemu(self.root)  # a snapshot's disk backs the disks of VMs made from it
         folder = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
+        share_with_qemu(folder)
         try:
             yield folder
         except BaseException:

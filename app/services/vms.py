@@ -42,6 +42,7 @@ from app.virt.domain_xml import (METADATA_NS, METADATA_PREFIX, BootFiles, Domain
                                  build_domain_xml, kernel_cmdline, metadata_xml, parse_metadata,
                                  port_name, vm_title)
 from app.virt.ipsets import IpSets
+from app.virt.qemu_access import share_with_qemu
 from app.virt.nwfilter_xml import build_filter_xml
 
 log = logging.getLogger(__name__)
@@ -338,6 +339,7 @@ class VmService:
                 seed=seed.key if seed else "", snapshot_id=spec.snapshot_id or "")
             vm_dir = settings.vms_dir / name
             vm_dir.mkdir(mode=0o700, parents=True)
+            share_with_qemu(vm_dir, writable=True)  # QEMU binds the identity socket there
             undo.callback(shutil.rmtree, vm_dir, True)
             disks.create_overlay(seed.disk if seed else backing, vm_dir / "disk.qcow2",
                                  disk_size_mb)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import time
 
 import pytest
 
@@ -130,4 +131,4 @@ def test_the_guest_connection_uses_aes_gcm(services, shared_vm):
     """AES-GCM needs no separate MAC: the cheapest choice for an emulated guest's sshd."""
     guest = services.vms.guest(shared_vm["id"])
     assert guest.run("true", timeout=30).exit_code == 0
-    assert guest._transport().remote_cipher == "aes128-gcm@openssh.com"
+    assert guest._transport(time.monotonic() + 30).remote_cipher == "aes128-gcm@openssh.com"

@@ -1,0 +1,33 @@
+"""QEMU runs as an unprivileged user (``libvirt-qemu``, group ``kvm``; deploy/host-setup.sh
+configures libvirt so): the directories whose files it opens itself must let that group in.
+
+libvirt's DAC driver hands the files a VM uses (disk and backing chain, kernel, initrd, fw_cfg
+files) to the QEMU user while the VM runs and gives them back afterwards (``dynamic_ownership``,
+``remember_owner``), but it does not touch directories: a VM's directory must be searchable, and
+writable where QEMU creates a socket, by the QEMU group. Nothing here is world-readable.
+"""
+from __future__ import annotations
+
+import grp
+import os
+from pathlib import Path
+
+QEMU_GROUP = "kvm"  # Debian's libvirt-qemu user is in it (and /dev/kvm belongs to it)
+
+
+def qemu_gid(group: str = QEMU_GROUP) -> int | None:
+    """The QEMU group's id, or None on a host without it (then QEMU runs as root)."""
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        return None
+
+
+def share_with_qemu(path: Path, writable: bool = False, group: str = QEMU_GROUP) -> None:
+    """Let QEMU's group search (and with ``writable``, create files in) the directory ``path``:
+    root-owned, mode 0750 or 0770, group ``group``."""
+    gid = qemu_gid(group)
+    if gid is None or os.geteuid() != 0:  # no such group, or not root (unit tests)
+        return
+    os.chown(path, 0, gid)
+    os.chmod(path, 0o770 if writable else 0o750)
