@@ -34,9 +34,14 @@ class FileService:
         self.settings = settings
         self.vms = vms
 
-    def upload(self, vm_id: str, dest: str | None, body: t.BinaryIO) -> int:
+    def upload(self, vm_id: str, dest: str | None, body: t.BinaryIO,
+               declared_size: int | None = None) -> int:
         """Extract the tar.gz ``body`` into ``dest``; returns the number of entries.
 
+        Too large wins over a missing or stopped VM: a declared size (Content-Length) is
+        checked at once, an undeclared one (chunked) by reading the body before the lookup.
+
+        :param declared_size: the body's Content-Length, if the client sent one.
         :raises InvalidRequest: bad dest or unsafe/corrupt archive (nothing is written).
         :raises PayloadTooLarge: body, uncompressed size or entry count over the limits.
         :raises VmNotFound: no such VM.
@@ -45,11 +50,14 @@ class FileService:
         if dest is None:
             raise InvalidRequest("query parameter 'dest' is required")
         target = workspace_path(dest, "dest")
-        guest = self.vms.guest(vm_id)
+        if declared_size is not None and declared_size > self.settings.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"upload body is larger than {self.settings.max_upload_bytes} bytes")
         limits = ArchiveLimits(self.settings.max_upload_uncompressed_bytes,
                                self.settings.max_upload_entries)
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
             self._spool(body, spool)
+            guest = self.vms.guest(vm_id)
             spool.seek(0)
             summary = validate_archive(spool, limits)
             # Only now, and from the same bytes: the guest gets exactly what passed the check.

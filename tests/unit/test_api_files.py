@@ -1,17 +1,21 @@
 """POST /v1/vms/{id}/files/upload through the Flask test client, on the real FileService with a
-fake guest: what reaches the guest (holes 1 and 2)."""
+fake guest: what reaches the guest (holes 1 and 2), and answers to bodies that are not read
+to the end (hole 3; the live-server test sends them over a real socket)."""
 from __future__ import annotations
 
 import io
 import os
 import tarfile
+import uuid
 
 import pytest
 
 from app.errors import VmStateConflict
 from app.models import CommandResult, VmSpec, VmState
 from app.services.files import FileService
-from tests.unit.tarbuild import MIB, extended, gzip_pieces, member, targz, zeros
+from tests.unit.tarbuild import MIB, ZeroStream, extended, gzip_pieces, member, targz, zeros
+
+DRAIN_SLACK = 16 * MIB
 
 
 class FakeGuest:
@@ -64,6 +68,18 @@ def upload(client, auth, vm: str, body: bytes):
                        content_type="application/gzip", headers=auth)
 
 
+def stream_upload(client, auth, vm: str, stream: ZeroStream, declared: int | None,
+                  query: str = "?dest=proj", content_type: str = "application/gzip"):
+    """A body the test client does not buffer: declared (Content-Length) or not (chunked)."""
+    environ = {"wsgi.input": stream}
+    if declared is None:
+        environ["wsgi.input_terminated"] = True
+    else:
+        environ["CONTENT_LENGTH"] = str(declared)
+    return client.post(f"/v1/vms/{vm}/files/upload{query}", content_type=content_type,
+                       headers=auth, environ_overrides=environ)
+
+
 def tar_entries(tar: bytes) -> list[tuple[str, bytes | None]]:
     with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as archive:
         return [(info.name, archive.extractfile(info).read() if info.isreg() else info.type)
@@ -104,3 +120,76 @@ def test_upload_larger_than_the_json_body_limit_is_accepted(client, auth, guests
     body = targz(member("random.bin", os.urandom(3 * MIB)))
     assert len(body) > 2 * MIB
     assert upload(client, auth, vm_id, body).status_code == 204
+
+
+# Hole 3: an early answer reads the rest of the body first ###################################
+
+def test_early_413_declared_too_large_is_decided_before_the_vm_lookup(client, auth, services,
+                                                                       guests):
+    limit = services.settings.max_upload_bytes
+    stream = ZeroStream(limit + MIB)
+    response = stream_upload(client, auth, str(uuid.uuid4()), stream, declared=stream.size)
+    assert response.status_code == 413, response.json
+    assert "larger than" in response.json["message"]
+    assert guests.lookups == 0
+    assert stream.consumed == stream.size  # drained: the client can read the answer
+
+
+def test_early_413_undeclared_too_large_body_is_drained(client, auth, services, guests):
+    stream = ZeroStream(services.settings.max_upload_bytes + 3 * MIB)
+    response = stream_upload(client, auth, str(uuid.uuid4()), stream, declared=None)
+    assert response.status_code == 413, response.json
+    assert stream.consumed == stream.size
+
+
+@pytest.mark.parametrize("query, content_type, status", [
+    ("?dest=/etc", "application/gzip", 400),
+    ("", "application/gzip", 400),  # dest missing: refused by the schema, before the view
+    ("?dest=proj", "text/plain", 400),
+])
+def test_early_answer_bad_request_is_drained(client, auth, guests, vm_id, query, content_type,
+                                             status):
+    stream = ZeroStream(5 * MIB)
+    response = stream_upload(client, auth, vm_id, stream, declared=stream.size, query=query,
+                             content_type=content_type)
+    assert response.status_code == status and response.json["message"]
+    assert stream.consumed == stream.size
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_early_answer_unknown_vm_is_drained(client, auth, guests, declared):
+    stream = ZeroStream(5 * MIB)
+    response = stream_upload(client, auth, str(uuid.uuid4()), stream,
+                             declared=stream.size if declared else None)
+    assert response.status_code == 404, response.json
+    assert stream.consumed == stream.size
+
+
+def test_early_answer_stopped_vm_is_drained(client, auth, services, guests, vm_id):
+    services.vms.stop(vm_id)
+    stream = ZeroStream(MIB)
+    response = stream_upload(client, auth, vm_id, stream, declared=stream.size)
+    assert response.status_code == 409, response.json
+    assert stream.consumed == stream.size
+
+
+def test_early_answer_drain_is_bounded_then_the_connection_closes(client, auth, services, guests):
+    bound = services.settings.max_upload_bytes + DRAIN_SLACK
+    endless = ZeroStream(10 * bound)
+    response = stream_upload(client, auth, str(uuid.uuid4()), endless, declared=None)
+    assert response.status_code == 413
+    assert bound <= endless.consumed < bound + 2 * MIB
+    assert response.headers["Connection"] == "close"
+
+    declared = ZeroStream(10 * bound)
+    response = stream_upload(client, auth, str(uuid.uuid4()), declared, declared=declared.size)
+    assert response.status_code == 413 and declared.consumed == 0
+    assert response.headers["Connection"] == "close"
+
+
+def test_early_answer_unauthenticated_upload_is_not_drained(client, guests):
+    stream = ZeroStream(5 * MIB)
+    response = stream_upload(client, {"X-API-Key": "wrong"}, str(uuid.uuid4()), stream,
+                             declared=stream.size)
+    assert response.status_code == 401
+    assert stream.consumed == 0 and response.headers["Connection"] == "close"
