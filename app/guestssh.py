@@ -80,6 +80,10 @@ class Watchdog:
 
 WATCHDOG = Watchdog()
 
+# A function that writes a command's stdin itself, given an object with ``write(bytes)``
+# (the channel): for input made while it is sent, never held whole in memory.
+StdinWriter = t.Callable[[t.Any], None]
+
 
 class GuestTransport(paramiko.Transport):
     """paramiko's transport with AES-GCM preferred: an AEAD cipher needs no separate MAC, and
@@ -221,9 +225,14 @@ class GuestSSH:
             self._drop(transport)  # a stalled transport: the next call starts afresh
             raise GuestUnreachable(f"guest {self.host} did not open a channel: {exc}") from exc
 
-    def run(self, command: str, timeout: float, stdin: bytes | t.BinaryIO = b"",
+    def run(self, command: str, timeout: float,
+            stdin: bytes | t.BinaryIO | StdinWriter = b"",
             max_output: int = 1_000_000) -> CommandResult:
         """Run ``command`` on a fresh channel.
+
+        ``stdin`` is bytes, a file read in chunks, or a :data:`StdinWriter`; an error the
+        writer raises (other than the channel's own) propagates, and the channel is closed
+        without sending EOF.
 
         Output beyond ``max_output`` bytes per stream is drained but dropped (and flagged).
         ``timeout`` bounds the whole call, every phase included (connect, auth, channel open,
@@ -346,10 +355,23 @@ def _timed_out(started: float) -> CommandResult:
                          duration_ms=int((time.monotonic() - started) * 1000))
 
 
-def _send_stdin(channel: t.Any, stdin: bytes | t.BinaryIO) -> None:
+class _ChannelWriter:
+    """The write end of a channel's stdin, for a :data:`StdinWriter`."""
+
+    def __init__(self, channel: t.Any) -> None:
+        self._channel = channel
+
+    def write(self, data: bytes) -> int:
+        self._channel.sendall(data)
+        return len(data)
+
+
+def _send_stdin(channel: t.Any, stdin: bytes | t.BinaryIO | StdinWriter) -> None:
     if isinstance(stdin, (bytes, bytearray)):
         if stdin:
             channel.sendall(stdin)
+    elif callable(stdin):
+        stdin(_ChannelWriter(channel))
     else:
         while True:
             chunk = stdin.read(READ_CHUNK)

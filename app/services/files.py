@@ -1,14 +1,15 @@
 """FileService: tar.gz uploads into, and downloads out of, a VM's workspace.
 
-An upload is spooled to a temporary file (never more than one body in memory), checked entry by
-entry on the host (app.services.archives), and only then streamed to the in-guest helper
-``untar``, which extracts into a staging directory first: all or nothing. A download streams
-``pack``'s tar from the guest to the client. (De)compression runs on the host: on an emulated
-guest it would dominate the transfer.
+An upload is spooled to a temporary file (never more than one body in memory) and checked
+entry by entry on the host (app.services.archives); only then is it re-packed a second time,
+from the same spool, straight into the in-guest helper ``untar``, which extracts into a staging
+directory first: all or nothing. The guest gets a tar that Python's tarfile wrote, with the
+entries that passed the check, never the upload itself. A download streams ``pack``'s tar from
+the guest to the client. (De)compression runs on the host: on an emulated guest it would
+dominate the transfer.
 """
 from __future__ import annotations
 
-import gzip
 import logging
 import shlex
 import tempfile
@@ -18,7 +19,7 @@ import zlib
 from app.config import Settings
 from app.errors import (CommandTimeout, GuestCommandFailed, InvalidRequest, PayloadTooLarge,
                         VmNotFound)
-from app.services.archives import ArchiveLimits, validate_archive
+from app.services.archives import ArchiveLimits, Sink, repack_archive, validate_archive
 from app.services.vms import VmService
 from app.services.workspace import GUEST_HELPERS as HELPERS, workspace_path
 
@@ -34,30 +35,40 @@ class FileService:
         self.settings = settings
         self.vms = vms
 
-    def upload(self, vm_id: str, dest: str | None, body: t.BinaryIO) -> int:
+    def upload(self, vm_id: str, dest: str | None, body: t.BinaryIO,
+               declared_size: int | None = None) -> int:
         """Extract the tar.gz ``body`` into ``dest``; returns the number of entries.
 
+        Too large wins over a missing or stopped VM: a declared size (Content-Length) is
+        checked at once, an undeclared one (chunked) by reading the body before the lookup.
+
+        :param declared_size: the body's Content-Length, if the client sent one.
         :raises InvalidRequest: bad dest or unsafe/corrupt archive (nothing is written).
         :raises PayloadTooLarge: body, uncompressed size or entry count over the limits.
+        :raises VmNotFound: no such VM.
+        :raises VmStateConflict: the VM is not RUNNING.
         """
         if dest is None:
             raise InvalidRequest("query parameter 'dest' is required")
         target = workspace_path(dest, "dest")
-        guest = self.vms.guest(vm_id)
+        if declared_size is not None and declared_size > self.settings.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"upload body is larger than {self.settings.max_upload_bytes} bytes")
+        limits = ArchiveLimits(self.settings.max_upload_uncompressed_bytes,
+                               self.settings.max_upload_entries)
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
             self._spool(body, spool)
+            guest = self.vms.guest(vm_id)
             spool.seek(0)
-            summary = validate_archive(spool, ArchiveLimits(
-                self.settings.max_upload_uncompressed_bytes, self.settings.max_upload_entries))
-            spool.seek(0)
-            # Inflate on the host (its CPU is not emulated); the guest only unpacks the tar.
-            with gzip.GzipFile(fileobj=spool, mode="rb") as tar_stream:
-                result = guest.run(shlex.join([f"{HELPERS}/untar", target]),
-                                   timeout=TRANSFER_TIMEOUT, stdin=tar_stream,
-                                   max_output=65536)
+            summary = validate_archive(spool, limits)
+            # Only now, and from the same bytes: the guest gets exactly what passed the check.
+            result = guest.run(shlex.join([f"{HELPERS}/untar", target]),
+                               timeout=TRANSFER_TIMEOUT, stdin=_repacked(spool, limits),
+                               max_output=65536)
         if result.timed_out or result.exit_code != 0:
             message = result.stderr.decode(errors="replace").strip() or "extraction failed"
-            raise InvalidRequest(f"upload to {target} failed: {message.removeprefix('rds-untar: ')}")
+            message = message.removeprefix("rds-untar: ")
+            raise InvalidRequest(f"upload to {target} failed: {message}")
         log.info("upload done vm=%s dest=%s entries=%s bytes=%s", vm_id, target,
                  summary.entries, summary.uncompressed_bytes)
         return summary.entries
@@ -135,3 +146,13 @@ class FileService:
             finally:
                 stream.close()
         return chunks()
+
+
+def _repacked(spool: t.BinaryIO, limits: ArchiveLimits) -> t.Callable[[Sink], None]:
+    """The guest's stdin: the checked upload re-packed into it as it is sent (the tar is
+    inflated here, on the host's native CPU; the guest only unpacks it)."""
+
+    def write(sink: Sink) -> None:
+        spool.seek(0)
+        repack_archive(spool, limits, sink)
+    return write

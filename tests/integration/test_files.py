@@ -130,6 +130,77 @@ def test_too_large_body_is_413(api, shared_vm, services):
     assert response.status_code == 413 and response.json["message"]
 
 
+def assert_nothing_written(api, vm, dest: str) -> None:
+    check = exec_ok(api, vm["id"], f"test -e {dest} && echo EXISTS; "
+                                   "ls -A /workspace | grep -c rds-upload || true")
+    assert check["stdout"].split() == ["0"]
+
+
+def test_second_gzip_member_is_refused_and_nothing_written(api, shared_vm):
+    """The check read the first gzip member only (tarfile r|gz) while the guest got all of
+    them (gzip.GzipFile): a second member carried what was never checked."""
+    first = make_targz([entry("ok.txt", data=b"checked\n")])
+    second = make_targz([entry("passwd", tarfile.SYMTYPE, link="/etc/passwd"),
+                         entry("shadow", tarfile.LNKTYPE, link="/etc/shadow"),
+                         entry("extra.txt", data=b"never checked\n")])
+    dest = f"multi-{uuid.uuid4().hex[:8]}"
+    response = upload(api, shared_vm, dest, first + second)
+    assert response.status_code == 400, response.json
+    assert "after the end of its gzip stream" in response.json["message"]
+    assert_nothing_written(api, shared_vm, dest)
+
+
+def test_data_after_the_end_of_the_archive_is_refused(api, shared_vm):
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        info, data = entry("ok.txt")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    hidden = tarfile.TarInfo("evil")
+    hidden.type, hidden.linkname = tarfile.SYMTYPE, "/etc"
+    dest = f"trailer-{uuid.uuid4().hex[:8]}"
+    response = upload(api, shared_vm, dest, gzip.compress(tar.getvalue() + hidden.tobuf()))
+    assert response.status_code == 400 and "after its end" in response.json["message"]
+    assert_nothing_written(api, shared_vm, dest)
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME])
+def test_extended_header_bomb_is_refused(api, shared_vm, kind):
+    """A 256 MiB pax or GNU long-name header (~250 KB compressed): tarfile read it whole
+    into host memory."""
+    raw = io.BytesIO()
+    with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) as gz:
+        bomb = tarfile.TarInfo("././@bomb")
+        bomb.type, bomb.size = kind, 256 * 1024 ** 2
+        gz.write(bomb.tobuf(format=tarfile.USTAR_FORMAT))
+        block = bytes(1024 * 1024)
+        for _ in range(256):
+            gz.write(block)
+        info = tarfile.TarInfo("after.txt")
+        gz.write(info.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024))
+    dest = f"bomb-{uuid.uuid4().hex[:8]}"
+    response = upload(api, shared_vm, dest, raw.getvalue())
+    assert response.status_code == 413 and "extended header" in response.json["message"]
+    assert_nothing_written(api, shared_vm, dest)
+
+
+def test_guest_extracts_the_repacked_pax_archive(api, shared_vm):
+    """The guest's tar gets Python's PAX output: long and non-ASCII names come through, the
+    setuid bit and the owner do not."""
+    long_name = "n" * 150
+    tool = entry("tool", data=b"#!/bin/sh\n")
+    tool[0].mode, tool[0].uid, tool[0].uname = 0o4755, 0, "root"
+    body = make_targz([entry("pax/", tarfile.DIRTYPE), entry(f"pax/{long_name}", data=b"long\n"),
+                       entry("pax/ünï.txt", data=b"utf8\n"), tool])
+    dest = f"repack-{uuid.uuid4().hex[:8]}"
+    response = upload(api, shared_vm, dest, body)
+    assert response.status_code == 204, response.json
+    out = exec_ok(api, shared_vm["id"], f"cd {dest} && cat pax/{long_name} pax/ünï.txt && "
+                                        "stat -c %u tool && (test -u tool && echo SUID || "
+                                        "echo plain)")["stdout"].split()
+    assert out == ["long", "utf8", "1000", "plain"]
+
+
 @pytest.mark.parametrize("body, content_type", [(b"not a tarball", "application/gzip"),
                                                 (b"", "application/gzip"),
                                                 (b"x", "text/plain")])

@@ -149,6 +149,31 @@ def test_stdin_reaches_the_command(guest):
     assert guest.run("cat", timeout=5, stdin=b"hello\x00world").stdout == b"hello\x00world"
 
 
+def test_stdin_writer_streams_to_the_command(guest):
+    """A StdinWriter gets the channel as a sink: input made as it is sent (upload re-pack)."""
+    pieces = [bytes([index]) * 50_000 for index in range(40)]
+
+    def write(sink) -> None:
+        for piece in pieces:
+            sink.write(piece)
+
+    result = guest.run("cat", timeout=10, stdin=write, max_output=10_000_000)
+    assert result.exit_code == 0 and result.stdout == b"".join(pieces)
+
+
+def test_stdin_writer_errors_propagate_and_the_connection_survives(guest):
+    class Refused(Exception):
+        pass
+
+    def write(sink) -> None:
+        sink.write(b"partial")
+        raise Refused("the input went bad half-way")
+
+    with pytest.raises(Refused):
+        guest.run("sleep", timeout=5, stdin=write)  # "sleep" never writes to the closed channel
+    assert guest.run("id -u", timeout=5).stdout == b"1000\n"
+
+
 def test_commands_share_one_connection(guest, ssh_server):
     before = len(ssh_server.transports)
     assert guest.run("id -u", timeout=5).stdout == b"1000\n"

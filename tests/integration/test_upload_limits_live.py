@@ -1,0 +1,186 @@
+"""Hole 3: an upload answered early (413, 400, 404) must reach a client that is still sending.
+
+Before the fix the server answered an oversized upload and closed the connection while the
+client was still sending: the client saw a reset ("fetch failed" in Node), not the 413. Here a
+raw-socket client sends the headers, streams the body from a thread without waiting for an
+answer, and reads the answer meanwhile, against a live gunicorn with the deploy settings.
+
+The server talks to the host's libvirtd but creates no VM: every request names a VM that does
+not exist, and the hooks that sweep orphans, build memory snapshots or drain the warm pool are
+left out (other test runs may share this libvirtd).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+API_KEY = "upload-limits-key"
+MIB = 1024 * 1024
+BODY = 11 * MIB  # over the default MAX_UPLOAD_BYTES (10 MiB)
+ROUNDS = 5
+SEND_CHUNK = 64 * 1024
+CONFIG = f"""
+exec(compile(open({str(REPO / "deploy" / "gunicorn.conf.py")!r}).read(), "gunicorn.conf.py",
+             "exec"))
+# No orphan sweep, no maintainer, no warm-pool drain: this server must not touch libvirt state.
+del on_starting, post_worker_init, on_exit
+"""
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def memory_snapshot():
+    """Overrides the suite's autouse fixture: no seed VM for a module that creates none."""
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def port(tmp_path_factory):
+    port = _free_port()
+    config = tmp_path_factory.mktemp("gunicorn") / "gunicorn.conf.py"
+    config.write_text(CONFIG)
+    env = {**os.environ, "PORT": str(port), "API_KEY": API_KEY, "WEB_WORKERS": "2",
+           "SNAPSHOT_AUTO_BUILD": "false", "ENABLE_WARM_POOL": "false"}
+    process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "-c", str(config)],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=5):
+                break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail(f"server did not start: {process.communicate(timeout=10)[0]}")
+            time.sleep(0.3)
+    yield port
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+class Client:
+    """One HTTP/1.1 connection: a request's body is sent from a thread while the answer is
+    read, as fetch() does."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.buffer = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def upload(self, vm_id: str, size: int, chunked: bool, dest: str = "proj",
+               content_type: str = "application/gzip") -> tuple[int, dict, dict, list]:
+        """:returns: status, headers, JSON body and the errors the sending thread met."""
+        framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {size}"
+        head = (f"POST /v1/vms/{vm_id}/files/upload?dest={dest} HTTP/1.1\r\n"
+                f"Host: 127.0.0.1:{self.port}\r\nX-API-Key: {API_KEY}\r\n"
+                f"Content-Type: {content_type}\r\n{framing}\r\n\r\n")
+        self.sock.sendall(head.encode())
+        errors: list[BaseException] = []
+        sender = threading.Thread(target=self._send_body, args=(size, chunked, errors),
+                                  daemon=True)
+        sender.start()
+        status, headers, body = self._read_response()
+        sender.join(timeout=60)
+        return status, headers, json.loads(body), errors
+
+    def _send_body(self, size: int, chunked: bool, errors: list) -> None:
+        piece = bytes(SEND_CHUNK)
+        try:
+            while size > 0:
+                data = piece[:min(size, SEND_CHUNK)]
+                self.sock.sendall(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+                size -= len(data)
+            if chunked:
+                self.sock.sendall(b"0\r\n\r\n")
+        except OSError as exc:
+            errors.append(exc)
+
+    def _read_response(self) -> tuple[int, dict, bytes]:
+        while b"\r\n\r\n" not in self.buffer:
+            self._receive()
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {name.strip().lower(): value.strip()
+                   for name, value in (line.split(":", 1) for line in lines)}
+        length = int(headers["content-length"])
+        while len(self.buffer) < length:
+            self._receive()
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return int(status_line.split()[1]), headers, body
+
+    def _receive(self) -> None:
+        data = self.sock.recv(65536)  # a reset raises ConnectionResetError: the bug
+        assert data, f"connection closed before a complete response (got {self.buffer[:200]!r})"
+        self.buffer += data
+
+
+def _unknown_vm() -> str:
+    return str(uuid.uuid4())
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_oversized_upload_gets_a_readable_413(port, chunked):
+    for _round in range(ROUNDS):
+        client = Client(port)
+        try:
+            status, _headers, body, errors = client.upload(_unknown_vm(), BODY, chunked)
+        finally:
+            client.close()
+        assert status == 413 and body["message"], body
+        assert not errors, f"the server stopped reading: {errors}"
+
+
+@pytest.mark.parametrize("case", ["unknown vm", "dest outside", "content type"])
+def test_other_early_answers_are_readable_too(port, case):
+    expected, kwargs, size, chunked = {
+        "unknown vm": (404, {}, 5 * MIB, False),
+        "dest outside": (400, {"dest": "/etc"}, BODY, True),
+        "content type": (400, {"content_type": "text/plain"}, BODY, False),
+    }[case]
+    for _round in range(ROUNDS):
+        client = Client(port)
+        try:
+            status, _headers, body, errors = client.upload(_unknown_vm(), size, chunked,
+                                                           **kwargs)
+        finally:
+            client.close()
+        assert status == expected and body["message"], body
+        assert not errors, f"the server stopped reading: {errors}"
+
+
+def test_a_kept_alive_connection_serves_the_next_upload(port):
+    """The body was read to its end, so the next request on the connection parses."""
+    client = Client(port)
+    try:
+        for chunked in [False, True] * 3:
+            status, headers, body, errors = client.upload(_unknown_vm(), BODY, chunked)
+            assert status == 413 and body["message"] and not errors
+            assert headers.get("connection", "keep-alive").lower() == "keep-alive"
+    finally:
+        client.close()
