@@ -3,6 +3,8 @@ setuid binaries and mounts, the warm-Deno spool and cache, Deno's readable paths
 session, and kill-marked fed hostile file names."""
 from __future__ import annotations
 
+import pwd
+import subprocess
 import time
 import uuid
 
@@ -159,3 +161,38 @@ def test_hostile_claim_names_cannot_make_root_kill_other_processes(api, services
     assert exec_ok(api, own_vm["id"], "echo still-here")["stdout"] == "still-here\n"
     assert services.hypervisor.guest_agent_exec(own_vm["id"], "/bin/sh",
                                                 ["-c", "pgrep -x sshd >/dev/null"], 30) == 0
+
+
+# QEMU confinement ##########################################################################
+
+def test_qemu_runs_as_an_unprivileged_user(api, services, shared_vm):
+    """A guest that escaped QEMU is libvirt-qemu on the host, not root."""
+    out = subprocess.run(["ps", "-ewwo", "user:32,args"], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    lines = [line for line in out.splitlines() if f"guest={shared_vm['name']}" in line]
+    assert lines, out
+    user = lines[0].split()[0]
+    assert user != "root" and pwd.getpwnam(user).pw_uid != 0, lines[0]
+
+
+# Bad input that reaches the guest's command line ##########################################
+
+@pytest.mark.parametrize("body", [
+    {"cmd": "echo a\u0000b"}, {"cmd": "true", "env": {"A": "x\u0000y"}},
+    {"cmd": "true", "env": {"A\u0000": "x"}}, {"cmd": "true", "cwd": "/workspace/\u0000"}])
+def test_nul_on_a_guest_command_line_is_400_and_the_vm_keeps_working(api, shared_vm, body):
+    """OpenSSH drops the whole connection (every concurrent command) on a NUL in an exec
+    request: it must never get that far."""
+    response = api.request("POST", f"/v1/vms/{shared_vm['id']}/exec", json=body)
+    assert response.status_code == 400 and response.json["message"], response.json
+    assert exec_ok(api, shared_vm["id"], "echo ok")["stdout"] == "ok\n"
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"cmd": "echo \\ud800"}', b'{"cmd": "true", "env": {"\\udfff": "x"}}',
+    b'{"cmd": ' + b'[' * 5000 + b']' * 5000 + b'}'])
+def test_lone_surrogates_and_deep_json_are_400(api, shared_vm, raw):
+    response = api.request("POST", f"/v1/vms/{shared_vm['id']}/exec", data=raw,
+                           content_type="application/json")
+    assert response.status_code == 400 and response.json["message"], response.json
+    assert exec_ok(api, shared_vm["id"], "echo ok")["stdout"] == "ok\n"
