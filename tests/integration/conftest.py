@@ -6,10 +6,17 @@ session, even when the test failed half-way.
 """
 from __future__ import annotations
 
+import contextlib
 import http.server
+import os
+import socket
 import subprocess
+import sys
 import threading
+import time
 import typing as t
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +24,7 @@ from app import create_app
 from app.models import VmRole
 from app.virt.domain_xml import parse_metadata, port_name
 
+REPO = Path(__file__).resolve().parents[2]
 API_KEY = "integration-test-key"
 HEADERS = {"X-API-Key": API_KEY}
 SEED_BODY = {"cpu": 1, "memMb": 256, "allowIps": ["172.16.0.1/32"], "outboundInternet": True}
@@ -153,3 +161,42 @@ def connects(api: Api, vm: dict, host: str, port: int) -> bool:
         "cmd": f"timeout 4 bash -c 'exec 3<>/dev/tcp/{host}/{port}' && echo OPEN || echo SHUT"})
     assert response.status_code == 200, response.json
     return response.json["stdout"].strip() == "OPEN"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def live_server(env: dict[str, str], *serve_args: str,
+                output: int | None = subprocess.PIPE) -> t.Iterator[tuple[str, subprocess.Popen]]:
+    """``python -m app.cli serve`` (gunicorn with deploy/gunicorn.conf.py, as ``make run``
+    starts it) on a free loopback port with ``env`` on top of this environment; yields its base
+    URL and process once it answers, and stops it afterwards."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", *serve_args],
+                               cwd=REPO, env={**os.environ, "PORT": str(port), **env},
+                               stdout=output, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/openapi.json", timeout=5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    process.kill()
+                    out = process.communicate(timeout=10)[0] if output else ""
+                    raise AssertionError(f"server did not start: {out}") from None
+                time.sleep(0.3)
+        yield base, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -22,7 +20,7 @@ import pytest
 
 from app import create_app
 from app.errors import GuestCommandFailed
-from tests.integration.conftest import API_KEY, HEADERS, SEED_BODY, exec_ok
+from tests.integration.conftest import API_KEY, HEADERS, SEED_BODY, exec_ok, live_server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -137,12 +135,6 @@ def test_a_download_that_cannot_start_is_a_5xx_with_a_message(api, shared_vm):
 
 # Long calls never starve cheap ones (live gunicorn) #######################################
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _call(method: str, url: str, body: dict | None = None, timeout: float = 60):
     request = urllib.request.Request(url, method=method, headers={**HEADERS,
                                                                    "Content-Type":
@@ -158,25 +150,10 @@ def _call(method: str, url: str, body: dict | None = None, timeout: float = 60):
 @pytest.fixture(scope="module")
 def small_server():
     """gunicorn with one worker of 4 threads, 2 of which may run long calls."""
-    port = _free_port()
-    env = {**os.environ, "PORT": str(port), "API_KEY": API_KEY, "WEB_WORKERS": "1",
-           "WEB_THREADS": "4", "LONG_CALL_SLOTS": "2", "SNAPSHOT_AUTO_BUILD": "false"}
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if _call("GET", base + "/healthz", timeout=2)[0] in (200, 503):
-                break
-        except OSError:
-            time.sleep(0.3)
-    yield base
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    env = {"API_KEY": API_KEY, "WEB_WORKERS": "1", "WEB_THREADS": "4", "LONG_CALL_SLOTS": "2",
+           "SNAPSHOT_AUTO_BUILD": "false"}
+    with live_server(env, output=subprocess.DEVNULL) as (base, _process):
+        yield base
 
 
 def test_health_and_reads_answer_while_every_long_slot_is_busy(small_server):

@@ -2,24 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.integration.conftest import live_server
 
 
 def _get(url: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
@@ -33,24 +21,8 @@ def _get(url: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
 
 @pytest.fixture(scope="module")
 def server():
-    port = _free_port()
-    env = {**os.environ, "PORT": str(port), "API_KEY": "live-key", "WEB_WORKERS": "2"}
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if _get(base + "/healthz")[0] in (200, 503):
-                break
-        except OSError:
-            time.sleep(0.3)
-    yield base, process
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with live_server({"API_KEY": "live-key", "WEB_WORKERS": "2"}) as running:
+        yield running
 
 
 def test_gunicorn_serves_the_api(server):

@@ -12,17 +12,14 @@ left out (other test runs may share this libvirtd).
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.integration.conftest import live_server
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "upload-limits-key"
@@ -46,39 +43,14 @@ def memory_snapshot():
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def port(tmp_path_factory):
-    port = _free_port()
     config = tmp_path_factory.mktemp("gunicorn") / "gunicorn.conf.py"
     config.write_text(CONFIG)
-    env = {**os.environ, "PORT": str(port), "API_KEY": API_KEY, "WEB_WORKERS": "2",
-           "SNAPSHOT_AUTO_BUILD": "false", "ENABLE_WARM_POOL": "false"}
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "-c", str(config)],
-                               cwd=REPO, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=5):
-                break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail(f"server did not start: {process.communicate(timeout=10)[0]}")
-            time.sleep(0.3)
-    yield port
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
+    env = {"API_KEY": API_KEY, "WEB_WORKERS": "2", "SNAPSHOT_AUTO_BUILD": "false",
+           "ENABLE_WARM_POOL": "false"}
+    with live_server(env, "-c", str(config)) as (base, _process):
+        yield int(base.rsplit(":", 1)[1])
 
 
 class Client:
