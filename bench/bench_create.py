@@ -32,7 +32,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from app import create_app  # noqa: E402
 from app.models import VmPhase, VmRecord  # noqa: E402
 from app.sshkeys import generate_keypair, write_private  # noqa: E402
-from app.virt.domain_xml import BootFiles, DomainParams, build_domain_xml  # noqa: E402
+from app.virt.domain_xml import (BootFiles, DomainParams, build_domain_xml,  # noqa: E402
+                                 kernel_cmdline)
+from app.virt.qemu_access import prepare_vm_dir, share_with_qemu  # noqa: E402
 from bench.common import fmt, machine, stats  # noqa: E402
 
 KEY = "bench-key"
@@ -62,6 +64,8 @@ def raw_boot(services, workdir: pathlib.Path) -> float:
     vm_dir = workdir / "raw"
     shutil.rmtree(vm_dir, ignore_errors=True)
     vm_dir.mkdir()
+    share_with_qemu(workdir)  # QEMU runs as libvirt-qemu, as for the service's VMs
+    sockets = prepare_vm_dir(vm_dir)
     write_private(vm_dir / "hostkey", host_key.private_openssh)
     (vm_dir / "authorized_keys").write_text(client_key.public_openssh + "\n")
     record = VmRecord(id="00000000-0000-4000-8000-0000000000be", name="rds-bench-raw", cpu=1,
@@ -69,13 +73,14 @@ def raw_boot(services, workdir: pathlib.Path) -> float:
                       outbound_internet=False, image_id=template.id, image_path=str(build.path),
                       disk_size_mb=build.disk_size_mb, created_at="", provision_mode="raw",
                       host_key=host_key.public_openssh, phase=VmPhase.STARTING)
-    cmdline = (f"{template.kernel_cmdline} rds.ip={RAW_IP}/24 rds.gw={settings.gateway_ip} "
-               f"rds.hostname=rds-bench-raw")
+    cmdline = kernel_cmdline(template.kernel_cmdline, services.domain_type,
+                             f"rds.ip={RAW_IP}/24 rds.gw={settings.gateway_ip} "
+                             f"rds.hostname=rds-bench-raw")
     xml = build_domain_xml(template.domain_xml, record, DomainParams(
         accelerator=services.domain_type,
         boot=BootFiles(str(build.kernel), str(build.initrd), cmdline),
         overlay_path=str(vm_dir / "disk.qcow2"), port="unused",
-        console_log=str(vm_dir / "console.log"), identity_socket=str(vm_dir / "identity.sock"),
+        console_log=str(vm_dir / "console.log"), identity_socket=str(sockets / "identity.sock"),
         fwcfg_files=(("ssh_host_ed25519_key", str(vm_dir / "hostkey")),
                      ("authorized_keys", str(vm_dir / "authorized_keys")))))
     (vm_dir / "domain.xml").write_text(plain_libvirt_nic(xml, settings.network_name, RAW_IP))

@@ -24,7 +24,7 @@ from app.services.vms import AGENT_TIMEOUT_S, RESTORE_TIMEOUT_S, VmService, now_
 from app.sshkeys import generate_keypair
 from app.virt import disks, save_image
 from app.virt.connection import Hypervisor
-from app.virt.qemu_access import share_with_qemu
+from app.virt.qemu_access import prepare_vm_dir
 
 log = logging.getLogger(__name__)
 SETTLE = "/usr/local/lib/rds/settle"  # in the guest image: prepares an idle guest to be saved
@@ -64,7 +64,7 @@ class SeedBuilder:
         staging = self.store.building_dir(key)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(mode=0o700, parents=True)
-        share_with_qemu(staging, writable=True)  # the seed VM runs from it, then clones
+        prepare_vm_dir(staging)  # the seed VM runs from it (its disk then backs clones')
         name = f"rds-seed-{key}"
         self._remove_stale_domain(name)
         host_key = generate_keypair()

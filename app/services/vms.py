@@ -42,14 +42,14 @@ from app.virt.domain_xml import (METADATA_NS, METADATA_PREFIX, BootFiles, Domain
                                  build_domain_xml, kernel_cmdline, metadata_xml, parse_metadata,
                                  port_name, vm_title)
 from app.virt.ipsets import IpSets
-from app.virt.qemu_access import share_with_qemu
+from app.virt.qemu_access import QEMU_WRITABLE, prepare_vm_dir
 from app.virt.nwfilter_xml import build_filter_xml
 
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT = 60.0
 VM_LOCK_FILE = "lock"  # in the VM's directory: held by stop, start, delete and policy changes
 ORPHAN_MIN_AGE_S = 600.0  # longer than any create (lock wait + boot timeout)
-IDENTITY_SOCKET = "identity.sock"  # in the VM's directory: see app.virt.identity
+IDENTITY_SOCKET = f"{QEMU_WRITABLE}/identity.sock"  # in the VM's directory: app.virt.identity
 RESTORE_TIMEOUT_S = 120.0
 AGENT_TIMEOUT_S = 30.0
 IDENTITY_TIMEOUT_S = 10.0  # a restored guest answers in well under a second
@@ -339,7 +339,7 @@ class VmService:
                 seed=seed.key if seed else "", snapshot_id=spec.snapshot_id or "")
             vm_dir = settings.vms_dir / name
             vm_dir.mkdir(mode=0o700, parents=True)
-            share_with_qemu(vm_dir, writable=True)  # QEMU binds the identity socket there
+            prepare_vm_dir(vm_dir)  # QEMU reads it, and binds the identity socket below it
             undo.callback(shutil.rmtree, vm_dir, True)
             disks.create_overlay(seed.disk if seed else backing, vm_dir / "disk.qcow2",
                                  disk_size_mb)

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 QEMU_GROUP = "kvm"  # Debian's libvirt-qemu user is in it (and /dev/kvm belongs to it)
+QEMU_WRITABLE = "qemu"  # a VM directory's subdirectory where QEMU creates files (sockets)
 
 
 def qemu_gid(group: str = QEMU_GROUP) -> int | None:
@@ -31,3 +32,17 @@ def share_with_qemu(path: Path, writable: bool = False, group: str = QEMU_GROUP)
         return
     os.chown(path, 0, gid)
     os.chmod(path, 0o770 if writable else 0o750)
+
+
+def prepare_vm_dir(vm_dir: Path) -> Path:
+    """Open a VM's directory to QEMU's group for reading, and give QEMU a subdirectory of it
+    to create files in (its unix sockets); returns that subdirectory.
+
+    QEMU never writes the VM's directory itself: root-owned daemons open paths there (virtlogd
+    the console log), and a compromised QEMU must not be able to plant links for them.
+    """
+    share_with_qemu(vm_dir)
+    writable = vm_dir / QEMU_WRITABLE
+    writable.mkdir(mode=0o700, exist_ok=True)
+    share_with_qemu(writable, writable=True)
+    return writable
