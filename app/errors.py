@@ -8,9 +8,8 @@ log = logging.getLogger(__name__)
 
 
 class AppError(Exception):
-    """An error a client can be told about: ``{"message": ...}`` with ``http_status``."""
-
-    http_status = 500
+    """An error a client can be told about: ``{"message": ...}``, with the HTTP status that
+    :data:`HTTP_STATUS` gives its kind."""
 
     def __init__(self, message: str, headers: t.Mapping[str, str] | None = None,
                  **extra: t.Any) -> None:
@@ -21,61 +20,77 @@ class AppError(Exception):
         self.headers = dict(headers or {})
         self.extra = extra
 
+    @property
+    def http_status(self) -> int:
+        return status_of(self)
+
+
+# The caller's request #####################################################################
 
 class InvalidRequest(AppError):
-    http_status = 400
+    """The request is malformed or breaks a rule."""
+
+
+class PayloadTooLarge(AppError):
+    """A body, an archive's content or a download is over its limit."""
 
 
 class Unauthorized(AppError):
-    http_status = 401
+    """Missing or wrong credentials."""
 
 
 class Forbidden(AppError):
     """Credentials are fine but the request is refused (e.g. a cross-site request)."""
 
-    http_status = 403
+
+class NotFound(AppError):
+    """Something the request names does not exist."""
 
 
-class VmNotFound(AppError):
-    http_status = 404
+class VmNotFound(NotFound):
+    pass
 
 
-class SnapshotNotFound(AppError):
-    http_status = 404
+class SnapshotNotFound(NotFound):
+    pass
 
 
-class VmStateConflict(AppError):
-    http_status = 409
+class PathNotFound(NotFound):
+    """A path inside a guest."""
 
 
-class VmBusy(VmStateConflict):
+class FilterNotFound(NotFound):
+    """A libvirt nwfilter (never reaches a caller: removing a missing one is fine)."""
+
+
+class Conflict(AppError):
+    """The thing exists but is in the wrong state for the operation."""
+
+
+class VmStateConflict(Conflict):
+    pass
+
+
+class VmBusy(Conflict):
     """Another operation (stop, start, delete, network change) holds the VM's lock."""
 
 
-class PayloadTooLarge(AppError):
-    http_status = 413
+class SnapshotInUse(Conflict):
+    """A VM created from the snapshot still exists."""
 
+
+# Limits ###################################################################################
 
 class QuotaExceeded(AppError):
-    http_status = 429
+    """A count limit: MAX_VMS, MAX_SNAPSHOTS."""
 
 
 class TooBusy(AppError):
     """Every slot for long calls on this worker is taken: retry shortly."""
 
-    http_status = 429
-
-
-class InsufficientStorage(AppError):
-    """The host's disk budget has no room for a new disk or snapshot."""
-
-    http_status = 507
-
 
 class RateLimited(AppError):
     """Too many attempts; try again after ``retry_after_s`` seconds (the Retry-After header)."""
-
-    http_status = 429
 
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)},
@@ -83,36 +98,73 @@ class RateLimited(AppError):
         self.retry_after_s = retry_after_s
 
 
+class InsufficientStorage(AppError):
+    """The host's disk budget has no room for a new disk or snapshot."""
+
+
+# The host and the guests ##################################################################
+
 class HypervisorError(AppError):
     """libvirt failed or is unreachable."""
 
-    http_status = 503
+
+class HostBusy(AppError):
+    """A host-wide lock stayed taken (other creates, snapshots): retry."""
 
 
 class CapacityExhausted(AppError):
-    http_status = 503
+    """The host has no room of a kind that retrying will not make (e.g. no guest address)."""
 
 
-class GuestCommandFailed(AppError):
-    """A helper in the guest failed (e.g. packing a download): the guest answered, wrongly."""
-
-    http_status = 502
+class ImageNotReady(AppError):
+    """A template's guest image (or a snapshot's) has not been built on this host."""
 
 
 class StoreUnavailable(AppError):
     """The service's own state database (app.store) cannot be read or written."""
 
-    http_status = 503
+
+class GuestCommandFailed(AppError):
+    """A helper in the guest failed (e.g. packing a download): the guest answered, wrongly."""
 
 
 class GuestUnreachable(AppError):
     """The guest did not answer over SSH in time."""
 
-    http_status = 504
-
 
 class CommandTimeout(AppError):
-    http_status = 504
+    """A guest command gave no output or no end before its deadline."""
+
+
+# The one place where a kind of error becomes an HTTP status (the most specific class wins).
+HTTP_STATUS: dict[type[AppError], int] = {
+    InvalidRequest: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    QuotaExceeded: 429,
+    TooBusy: 429,
+    RateLimited: 429,
+    GuestCommandFailed: 502,
+    HypervisorError: 503,
+    HostBusy: 503,
+    CapacityExhausted: 503,
+    ImageNotReady: 503,
+    StoreUnavailable: 503,
+    GuestUnreachable: 504,
+    CommandTimeout: 504,
+    InsufficientStorage: 507,
+}
+
+
+def status_of(error: AppError) -> int:
+    """The HTTP status of an error: its class's, or the nearest base class's; 500 if none."""
+    for cls in type(error).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500
 
 
 def register_error_handlers(app: t.Any) -> None:

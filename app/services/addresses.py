@@ -9,7 +9,7 @@ import ipaddress
 import typing as t
 from pathlib import Path
 
-from app.errors import CapacityExhausted
+from app.errors import CapacityExhausted, HostBusy
 from app.services.locks import host_lock
 
 
@@ -19,9 +19,9 @@ def allocation_lock(path: Path, timeout: float,
     """An exclusive host-wide lock (flock), shared by every worker process.
 
     :param busy: the error message when the lock stays taken.
-    :raises CapacityExhausted: when it cannot be taken within ``timeout`` seconds.
+    :raises HostBusy: when it cannot be taken within ``timeout`` seconds.
     """
-    return host_lock(path, timeout, lambda: CapacityExhausted(busy))
+    return host_lock(path, timeout, lambda: HostBusy(busy))
 
 
 def pick_address(network: ipaddress.IPv4Network, gateway: ipaddress.IPv4Address,

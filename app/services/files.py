@@ -18,7 +18,7 @@ import zlib
 
 from app.config import Settings
 from app.errors import (CommandTimeout, GuestCommandFailed, InvalidRequest, PayloadTooLarge,
-                        VmNotFound)
+                        PathNotFound)
 from app.services.archives import ArchiveLimits, Sink, repack_archive, validate_archive
 from app.services.vms import VmService
 from app.services.workspace import GUEST_HELPERS as HELPERS, workspace_path
@@ -95,7 +95,7 @@ class FileService:
         without the gzip trailer and the response is aborted (the client sees a broken
         transfer, never a complete-looking short archive).
 
-        :raises VmNotFound: when the path does not exist (404).
+        :raises PathNotFound: when the path does not exist (404).
         :raises InvalidRequest: outside the workspace.
         :raises PayloadTooLarge: larger than ``MAX_DOWNLOAD_BYTES``.
         :raises GuestCommandFailed: packing failed before the first byte (502).
@@ -114,7 +114,7 @@ class FileService:
             message = stream.stderr.decode(errors="replace").strip().removeprefix("rds-pack: ")
             stream.close()
             if status == 212:
-                raise VmNotFound(f"path {source} not found in the VM")
+                raise PathNotFound(f"path {source} not found in the VM")
             if status == 214:
                 raise PayloadTooLarge(message)
             if status == 211:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from app.config import Settings
 from app.errors import (AppError, GuestUnreachable, HypervisorError, InvalidRequest,
-                        SnapshotNotFound, VmNotFound, VmStateConflict)
+                        SnapshotInUse, SnapshotNotFound, VmNotFound, VmStateConflict)
 from app.models import Snapshot, Template, VmRecord, VmSpec, VmState
 from app.services.addresses import allocation_lock
 from app.services.capacity import DiskBudget, allocated_mb
@@ -101,7 +101,7 @@ class SnapshotStore:
         :raises SnapshotNotFound: unknown snapshot.
         :raises InvalidRequest: ``imageId`` names another template, or ``diskSizeMb`` is
             smaller than the snapshot's disk.
-        :raises CapacityExhausted: the snapshot's image build is gone from this host.
+        :raises ImageNotReady: the snapshot's image build is gone from this host.
         """
         snapshot = self.get(spec.snapshot_id or "")
         if spec.image_id not in (None, snapshot.image_id):
@@ -242,7 +242,7 @@ class SnapshotService:
         """Remove a snapshot.
 
         :raises SnapshotNotFound: unknown snapshot.
-        :raises VmStateConflict: while a VM created from it exists (in any state).
+        :raises SnapshotInUse: while a VM created from it exists (in any state).
         """
         # Creates look snapshots up under this lock, up to defining the VM's domain: no VM can
         # appear on top of the snapshot between the check and the removal.
@@ -250,7 +250,7 @@ class SnapshotService:
             snapshot = self.store.get(snapshot_id)
             users = self.users(snapshot.id)
             if users:
-                raise VmStateConflict(
+                raise SnapshotInUse(
                     f"snapshot {snapshot.id} is in use by {len(users)} VM(s) created from it "
                     f"({', '.join(users)}); delete them first")
             self.store.remove(snapshot.id)

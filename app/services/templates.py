@@ -7,7 +7,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from app.errors import CapacityExhausted, InvalidRequest
+from app.errors import ImageNotReady, InvalidRequest
 from app.models import Template
 
 TEMPLATE_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -64,18 +64,18 @@ class TemplateCatalog:
             try:
                 template = self.get(template_id)
                 found.append((template, self.current_build(template)))
-            except (CapacityExhausted, InvalidRequest):
+            except (ImageNotReady, InvalidRequest):
                 continue
         return found
 
     def current_build(self, template: Template) -> ImageBuild:
         """The newest build of the template's image, resolved to its hash directory.
 
-        :raises CapacityExhausted: when the image has not been built on this host.
+        :raises ImageNotReady: when the image has not been built on this host.
         """
         path = (self.images_dir / template.image / "current").resolve()
         if not (path / "manifest.json").is_file():
-            raise CapacityExhausted(
+            raise ImageNotReady(
                 f"image {template.image!r} for template {template.id!r} is not built on this "
                 f"host (run: make image)")
         return self.build_at(path)
@@ -83,11 +83,11 @@ class TemplateCatalog:
     def build_at(self, path: Path) -> ImageBuild:
         """The build in directory ``path``, newest or not (a VM's or a snapshot's).
 
-        :raises CapacityExhausted: when that build is no longer on this host.
+        :raises ImageNotReady: when that build is no longer on this host.
         """
         manifest = path / "manifest.json"
         if not manifest.is_file():
-            raise CapacityExhausted(f"image build {path} is not on this host any more")
+            raise ImageNotReady(f"image build {path} is not on this host any more")
         info = json.loads(manifest.read_text())
         return ImageBuild(path=path, disk=path / "disk.qcow2", kernel=path / "vmlinuz",
                           initrd=path / "initrd.img",

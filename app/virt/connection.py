@@ -21,7 +21,7 @@ import typing as t
 import libvirt
 import libvirt_qemu
 
-from app.errors import HypervisorError, VmNotFound
+from app.errors import FilterNotFound, HypervisorError, VmNotFound
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,10 @@ class Hypervisor:
                 return fn(self._connection(), *args)
         except libvirt.libvirtError as exc:
             code = exc.get_error_code()
-            if code in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NWFILTER):
-                raise VmNotFound(exc.get_error_message() or "not found") from exc
+            if code == libvirt.VIR_ERR_NO_DOMAIN:
+                raise VmNotFound(exc.get_error_message() or "no such domain") from exc
+            if code == libvirt.VIR_ERR_NO_NWFILTER:
+                raise FilterNotFound(exc.get_error_message() or "no such nwfilter") from exc
             raise HypervisorError(f"libvirt: {exc.get_error_message() or exc}") from exc
 
     # Queries ###############################################################################
@@ -381,7 +383,7 @@ class Hypervisor:
         try:
             self._call("undefine nwfilter",
                        lambda conn: conn.nwfilterLookupByName(name).undefine())
-        except VmNotFound:
+        except FilterNotFound:
             pass
 
     def create_filter_binding(self, xml: str) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from app.config import REPO_ROOT, load_settings
 from app.errors import (GuestUnreachable, HypervisorError, InvalidRequest, SnapshotNotFound,
-                        VmNotFound, VmStateConflict)
+                        SnapshotInUse, VmNotFound, VmStateConflict)
 from app.models import VmPhase, VmRecord, VmSpec, VmState
 from app.services import snapshots as snapshots_module
 from app.services.snapshots import SnapshotService, SnapshotStore
@@ -371,7 +371,7 @@ def test_vm_changing_state_during_the_copy_is_409(world, monkeypatch):
 def test_delete_is_409_while_a_vm_from_it_exists_in_any_state(world):
     snapshot = world.snapshots.take(world.add_vm(1).id)
     user = world.add_vm(2, state="shutoff", snapshot_id=snapshot.id)
-    with pytest.raises(VmStateConflict, match=user.id):
+    with pytest.raises(SnapshotInUse, match=user.id):
         world.snapshots.delete(snapshot.id)
     assert world.snapshots.users(snapshot.id) == [user.id]
     del world.hypervisor.domains[user.id]
@@ -455,7 +455,7 @@ def test_create_from_snapshot_overlays_it_and_records_it(world, monkeypatch):
     assert (record.snapshot_id, record.image_path) == (snapshot.id, str(world.build(OLD_BUILD)))
     kernel = ET.fromstring(world.hypervisor.defined[-1]).findtext("os/kernel")
     assert kernel == str(world.build(OLD_BUILD) / "vmlinuz")
-    with pytest.raises(VmStateConflict):
+    with pytest.raises(SnapshotInUse):
         world.snapshots.delete(snapshot.id)
 
 

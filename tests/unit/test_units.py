@@ -5,7 +5,7 @@ import ipaddress
 
 import pytest
 
-from app.errors import CapacityExhausted, _summarise
+from app.errors import CapacityExhausted, HostBusy, _summarise
 from app.models import VmPhase, VmState
 from app.services.addresses import allocation_lock, mac_for, pick_address
 from app.services.vms import vm_state
@@ -56,7 +56,7 @@ def test_macs_are_unique_across_a_large_network():
 def test_allocation_lock_times_out_while_held(tmp_path):
     lock = tmp_path / "locks" / "allocation.lock"
     with allocation_lock(lock, timeout=1.0):
-        with pytest.raises(CapacityExhausted, match="busy"):
+        with pytest.raises(HostBusy, match="busy"):
             with allocation_lock(lock, timeout=0.1):
                 pass
     with allocation_lock(lock, timeout=0.1):
