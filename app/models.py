@@ -4,6 +4,15 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+# Every name this service gives a libvirt or kernel object starts with it (domains, filters,
+# taps, ipsets): the sweep recognises its own objects by it, and operators with virsh do too.
+NAME_PREFIX = "rds-"
+
+
+def vm_name(vm_id: str) -> str:
+    """A VM's domain name: ``rds-`` and the first group of its UUID."""
+    return NAME_PREFIX + vm_id.split("-")[0]
+
 
 class VmState(str, enum.Enum):
     CREATED = "CREATED"
@@ -74,12 +83,22 @@ class VmRecord:
     image_path: str
     disk_size_mb: int
     created_at: str
-    provision_mode: str
+    provision_mode: ProvisionMode
     host_key: str
     phase: VmPhase = VmPhase.STARTING
     snapshot_id: str = ""  # the snapshot its disk started from; "" when none
     role: VmRole = VmRole.SANDBOX
     seed: str = ""  # the memory snapshot (seed) a restored VM came from; its disk backs ours
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainInfo:
+    """What the manager reads about one of its libvirt domains."""
+
+    uuid: str
+    name: str
+    state: str  # libvirt's run state: running, paused, shutdown, shutoff, crashed, nostate
+    xml: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +114,7 @@ class Vm:
     allow_ips: tuple[str, ...]
     created_at: str
     image_id: str
-    provision_mode: str
+    provision_mode: ProvisionMode
     name: str
     snapshot_id: str | None = None
 

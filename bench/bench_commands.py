@@ -33,7 +33,7 @@ SIZE = 20 * 1024 * 1024
 
 
 def raw_client(services, vm: dict, **connect: object) -> paramiko.SSHClient:
-    record, _info = services.vms._lookup(vm["id"])
+    record, _info = services.vms.parts.records.lookup(vm["id"])
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     pinned = parse_public_key(record.host_key)

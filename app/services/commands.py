@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import shlex
+import typing as t
 import uuid
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from app.models import CommandResult, RunResult
 from app.services.runtime_flags import check_deno_flags, check_node_flags
 from app.services.vms import VmService
 from app.services.workspace import GUEST_HELPERS as HELPERS, workspace_path
+
+if t.TYPE_CHECKING:
+    from app.virt.connection import Hypervisor
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +87,11 @@ def sandbox_command_line(command: str, cwd: str, env_pairs: list[str], marker: s
 class CommandService:
     """Runs commands in VMs. Thread-safe; one per worker process."""
 
-    def __init__(self, settings: Settings, vms: VmService) -> None:
+    def __init__(self, settings: Settings, vms: VmService, hypervisor: Hypervisor) -> None:
+        """:param hypervisor: for the guest agent, when a kill over SSH fails."""
         self.settings = settings
         self.vms = vms
+        self.hypervisor = hypervisor
         self._killer = concurrent.futures.ThreadPoolExecutor(max_workers=4,
                                                              thread_name_prefix="kill-tree")
 
@@ -205,7 +211,7 @@ class CommandService:
             if not done.timed_out:
                 break
         try:
-            self.vms.hypervisor.guest_agent_exec(vm_id, f"{HELPERS}/kill-marked", [marker],
+            self.hypervisor.guest_agent_exec(vm_id, f"{HELPERS}/kill-marked", [marker],
                                                  KILL_TIMEOUT)
         except AppError as exc:
             log.error("could not kill timed-out command vm=%s error=%s", vm_id, exc.message)

@@ -1,10 +1,16 @@
-"""The composition root's parts: build every service once per process from the settings."""
+"""The composition root's parts: build every service once per process from the settings, over
+the adapters that reach the host (libvirt, ipset, ip, SSH) — real ones in the service, fakes
+in unit tests."""
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
+import typing as t
+from pathlib import Path
 
 from app.config import Settings
+from app.guestssh import GuestSSH
 from app.services.auth import AuthService
 from app.services.commands import CommandService
 from app.services.files import FileService
@@ -13,12 +19,29 @@ from app.services.maintenance import Maintainer
 from app.services.seed_builder import SeedBuilder
 from app.services.snapshots import SnapshotService, SnapshotStore
 from app.services.templates import TemplateCatalog
-from app.services.vms import VmService
+from app.services.vms import VmService, build_vm_parts
 from app.store.db import Store
-from app.virt.accel import choose_domain_type
-from app.virt.connection import Hypervisor
+from app.virt.hostnet import BRIDGE_NF_IPTABLES
+from app.virt.ipsets import IpSets
+from app.virt.taps import Taps
+
+if t.TYPE_CHECKING:
+    from app.virt.connection import Hypervisor
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Adapters:
+    """What the services reach the host through."""
+
+    hypervisor: Hypervisor
+    ipsets: IpSets
+    taps: Taps
+    domain_type: str  # "kvm" or "qemu" (TCG)
+    connect: t.Callable[..., GuestSSH] = GuestSSH  # makes a guest's SSH client
+    bridge_nf: Path = BRIDGE_NF_IPTABLES
+    clock: t.Callable[[], float] = time.time
 
 
 @dataclasses.dataclass
@@ -46,16 +69,32 @@ class Services:
         return self.vms.remove_orphans(**age) + self.snapshots.remove_orphans(**age)
 
 
-def build_services(settings: Settings) -> Services:
+def host_adapters(settings: Settings) -> Adapters:
+    """The real adapters: libvirt (the only place it is imported from), ipset, ip, SSH."""
+    from app.virt.accel import choose_domain_type
+    from app.virt.connection import Hypervisor
+
     domain_type = choose_domain_type(settings.accelerator)
     log.info("accelerator=%s (domain type %s, setting ACCELERATOR=%s)",
              "kvm" if domain_type == "kvm" else "tcg", domain_type, settings.accelerator)
-    hypervisor = Hypervisor(settings.libvirt_uri, settings.libvirt_timeout_s)
+    return Adapters(hypervisor=Hypervisor(settings.libvirt_uri, settings.libvirt_timeout_s),
+                    ipsets=IpSets(settings.egress_never_list), taps=Taps(),
+                    domain_type=domain_type)
+
+
+def build_services(settings: Settings, adapters: Adapters | None = None) -> Services:
+    """Every service, once per process. :param adapters: the host's when None."""
+    adapters = adapters or host_adapters(settings)
+    hypervisor = adapters.hypervisor
     templates = TemplateCatalog(settings.templates_dir, settings.images_dir,
                                 settings.default_image_id)
     store = SnapshotStore(settings.snapshots_dir, templates)
-    vms = VmService(settings, hypervisor, templates, domain_type, snapshots=store)
-    seeds = SeedBuilder(settings, hypervisor, templates, vms.seeds, vms)
+    parts = build_vm_parts(settings, hypervisor, templates, adapters.domain_type,
+                           adapters.ipsets, adapters.taps, snapshots=store,
+                           connect=adapters.connect)
+    vms = VmService(parts)
+    seeds = SeedBuilder(settings, hypervisor, templates, parts.seeds, parts.records,
+                        parts.files, parts.ports, parts.teardown)
     snapshots = SnapshotService(settings, hypervisor, templates, vms, store)
     state = Store(settings.state_db_path)
     state.open()
@@ -64,8 +103,11 @@ def build_services(settings: Settings) -> Services:
         return vms.remove_orphans() + snapshots.remove_orphans()
 
     return Services(settings=settings, hypervisor=hypervisor, templates=templates, vms=vms,
-                    commands=CommandService(settings, vms), files=FileService(settings, vms),
-                    snapshots=snapshots, seeds=seeds, domain_type=domain_type,
-                    maintainer=Maintainer(settings, vms, seeds, sweep=sweep),
-                    health=HealthService(settings, hypervisor, domain_type),
-                    auth=AuthService(settings, state))
+                    commands=CommandService(settings, vms, hypervisor),
+                    files=FileService(settings, vms), snapshots=snapshots, seeds=seeds,
+                    domain_type=adapters.domain_type,
+                    maintainer=Maintainer(settings, parts.pool, seeds, templates, parts.ipsets,
+                                          sweep=sweep),
+                    health=HealthService(settings, hypervisor, adapters.domain_type,
+                                         adapters.bridge_nf),
+                    auth=AuthService(settings, state, clock=adapters.clock))

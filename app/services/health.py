@@ -3,12 +3,15 @@ whether the network policy can be enforced)."""
 from __future__ import annotations
 
 import dataclasses
+import typing as t
 from pathlib import Path
 
 from app.config import Settings
 from app.errors import AppError
-from app.virt.connection import Hypervisor
 from app.virt.hostnet import BRIDGE_NF_IPTABLES, bridge_netfilter_problem
+
+if t.TYPE_CHECKING:
+    from app.virt.connection import Hypervisor
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ others wait to take over. The owner, every few seconds:
   mid-create leaves a domain that counts against ``MAX_VMS``), with the usual 10-minute age
   guard (:meth:`VmService.remove_orphans`).
 
-Claiming a pool VM is not done here but in the request (:meth:`VmService.create`), under the
+Claiming a pool VM is not done here but in the request (:meth:`WarmPool.claim`), under the
 allocation lock. ``drain()`` removes every pool VM (gunicorn's ``on_exit``).
 """
 from __future__ import annotations
@@ -29,10 +29,10 @@ from pathlib import Path
 from app.config import Settings
 from app.errors import AppError, QuotaExceeded
 from app.models import VmPhase, VmRecord
-
-if t.TYPE_CHECKING:
-    from app.services.seed_builder import SeedBuilder
-    from app.services.vms import VmService
+from app.services.pool import WarmPool
+from app.services.seed_builder import SeedBuilder
+from app.services.templates import TemplateCatalog
+from app.virt.ipsets import IpSets
 
 log = logging.getLogger(__name__)
 INTERVAL_S = 3.0
@@ -40,13 +40,15 @@ SWEEP_INTERVAL_S = 60.0
 
 
 class Maintainer:
-    def __init__(self, settings: Settings, vms: VmService, seeds: SeedBuilder,
-                 sweep: t.Callable[[], list[str]] | None = None) -> None:
-        """:param sweep: removes what crashed creates and snapshots left (default: the VM
-        service's own sweep)."""
+    def __init__(self, settings: Settings, pool: WarmPool, seeds: SeedBuilder,
+                 templates: TemplateCatalog, ipsets: IpSets,
+                 sweep: t.Callable[[], list[str]]) -> None:
+        """:param sweep: removes what crashed creates and snapshots left behind."""
         self.settings = settings
-        self.vms = vms
+        self.pool = pool
         self.seeds = seeds
+        self.templates = templates
+        self.ipsets = ipsets
         self.sweep = sweep
         self._swept_at: float | None = None
         self._stop = threading.Event()
@@ -85,17 +87,17 @@ class Maintainer:
             try:
                 if self.try_become_owner():
                     self.run_once()
-            except Exception:  # noqa: BLE001 - the loop must survive anything and retry
+            except Exception:  # the loop must survive anything and retry
                 log.exception("maintenance round failed")
             self._stop.wait(INTERVAL_S)
 
     # Work ##################################################################################
 
     def run_once(self) -> None:
-        self.vms.ipsets.refresh_host_sets()
+        self.ipsets.refresh_host_sets()
         if self._swept_at is None or time.monotonic() - self._swept_at >= SWEEP_INTERVAL_S:
             self._swept_at = time.monotonic()
-            for item in (self.sweep or self.vms.remove_orphans)():
+            for item in self.sweep():
                 log.info("removed orphan %s", item)
         if self.settings.snapshot_auto_build_enabled:
             self.ensure_seeds()
@@ -117,11 +119,11 @@ class Maintainer:
         ready: dict[tuple[int, int], int] = {}
         total = 0
         current_builds = self._current_builds()
-        for record, state in self.vms.pool_records():
+        for record, state in self.pool.vms():
             problem = self._problem(record, state, current_builds)
             if problem:
                 log.info("removing pool vm=%s name=%s: %s", record.id, record.name, problem)
-                self.vms.remove_pool_vm(record)
+                self.pool.remove(record)
                 continue
             total += 1
             shape = (record.cpu, record.mem_mb)
@@ -131,14 +133,14 @@ class Maintainer:
             while ready.get(shape, 0) < self.settings.warm_pool_target and \
                     total < self.settings.warm_pool_max_vms and not self._stop.is_set():
                 try:
-                    vm = self.vms.create_pool_vm(*shape)
+                    vm = self.pool.start_one(*shape)
                 except QuotaExceeded:
                     return started  # the callers' VMs come first
                 except AppError as exc:
                     log.warning("pool vm %sx%s not started: %s", *shape, exc.message)
                     break
                 log.info("pool vm ready vm=%s name=%s mode=%s", vm.id, vm.name,
-                         vm.provision_mode)
+                         vm.provision_mode.value)
                 ready[shape] = ready.get(shape, 0) + 1
                 total += 1
                 started += 1
@@ -146,15 +148,15 @@ class Maintainer:
 
     def drain(self) -> int:
         """Remove every pool VM (service shutdown)."""
-        records = self.vms.pool_records()
+        records = self.pool.vms()
         for record, _state in records:
-            self.vms.remove_pool_vm(record)
+            self.pool.remove(record)
         if records:
             log.info("warm pool drained: %s VM(s) removed", len(records))
         return len(records)
 
     def _current_builds(self) -> set[str]:
-        return {str(build.path) for _template, build in self.vms.templates.current_builds()}
+        return {str(build.path) for _template, build in self.templates.current_builds()}
 
     def _problem(self, record: VmRecord, state: str, current_builds: set[str]) -> str:
         if state != "running":

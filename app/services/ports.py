@@ -10,23 +10,26 @@ or resumes). Tap and binding are named after the domain (see
 from __future__ import annotations
 
 import logging
+import typing as t
 
 from app.config import Settings
 from app.models import VmRecord
 from app.services.undo import quietly
-from app.virt.connection import Hypervisor
 from app.virt.domain_xml import port_name
 from app.virt.nwfilter_xml import build_binding_xml
 from app.virt.taps import Taps
+
+if t.TYPE_CHECKING:
+    from app.virt.connection import Hypervisor
 
 log = logging.getLogger(__name__)
 
 
 class VmPorts:
-    def __init__(self, settings: Settings, hypervisor: Hypervisor) -> None:
+    def __init__(self, settings: Settings, hypervisor: Hypervisor, taps: Taps) -> None:
         self.settings = settings
         self.hypervisor = hypervisor
-        self.taps = Taps()
+        self.taps = taps
 
     def create(self, record: VmRecord) -> None:
         """The VM's tap, detached and down: no frame passes until :meth:`connect`."""
@@ -53,21 +56,18 @@ class VmPorts:
             self.connect(record)
 
     def remove(self, vm_name: str) -> None:
-        """Remove the binding (and with it the filter's rules), then the tap; missing ones
+        """Remove the VM's binding (and with it the filter's rules), then its tap; missing ones
         are fine."""
-        self.hypervisor.delete_filter_binding(port_name(vm_name))
-        self.taps.delete(port_name(vm_name))
+        self.remove_port(port_name(vm_name))
+
+    def remove_port(self, port: str) -> None:
+        self.hypervisor.delete_filter_binding(port)
+        self.taps.delete(port)
 
     def sweep(self, keep: set[str]) -> list[str]:
         """Remove the bindings and taps of every VM name not in ``keep``; what was removed."""
         ports = {port_name(name) for name in keep}
-        removed = []
-        for port in self.hypervisor.filter_binding_ports():
-            if port not in ports:
-                quietly(self.hypervisor.delete_filter_binding, port)
-                removed.append(f"nwfilter binding {port}")
-        for port in self.taps.names():
-            if port not in ports:
-                quietly(self.taps.delete, port)
-                removed.append(f"tap {port}")
-        return removed
+        orphans = (set(self.hypervisor.filter_binding_ports()) | self.taps.names()) - ports
+        for port in sorted(orphans):
+            quietly(self.remove_port, port)
+        return [f"port {port} (tap and nwfilter binding)" for port in sorted(orphans)]

@@ -2,29 +2,36 @@
 idle, save it; and remove the ones no current template build or VM needs.
 
 Where seeds live and how they are named is :class:`~app.services.seeds.SeedStore`'s business;
-restoring VMs from them is :class:`~app.services.vms.VmService`'s. The seed guest is booted with
+restoring VMs from them is the
+:class:`~app.services.provisioner.Provisioner`'s. The seed guest is booted with
 no address (eth0 stays down), a tap that is never plugged into any bridge (no frame can leave
 or reach it) and its own throw-away host key, and reached only through the guest agent.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import time
+import typing as t
 import uuid
 
+from app.clock import now_iso
 from app.config import Settings
 from app.errors import GuestUnreachable, HypervisorError
-from app.models import Template, VmRecord, VmRole
+from app.models import NAME_PREFIX, ProvisionMode, Template, VmRecord, VmRole
+from app.services.ports import VmPorts
+from app.services.provisioner import AGENT_TIMEOUT_S, RESTORE_TIMEOUT_S
+from app.services.records import VmRecords
 from app.services.seeds import Seed, SeedStore
+from app.services.teardown import Cleanup, VmTeardown
 from app.services.templates import ImageBuild, TemplateCatalog, default_disk_size_mb
-from app.services.undo import quietly
-from app.services.vms import AGENT_TIMEOUT_S, RESTORE_TIMEOUT_S, VmService, now_iso
+from app.services.vm_files import DISK, VmFiles
 from app.sshkeys import generate_keypair
 from app.virt import disks, save_image
-from app.virt.connection import Hypervisor
 from app.virt.qemu_access import prepare_vm_dir
+
+if t.TYPE_CHECKING:
+    from app.virt.connection import Hypervisor
 
 log = logging.getLogger(__name__)
 SETTLE = "/usr/local/lib/rds/settle"  # in the guest image: prepares an idle guest to be saved
@@ -32,12 +39,16 @@ SETTLE = "/usr/local/lib/rds/settle"  # in the guest image: prepares an idle gue
 
 class SeedBuilder:
     def __init__(self, settings: Settings, hypervisor: Hypervisor, templates: TemplateCatalog,
-                 store: SeedStore, vms: VmService) -> None:
+                 store: SeedStore, records: VmRecords, files: VmFiles, ports: VmPorts,
+                 teardown: VmTeardown) -> None:
         self.settings = settings
         self.hypervisor = hypervisor
         self.templates = templates
         self.store = store
-        self.vms = vms
+        self.records = records
+        self.files = files
+        self.ports = ports
+        self.teardown = teardown
 
     def ensure(self, cpu: int, mem_mb: int, image_id: str | None = None) -> Seed:
         """The memory snapshot for this template and shape, booted and saved if missing.
@@ -65,7 +76,7 @@ class SeedBuilder:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(mode=0o700, parents=True)
         prepare_vm_dir(staging)  # the seed VM runs from it (its disk then backs clones')
-        name = f"rds-seed-{key}"
+        name = f"{NAME_PREFIX}seed-{key}"
         self._remove_stale_domain(name)
         host_key = generate_keypair()
         record = VmRecord(
@@ -74,27 +85,29 @@ class SeedBuilder:
                                            bytes.fromhex(key.rsplit("-", 1)[-1][:4])),
             allow_ips=(), outbound_internet=False, image_id=template.id,
             image_path=str(build.path), disk_size_mb=disk_size_mb, created_at=now_iso(),
-            provision_mode="boot", host_key=host_key.public_openssh, role=VmRole.SEED)
+            provision_mode=ProvisionMode.BOOT, host_key=host_key.public_openssh,
+            role=VmRole.SEED)
         log.info("building memory snapshot seed=%s", key)
-        with contextlib.ExitStack() as undo:  # unwinds on success too: the seed is files only
-            undo.callback(shutil.rmtree, staging, True)
-            disks.create_overlay(build.disk, staging / "disk.qcow2", disk_size_mb)
-            self.vms.write_guest_keys(staging, host_key)
+        # Undone on success too: the seed is files only, its domain and port go.
+        with Cleanup(f"build of memory snapshot {key}") as cleanup:
+            cleanup.add("files", shutil.rmtree, staging, True)
+            disks.create_overlay(build.disk, staging / DISK, disk_size_mb)
+            self.files.write_keys(staging, host_key)
+            cleanup.add("domain", self.teardown.domain, record.id)
             self.hypervisor.define_domain(
-                self.vms.domain_xml(record, template.domain_xml, build, staging))
-            undo.callback(quietly, self.hypervisor.undefine_domain, record.id)
+                self.files.domain_xml(record, template.domain_xml, build, staging))
             # After the domain (the orphan sweep keeps the ports of existing domains); never
             # connected: the seed's tap stays down and off the bridge.
-            self.vms.ports.create(record)
-            undo.callback(quietly, self.vms.ports.remove, name)
+            cleanup.add("port", self.teardown.port, name)
+            self.ports.create(record)
             self.hypervisor.start_domain(record.id)
-            undo.callback(quietly, self.hypervisor.destroy_domain, record.id)
             self._wait_idle(record)
             self.hypervisor.save_domain(record.id, str(staging / "state.sav"),
                                         RESTORE_TIMEOUT_S)
             save_image.read_header(staging / "state.sav")  # fail here, not in every restore
             seed = self.store.publish(key, staging, template, cpu, mem_mb, disk_size_mb,
                                       str(build.path))
+            cleanup.run()
         log.info("memory snapshot saved seed=%s seconds=%.1f", key, time.monotonic() - started)
         return seed
 
@@ -114,14 +127,11 @@ class SeedBuilder:
                                f"{self.settings.boot_timeout_s:.0f}s")
 
     def _remove_stale_domain(self, name: str) -> None:
-        """A domain of this name left behind by a crash: power it off and undefine it."""
-        for info in self.hypervisor.list_domains():
-            if info.name == name:
+        """A seed domain of this name left behind by a crash: remove it and what it owns."""
+        for record, _info in self.records.all():
+            if record.name == name:
                 log.warning("removing stale domain %s", name)
-                quietly(self.hypervisor.destroy_domain, info.uuid)
-                quietly(self.hypervisor.undefine_domain, info.uuid)
-                self.vms.ports.remove(name)
-                self.hypervisor.undefine_filter(name)  # made by earlier versions
+                self.teardown.remove(record)
 
     def prune(self) -> list[str]:
         """Remove memory snapshots of old image builds/templates once no VM is backed by them."""
@@ -129,5 +139,5 @@ class SeedBuilder:
                                   default_disk_size_mb(template, build))
                    for template, build in self.templates.current_builds()
                    for cpu, mem in self.settings.snapshot_shape_list}
-        used = {record.seed for record, _info in self.vms.records() if record.seed}
+        used = {record.seed for record, _info in self.records.all() if record.seed}
         return self.store.prune(current, used)

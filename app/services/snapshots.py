@@ -38,12 +38,12 @@ from app.services.addresses import allocation_lock
 from app.services.capacity import DiskBudget, allocated_mb
 from app.services.templates import ImageBuild, TemplateCatalog
 from app.virt import disks
-from app.virt.connection import Hypervisor
 from app.virt.domain_xml import parse_metadata
 from app.virt.qemu_access import share_with_qemu
 
 if t.TYPE_CHECKING:
     from app.services.vms import VmService
+    from app.virt.connection import Hypervisor
 
 log = logging.getLogger(__name__)
 DISK = "disk.qcow2"

@@ -11,7 +11,8 @@ import dataclasses
 import hashlib
 import xml.etree.ElementTree as ET
 
-from app.models import VmPhase, VmRecord, VmRole
+from app.models import NAME_PREFIX, VmRecord, VmRole
+from app.persist import VM_FIELDS, to_xml, vm_record_from_xml
 
 METADATA_NS = "https://run-dat-sheesh.dev/xmlns/vm/1"
 METADATA_PREFIX = "rds"
@@ -101,34 +102,8 @@ def build_domain_xml(template_xml: str, record: VmRecord, params: DomainParams) 
 # Metadata #################################################################################
 
 def metadata_element(record: VmRecord, namespaced: bool = True) -> ET.Element:
-    q = _q if namespaced else str
-    vm = ET.Element(q("vm"))
-    fields = {
-        "id": record.id,
-        "name": record.name,
-        "cpu": str(record.cpu),
-        "memMb": str(record.mem_mb),
-        "guestIp": record.guest_ip,
-        "mac": record.mac,
-        "outboundInternet": "true" if record.outbound_internet else "false",
-        "imageId": record.image_id,
-        "imagePath": record.image_path,
-        "diskSizeMb": str(record.disk_size_mb),
-        "createdAt": record.created_at,
-        "provisionMode": record.provision_mode,
-        "hostKey": record.host_key,
-        "phase": record.phase.value,
-        "role": record.role.value,
-        "seed": record.seed,
-    }
-    if record.snapshot_id:  # optional: only VMs started from a snapshot carry it
-        fields["snapshotId"] = record.snapshot_id
-    for key, value in fields.items():
-        ET.SubElement(vm, q(key)).text = value
-    allow = ET.SubElement(vm, q("allowIps"))
-    for cidr in record.allow_ips:
-        ET.SubElement(allow, q("ip")).text = cidr
-    return vm
+    """``<vm>`` with the record's fields (:data:`app.persist.VM_FIELDS`)."""
+    return to_xml(record, VM_FIELDS, _q if namespaced else str)
 
 
 def metadata_xml(record: VmRecord) -> str:
@@ -148,23 +123,8 @@ def parse_metadata(xml: str) -> VmRecord | None:
     vm = root if root.tag == _q("vm") else root.find(f"metadata/{_q('vm')}")
     if vm is None:
         return None
-
-    def text(key: str) -> str:
-        element = vm.find(_q(key))
-        return (element.text or "") if element is not None else ""
-
     try:
-        return VmRecord(
-            id=text("id"), name=text("name"), cpu=int(text("cpu")), mem_mb=int(text("memMb")),
-            guest_ip=text("guestIp"), mac=text("mac"),
-            allow_ips=tuple(ip.text or "" for ip in vm.iterfind(f"{_q('allowIps')}/{_q('ip')}")),
-            outbound_internet=text("outboundInternet") == "true", image_id=text("imageId"),
-            image_path=text("imagePath"), disk_size_mb=int(text("diskSizeMb")),
-            created_at=text("createdAt"), provision_mode=text("provisionMode") or "boot",
-            host_key=text("hostKey"), phase=VmPhase(text("phase") or "starting"),
-            role=VmRole(text("role") or "sandbox"), seed=text("seed"),
-            snapshot_id=text("snapshotId"),
-        )
+        return vm_record_from_xml(vm, _q)
     except ValueError:
         return None
 
@@ -228,7 +188,7 @@ def port_name(domain_name: str) -> str:
     ``rds-<short id>`` does), else ``rds-`` and a digest of it (memory-snapshot seeds)."""
     if len(domain_name) <= IFNAMSIZ - 1:
         return domain_name
-    return "rds-" + hashlib.sha256(domain_name.encode()).hexdigest()[:IFNAMSIZ - 5]
+    return NAME_PREFIX + hashlib.sha256(domain_name.encode()).hexdigest()[:IFNAMSIZ - 5]
 
 
 def _set_interface(devices: ET.Element, record: VmRecord, params: DomainParams) -> None:

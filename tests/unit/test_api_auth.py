@@ -7,8 +7,8 @@ import json
 import pytest
 
 from app import create_app
-from tests.unit.conftest import (ADMIN_EMAIL, ADMIN_PASSWORD, CSRF, AuthActions, auth_service,
-                                 unit_settings)
+from tests.unit.fakes import (ADMIN_EMAIL, ADMIN_PASSWORD, CSRF, AuthActions, auth_service,
+                              unit_settings)
 
 UNAUTHORIZED = {"message": "Unauthorized"}
 

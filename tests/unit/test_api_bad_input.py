@@ -20,8 +20,10 @@ VM_BODY = {"cpu": 1, "memMb": 256}
 
 @pytest.fixture
 def vm_id(services) -> str:
-    """A RUNNING VM on the fake service."""
-    return services.vms.create(VmSpec(cpu=1, mem_mb=256)).id
+    """A RUNNING VM (on fakes); its guest has seen no command since the readiness probe."""
+    vm = services.vms.create(VmSpec(cpu=1, mem_mb=256))
+    services.vms.guest(vm.id).commands.clear()
+    return vm.id
 
 
 def post_raw(client, path: str, text: str, auth: dict[str, str] | None = None):

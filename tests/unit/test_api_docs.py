@@ -43,7 +43,8 @@ def test_healthz_is_public_and_reports_libvirt(client):
 
 
 @pytest.mark.parametrize("value", ["0", None])
-def test_healthz_unhealthy_when_bridge_netfilter_is_off(client, bridge_nf, value):
+def test_healthz_unhealthy_when_bridge_netfilter_is_off(client, fakes, value):
+    bridge_nf = fakes.bridge_nf
     """Without bridge netfilter the guests' IP rules are skipped: the host must not get work."""
     if value is None:
         bridge_nf.unlink()  # br_netfilter not loaded at all

@@ -1,11 +1,10 @@
-"""/v1/vms/{id}/snapshots, /v1/snapshots and snapshotId on create, on fake services."""
+"""/v1/vms/{id}/snapshots, /v1/snapshots and snapshotId on create, on the real services over
+fakes."""
 from __future__ import annotations
-
-import dataclasses
 
 import pytest
 
-from app.models import VmState
+from app.models import VmPhase
 
 SNAPSHOT_FIELDS = {"id", "kind", "createdAt", "cpu", "memMb", "imageId", "sourceVmId",
                    "hasOverlay"}
@@ -43,8 +42,8 @@ def test_snapshot_of_a_stopped_vm_is_201(client, auth):
 
 def test_snapshot_of_a_vm_in_another_state_is_409(client, auth, services):
     vm_id = create_vm(client, auth).get_json()["id"]
-    services.vms.vms[vm_id] = dataclasses.replace(services.vms.vms[vm_id],
-                                                  state=VmState.STARTING)
+    records = services.vms.parts.records
+    records.set_phase(records.lookup(vm_id)[0], VmPhase.STARTING)
     response = snapshot_of(client, auth, vm_id)
     assert response.status_code == 409 and "STARTING" in response.get_json()["message"]
 
@@ -71,34 +70,35 @@ def test_unknown_snapshot_is_404(client, auth, method, snapshot_id):
     assert snapshot_id in response.get_json()["message"]
 
 
-def test_create_from_snapshot_records_it(client, auth, services, snapshot):
+def test_create_from_snapshot_records_it(client, auth, services, specs, snapshot):
     response = create_vm(client, auth, snapshotId=snapshot["id"])
     assert response.status_code == 201
     assert response.get_json()["snapshotId"] == snapshot["id"]
-    assert services.vms.created[-1].snapshot_id == snapshot["id"]
+    assert specs[-1].snapshot_id == snapshot["id"]
+    assert services.vms.get(response.get_json()["id"]).snapshot_id == snapshot["id"]
 
 
-def test_plain_create_has_no_snapshot(client, auth, services):
+def test_plain_create_has_no_snapshot(client, auth, specs):
     assert create_vm(client, auth).get_json()["snapshotId"] is None
-    assert services.vms.created[-1].snapshot_id is None
+    assert specs[-1].snapshot_id is None
 
 
 @pytest.mark.parametrize("body", [
     {"userOverlaySnapshotId": "SNAP"},
     {"snapshotId": "SNAP", "userOverlaySnapshotId": "SNAP"},
 ])
-def test_alias_loads_as_snapshot_id(client, auth, services, snapshot, body):
+def test_alias_loads_as_snapshot_id(client, auth, specs, snapshot, body):
     body = {key: snapshot["id"] for key in body}
     assert create_vm(client, auth, **body).status_code == 201
-    assert services.vms.created[-1].snapshot_id == snapshot["id"]
+    assert specs[-1].snapshot_id == snapshot["id"]
 
 
-def test_alias_and_field_naming_different_snapshots_is_400(client, auth, services, snapshot):
-    created = len(services.vms.created)
+def test_alias_and_field_naming_different_snapshots_is_400(client, auth, specs, snapshot):
+    created = len(specs)
     response = create_vm(client, auth, snapshotId=snapshot["id"], userOverlaySnapshotId=UNKNOWN)
     assert response.status_code == 400
     assert "userOverlaySnapshotId" in response.get_json()["message"]
-    assert len(services.vms.created) == created
+    assert len(specs) == created
 
 
 @pytest.mark.parametrize("value", ["", 5])
@@ -112,7 +112,7 @@ def test_create_from_unknown_snapshot_is_404(client, auth, services, field):
     response = create_vm(client, auth, **{field: UNKNOWN})
     assert response.status_code == 404
     assert f"snapshot {UNKNOWN} not found" in response.get_json()["message"]
-    assert services.vms.created == []
+    assert services.vms.list() == []
 
 
 def test_delete_is_409_while_a_vm_from_it_exists(client, auth, snapshot):

@@ -1,4 +1,5 @@
-"""/v1/vms through the test client on a FakeVmService: contract fields, statuses, errors."""
+"""/v1/vms through the test client on the real services over fakes: contract fields,
+statuses, errors."""
 from __future__ import annotations
 
 import re
@@ -22,7 +23,7 @@ def test_create_returns_201_with_the_contract_fields(client, auth, services):
     assert response.status_code == 201
     vm = response.get_json()
     assert VM_FIELDS <= set(vm)
-    assert vm["id"] in services.vms.vms
+    assert services.vms.get(vm["id"]).cpu == 2
     assert (vm["state"], vm["cpu"], vm["memMb"]) == ("RUNNING", 2, 512)
     assert vm["outboundInternet"] is True
     assert vm["allowIps"] == ["1.1.1.1/32"]
@@ -30,9 +31,9 @@ def test_create_returns_201_with_the_contract_fields(client, auth, services):
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+Z", vm["createdAt"])
 
 
-def test_create_applies_defaults(client, auth, services):
+def test_create_applies_defaults(client, auth, specs):
     assert create(client, auth).status_code == 201
-    spec = services.vms.created[-1]
+    spec = specs[-1]
     assert (spec.allow_ips, spec.outbound_internet, spec.image_id, spec.disk_size_mb) == (
         (), False, None, None)
 
@@ -57,17 +58,18 @@ def test_allow_ips_are_normalised(client, auth, services):
     ({"cpu": 1, "memMb": 256, "provisionMode": "teleport"}, "provisionMode"),
     ({"cpu": 1, "memMb": 256, "provisionMode": 1}, "provisionMode"),
 ])
-def test_invalid_bodies_are_400_naming_the_problem(client, auth, services, body, named):
+def test_invalid_bodies_are_400_naming_the_problem(client, auth, services, specs, body,
+                                                   named):
     response = client.post("/v1/vms", json=body, headers=auth)
     assert response.status_code == 400
     assert named in response.get_json()["message"]
-    assert services.vms.created == []
+    assert specs == [] and services.vms.list() == []
 
 
-def test_provision_mode_reaches_the_service(client, auth, services):
+def test_provision_mode_reaches_the_service(client, auth, specs):
     assert create(client, auth, provisionMode="pool").status_code == 201
     assert create(client, auth).status_code == 201
-    assert [spec.provision_mode.value for spec in services.vms.created] == ["pool", "auto"]
+    assert [spec.provision_mode.value for spec in specs] == ["pool", "auto"]
 
 
 def test_bad_allow_ips_entry_is_named_with_its_index(client, auth):
@@ -131,15 +133,17 @@ def test_quota_is_429(client, auth, services):
 @pytest.mark.parametrize(("error", "status"), [
     (HypervisorError("libvirt: connection refused"), 503),
     (GuestUnreachable("guest did not answer"), 504)])
-def test_app_errors_keep_their_status_and_message(client, auth, services, error, status):
-    services.vms.fail_with = error
+def test_app_errors_keep_their_status_and_message(client, auth, services, fakes, error,
+                                                  status):
+    fakes.hypervisor.fail["start"] = error
     response = create(client, auth)
     assert response.status_code == status
     assert response.get_json()["message"] == error.message
+    assert services.vms.list() == [] and fakes.hypervisor.domains == {}  # nothing half-made
 
 
-def test_unexpected_exception_is_a_bare_500(client, auth, services):
-    services.vms.fail_with = RuntimeError("secret detail in /etc/passwd")
+def test_unexpected_exception_is_a_bare_500(client, auth, fakes):
+    fakes.hypervisor.fail["define"] = RuntimeError("secret detail in /etc/passwd")
     response = create(client, auth)
     assert response.status_code == 500
     body = response.get_json()

@@ -7,7 +7,7 @@ import pytest
 
 from app.errors import RateLimited, Unauthorized
 from app.services.auth import AuthService
-from tests.unit.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, auth_service, unit_settings
+from tests.unit.fakes import ADMIN_EMAIL, ADMIN_PASSWORD, auth_service, unit_settings
 
 WRONG = "wrong-password"
 

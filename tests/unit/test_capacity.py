@@ -12,17 +12,13 @@ from app.config import load_settings
 from app.errors import InsufficientStorage, InvalidRequest, QuotaExceeded
 from app.services import capacity
 from app.services.capacity import DiskBudget
-from tests.unit.test_snapshots import World
+from tests.unit.fakes import World
 
 
 def records(world: World, sizes: list[int]):
     return [dataclasses.replace(world.add_vm(i + 1), disk_size_mb=size)
             for i, size in enumerate(sizes)]
 
-
-@pytest.fixture
-def world(tmp_path, monkeypatch) -> World:
-    return World(tmp_path, monkeypatch)
 
 
 def free_space(monkeypatch, mib: int) -> None:

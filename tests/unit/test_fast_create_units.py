@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-import typing as t
-from pathlib import Path
 
 import pytest
 
 from app.config import ConfigError, load_settings, parse_shapes
-from app.models import Template, VmPhase, VmRecord, VmRole
-from app.services.maintenance import Maintainer
+from app.models import Template
 from app.services.seeds import SeedStore
 from app.services.templates import ImageBuild
 from app.virt import save_image
@@ -123,83 +120,3 @@ def test_shapes_parse_and_bad_ones_stop_the_service():
     with pytest.raises(ConfigError, match="ENABLE_WARM_POOL"):
         load_settings({}, {"ENABLE_WARM_POOL": "maybe"})
     assert load_settings({}, {"ENABLE_WARM_POOL": "true"}).warm_pool_enabled
-
-
-def pool_record(name: str, phase=VmPhase.READY, image_path="/images/current", cpu=1,
-                mem_mb=256) -> VmRecord:
-    return VmRecord(id=f"id-{name}", name=name, cpu=cpu, mem_mb=mem_mb, guest_ip="172.16.0.9",
-                    mac="52:54:00:10:00:09", allow_ips=(), outbound_internet=False,
-                    image_id="default", image_path=image_path, disk_size_mb=4096,
-                    created_at="2026-01-01T00:00:00.000Z", provision_mode="snapshot",
-                    host_key="ssh-ed25519 AAAA", phase=phase, role=VmRole.POOL)
-
-
-class FakeTemplates:
-    def ids(self) -> list[str]:
-        return ["default"]
-
-    def get(self, _template_id: t.Any) -> Template:
-        return TEMPLATE
-
-    def current_build(self, _template: Template) -> ImageBuild:
-        return build_at(Path("/images/current"))
-
-    def current_builds(self) -> list[tuple[Template, ImageBuild]]:
-        return [(TEMPLATE, self.current_build(TEMPLATE))]
-
-
-class FakePoolVms:
-    def __init__(self, records: list[tuple[VmRecord, str]]) -> None:
-        self.records = records
-        self.templates = FakeTemplates()
-        self.removed: list[str] = []
-        self.started = 0
-
-    def pool_records(self) -> list[tuple[VmRecord, str]]:
-        return list(self.records)
-
-    def remove_pool_vm(self, record: VmRecord) -> None:
-        self.removed.append(record.name)
-        self.records = [(r, s) for r, s in self.records if r.name != record.name]
-
-    def create_pool_vm(self, cpu: int, mem_mb: int) -> t.Any:
-        self.started += 1
-        record = pool_record(f"new-{self.started}", cpu=cpu, mem_mb=mem_mb)
-        self.records.append((record, "running"))
-        return type("Vm", (), {"id": record.id, "name": record.name,
-                               "provision_mode": "snapshot"})()
-
-
-def test_refill_removes_broken_pool_vms_and_tops_up_to_the_target(tmp_path):
-    vms = FakePoolVms([
-        (pool_record("ok"), "running"),
-        (pool_record("dead"), "shutoff"),
-        (pool_record("old", image_path="/images/old"), "running"),
-        (pool_record("half", phase=VmPhase.STARTING), "running"),
-        (pool_record("unpooled", cpu=2), "running"),
-    ])
-    settings = load_settings({}, {"STORAGE_ROOT": str(tmp_path), "ENABLE_WARM_POOL": "true",
-                                  "WARM_POOL_TARGET": 3, "WARM_POOL_MAX_VMS": 4,
-                                  "WARM_POOL_SHAPES": "1x256"})
-    maintainer = Maintainer(settings, vms, seeds=None)  # type: ignore[arg-type]
-    assert maintainer.refill_pool() == 2
-    assert sorted(vms.removed) == ["dead", "half", "old", "unpooled"]
-    assert len(vms.records) == 3
-    assert maintainer.refill_pool() == 0
-    assert maintainer.drain() == 3 and vms.records == []
-
-
-def test_pool_never_grows_past_its_maximum(tmp_path):
-    vms = FakePoolVms([])
-    settings = load_settings({}, {"STORAGE_ROOT": str(tmp_path), "ENABLE_WARM_POOL": "true",
-                                  "WARM_POOL_TARGET": 5, "WARM_POOL_MAX_VMS": 2,
-                                  "WARM_POOL_SHAPES": "1x256,2x512"})
-    assert Maintainer(settings, vms, None).refill_pool() == 2  # type: ignore[arg-type]
-
-
-def test_only_one_maintainer_owns_the_host(tmp_path):
-    settings = load_settings({}, {"STORAGE_ROOT": str(tmp_path)})
-    first = Maintainer(settings, FakePoolVms([]), None)  # type: ignore[arg-type]
-    second = Maintainer(settings, FakePoolVms([]), None)  # type: ignore[arg-type]
-    assert first.try_become_owner() and first.try_become_owner()
-    assert not second.try_become_owner()

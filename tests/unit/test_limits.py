@@ -10,7 +10,7 @@ import pytest
 
 from app import create_app
 from app.models import CommandResult, VmSpec
-from tests.unit.conftest import API_KEY
+from tests.unit.fakes import API_KEY
 
 
 class BlockingCommands:

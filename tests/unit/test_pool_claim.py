@@ -8,22 +8,19 @@ import dataclasses
 import pytest
 
 from app.models import ProvisionMode, VmPhase, VmRecord, VmRole, VmSpec
-from tests.unit.test_snapshots import NEW_BUILD, OLD_BUILD, World
+from tests.unit.fakes import NEW_BUILD, OLD_BUILD, World
 
 
 @pytest.fixture
 def world(tmp_path, monkeypatch) -> World:
-    world = World(tmp_path, monkeypatch)
-    world.vms.settings = dataclasses.replace(world.settings, enable_warm_pool="true")
-    world.hypervisor.set_title = lambda uuid, title: None
-    return world
+    return World(tmp_path, monkeypatch, ENABLE_WARM_POOL="true")
 
 
 def add_pool_vm(world: World, number: int, phase: VmPhase = VmPhase.READY, cpu: int = 1,
                 build: str = NEW_BUILD, state: str = "running") -> VmRecord:
     record = world.add_vm(number, state=state, phase=phase, build=build)
     record = dataclasses.replace(record, cpu=cpu, mem_mb=256, disk_size_mb=4096,
-                                 role=VmRole.POOL, provision_mode="snapshot")
+                                 role=VmRole.POOL, provision_mode=ProvisionMode.SNAPSHOT)
     world.hypervisor.add(record, state)
     return record
 
@@ -32,9 +29,7 @@ SPEC = VmSpec(cpu=1, mem_mb=256, allow_ips=("10.0.0.0/8",), outbound_internet=Tr
 
 
 def claim(world: World, spec: VmSpec = SPEC):
-    template = world.templates.get(None)
-    return world.vms._claim_pool_vm(spec, template, world.templates.current_build(template),
-                                    4096)
+    return world.parts.pool.claim(world.parts.provisioner.plan(spec))
 
 
 def test_only_a_ready_pool_vm_of_the_shape_and_build_is_claimed_once(world):
@@ -48,7 +43,7 @@ def test_only_a_ready_pool_vm_of_the_shape_and_build_is_claimed_once(world):
     vm = world.vms.create(SPEC)  # auto: a pool hit answers without booting anything
     assert (vm.id, vm.provision_mode) == (ready.id, "pool")
     assert (vm.allow_ips, vm.outbound_internet) == (("10.0.0.0/8",), True)
-    assert world.vms.ipsets.applied == [(ready.name, ("10.0.0.0/8",), True)]
+    assert world.ipsets.applied == [(ready.name, ("10.0.0.0/8",), True)]
     assert [v.id for v in world.vms.list()] == [ready.id]
     assert world.vms.get(ready.id).provision_mode == "pool"
     assert claim(world) is None  # handed out once; the others are not claimable
@@ -57,25 +52,26 @@ def test_only_a_ready_pool_vm_of_the_shape_and_build_is_claimed_once(world):
 def test_boot_and_snapshot_modes_never_take_from_the_pool(world, monkeypatch):
     add_pool_vm(world, 5)
     made = []
-    monkeypatch.setattr(world.vms, "_create_new", lambda spec, *_args: made.append(spec))
+    monkeypatch.setattr(world.parts.provisioner, "create",
+                        lambda plan, *_args: made.append(plan.spec))
     for mode in (ProvisionMode.BOOT, ProvisionMode.SNAPSHOT):
         world.vms.create(dataclasses.replace(SPEC, provision_mode=mode))
     assert [spec.provision_mode for spec in made] == [ProvisionMode.BOOT,
                                                       ProvisionMode.SNAPSHOT]
-    assert world.vms.list() == [] and world.vms.ipsets.applied == []
+    assert world.vms.list() == [] and world.ipsets.applied == []
 
 
-def test_disabled_pool_is_never_claimed(world):
-    world.vms.settings = dataclasses.replace(world.vms.settings, enable_warm_pool="false")
+def test_disabled_pool_is_never_claimed(tmp_path, monkeypatch):
+    world = World(tmp_path, monkeypatch, ENABLE_WARM_POOL="false")
     add_pool_vm(world, 5)
     assert claim(world) is None
 
 
 def test_quota_evicts_an_idle_pool_vm(world):
     pool_vm = add_pool_vm(world, 5, cpu=2)  # not the caller's shape: not claimable
-    assert world.vms._evict_pool_vm() is True
+    assert world.parts.pool.evict() is True
     assert pool_vm.id not in world.hypervisor.domains
-    assert world.vms._evict_pool_vm() is False
+    assert world.parts.pool.evict() is False
 
 
 def test_evicting_never_removes_a_vm_claimed_meanwhile(world, monkeypatch):
@@ -83,11 +79,11 @@ def test_evicting_never_removes_a_vm_claimed_meanwhile(world, monkeypatch):
     removes what it read: the claimed VM must survive (it re-checks the role under the
     allocation lock)."""
     pool_vm = add_pool_vm(world, 5)
-    stale = world.vms.pool_records()
+    stale = world.parts.pool.vms()
     claimed = world.vms.create(SPEC)  # another worker's create takes it first
     assert claimed.id == pool_vm.id
-    monkeypatch.setattr(world.vms, "pool_records", lambda: stale)
-    assert world.vms._evict_pool_vm() is False
+    monkeypatch.setattr(world.parts.pool, "vms", lambda: stale)
+    assert world.parts.pool.evict() is False
     assert pool_vm.id in world.hypervisor.domains
     assert [vm.id for vm in world.vms.list()] == [pool_vm.id]
 
@@ -96,5 +92,5 @@ def test_maintainer_never_removes_a_vm_claimed_meanwhile(world):
     pool_vm = add_pool_vm(world, 5)
     claimed = world.vms.create(SPEC)
     assert claimed.id == pool_vm.id
-    assert world.vms.remove_pool_vm(pool_vm) is False
+    assert world.parts.pool.remove(pool_vm) is False
     assert world.vms.get(pool_vm.id).state.value == "RUNNING"

@@ -6,18 +6,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-import pytest
 
 from app.models import VmPhase, VmRole
-from app.services import maintenance
-from app.services.maintenance import Maintainer
-from tests.unit.test_snapshots import World
-
-
-@pytest.fixture
-def world(tmp_path, monkeypatch) -> World:
-    return World(tmp_path, monkeypatch)
-
+from tests.unit.fakes import World
 
 def ago(seconds: float) -> str:
     when = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)
@@ -48,32 +39,3 @@ def test_a_create_that_never_finished_is_swept_after_the_age_guard(world):
 def test_a_creating_vm_is_reported_as_starting(world):
     record = add(world, 1, VmPhase.CREATING, age_s=1)
     assert world.vms.get(record.id).state.value == "STARTING"
-
-
-class CountingVms:
-    def __init__(self) -> None:
-        self.sweeps = 0
-        self.refreshes = 0
-        self.ipsets = self
-
-    def refresh_host_sets(self) -> None:
-        self.refreshes += 1
-
-    def remove_orphans(self) -> list[str]:
-        self.sweeps += 1
-        return []
-
-
-def test_the_maintainer_sweeps_periodically_not_only_at_start(tmp_path, monkeypatch):
-    from app.config import load_settings
-    settings = load_settings({}, {"STORAGE_ROOT": str(tmp_path), "SNAPSHOT_AUTO_BUILD": "false"})
-    vms = CountingVms()
-    maintainer = Maintainer(settings, vms, None)  # type: ignore[arg-type]
-    clock = [1000.0]
-    monkeypatch.setattr(maintenance.time, "monotonic", lambda: clock[0])
-    maintainer.run_once()
-    maintainer.run_once()
-    assert vms.sweeps == 1 and vms.refreshes == 2
-    clock[0] += maintenance.SWEEP_INTERVAL_S
-    maintainer.run_once()
-    assert vms.sweeps == 2

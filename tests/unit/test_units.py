@@ -8,7 +8,7 @@ import pytest
 from app.errors import CapacityExhausted, HostBusy, _summarise
 from app.models import VmPhase, VmState
 from app.services.addresses import allocation_lock, mac_for, pick_address
-from app.services.vms import vm_state
+from app.services.records import vm_state
 from app.virt.accel import choose_domain_type
 
 NET = ipaddress.IPv4Network("172.16.0.0/24")

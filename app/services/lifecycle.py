@@ -1,0 +1,143 @@
+"""Lifecycle: stop, start, delete and network changes of a caller's VM.
+
+Each holds the VM's host-wide lock (a flock on ``vms/<name>/lock``), so whichever worker
+process serves them they run one at a time: the sets in the kernel always hold the policy the
+record says, and nothing is re-created for a VM that a concurrent delete removed.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+import typing as t
+
+from app.config import Settings
+from app.errors import AppError, HypervisorError, VmBusy, VmNotFound, VmStateConflict
+from app.models import DomainInfo, Vm, VmPhase, VmRecord, VmState
+from app.services.guests import GuestClients
+from app.services.locks import host_lock
+from app.services.policy import EgressPolicy
+from app.services.ports import VmPorts
+from app.services.provisioner import LOCK_TIMEOUT
+from app.services.records import VmRecords, to_vm
+from app.services.teardown import VmTeardown
+from app.services.undo import quietly
+
+if t.TYPE_CHECKING:
+    from app.virt.connection import Hypervisor
+
+log = logging.getLogger(__name__)
+VM_LOCK_FILE = "lock"  # in the VM's directory
+
+
+class Lifecycle:
+    def __init__(self, settings: Settings, hypervisor: Hypervisor, records: VmRecords,
+                 policy: EgressPolicy, ports: VmPorts, guests: GuestClients,
+                 teardown: VmTeardown) -> None:
+        self.settings = settings
+        self.hypervisor = hypervisor
+        self.records = records
+        self.policy = policy
+        self.ports = ports
+        self.guests = guests
+        self.teardown = teardown
+
+    @contextlib.contextmanager
+    def locked(self, vm_id: str) -> t.Iterator[tuple[VmRecord, DomainInfo]]:
+        """Hold the VM's host-wide lock and yield its record as read under it.
+
+        :raises VmNotFound: unknown, or deleted while waiting.
+        :raises VmBusy: another operation kept the lock for ``LOCK_TIMEOUT`` seconds.
+        """
+        record, _info = self.records.lookup(vm_id)
+        with host_lock(self.settings.vms_dir / record.name / VM_LOCK_FILE, LOCK_TIMEOUT,
+                       busy=lambda: VmBusy(f"VM {vm_id} is busy with another operation; "
+                                           f"retry"),
+                       missing=lambda: VmNotFound(f"VM {vm_id} not found")):
+            yield self.records.lookup(vm_id)
+
+    def update_network(self, vm_id: str, allow_ips: tuple[str, ...],
+                       outbound_internet: bool) -> Vm:
+        """Replace a VM's egress policy; a running VM's filter changes live.
+
+        :raises VmNotFound: unknown VM.
+        :raises InvalidRequest: too many entries.
+        """
+        self.policy.check(allow_ips)
+        with self.locked(vm_id) as (record, info):
+            updated = dataclasses.replace(record, allow_ips=allow_ips,
+                                          outbound_internet=outbound_internet)
+            self.policy.apply(updated)
+            self.records.save(updated)
+        log.info("vm network policy changed vm=%s outbound=%s entries=%s", vm_id,
+                 outbound_internet, len(allow_ips))
+        return to_vm(updated, info.state)
+
+    def stop(self, vm_id: str) -> None:
+        """Clean guest shutdown (guest agent, then ACPI, then power-off); disk kept.
+
+        :raises VmStateConflict: unless RUNNING.
+        """
+        with self.locked(vm_id) as (record, info):
+            self._require(vm_id, to_vm(record, info.state).state, VmState.RUNNING, "stopped")
+            self.guests.forget(vm_id)
+            self.records.set_phase(record, VmPhase.STOPPING)
+            try:
+                self.hypervisor.request_shutdown(vm_id)
+            except HypervisorError as exc:
+                log.warning("clean shutdown request failed vm=%s error=%s", vm_id, exc.message)
+            if not self._wait_for_state(vm_id, "shutoff", self.settings.stop_timeout_s):
+                log.warning("guest did not power off in time, forcing vm=%s", vm_id)
+                self.hypervisor.destroy_domain(vm_id)
+        log.info("vm stopped vm=%s", vm_id)
+
+    def start(self, vm_id: str) -> None:
+        """Boot a STOPPED VM from its kept disk; returns once the guest answers.
+
+        The VM's lock is held while its network and domain are set up, not while the guest
+        boots: a delete or a policy change meanwhile waits seconds, not a boot.
+
+        :raises VmStateConflict: unless STOPPED.
+        """
+        with self.locked(vm_id) as (record, info):
+            self._require(vm_id, to_vm(record, info.state).state, VmState.STOPPED, "started")
+            record = self.records.set_phase(record, VmPhase.STARTING)
+            self.policy.apply(record)  # the sets are kernel state: gone after a host reboot
+            self.ports.ensure(record)  # so is the tap, and libvirt's bindings live under /run
+            self.hypervisor.start_domain(vm_id)
+        try:
+            self.guests.wait_ready(record)
+        except AppError:
+            with contextlib.suppress(VmNotFound), self.locked(vm_id):
+                quietly(self.hypervisor.destroy_domain, vm_id)
+            raise
+        with self.locked(vm_id) as (record, info):
+            if info.state == "running" and record.phase is VmPhase.STARTING:
+                self.records.set_phase(record, VmPhase.READY)
+        log.info("vm started vm=%s", vm_id)
+
+    def delete(self, vm_id: str) -> None:
+        """Remove the VM and everything it owns (domain, port, filter, sets, disk, keys).
+
+        :raises VmNotFound: when already gone.
+        """
+        with self.locked(vm_id) as (record, _info):
+            self.teardown.remove(record)
+
+    @staticmethod
+    def _require(vm_id: str, state: VmState, wanted: VmState, verb: str) -> None:
+        if state is not wanted:
+            raise VmStateConflict(f"VM {vm_id} is {state.value}; only a {wanted.value} VM can "
+                                  f"be {verb}")
+
+    def _wait_for_state(self, vm_id: str, wanted: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.hypervisor.get_domain(vm_id).state == wanted:
+                    return True
+            except VmNotFound:
+                return False
+            time.sleep(0.25)
+        return False

@@ -1,0 +1,491 @@
+"""One fake of each host adapter, and the real services built on them.
+
+Unit tests run the real services (quotas, states, policies, rollback) over these fakes: no
+libvirt, no root, no network. ``tests/unit/test_fakes.py`` checks every fake against the real
+adapter's methods (names and parameters), so a fake cannot drift from what it stands in for.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+import typing as t
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from app.config import REPO_ROOT, Settings, load_settings
+from app.errors import FilterNotFound, GuestUnreachable, HypervisorError, VmNotFound
+from app.guestssh import SshTimeouts, check_command_line
+from app.models import CommandResult, DomainInfo, ProvisionMode, VmPhase, VmRecord
+from app.services.auth import AuthService
+from app.services.container import Adapters, Services, build_services
+from app.store.db import Store
+from app.virt.domain_xml import metadata_element, parse_metadata
+
+API_KEY = "unit-test-key"
+ADMIN_EMAIL = "admin@test.example"
+ADMIN_PASSWORD = "unit-test-password"
+MAX_VMS = 3
+CSRF = {"X-Requested-With": "unit-test"}  # what a cookie-authenticated change must send
+OLD_BUILD, NEW_BUILD = "0ld0ld0ld0ld0ld0", "4e34e34e34e34e34"
+
+
+class FakeHypervisor:
+    """libvirt in memory: domains (with their records), filters, bindings, the network and the
+    guest agent. ``down`` makes every call fail as an unreachable libvirtd does; ``fail`` makes
+    one call fail (by its name in ``calls``); ``calls`` lists the changes and guest-agent calls
+    asked for, in order (not the reads)."""
+
+    def __init__(self) -> None:
+        self.domains: dict[str, DomainInfo] = {}
+        self.defined: list[str] = []
+        self.filters: set[str] = set()
+        self.bindings: set[str] = set()
+        self.calls: list[str] = []
+        self.down: Exception | None = None
+        self.fail: dict[str, Exception] = {}
+        self.network_active = True
+        self.frozen = False
+        self.agent_exit = 0
+        self.version = "10.0.0"
+
+    def _call(self, name: str, read: bool = False) -> None:
+        if not read:
+            self.calls.append(name)
+        if self.down is not None:
+            raise self.down
+        if name in self.fail:
+            raise self.fail[name]
+
+    def _domain(self, uuid: str) -> DomainInfo:
+        try:
+            return self.domains[uuid]
+        except KeyError:
+            raise VmNotFound(f"Domain not found: no domain with matching uuid '{uuid}'") from None
+
+    def _set_state(self, uuid: str, state: str) -> None:
+        self.domains[uuid] = dataclasses.replace(self._domain(uuid), state=state)
+
+    # Test helpers (not part of the Hypervisor) #############################################
+
+    def add(self, record: VmRecord, state: str = "running") -> None:
+        """A domain of this service that exists already (made by another process)."""
+        self.domains[record.id] = DomainInfo(
+            uuid=record.id, name=record.name, state=state, xml=domain_xml(record))
+
+    # The Hypervisor's methods ##############################################################
+
+    def close(self) -> None:
+        pass
+
+    def ping(self) -> str:
+        self._call("ping", read=True)
+        return self.version
+
+    def emulator_version(self) -> str:
+        self._call("emulator_version", read=True)
+        return "7.2.0"
+
+    def list_domains(self) -> list[DomainInfo]:
+        self._call("list_domains", read=True)
+        return list(self.domains.values())
+
+    def get_domain(self, uuid: str) -> DomainInfo:
+        self._call("get_domain", read=True)
+        return self._domain(uuid)
+
+    def domain_name_exists(self, name: str) -> bool:
+        self._call("domain_name_exists", read=True)
+        return any(info.name == name for info in self.domains.values())
+
+    def define_domain(self, xml: str) -> None:
+        self._call("define")
+        self.defined.append(xml)
+        record = parse_metadata(xml)
+        assert record is not None, "a domain of this service carries its record"
+        self.domains[record.id] = DomainInfo(uuid=record.id, name=record.name,
+                                             state="shutoff", xml=xml)
+
+    def start_domain(self, uuid: str) -> None:
+        self._call("start")
+        self._set_state(uuid, "running")
+
+    def destroy_domain(self, uuid: str) -> None:
+        self._call("destroy")
+        if self._domain(uuid).state != "shutoff":
+            self._set_state(uuid, "shutoff")
+
+    def request_shutdown(self, uuid: str) -> None:
+        self._call("shutdown")
+        self._set_state(uuid, "shutoff")
+
+    def undefine_domain(self, uuid: str) -> None:
+        self._call("undefine")
+        self._domain(uuid)
+        del self.domains[uuid]
+
+    def set_metadata(self, uuid: str, xml: str, namespace: str, prefix: str) -> None:
+        self._call("set_metadata")
+        info = self._domain(uuid)
+        record = parse_metadata(xml.replace("<vm>", f'<vm xmlns="{namespace}">', 1))
+        assert record is not None
+        self.domains[uuid] = dataclasses.replace(info, xml=domain_xml(record))
+
+    def set_title(self, uuid: str, title: str) -> None:
+        self._call("set_title")
+        self._domain(uuid)
+
+    def save_domain(self, uuid: str, path: str, timeout: float) -> None:
+        self._call("save_domain")
+        raise HypervisorError("saving domains is not faked")
+
+    def restore_domain(self, path: str, timeout: float) -> None:
+        self._call("restore_domain")
+        raise HypervisorError("restoring domains is not faked")
+
+    def set_guest_time(self, uuid: str, timeout: float) -> None:
+        self._call("set_guest_time")
+
+    def guest_agent_ping(self, uuid: str, timeout: float) -> bool:
+        self._call("guest_agent_ping", read=True)
+        return True
+
+    def guest_agent_exec(self, uuid: str, path: str, args: list[str], timeout: float,
+                         stdin: bytes | None = None) -> int:
+        self._call(f"agent {path}")
+        return self.agent_exit
+
+    def guest_agent_spawn(self, uuid: str, path: str, args: list[str], timeout: float,
+                          stdin: bytes | None = None) -> int:
+        self._call(f"agent spawn {path}")
+        return 1
+
+    def guest_agent_wait(self, uuid: str, pid: int, timeout: float) -> int:
+        self._call("agent wait")
+        return self.agent_exit
+
+    def fs_freeze(self, uuid: str, timeout: float) -> int:
+        self._call("freeze")
+        self.frozen = True
+        return 1
+
+    def fs_thaw(self, uuid: str, timeout: float) -> int:
+        self._call("thaw")
+        self.frozen = False
+        return 1
+
+    def define_filter(self, xml: str) -> None:
+        self._call("define filter")
+        self.filters.add(ET.fromstring(xml).get("name"))
+
+    def undefine_filter(self, name: str) -> None:
+        self._call("undefine filter")
+        try:
+            self.filters.remove(name)
+        except KeyError:
+            pass  # as the real one: a missing filter is fine (FilterNotFound is caught)
+
+    def create_filter_binding(self, xml: str) -> None:
+        self._call("bind filter")
+        filter_name = ET.fromstring(xml).find("filterref").get("filter")
+        if filter_name not in self.filters:
+            raise FilterNotFound(f"no nwfilter {filter_name}")
+        self.bindings.add(ET.fromstring(xml).find("portdev").get("name"))
+
+    def delete_filter_binding(self, port: str) -> None:
+        self._call("unbind filter")
+        self.bindings.discard(port)
+
+    def filter_binding_ports(self) -> list[str]:
+        self._call("filter_binding_ports", read=True)
+        return sorted(self.bindings)
+
+    def list_filter_names(self) -> list[str]:
+        self._call("list_filter_names", read=True)
+        return sorted(self.filters)
+
+    def ensure_network(self, name: str, xml: str, bridge_present: t.Callable[[], bool],
+                       remove_stale_bridge: t.Callable[[], None]) -> bool:
+        self._call("ensure_network")
+        return False
+
+    def network_is_active(self, name: str) -> bool:
+        self._call("network_is_active", read=True)
+        return self.network_active
+
+
+def domain_xml(record: VmRecord) -> str:
+    """The smallest domain XML that carries a record."""
+    metadata = ET.tostring(metadata_element(record), encoding="unicode")
+    return (f"<domain><name>{record.name}</name><uuid>{record.id}</uuid>"
+            f"<metadata>{metadata}</metadata></domain>")
+
+
+class FakeIpSets:
+    """The kernel's ipsets: each VM's policy as it was last applied."""
+
+    def __init__(self) -> None:
+        self.policies: dict[str, tuple[tuple[str, ...], bool]] = {}
+        self.applied: list[tuple[str, tuple[str, ...], bool]] = []
+        self.host_refreshes = 0
+
+    def apply(self, vm_name: str, allow_ips: tuple[str, ...], outbound_internet: bool,
+              gateway_ip: str) -> None:
+        self.policies[vm_name] = (tuple(allow_ips), outbound_internet)
+        self.applied.append((vm_name, tuple(allow_ips), outbound_internet))
+
+    def refresh_host_sets(self, max_age_s: float = 0.0) -> None:
+        self.host_refreshes += 1
+
+    def destroy(self, vm_name: str) -> None:
+        self.policies.pop(vm_name, None)
+
+    def vm_names(self) -> set[str]:
+        return set(self.policies)
+
+    def members(self, set_name: str) -> list[str]:
+        name, _sep, kind = set_name.rpartition("-")
+        allow_ips, outbound = self.policies.get(name, ((), False))
+        return list(allow_ips) if kind == "allow" and outbound else []
+
+
+class FakeTaps:
+    """The host's taps: names in a set, and which of them are on the bridge."""
+
+    def __init__(self) -> None:
+        self.ports: set[str] = set()
+        self.attached: set[str] = set()
+
+    def create(self, port: str, mac: str) -> None:
+        self.ports.add(port)
+
+    def attach(self, port: str, bridge: str) -> None:
+        assert port in self.ports, f"tap {port} does not exist"
+        self.attached.add(port)
+
+    def exists(self, port: str) -> bool:
+        return port in self.ports
+
+    def delete(self, port: str) -> None:
+        self.ports.discard(port)
+        self.attached.discard(port)
+
+    def names(self) -> set[str]:
+        return set(self.ports)
+
+
+class FakeDisks:
+    """app.virt.disks (qemu-img) on small text files; every call is logged, ``fail`` breaks
+    one."""
+
+    def __init__(self, hypervisor: FakeHypervisor) -> None:
+        self.hypervisor = hypervisor
+        self.calls: list[tuple] = []
+        self.fail: dict[str, Exception] = {}
+
+    def _call(self, name: str, *args: t.Any) -> None:
+        self.calls.append((name, *args))
+        if name in self.fail:
+            raise self.fail[name]
+
+    def create_overlay(self, backing: Path, overlay: Path, size_mb: int,
+                       timeout: float = 0) -> None:
+        self._call("overlay", backing, overlay, size_mb)
+        overlay.write_text(f"overlay on {backing}")
+
+    def copy_image(self, source: Path, target: Path, timeout: float = 0) -> None:
+        self._call("copy", source, target, self.hypervisor.frozen)
+        target.write_text(source.read_text())
+
+    def rebase(self, image: Path, backing: Path, timeout: float = 0) -> None:
+        self._call("rebase", image, backing)
+
+    def check(self, image: Path, timeout: float = 0) -> None:
+        self._call("check", image)
+
+    def backing_file(self, image: Path, timeout: float = 0) -> Path | None:
+        self._call("backing_file", image)
+        return None
+
+
+class FakeGuest:
+    """A guest's SSH client (GuestSSH): records each command line and answers exit 0.
+
+    It checks a line as GuestSSH does, and then behaves like OpenSSH: a NUL in an exec request,
+    or a request over its 256 KiB packet limit, drops the VM's shared connection.
+    """
+
+    def __init__(self, host: str, host_key: str, client_key: t.Any, timeouts: SshTimeouts,
+                 port: int = 22) -> None:
+        self.host = host
+        self.host_key = host_key
+        self.commands: list[str] = []
+        self.closed = False
+
+    def _send(self, command: str) -> None:
+        check_command_line(command)
+        if "\0" in command or len(command.encode("utf-8")) > 256 * 1024:
+            raise GuestUnreachable("guest dropped the command: connection closed by sshd")
+        self.commands.append(command)
+
+    def run(self, command: str, timeout: float, stdin: t.Any = b"",
+            max_output: int = 1_000_000) -> CommandResult:
+        self._send(command)
+        return CommandResult(exit_code=0, stdout=b"", stderr=b"")
+
+    def open_stream(self, command: str, timeout: float) -> FakeMissingPath:
+        self._send(command)
+        return FakeMissingPath()
+
+    def wait_until_ready(self, deadline: float, probe: str = "id -u") -> str:
+        self._send(probe)
+        return ""
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeMissingPath:
+    """GuestSSH.open_stream's stream for ``pack`` of a path that does not exist (exit 212)."""
+
+    stderr = b"rds-pack: no such file or directory"
+
+    def first_chunk(self) -> bytes:
+        return b""
+
+    def exit_status(self) -> int:
+        return 212
+
+    def close(self) -> None:
+        pass
+
+
+class FakeGuests:
+    """Makes FakeGuests (the ``connect`` of GuestClients) and keeps them by address."""
+
+    def __init__(self) -> None:
+        self.by_host: dict[str, FakeGuest] = {}
+
+    def __call__(self, host: str, host_key: str, client_key: t.Any, timeouts: SshTimeouts,
+                 port: int = 22) -> FakeGuest:
+        guest = FakeGuest(host, host_key, client_key, timeouts, port)
+        self.by_host[host] = guest
+        return guest
+
+
+@dataclasses.dataclass
+class Fakes:
+    hypervisor: FakeHypervisor
+    ipsets: FakeIpSets
+    taps: FakeTaps
+    disks: FakeDisks
+    guests: FakeGuests
+    bridge_nf: Path
+
+
+def unit_settings(storage_root: Path, **overrides: t.Any) -> Settings:
+    return load_settings(environ={}, overrides={
+        "API_KEY": API_KEY, "ADMIN_EMAIL": ADMIN_EMAIL, "ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "SESSION_SECRET": "unit-test-session-secret", "MAX_VMS": MAX_VMS,
+        "STORAGE_ROOT": str(storage_root), "LIBVIRT_TIMEOUT_S": 1, **overrides})
+
+
+def auth_service(settings: Settings, clock: t.Callable[[], float]) -> AuthService:
+    """The real AuthService on a SQLite file under the settings' STORAGE_ROOT."""
+    store = Store(settings.state_db_path)
+    store.open()
+    return AuthService(settings, store, clock=clock)
+
+
+class AuthActions:
+    """Admin session helpers, as in Flask's tutorial tests."""
+
+    def __init__(self, client: t.Any) -> None:
+        self._client = client
+
+    def login(self, email: str = ADMIN_EMAIL, password: str = ADMIN_PASSWORD):
+        return self._client.post("/auth/login", json={"email": email, "password": password})
+
+    def logout(self):
+        return self._client.post("/auth/logout", headers=CSRF)
+
+
+def add_image_builds(settings: Settings) -> None:
+    """Two builds of the default template's image, the newer one current."""
+    image_dir = settings.images_dir / "debian-bookworm"
+    for build in (OLD_BUILD, NEW_BUILD):
+        (image_dir / build).mkdir(parents=True, exist_ok=True)
+        (image_dir / build / "manifest.json").write_text('{"diskSizeMb": 4096}')
+        (image_dir / build / "disk.qcow2").write_text("template")
+    current = image_dir / "current"
+    if not current.is_symlink():
+        current.symlink_to(NEW_BUILD)
+
+
+def make_services(root: Path, monkeypatch: pytest.MonkeyPatch,
+                  clock: t.Callable[[], float], **overrides: t.Any) -> tuple[Services, Fakes]:
+    """The real services on fakes, under ``root`` (their STORAGE_ROOT)."""
+    settings = unit_settings(root, TEMPLATES_DIR=str(REPO_ROOT / "vm-templates"), **overrides)
+    add_image_builds(settings)
+    hypervisor = FakeHypervisor()
+    fakes = Fakes(hypervisor=hypervisor, ipsets=FakeIpSets(), taps=FakeTaps(),
+                  disks=FakeDisks(hypervisor), guests=FakeGuests(),
+                  bridge_nf=root / "bridge-nf-call-iptables")
+    fakes.bridge_nf.write_text("1\n")
+    for name in ("create_overlay", "copy_image", "rebase", "check", "backing_file"):
+        monkeypatch.setattr(f"app.virt.disks.{name}", getattr(fakes.disks, name))
+    adapters = Adapters(hypervisor=hypervisor, ipsets=fakes.ipsets, taps=fakes.taps,
+                        domain_type="qemu", connect=fakes.guests, bridge_nf=fakes.bridge_nf,
+                        clock=clock)
+    return build_services(settings, adapters), fakes
+
+
+def record(number: int, build: str = OLD_BUILD, root: Path | None = None,
+           **fields: t.Any) -> VmRecord:
+    """A VM record as another process would have made it (``rds-0000000N``)."""
+    vm_id = f"{number:08x}-0000-4000-8000-000000000000"
+    image = (root / "images" / "debian-bookworm" / build) if root else Path("/images") / build
+    base = dict(id=vm_id, name=f"rds-{number:08x}", cpu=2, mem_mb=512, guest_ip="172.16.0.9",
+                mac="52:54:00:10:00:09", allow_ips=(), outbound_internet=False,
+                image_id="default", image_path=str(image), disk_size_mb=6144,
+                created_at="2024-01-01T00:00:00.000Z", provision_mode=ProvisionMode.BOOT,
+                host_key="ssh-ed25519 AAAA", phase=VmPhase.READY)
+    return VmRecord(**{**base, **fields})
+
+
+
+class World:
+    """The real services on fakes under ``root``, with shortcuts for what tests look at."""
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch,
+                 clock: t.Callable[[], float] = time.time, **overrides: t.Any) -> None:
+        self.root = root
+        self.services, self.fakes = make_services(root, monkeypatch, clock, **overrides)
+        self.settings = self.services.settings
+        self.vms = self.services.vms
+        self.parts = self.services.vms.parts
+        self.snapshots = self.services.snapshots
+        self.store = self.services.snapshots.store
+        self.templates = self.services.templates
+        self.hypervisor = self.fakes.hypervisor
+        self.disks = self.fakes.disks
+        self.ipsets = self.fakes.ipsets
+        self.taps = self.fakes.taps
+
+    def build(self, name: str) -> Path:
+        return self.settings.images_dir / "debian-bookworm" / name
+
+    def add_vm(self, number: int, state: str = "running", build: str = OLD_BUILD,
+               **fields: t.Any) -> VmRecord:
+        """A VM another process made: its domain, record and disk file."""
+        made = record(number, build, self.root, **fields)
+        vm_dir = self.settings.vms_dir / made.name
+        vm_dir.mkdir(parents=True, exist_ok=True)
+        (vm_dir / "disk.qcow2").write_text(f"disk of {made.name}")
+        self.hypervisor.add(made, state)
+        return made
+
+    def snapshot_dirs(self) -> list[str]:
+        folder = self.settings.snapshots_dir
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []

@@ -1,0 +1,70 @@
+"""The maintaining process (Maintainer) on the real warm pool over fakes: it removes broken pool
+VMs, tops the pool up to its target within its maximum, sweeps periodically, and only one
+process per host owns the work."""
+from __future__ import annotations
+
+import dataclasses
+
+from app.models import ProvisionMode, VmPhase, VmRecord, VmRole
+from app.services import maintenance
+from app.services.maintenance import Maintainer
+from tests.unit.fakes import NEW_BUILD, OLD_BUILD, World
+
+POOL = {"ENABLE_WARM_POOL": "true", "SNAPSHOT_AUTO_BUILD": "false", "MAX_VMS": 10}
+
+
+def maintainer(world: World, sweep=lambda: []) -> Maintainer:
+    return Maintainer(world.settings, world.parts.pool, None, world.templates,  # type: ignore
+                      world.ipsets, sweep=sweep)
+
+
+def add_pool_vm(world: World, number: int, state: str = "running", cpu: int = 1,
+                build: str = NEW_BUILD, phase: VmPhase = VmPhase.READY) -> VmRecord:
+    made = world.add_vm(number, state=state, build=build, phase=phase)
+    made = dataclasses.replace(made, cpu=cpu, mem_mb=256, role=VmRole.POOL,
+                               provision_mode=ProvisionMode.SNAPSHOT)
+    world.hypervisor.add(made, state)
+    return made
+
+
+def test_refill_removes_broken_pool_vms_and_tops_up_to_the_target(tmp_path, monkeypatch):
+    world = World(tmp_path, monkeypatch, WARM_POOL_TARGET=3, WARM_POOL_MAX_VMS=4,
+                  WARM_POOL_SHAPES="1x256", **POOL)
+    ok = add_pool_vm(world, 1)
+    broken = [add_pool_vm(world, 2, state="shutoff"), add_pool_vm(world, 3, build=OLD_BUILD),
+              add_pool_vm(world, 4, phase=VmPhase.CREATING), add_pool_vm(world, 5, cpu=2)]
+    owner = maintainer(world)
+    assert owner.refill_pool() == 2
+    pool = {record.id for record, _state in world.parts.pool.vms()}
+    assert ok.id in pool and len(pool) == 3
+    assert not pool & {record.id for record in broken}
+    assert owner.refill_pool() == 0
+    assert owner.drain() == 3 and world.parts.pool.vms() == []
+
+
+def test_pool_never_grows_past_its_maximum(tmp_path, monkeypatch):
+    world = World(tmp_path, monkeypatch, WARM_POOL_TARGET=5, WARM_POOL_MAX_VMS=2,
+                  WARM_POOL_SHAPES="1x256,2x512", **POOL)
+    assert maintainer(world).refill_pool() == 2
+    assert len(world.parts.pool.vms()) == 2
+
+
+def test_only_one_maintainer_owns_the_host(tmp_path, monkeypatch):
+    world = World(tmp_path, monkeypatch)
+    first, second = maintainer(world), maintainer(world)
+    assert first.try_become_owner() and first.try_become_owner()
+    assert not second.try_become_owner()
+
+
+def test_the_maintainer_sweeps_periodically_not_only_at_start(tmp_path, monkeypatch):
+    world = World(tmp_path, monkeypatch, SNAPSHOT_AUTO_BUILD="false")
+    sweeps = []
+    owner = maintainer(world, sweep=lambda: sweeps.append(1) or [])
+    clock = [1000.0]
+    monkeypatch.setattr(maintenance.time, "monotonic", lambda: clock[0])
+    owner.run_once()
+    owner.run_once()
+    assert len(sweeps) == 1 and world.ipsets.host_refreshes == 2
+    clock[0] += maintenance.SWEEP_INTERVAL_S
+    owner.run_once()
+    assert len(sweeps) == 2
