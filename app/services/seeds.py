@@ -25,7 +25,9 @@ import time
 import typing as t
 from pathlib import Path
 
+from app.clock import now_iso
 from app.models import Template
+from app.persist import SEED_FIELDS, from_json, to_json
 from app.services.addresses import allocation_lock
 from app.virt.qemu_access import share_with_qemu
 from app.services.templates import ImageBuild
@@ -33,6 +35,7 @@ from app.services.templates import ImageBuild
 log = logging.getLogger(__name__)
 
 SEED_FORMAT = "3"  # bump when the way seeds are made changes: old ones are rebuilt
+SEED_META = "seed.json"
 STALE_BUILD_S = 900.0  # a half-built seed directory older than this is left by a crash
 
 
@@ -45,6 +48,7 @@ class Seed:
     mem_mb: int
     disk_size_mb: int
     image_path: str
+    created_at: str = ""
 
     @property
     def disk(self) -> Path:
@@ -82,11 +86,9 @@ class SeedStore:
     def load(self, key: str) -> Seed | None:
         path = self.seeds_dir / key
         try:
-            info = json.loads((path / "seed.json").read_text())
-            seed = Seed(key=key, path=path, template_id=info["templateId"], cpu=info["cpu"],
-                        mem_mb=info["memMb"], disk_size_mb=info["diskSizeMb"],
-                        image_path=info["imagePath"])
-        except (OSError, ValueError, KeyError):
+            info = json.loads((path / SEED_META).read_text())
+            seed = from_json(Seed, SEED_FIELDS, info, key=key, path=path)
+        except (OSError, ValueError, TypeError):
             return None
         if not (seed.state.is_file() and seed.disk.is_file()):
             return None
@@ -99,18 +101,18 @@ class SeedStore:
     def publish(self, key: str, staging: Path, template: Template, cpu: int, mem_mb: int,
                 disk_size_mb: int, image_path: str) -> Seed:
         """Mark ``staging`` complete and move it into place (atomic rename)."""
-        (staging / "seed.json").write_text(json.dumps({
-            "templateId": template.id, "cpu": cpu, "memMb": mem_mb,
-            "diskSizeMb": disk_size_mb, "imagePath": image_path,
-            "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
+        seed = Seed(key=key, path=self.seeds_dir / key, template_id=template.id, cpu=cpu,
+                    mem_mb=mem_mb, disk_size_mb=disk_size_mb, image_path=image_path,
+                    created_at=now_iso())
+        (staging / SEED_META).write_text(json.dumps(to_json(seed, SEED_FIELDS), indent=2))
         (staging / "disk.qcow2").chmod(0o444)
         share_with_qemu(staging)  # its disk backs clones' disks: QEMU must reach it
         target = self.seeds_dir / key
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
-        seed = self.load(key)
-        assert seed is not None
-        return seed
+        loaded = self.load(key)
+        assert loaded is not None
+        return loaded
 
     @contextlib.contextmanager
     def build_lock(self, key: str, timeout: float) -> t.Iterator[None]:

@@ -19,7 +19,6 @@ metadata, and a snapshot is in use, and cannot be deleted, while any such VM exi
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import logging
 import os
@@ -30,10 +29,12 @@ import typing as t
 import uuid
 from pathlib import Path
 
+from app.clock import now_iso
 from app.config import Settings
 from app.errors import (AppError, GuestUnreachable, HypervisorError, InvalidRequest,
                         SnapshotInUse, SnapshotNotFound, VmNotFound, VmStateConflict)
 from app.models import Snapshot, Template, VmRecord, VmSpec, VmState
+from app.persist import SNAPSHOT_FIELDS, snapshot_from_json, to_json
 from app.services.addresses import allocation_lock
 from app.services.capacity import DiskBudget, allocated_mb
 from app.services.templates import ImageBuild, TemplateCatalog
@@ -133,11 +134,8 @@ class SnapshotStore:
 
     def publish(self, staging: Path, snapshot: Snapshot) -> None:
         """Write ``snapshot.json`` and rename the staging directory to the snapshot's id."""
-        fields = {"id": snapshot.id, "kind": snapshot.kind, "createdAt": snapshot.created_at,
-                  "cpu": snapshot.cpu, "memMb": snapshot.mem_mb, "imageId": snapshot.image_id,
-                  "sourceVmId": snapshot.source_vm_id, "hasOverlay": snapshot.has_overlay,
-                  "imagePath": snapshot.image_path, "diskSizeMb": snapshot.disk_size_mb}
-        (staging / META).write_text(json.dumps(fields, indent=2) + "\n")
+        (staging / META).write_text(
+            json.dumps(to_json(snapshot, SNAPSHOT_FIELDS), indent=2) + "\n")
         for name in (DISK, META):  # on disk before the rename makes them visible
             _fsync(staging / name)
         os.rename(staging, self._folder(snapshot.id))
@@ -173,10 +171,7 @@ class SnapshotStore:
     def _read(self, folder: Path) -> Snapshot | None:
         try:
             data = json.loads((folder / META).read_text())
-            return Snapshot(id=data["id"], created_at=data["createdAt"], cpu=int(data["cpu"]),
-                            mem_mb=int(data["memMb"]), image_id=data["imageId"],
-                            source_vm_id=data["sourceVmId"], image_path=data["imagePath"],
-                            disk_size_mb=int(data["diskSizeMb"]), disk_path=str(folder / DISK))
+            return snapshot_from_json(data, disk_path=str(folder / DISK))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("unreadable snapshot skipped path=%s error=%s", folder, exc)
             return None
@@ -223,7 +218,7 @@ class SnapshotService:
             image = self.templates.build_at(Path(record.image_path)).disk
             snapshot_id = str(uuid.uuid4())
             snapshot = Snapshot(
-                id=snapshot_id, created_at=_now(), cpu=record.cpu, mem_mb=record.mem_mb,
+                id=snapshot_id, created_at=now_iso(), cpu=record.cpu, mem_mb=record.mem_mb,
                 image_id=record.image_id, source_vm_id=record.id, image_path=str(image),
                 disk_size_mb=record.disk_size_mb,
                 disk_path=str(self.store.disk_path(snapshot_id)))
@@ -360,11 +355,6 @@ class SnapshotService:
             except AppError as exc:
                 log.warning("snapshot kept snapshot=%s reason=%s", snapshot.id, exc.message)
         return count
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
 
 
 def _fsync(path: Path) -> None:
