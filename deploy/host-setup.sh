@@ -125,7 +125,7 @@ stamp="$VENV/.rds-installed"
 if [ ! -f "$stamp" ] || [ "$REPO_ROOT/setup.cfg" -nt "$stamp" ]; then
     log "installing the app and its dependencies into $VENV"
     pip_log="$(mktemp)"
-    if ! timeout 1200 "$VENV/bin/pip" install -q -e "$REPO_ROOT[test]" >"$pip_log" 2>&1; then
+    if ! timeout 1200 "$VENV/bin/pip" install -q -e "${REPO_ROOT}[test]" >"$pip_log" 2>&1; then
         cat "$pip_log" >&2
         exit 1
     fi
