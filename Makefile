@@ -3,6 +3,11 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# What shellcheck checks: every shell script (busybox's are checked as dash and the sourced
+# run-ts as bash, by their directives). kill-marked is Perl: perl -c.
+SHELL_SCRIPTS := .ci/run deploy/host-setup.sh guest/initrd/init guest/rootfs/usr/sbin/shutdown \
+	$(addprefix guest/rootfs/etc/rds/,rc.boot rc.shutdown run-guest-agent run-sshd) \
+	$(addprefix guest/rootfs/usr/local/lib/rds/,deno-spare pack reidentify run-ts settle untar)
 
 .PHONY: run test setup image unit integration lint clean-vms bench
 
@@ -26,8 +31,12 @@ unit: setup
 integration: image
 	$(PY) -m pytest -v -m integration tests/integration
 
-lint: setup
+## make lint: import contracts, ruff, shellcheck (needs the virtualenv and shellcheck, not root)
+lint:
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
+	shellcheck -x $(SHELL_SCRIPTS)
+	perl -c guest/rootfs/usr/local/lib/rds/kill-marked
 
 ## make clean-vms: delete every VM of this service and leftovers of crashed runs
 clean-vms: setup

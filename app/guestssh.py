@@ -8,6 +8,7 @@ by the manager and pinned here. The only module that imports paramiko.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import heapq
 import io
@@ -74,7 +75,7 @@ class Watchdog:
                     continue
             try:
                 callback()
-            except Exception:  # noqa: BLE001 - a failing callback must not stop the others
+            except Exception:  # a failing callback must not stop the others
                 log.exception("watchdog callback failed")
 
 
@@ -344,10 +345,9 @@ def _within(phase_timeout: float, deadline: float) -> float:
 
 
 def _close_quietly(closable: t.Any) -> None:
-    try:
+    # Closing a broken channel or socket may fail; fine.
+    with contextlib.suppress(Exception):
         closable.close()
-    except Exception:  # noqa: BLE001 - closing a broken channel or socket may fail; fine
-        pass
 
 
 def _timed_out(started: float) -> CommandResult:

@@ -23,9 +23,9 @@ import paramiko
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from app import create_app  # noqa: E402
-from app.guestssh import GuestTransport, parse_public_key  # noqa: E402
-from bench.common import fmt, machine, stats  # noqa: E402
+from app import create_app
+from app.guestssh import GuestTransport, parse_public_key
+from bench.common import fmt, machine, stats
 
 KEY = "bench-key"
 H = {"X-API-Key": KEY}

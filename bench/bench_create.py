@@ -29,13 +29,13 @@ import paramiko
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from app import create_app  # noqa: E402
-from app.models import ProvisionMode, VmPhase, VmRecord  # noqa: E402
-from app.sshkeys import generate_keypair, write_private  # noqa: E402
-from app.virt.domain_xml import (BootFiles, DomainParams, build_domain_xml,  # noqa: E402
+from app import create_app
+from app.models import ProvisionMode, VmPhase, VmRecord
+from app.sshkeys import generate_keypair, write_private
+from app.virt.domain_xml import (BootFiles, DomainParams, build_domain_xml,
                                  kernel_cmdline)
-from app.virt.qemu_access import prepare_vm_dir, share_with_qemu  # noqa: E402
-from bench.common import fmt, machine, stats  # noqa: E402
+from app.virt.qemu_access import prepare_vm_dir, share_with_qemu
+from bench.common import fmt, machine, stats
 
 KEY = "bench-key"
 BODY = {"cpu": 1, "memMb": 256, "allowIps": ["172.16.0.1/32"], "outboundInternet": True}

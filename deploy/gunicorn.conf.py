@@ -1,4 +1,4 @@
-"""gunicorn settings for run-dat-sheesh (``gunicorn -c deploy/gunicorn.conf.py 'app:create_app()'``).
+"""run-dat-sheesh's gunicorn settings: ``gunicorn -c deploy/gunicorn.conf.py 'app:create_app()'``.
 
 Threads, not more processes: a create holds its request for a whole boot (TCG: ~15 s), and
 the work is I/O-bound (libvirt, SSH). Several workers are fine: libvirt holds all VM state

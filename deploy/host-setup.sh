@@ -24,7 +24,7 @@ PACKAGES=(
     libvirt-dev pkg-config gcc python3-dev python3-venv
     dnsmasq-base iptables ebtables nftables ipset iproute2
     debootstrap busybox-static cpio kmod e2fsprogs xz-utils wget ca-certificates
-    openssh-client nginx make tini
+    openssh-client nginx make tini shellcheck
 )
 
 missing=()

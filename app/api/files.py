@@ -65,7 +65,7 @@ class UploadBody:
             data = self._stream.read(size)
         except HTTPException:
             raise  # werkzeug's ClientDisconnected: a 400 already
-        except Exception as exc:  # noqa: BLE001 - the server's own (gunicorn: NoMoreData, ...)
+        except Exception as exc:  # the server's own (gunicorn: NoMoreData, ...)
             raise InvalidRequest(f"the upload body could not be read "
                                  f"({type(exc).__name__}: {exc})") from exc
         self.consumed += len(data)

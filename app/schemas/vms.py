@@ -84,7 +84,3 @@ class VmSchema(Schema):
     def get_attribute(self, obj, attr, default):  # VmState enum -> its value
         value = super().get_attribute(obj, attr, default)
         return getattr(value, "value", value)
-
-
-class VmIdPathSchema(Schema):
-    id = fields.String(required=True)

@@ -15,5 +15,5 @@ def quietly(action: t.Callable[..., t.Any], *args: t.Any) -> None:
         action(*args)
     except AppError as exc:
         log.warning("cleanup step failed step=%s error=%s", action.__name__, exc.message)
-    except Exception:  # noqa: BLE001 - cleanup must continue whatever happened
+    except Exception:  # cleanup must continue whatever happened
         log.exception("cleanup step failed step=%s", action.__name__)

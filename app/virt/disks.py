@@ -29,11 +29,6 @@ def create_overlay(backing: Path, overlay: Path, size_mb: int,
     log.debug("overlay created path=%s backing=%s size_mb=%s", overlay, backing, size_mb)
 
 
-def virtual_size_mb(image: Path, timeout: float = QEMU_IMG_TIMEOUT) -> int:
-    info = json.loads(_qemu_img(["info", "--output=json", "-U", str(image)], timeout))
-    return int(info["virtual-size"]) // (1024 * 1024)
-
-
 def backing_file(image: Path, timeout: float = QEMU_IMG_TIMEOUT) -> Path | None:
     """The file ``image`` is directly backed by, or None."""
     info = json.loads(_qemu_img(["info", "--output=json", "-U", str(image)], timeout))

@@ -241,8 +241,8 @@ def build_initrd(rootfs: Path, kver: str, out: Path, work: Path) -> None:
         (tree / sub).mkdir(parents=True, exist_ok=True)
     shutil.copy2(rootfs / "bin/busybox", tree / "bin/busybox")
     shutil.copy2(GUEST_DIR / "initrd/init", tree / "init")
-    shown = run(["modprobe", "-d", str(rootfs), "-S", kver, "--show-depends", "-a", *INITRD_MODULES],
-                capture_output=True, text=True, timeout=60).stdout
+    shown = run(["modprobe", "-d", str(rootfs), "-S", kver, "--show-depends", "-a",
+                 *INITRD_MODULES], capture_output=True, text=True, timeout=60).stdout
     order: list[str] = []
     for line in shown.splitlines():
         parts = line.split()

@@ -38,7 +38,7 @@ def test_concurrent_restores_get_their_own_identity(api):
     try:
         assert [vm["provisionMode"] for vm in vms] == ["snapshot", "snapshot"]
         seen = [_identity(api, vm) for vm in vms]
-        for vm, identity in zip(vms, seen):
+        for vm, identity in zip(vms, seen, strict=True):
             assert identity["hostname"] == vm["name"]
             assert f" {vm['guestIp']}/" in identity["addr"]
             # The guest's clock was set on restore (the seed's stopped when it was saved).

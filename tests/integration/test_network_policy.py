@@ -3,6 +3,7 @@ bridge (172.16.0.1) and on addresses of a dummy interface it adds to this host. 
 any address that is not on this machine."""
 from __future__ import annotations
 
+import functools
 import http.server
 import subprocess
 import threading
@@ -185,7 +186,7 @@ def test_wide_ranges_never_open_the_host_or_link_local(api, closed_vm, bridge_li
     targets = {BRIDGE_IP: bridge_listener, **host_listeners}
     for address, port in targets.items():
         expected = address in opened
-        assert _eventually(lambda: _connects(api, closed_vm, address, port),
+        assert _eventually(functools.partial(_connects, api, closed_vm, address, port),
                            expected) is expected, (allow_ips, address)
     _put_policy(api, closed_vm, [], False)
 

@@ -22,7 +22,7 @@ def vm(api):
 
 
 def test_create_returns_running_vm_that_runs_commands(vm, services):
-    assert CONTRACT_FIELDS <= set(vm)
+    assert set(vm) >= CONTRACT_FIELDS
     assert vm["state"] == "RUNNING"
     assert (vm["cpu"], vm["memMb"]) == (1, 256)
     assert vm["allowIps"] == ["172.16.0.1/32"] and vm["outboundInternet"] is True

@@ -100,10 +100,9 @@ class SshServer:
             threading.Thread(target=self._negotiate, args=(transport,), daemon=True).start()
 
     def _negotiate(self, transport: paramiko.Transport) -> None:
-        try:
+        # The client may walk away (e.g. it rejects our host key).
+        with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
             transport.start_server(server=NullServer(self.client_key))
-        except (paramiko.SSHException, EOFError, OSError):
-            pass  # the client walked away (e.g. it rejected our host key)
 
     def close(self) -> None:
         self._stop.set()

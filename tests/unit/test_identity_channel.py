@@ -43,7 +43,8 @@ def fake_guest(path: str, answer: bytes | None) -> tuple[threading.Thread, list[
 
 def send(path: str, **overrides: t.Any) -> None:
     args = {"mac": "52:54:00:10:00:05", "address": "172.16.0.5/24", "gateway": "172.16.0.1",
-            "hostname": "rds-0b5c1a3e", "public_key": "ssh-ed25519 AAAAC3 rds", "host_key": KEY, "timeout": 5.0, **overrides}
+            "hostname": "rds-0b5c1a3e", "public_key": "ssh-ed25519 AAAAC3 rds", "host_key": KEY,
+            "timeout": 5.0, **overrides}
     send_identity(path, **args)
 
 

@@ -14,7 +14,8 @@ BYPASSES_OF_THE_OLD_BLOCKLIST = ["-qA", "-RW", "-R/", "-W/", "-Nhost", "-Pdefaul
 @pytest.mark.parametrize("flag", BYPASSES_OF_THE_OLD_BLOCKLIST + [
     "-A", "--allow-all", "--allow-read=/", "--allow-run", "-R", "--permission-set=x",
     "--unsafely-ignore-certificate-errors", "--inspect", "--inspect-brk=0.0.0.0:9229",
-    "--v8-flags=--allow-natives-syntax", "--v8-flags=--max-old-space-size=64,--allow-natives-syntax",
+    "--v8-flags=--allow-natives-syntax",
+    "--v8-flags=--max-old-space-size=64,--allow-natives-syntax",
     "--env-file=/etc/shadow", "--config=/tmp/deno.json", "--import-map=/tmp/m.json",
     "--preload=/tmp/x.ts", "--cert=/tmp/ca.pem", "--location=file:///etc/passwd",
     "--seed=1 --allow-all", "--unstable --allow-all", "not-a-flag", "--", "", "-",

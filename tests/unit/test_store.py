@@ -80,7 +80,7 @@ def test_unterminated_statement_is_refused():
 def _open_in_child(path: str, queue: multiprocessing.Queue) -> None:
     try:
         queue.put(Store(path).open())
-    except Exception as exc:  # reported to the parent, which fails the test
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the test
         queue.put(repr(exc))
 
 
@@ -107,10 +107,9 @@ def test_transaction_commits_or_rolls_back(tmp_path):
     store.open()
     with store.transaction() as conn:
         conn.execute("INSERT INTO sessions VALUES ('a', 'e', 'f', 1, 1, NULL)")
-    with pytest.raises(RuntimeError):
-        with store.transaction() as conn:
-            conn.execute("INSERT INTO sessions VALUES ('b', 'e', 'f', 1, 1, NULL)")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), store.transaction() as conn:
+        conn.execute("INSERT INTO sessions VALUES ('b', 'e', 'f', 1, 1, NULL)")
+        raise RuntimeError("boom")
     with store.transaction(write=False) as conn:
         assert [row["id_hash"] for row in conn.execute("SELECT id_hash FROM sessions")] == ["a"]
 
@@ -118,9 +117,8 @@ def test_transaction_commits_or_rolls_back(tmp_path):
 def test_sqlite_errors_become_store_unavailable(tmp_path):
     store = Store(tmp_path / "state.db")
     store.open()
-    with pytest.raises(StoreUnavailable, match="state database"):
-        with store.transaction() as conn:
-            conn.execute("SELECT * FROM no_such_table")
+    with pytest.raises(StoreUnavailable, match="state database"), store.transaction() as conn:
+        conn.execute("SELECT * FROM no_such_table")
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(StoreUnavailable):
         Store(tmp_path / "dir.db").open()

@@ -28,6 +28,7 @@ for module in virtio_net qemu_fw_cfg virtio_console virtio_rng; do
 done
 
 ip=""; gateway=""; name="rds-guest"
+# shellcheck disable=SC2013  # /proc/cmdline: one line of parameters, split into words on purpose
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         rds.ip=*) ip="${arg#rds.ip=}" ;;
