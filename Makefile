@@ -25,7 +25,10 @@ setup:
 image: setup
 	$(PY) guest/build/build_image.py
 
-unit: setup
+## make unit: the unit tests alone: no root, no libvirt (makes a virtualenv with .[test])
+unit:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[test]'
 	$(PY) -m pytest -v tests/unit
 
 integration: image

@@ -15,7 +15,6 @@ def vm_name(vm_id: str) -> str:
 
 
 class VmState(str, enum.Enum):
-    CREATED = "CREATED"
     STARTING = "STARTING"
     RUNNING = "RUNNING"
     STOPPING = "STOPPING"

@@ -71,8 +71,9 @@ def raw_boot(services, workdir: pathlib.Path) -> float:
     record = VmRecord(id="00000000-0000-4000-8000-0000000000be", name="rds-bench-raw", cpu=1,
                       mem_mb=256, guest_ip=RAW_IP, mac="52:54:00:10:00:fa", allow_ips=(),
                       outbound_internet=False, image_id=template.id, image_path=str(build.path),
-                      disk_size_mb=build.disk_size_mb, created_at="", provision_mode=ProvisionMode.BOOT,
-                      host_key=host_key.public_openssh, phase=VmPhase.STARTING)
+                      disk_size_mb=build.disk_size_mb, created_at="",
+                      provision_mode=ProvisionMode.BOOT, host_key=host_key.public_openssh,
+                      phase=VmPhase.STARTING)
     cmdline = kernel_cmdline(template.kernel_cmdline, services.domain_type,
                              f"rds.ip={RAW_IP}/24 rds.gw={settings.gateway_ip} "
                              f"rds.hostname=rds-bench-raw")

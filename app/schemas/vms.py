@@ -67,7 +67,7 @@ class VmSchema(Schema):
     name = fields.String(dump_only=True,
                          metadata={"description": "libvirt domain name (virsh)"})
     state = fields.String(dump_only=True, validate=validate.OneOf(
-        ["CREATED", "STARTING", "RUNNING", "STOPPING", "STOPPED", "ERROR"]))
+        ["STARTING", "RUNNING", "STOPPING", "STOPPED", "ERROR"]))
     cpu = fields.Integer(dump_only=True)
     memMb = fields.Integer(dump_only=True, attribute="mem_mb")
     guestIp = fields.String(dump_only=True, attribute="guest_ip")

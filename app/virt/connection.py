@@ -22,6 +22,7 @@ import libvirt_qemu
 
 from app.errors import FilterNotFound, HypervisorError, VmNotFound
 from app.models import NAME_PREFIX, DomainInfo
+import contextlib
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +108,8 @@ class Hypervisor:
         with self._lock:
             if self._conn is conn:
                 self._conn = None
-        try:
+        with contextlib.suppress(libvirt.libvirtError):
             conn.close()
-        except libvirt.libvirtError:
-            pass
 
     def _connection(self) -> t.Any:
         with self._lock:
@@ -374,11 +373,9 @@ class Hypervisor:
 
     def undefine_filter(self, name: str) -> None:
         """Remove a filter; one that does not exist is fine."""
-        try:
+        with contextlib.suppress(FilterNotFound):
             self._call("undefine nwfilter",
                        lambda conn: conn.nwfilterLookupByName(name).undefine())
-        except FilterNotFound:
-            pass
 
     def create_filter_binding(self, xml: str) -> None:
         """Instantiate a filter on a tap (``virNWFilterBindingCreateXML``); returns once its

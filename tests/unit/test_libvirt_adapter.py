@@ -7,11 +7,11 @@ import pytest
 
 pytest.importorskip("libvirt", reason="libvirt-python is not installed here")
 
-from app.errors import HypervisorError, VmNotFound  # noqa: E402 - only with libvirt-python
-from app.virt.connection import Hypervisor  # noqa: E402
-from app.virt.domain_xml import (METADATA_NS, METADATA_PREFIX, metadata_xml,  # noqa: E402
+from app.errors import HypervisorError, VmNotFound
+from app.virt.connection import Hypervisor
+from app.virt.domain_xml import (METADATA_NS, METADATA_PREFIX, metadata_xml,
                                  parse_metadata)
-from tests.unit.fakes import record  # noqa: E402
+from tests.unit.fakes import record
 
 NODE = """<node>
   <cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads>

@@ -55,10 +55,9 @@ def test_macs_are_unique_across_a_large_network():
 
 def test_allocation_lock_times_out_while_held(tmp_path):
     lock = tmp_path / "locks" / "allocation.lock"
-    with allocation_lock(lock, timeout=1.0):
-        with pytest.raises(HostBusy, match="busy"):
-            with allocation_lock(lock, timeout=0.1):
-                pass
+    with allocation_lock(lock, timeout=1.0), pytest.raises(HostBusy, match="busy"), \
+            allocation_lock(lock, timeout=0.1):
+        pass
     with allocation_lock(lock, timeout=0.1):
         pass  # released again
 
