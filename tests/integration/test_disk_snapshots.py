@@ -1,9 +1,10 @@
-"""Disk snapshots on real VMs, in file order, with four boots in all:
+"""Disk snapshots on real VMs, with four boots in all. Each stage is a module-scoped fixture,
+made on first use, so any test runs alone (``-k``) with what it needs:
 
-A (source) writes a marker without syncing and is snapshotted RUNNING (S1) -> B is created from
-S1 -> A is deleted, S1 survives and C is created from it (alias field) -> S1 cannot be deleted
-while B and C exist -> B, a VM on top of S1, is stopped and snapshotted (S2) -> B, C and S1 are
-deleted -> D is created from S2 alone -> everything is deleted and nothing is left on disk.
+``s1``: A (source) writes a marker without syncing and is snapshotted RUNNING -> ``b``: a VM
+created from S1 -> ``c``: A is deleted, S1 survives and C is created from it (alias field) ->
+``s2``: B, a VM on top of S1, is stopped and snapshotted -> a VM created from S2 alone. At the
+end everything is deleted and nothing is left on disk (checked when the module ends).
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ class Snapshots:
         self.api = api
         self.ids: list[str] = []
         self.vm_ids: list[str] = []
-        self.state: dict[str, t.Any] = {}  # what the steps hand on to later steps
 
     def take(self, vm_id: str) -> dict:
         started = time.monotonic()
@@ -58,23 +58,50 @@ class Snapshots:
 
 
 @pytest.fixture(scope="module")
-def snapshots_dir(services):
-    """The snapshot directory, and what was in it before this module ran."""
+def snaps(api, services):
+    """Every snapshot and VM of this module, deleted at its end; then the snapshot directory
+    must hold what it held before."""
     folder = services.settings.snapshots_dir
     before = set(folder.iterdir()) if folder.is_dir() else set()
-    return folder, before
-
-
-@pytest.fixture(scope="module")
-def snaps(api, snapshots_dir):
     tracker = Snapshots(api)
     yield tracker
     tracker.cleanup()
+    for snapshot_id in tracker.ids:
+        assert api.request("GET", f"/v1/snapshots/{snapshot_id}").status_code == 404
+    assert (set(folder.iterdir()) if folder.is_dir() else set()) == before
 
 
 @pytest.fixture(scope="module")
 def source(snaps):
     return snaps.create_vm()
+
+
+@pytest.fixture(scope="module")
+def s1(api, snaps, source):
+    """S1: the source VM snapshotted RUNNING with a marker it never synced."""
+    # No sync: the marker is only in the guest's page cache when the snapshot starts.
+    exec_ok(api, source["id"], f"echo {MARKER} > /workspace/marker.txt")
+    return snaps.take(source["id"])
+
+
+@pytest.fixture(scope="module")
+def b(snaps, s1):
+    return snaps.create_vm(snapshotId=s1["id"])
+
+
+@pytest.fixture(scope="module")
+def c(api, snaps, source, s1):
+    """C, from S1 through the alias field, after S1's source VM was deleted."""
+    api.delete_vm(source["id"])
+    return snaps.create_vm(userOverlaySnapshotId=s1["id"])
+
+
+@pytest.fixture(scope="module")
+def s2(api, snaps, b):
+    """S2: B (a VM on top of S1) stopped and snapshotted, with a second file."""
+    exec_ok(api, b["id"], "echo second > /workspace/second.txt")
+    assert api.request("POST", f"/v1/vms/{b['id']}/stop").status_code == 204
+    return snaps.take(b["id"])
 
 
 def cat(api: Api, vm_id: str, path: str) -> str:
@@ -99,11 +126,8 @@ def test_unknown_snapshot_on_create_is_404_and_creates_nothing(api):
         assert api.request("DELETE", path).status_code == 404
 
 
-def test_snapshot_of_a_running_vm_keeps_unsynced_writes(api, snaps, source, services):
-    # No sync: the marker is only in the guest's page cache when the snapshot starts.
-    exec_ok(api, source["id"], f"echo {MARKER} > /workspace/marker.txt")
-    snapshot = snaps.take(source["id"])
-    snaps.state["s1"] = snapshot
+def test_snapshot_of_a_running_vm_keeps_unsynced_writes(api, source, s1, services):
+    snapshot = s1
     assert {key: snapshot[key] for key in ("kind", "hasOverlay", "cpu", "memMb", "imageId",
                                            "sourceVmId")} == {
         "kind": "user_overlay", "hasOverlay": True, "cpu": SEED_BODY["cpu"],
@@ -124,40 +148,32 @@ def test_snapshot_of_a_running_vm_keeps_unsynced_writes(api, snaps, source, serv
     assert info["full-backing-filename"] == meta["imagePath"]
 
 
-def test_vm_from_the_snapshot_sees_the_marker(api, snaps):
-    snapshot = snaps.state["s1"]
-    vm = snaps.create_vm(snapshotId=snapshot["id"])
-    snaps.state["b"] = vm
+def test_vm_from_the_snapshot_sees_the_marker(api, s1, b):
+    snapshot, vm = s1, b
     assert vm["snapshotId"] == snapshot["id"] and vm["state"] == "RUNNING"
     assert cat(api, vm["id"], "/workspace/marker.txt") == MARKER
     exec_ok(api, vm["id"], "test ! -e /workspace/after.txt")  # written after the snapshot
 
 
-def test_snapshot_survives_deleting_its_source_vm(api, snaps, source):
-    snapshot = snaps.state["s1"]
-    api.delete_vm(source["id"])
+def test_snapshot_survives_deleting_its_source_vm(api, source, s1, c):
+    snapshot, vm = s1, c
+    assert api.request("GET", f"/v1/vms/{source['id']}").status_code == 404
     assert api.request("GET", f"/v1/snapshots/{snapshot['id']}").status_code == 200
-    vm = snaps.create_vm(userOverlaySnapshotId=snapshot["id"])
-    snaps.state["c"] = vm
     assert vm["snapshotId"] == snapshot["id"]
     assert cat(api, vm["id"], "/workspace/marker.txt") == MARKER
 
 
-def test_snapshot_in_use_cannot_be_deleted(api, snaps):
-    snapshot = snaps.state["s1"]
+def test_snapshot_in_use_cannot_be_deleted(api, s1, b, c):
+    snapshot = s1
     response = api.request("DELETE", f"/v1/snapshots/{snapshot['id']}")
     assert response.status_code == 409, response.json
-    for vm in (snaps.state["b"], snaps.state["c"]):
+    for vm in (b, c):
         assert vm["id"] in response.json["message"]
     assert api.request("GET", f"/v1/snapshots/{snapshot['id']}").status_code == 200
 
 
-def test_snapshot_of_a_stopped_vm_on_a_snapshot_stands_alone(api, snaps, services):
-    first, vm = snaps.state["s1"], snaps.state["b"]
-    exec_ok(api, vm["id"], "echo second > /workspace/second.txt")
-    assert api.request("POST", f"/v1/vms/{vm['id']}/stop").status_code == 204
-    second = snaps.take(vm["id"])
-    snaps.state["s2"] = second
+def test_snapshot_of_a_stopped_vm_on_a_snapshot_stands_alone(api, services, s1, b, c, s2):
+    first, vm, second = s1, b, s2
     assert second["sourceVmId"] == vm["id"]
     # B's overlay is backed by S1's disk; S2's disk is rebased onto the template image.
     disk = services.settings.snapshots_dir / second["id"] / "disk.qcow2"
@@ -167,7 +183,7 @@ def test_snapshot_of_a_stopped_vm_on_a_snapshot_stands_alone(api, snaps, service
 
     # Stopped counts as in use too; deleting both VMs frees S1.
     assert api.request("DELETE", f"/v1/snapshots/{first['id']}").status_code == 409
-    for user in (vm, snaps.state["c"]):
+    for user in (vm, c):
         api.delete_vm(user["id"])
     response = api.request("DELETE", f"/v1/snapshots/{first['id']}")
     assert response.status_code == 204, response.json
@@ -175,17 +191,10 @@ def test_snapshot_of_a_stopped_vm_on_a_snapshot_stands_alone(api, snaps, service
     assert api.request("DELETE", f"/v1/snapshots/{first['id']}").status_code == 404
 
 
-def test_vm_from_the_second_snapshot_needs_nothing_else(api, snaps):
-    second = snaps.state["s2"]
+def test_vm_from_the_second_snapshot_needs_nothing_else(api, snaps, s2):
+    second = s2
     vm = snaps.create_vm(snapshotId=second["id"])
     assert cat(api, vm["id"], "/workspace/marker.txt") == MARKER
     assert cat(api, vm["id"], "/workspace/second.txt") == "second"
     api.delete_vm(vm["id"])
     assert api.request("DELETE", f"/v1/snapshots/{second['id']}").status_code == 204
-
-
-def test_nothing_is_left_on_disk(api, snaps, snapshots_dir):
-    folder, before = snapshots_dir
-    for snapshot_id in snaps.ids:
-        assert api.request("GET", f"/v1/snapshots/{snapshot_id}").status_code == 404
-    assert set(folder.iterdir()) == before
