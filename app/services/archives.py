@@ -25,18 +25,14 @@ import typing as t
 
 from app.errors import InvalidRequest, PayloadTooLarge
 from app.services.strict_gzip import StrictGzipReader
+from app.services.tar_headers import CheckedInfo, CheckedTarFile, shown
 
 ENCODING = "utf-8"
 MAX_NAME_BYTES = 4096  # PATH_MAX
-MAX_EXTENDED_HEADER_BYTES = 64 * 1024  # one pax or GNU long-name/long-link header
-MAX_EXTENDED_CHAIN = 8  # extended headers in front of one entry
-MAX_GLOBAL_HEADER_BYTES = 64 * 1024  # all pax global headers together
 HEADER_ROOM_PER_ENTRY = 4 * 1024  # inflated bytes allowed besides data: headers, padding
 HEADER_ROOM = 1024 * 1024  # ... and the end-of-archive blocks and record padding
 MAX_MTIME = 8 ** 11 - 1  # what a ustar header holds (no pax record needed)
 STREAM_BUFSIZE = 64 * 1024
-EXTENDED_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
-                  tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
 FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 NOT_A_HEADER = b"\xff" * tarfile.BLOCKSIZE
 
@@ -111,7 +107,7 @@ def repack_archive(fileobj: t.BinaryIO, limits: ArchiveLimits, sink: Sink) -> Ar
 
 
 def _repack(source: StrictGzipReader, ledger: _Ledger, output: _Output) -> None:
-    with _CheckedTarFile.open(fileobj=source, mode="r|", tarinfo=_CheckedInfo,
+    with CheckedTarFile.open(fileobj=source, mode="r|", tarinfo=CheckedInfo,
                               encoding=ENCODING, errors="surrogateescape",
                               bufsize=STREAM_BUFSIZE) as archive, \
             tarfile.open(fileobj=output, mode="w|", format=tarfile.PAX_FORMAT,
@@ -157,45 +153,45 @@ def check_member(member: tarfile.TarInfo) -> None:
     if not name:
         raise InvalidRequest("archive has an entry with an empty name")
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise InvalidRequest(f"archive entry {_shown(name)} has an absolute path")
+        raise InvalidRequest(f"archive entry {shown(name)} has an absolute path")
     if ".." in name.replace("\\", "/").split("/"):
-        raise InvalidRequest(f"archive entry {_shown(name)} contains '..'")
+        raise InvalidRequest(f"archive entry {shown(name)} contains '..'")
     if any(key.startswith("GNU.sparse.") for key in member.pax_headers):
-        raise InvalidRequest(f"archive entry {_shown(name)} is a GNU sparse file (not allowed)")
+        raise InvalidRequest(f"archive entry {shown(name)} is a GNU sparse file (not allowed)")
     if member.type == tarfile.LNKTYPE:
-        raise InvalidRequest(f"archive entry {_shown(name)} is a hard link (not allowed)")
+        raise InvalidRequest(f"archive entry {shown(name)} is a hard link (not allowed)")
     if member.type == tarfile.SYMTYPE:
         _check_symlink(member)
     elif member.type in (tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE):
         kind = "fifo" if member.type == tarfile.FIFOTYPE else "device node"
-        raise InvalidRequest(f"archive entry {_shown(name)} is a {kind} (not allowed)")
+        raise InvalidRequest(f"archive entry {shown(name)} is a {kind} (not allowed)")
     elif member.type not in (*FILE_TYPES, tarfile.DIRTYPE):
-        raise InvalidRequest(f"archive entry {_shown(name)} has an unsupported type "
+        raise InvalidRequest(f"archive entry {shown(name)} has an unsupported type "
                              f"{member.type!r} (only files, directories and symlinks)")
     if posixpath.normpath(name) == "." and member.type != tarfile.DIRTYPE:
-        raise InvalidRequest(f"archive entry {_shown(name)} names the root, not as a directory")
+        raise InvalidRequest(f"archive entry {shown(name)} names the root, not as a directory")
 
 
 def _check_symlink(member: tarfile.TarInfo) -> None:
     name, target = member.name, member.linkname
     _check_text(name, "symlink target", target)
     if not target:
-        raise InvalidRequest(f"archive entry {_shown(name)} is a symlink to nothing")
+        raise InvalidRequest(f"archive entry {shown(name)} is a symlink to nothing")
     if target.startswith("/"):
         raise InvalidRequest(
-            f"archive entry {_shown(name)} is a symlink to an absolute path {_shown(target)}")
+            f"archive entry {shown(name)} is a symlink to an absolute path {shown(target)}")
     resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
     if resolved == ".." or resolved.startswith("../") or resolved.startswith("/"):
-        raise InvalidRequest(f"archive entry {_shown(name)} is a symlink pointing outside the "
-                             f"archive ({_shown(target)})")
+        raise InvalidRequest(f"archive entry {shown(name)} is a symlink pointing outside the "
+                             f"archive ({shown(target)})")
     # 'a/..' only looks like '.': when 'a' is a symlink it leads wherever 'a' does, plus one
     # level up. Leading '..' climb through the link's own directories, which are real ones
     # (nothing is extracted below a symlink of the archive).
     down = False
     for part in target.split("/"):
         if part == ".." and down:
-            raise InvalidRequest(f"archive entry {_shown(name)} is a symlink that goes back up "
-                                 f"after going down ({_shown(target)}); only leading '..' "
+            raise InvalidRequest(f"archive entry {shown(name)} is a symlink that goes back up "
+                                 f"after going down ({shown(target)}); only leading '..' "
                                  f"are allowed")
         down = down or part not in ("", ".", "..")
 
@@ -205,18 +201,14 @@ def _check_text(name: str, what: str, value: str) -> None:
     try:
         size = len(value.encode(ENCODING))
     except UnicodeEncodeError:
-        raise InvalidRequest(f"archive entry {_shown(name)} has a {what} that is not valid "
+        raise InvalidRequest(f"archive entry {shown(name)} has a {what} that is not valid "
                              f"UTF-8") from None
     if size > MAX_NAME_BYTES:
-        raise InvalidRequest(f"archive entry {_shown(name)} has a {what} longer than "
+        raise InvalidRequest(f"archive entry {shown(name)} has a {what} longer than "
                              f"{MAX_NAME_BYTES} bytes")
     if "\0" in value or "\n" in value:
-        raise InvalidRequest(f"archive entry {_shown(name)} has a control character (NUL or "
+        raise InvalidRequest(f"archive entry {shown(name)} has a control character (NUL or "
                              f"newline) in its {what}")
-
-
-def _shown(text: str) -> str:
-    return repr(text) if len(text) <= 200 else f"{text[:200]!r}..."
 
 
 def _clean_info(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
@@ -274,7 +266,7 @@ class _Ledger:
         if self.entries > self.limits.max_entries:
             raise PayloadTooLarge(f"archive has more than {self.limits.max_entries} entries")
         if member.size < 0:
-            raise InvalidRequest(f"archive entry {_shown(member.name)} has a negative size")
+            raise InvalidRequest(f"archive entry {shown(member.name)} has a negative size")
         check_member(member)
         if member.type in FILE_TYPES:
             self.total += member.size
@@ -303,65 +295,8 @@ class _Ledger:
             if key not in self._symlinks:
                 continue
             if depth == len(parts):
-                raise InvalidRequest(f"archive entry {_shown(name)} would replace a symlink "
+                raise InvalidRequest(f"archive entry {shown(name)} would replace a symlink "
                                      f"of the archive")
-            raise InvalidRequest(f"archive entry {_shown(name)} lies below the symlink "
-                                 f"{_shown('/'.join(parts[:depth]))}")
+            raise InvalidRequest(f"archive entry {shown(name)} lies below the symlink "
+                                 f"{shown('/'.join(parts[:depth]))}")
         return key
-
-
-class _CheckedTarFile(tarfile.TarFile):
-    """A reading TarFile that counts extended headers (see :class:`_CheckedInfo`)."""
-
-    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
-        self.extended_depth = 0
-        self.global_header_bytes = 0
-        super().__init__(*args, **kwargs)
-
-
-class _CheckedInfo(tarfile.TarInfo):
-    """tarfile's header parsing, bounded: it reads an extended header whole into memory, and
-    each one may be followed by another (recursively) before the entry it describes."""
-
-    @classmethod
-    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
-        try:
-            return super().frombuf(buf, encoding, errors)
-        except (tarfile.EOFHeaderError, tarfile.EmptyHeaderError):
-            raise  # the end of the archive: what follows is checked by _check_end
-        except tarfile.HeaderError as exc:
-            # After the first entry tarfile would take a damaged header for the end.
-            raise InvalidRequest(f"body is not a valid tar.gz archive: {exc}") from None
-
-    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.size < 0:
-            raise InvalidRequest(f"archive entry {_shown(self.name)} has a negative size")
-        if self.type == tarfile.GNUTYPE_SPARSE:  # its extension blocks would be read unbounded
-            raise InvalidRequest(f"archive entry {_shown(self.name)} is a GNU sparse file "
-                                 f"(not allowed)")
-        if self.type not in EXTENDED_TYPES:
-            return super()._proc_member(tarfile_)
-        assert isinstance(tarfile_, _CheckedTarFile)
-        if self.size > MAX_EXTENDED_HEADER_BYTES:
-            raise PayloadTooLarge(f"archive has an extended header of {self.size} bytes (at "
-                                  f"most {MAX_EXTENDED_HEADER_BYTES})")
-        if self.type == tarfile.XGLTYPE:
-            tarfile_.global_header_bytes += self.size
-            if tarfile_.global_header_bytes > MAX_GLOBAL_HEADER_BYTES:
-                raise PayloadTooLarge(f"archive's global pax headers are larger than "
-                                      f"{MAX_GLOBAL_HEADER_BYTES} bytes in all")
-        tarfile_.extended_depth += 1
-        try:
-            if tarfile_.extended_depth > MAX_EXTENDED_CHAIN:
-                raise InvalidRequest(f"archive has more than {MAX_EXTENDED_CHAIN} extended "
-                                     f"headers in front of one entry")
-            return super()._proc_member(tarfile_)
-        finally:
-            tarfile_.extended_depth -= 1
-
-    def _refuse_sparse(self, entry: tarfile.TarInfo, *_args: t.Any) -> None:
-        """tarfile's pax sparse handlers (formats 0.0, 0.1, 1.0) read maps of any size."""
-        raise InvalidRequest(f"archive entry {_shown(entry.name)} is a GNU sparse file "
-                             f"(not allowed)")
-
-    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse

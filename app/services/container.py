@@ -17,7 +17,8 @@ from app.services.files import FileService
 from app.services.health import HealthService
 from app.services.maintenance import Maintainer
 from app.services.seed_builder import SeedBuilder
-from app.services.snapshots import SnapshotService, SnapshotStore
+from app.services.snapshot_store import SnapshotStore
+from app.services.snapshots import SnapshotService
 from app.services.templates import TemplateCatalog
 from app.services.vms import VmService, build_vm_parts
 from app.store.db import Store

@@ -30,7 +30,7 @@ from app.services.policy import EgressPolicy
 from app.services.ports import VmPorts
 from app.services.records import VmRecords, to_vm
 from app.services.seeds import Seed, SeedStore
-from app.services.snapshots import SnapshotStore
+from app.services.snapshot_store import SnapshotStore
 from app.services.teardown import Cleanup, VmTeardown
 from app.services.templates import ImageBuild, TemplateCatalog, default_disk_size_mb
 from app.services.vm_files import DISK, HOST_KEY, IDENTITY_SOCKET, VmFiles

@@ -31,7 +31,7 @@ from app.services.ports import VmPorts
 from app.services.provisioner import Provisioner
 from app.services.records import VmRecords, to_vm
 from app.services.seeds import SeedStore
-from app.services.snapshots import SnapshotStore
+from app.services.snapshot_store import SnapshotStore
 from app.services.sweeper import ORPHAN_MIN_AGE_S, Sweeper
 from app.services.teardown import VmTeardown
 from app.services.templates import TemplateCatalog

@@ -1,4 +1,4 @@
-"""Hypervisor: the only module that imports libvirt.
+"""Hypervisor: the libvirt connection (with its two mixins, the only code that imports libvirt).
 
 Every call runs on a helper thread with a deadline, because libvirt-python calls block without
 a timeout of their own: a hung libvirtd becomes :class:`HypervisorError` (503) instead of a
@@ -8,21 +8,19 @@ anything else → :class:`HypervisorError`.
 from __future__ import annotations
 
 import atexit
-import base64
 import concurrent.futures
-import json
+import contextlib
 import logging
 import os
 import threading
-import time
 import typing as t
 
 import libvirt
-import libvirt_qemu
 
 from app.errors import FilterNotFound, HypervisorError, VmNotFound
 from app.models import NAME_PREFIX, DomainInfo
-import contextlib
+from app.virt.libvirt_agent import GuestAgentCalls
+from app.virt.libvirt_network import FilterAndNetworkCalls
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +78,7 @@ def _never_sent(exc: libvirt.libvirtError) -> bool:
     return "client socket is closed" in message or "Cannot write data" in message
 
 
-class Hypervisor:
+class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls):
     """A libvirt connection with timeouts; one per worker process, reopened when it dies.
 
     :param uri: libvirt URI, e.g. ``qemu:///system``.
@@ -272,178 +270,6 @@ class Hypervisor:
         self._call("restore domain",
                    lambda conn: conn.restoreFlags(path, None, libvirt.VIR_DOMAIN_SAVE_RUNNING),
                    timeout=timeout)
-
-    def set_guest_time(self, uuid: str, timeout: float) -> None:
-        """Set the guest's clock to the host's now (qemu-guest-agent ``guest-set-time``).
-
-        Sent as a raw agent command rather than ``virDomainSetTime``, which takes the
-        domain's job lock and runs hwclock through the agent's own code path.
-        """
-        def set_time(conn: t.Any) -> None:
-            request = {"execute": "guest-set-time", "arguments": {"time": time.time_ns()}}
-            libvirt_qemu.qemuAgentCommand(conn.lookupByUUIDString(uuid), json.dumps(request),
-                                          int(timeout) or 1, 0)
-        self._call("set guest time", set_time, timeout=timeout + 5)
-
-    def guest_agent_ping(self, uuid: str, timeout: float) -> bool:
-        """True when qemu-guest-agent in the guest answers."""
-        def ping(conn: t.Any) -> bool:
-            try:
-                libvirt_qemu.qemuAgentCommand(conn.lookupByUUIDString(uuid),
-                                              '{"execute": "guest-ping"}', int(timeout) or 1, 0)
-                return True
-            except libvirt.libvirtError:
-                return False
-        return self._call("guest agent ping", ping, timeout=timeout + 5)
-
-    def guest_agent_exec(self, uuid: str, path: str, args: list[str], timeout: float,
-                         stdin: bytes | None = None) -> int:
-        """Run a program as root in the guest through qemu-guest-agent (no network needed).
-
-        :param stdin: bytes fed to the program's standard input (kept off its command line).
-        :returns: its exit code.
-        :raises HypervisorError: when the agent does not answer or the program hangs.
-        """
-        pid = self.guest_agent_spawn(uuid, path, args, timeout, stdin)
-        return self.guest_agent_wait(uuid, pid, timeout)
-
-    def guest_agent_spawn(self, uuid: str, path: str, args: list[str], timeout: float,
-                          stdin: bytes | None = None) -> int:
-        """Start a program as root in the guest (``guest-exec``) and return its guest pid at
-        once; :meth:`guest_agent_wait` collects the exit code. Other agent commands may be
-        sent meanwhile.
-
-        :raises HypervisorError: when the agent does not answer.
-        """
-        def spawn(conn: t.Any) -> int:
-            request: dict[str, t.Any] = {"execute": "guest-exec",
-                                         "arguments": {"path": path, "arg": args}}
-            if stdin is not None:
-                request["arguments"]["input-data"] = base64.b64encode(stdin).decode()
-            reply = libvirt_qemu.qemuAgentCommand(conn.lookupByUUIDString(uuid),
-                                                  json.dumps(request), int(timeout) or 1, 0)
-            return int(json.loads(reply)["return"]["pid"])
-        return self._call("guest agent exec", spawn, timeout=timeout + 5)
-
-    def guest_agent_wait(self, uuid: str, pid: int, timeout: float) -> int:
-        """Wait for a program started by :meth:`guest_agent_spawn`; returns its exit code.
-
-        :raises HypervisorError: when the agent does not answer or the program hangs.
-        """
-        def wait(conn: t.Any) -> int:
-            dom = conn.lookupByUUIDString(uuid)
-            request = json.dumps({"execute": "guest-exec-status", "arguments": {"pid": pid}})
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                status = json.loads(libvirt_qemu.qemuAgentCommand(
-                    dom, request, int(timeout) or 1, 0))["return"]
-                if status.get("exited"):
-                    return int(status.get("exitcode", -1))
-                time.sleep(0.02)
-            raise HypervisorError(f"guest agent command (pid {pid}) did not finish in time")
-        return self._call("guest agent wait", wait, timeout=timeout + 5)
-
-    def fs_freeze(self, uuid: str, timeout: float) -> int:
-        """Flush and freeze the guest's filesystems through qemu-guest-agent
-        (``virDomainFSFreeze``); the guest's writes wait until :meth:`fs_thaw`.
-
-        :returns: how many filesystems were frozen.
-        :raises HypervisorError: no agent, the agent refused, or no answer within ``timeout``
-            (the freeze may still land later: always follow with :meth:`fs_thaw`).
-        """
-        return self._call("freeze guest filesystems",
-                          lambda conn: conn.lookupByUUIDString(uuid).fsFreeze(None, 0),
-                          timeout=timeout)
-
-    def fs_thaw(self, uuid: str, timeout: float) -> int:
-        """Thaw the guest's filesystems (``virDomainFSThaw``); harmless when none are frozen.
-
-        :returns: how many filesystems were thawed.
-        :raises HypervisorError: no agent, or no answer within ``timeout``.
-        """
-        return self._call("thaw guest filesystems",
-                          lambda conn: conn.lookupByUUIDString(uuid).fsThaw(None, 0),
-                          timeout=timeout)
-
-    # Filters and network ###################################################################
-
-    def define_filter(self, xml: str) -> None:
-        log.debug("defining nwfilter xml=%s", xml)
-        self._call("define nwfilter", lambda conn: conn.nwfilterDefineXML(xml))
-
-    def undefine_filter(self, name: str) -> None:
-        """Remove a filter; one that does not exist is fine."""
-        with contextlib.suppress(FilterNotFound):
-            self._call("undefine nwfilter",
-                       lambda conn: conn.nwfilterLookupByName(name).undefine())
-
-    def create_filter_binding(self, xml: str) -> None:
-        """Instantiate a filter on a tap (``virNWFilterBindingCreateXML``); returns once its
-        ebtables/iptables rules are in place."""
-        log.debug("creating nwfilter binding xml=%s", xml)
-        self._call("create nwfilter binding", lambda conn: conn.nwfilterBindingCreateXML(xml, 0))
-
-    def delete_filter_binding(self, port: str) -> None:
-        """Remove the filter binding of ``port`` and its rules; none is fine."""
-        def delete(conn: t.Any) -> None:
-            try:
-                binding = conn.nwfilterBindingLookupByPortDev(port)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_NWFILTER_BINDING:
-                    return
-                raise
-            binding.delete()
-        self._call("delete nwfilter binding", delete)
-
-    def filter_binding_ports(self) -> list[str]:
-        """The ports (taps) of this service that have a filter binding."""
-        return self._call("list nwfilter bindings", lambda conn: [
-            b.portDev() for b in conn.listAllNWFilterBindings(0)
-            if b.portDev().startswith(DOMAIN_PREFIX)])
-
-    def list_filter_names(self) -> list[str]:
-        return self._call("list nwfilters", lambda conn: [
-            f.name() for f in conn.listAllNWFilters(0) if f.name().startswith(DOMAIN_PREFIX)])
-
-    def ensure_network(self, name: str, xml: str, bridge_present: t.Callable[[], bool],
-                       remove_stale_bridge: t.Callable[[], None]) -> bool:
-        """Define (if missing), start and autostart the network; True if it was created.
-
-        A libvirtd that was killed can come back believing its network is active while the
-        bridge is gone (then the network is restarted), or inactive while the bridge is still
-        there (then the stale bridge is removed before starting it).
-        """
-        def ensure(conn: t.Any) -> bool:
-            created = False
-            try:
-                net = conn.networkLookupByName(name)
-            except libvirt.libvirtError:
-                net = conn.networkDefineXML(xml)
-                created = True
-            if net.isActive() and not bridge_present():
-                log.warning("network %s is active but its bridge is gone: restarting it", name)
-                net.destroy()
-            if not net.isActive():
-                try:
-                    net.create()
-                except libvirt.libvirtError:
-                    if not bridge_present():
-                        raise
-                    log.warning("removing a stale bridge left behind for network %s", name)
-                    remove_stale_bridge()
-                    net.create()
-            if not net.autostart():
-                net.setAutostart(True)
-            return created
-        return self._call("ensure network", ensure, timeout=max(self.timeout, 60))
-
-    def network_is_active(self, name: str) -> bool:
-        def active(conn: t.Any) -> bool:
-            try:
-                return bool(conn.networkLookupByName(name).isActive())
-            except libvirt.libvirtError:
-                return False
-        return self._call("network state", active)
 
 
 def _info(dom: t.Any) -> DomainInfo:

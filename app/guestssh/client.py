@@ -3,18 +3,14 @@
 Right after boot an SSH session can stall for minutes after authentication (seen on TCG hosts),
 so every phase has its own hard timeout (TCP connect, banner, auth, ``open_session``, reads)
 and callers retry on a fresh transport. Never AutoAddPolicy: the guest's host key is generated
-by the manager and pinned here. The only module that imports paramiko.
+by the manager and pinned here. This package is the only one that imports paramiko.
 """
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
-import heapq
 import io
 import logging
-import os
-import select
 import socket
 import threading
 import time
@@ -23,67 +19,16 @@ import typing as t
 import paramiko
 
 from app.errors import CommandTimeout, GuestUnreachable, InvalidRequest
+from app.guestssh.channels import (OutputStream, StdinWriter, close_quietly, collect,
+                                   send_stdin, timed_out, within)
+from app.guestssh.watchdog import WATCHDOG
 from app.models import CommandResult
 
 log = logging.getLogger(__name__)
 GUEST_USER = "user"
-READ_CHUNK = 65536
-STDERR_TAIL = 4 * 1024 * 1024  # kept past the cap: run-ts/run-js put their outcome last
 # sshd runs a command as `bash -c COMMAND`, one argv string, which Linux caps at 32 pages
 # including its NUL (MAX_ARG_STRLEN); a longer one fails to start.
 MAX_COMMAND_BYTES = 32 * 4096 - 1
-
-
-class Watchdog:
-    """One thread per process that runs callbacks at deadlines: it closes the SSH channel of a
-    command whose deadline passed while paramiko waits without a timeout of its own (the
-    reply to an exec request, a send into a full window). The sandbox user can stop its own
-    sshd session process (``kill -STOP``), which freezes every channel of the connection."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Condition()
-        self._timers: list[tuple[float, int, t.Callable[[], None]]] = []
-        self._cancelled: set[int] = set()
-        self._counter = 0
-        self._pid = 0
-
-    def arm(self, deadline: float, callback: t.Callable[[], None]) -> int:
-        """Run ``callback`` at ``deadline`` (monotonic) unless :meth:`disarm` came first."""
-        with self._lock:
-            if self._pid != os.getpid():  # a forked worker: the thread stayed in the parent
-                self._pid = os.getpid()
-                self._timers, self._cancelled = [], set()
-                threading.Thread(target=self._loop, name="ssh-watchdog", daemon=True).start()
-            self._counter += 1
-            heapq.heappush(self._timers, (deadline, self._counter, callback))
-            self._lock.notify()
-            return self._counter
-
-    def disarm(self, token: int) -> None:
-        with self._lock:
-            self._cancelled.add(token)
-
-    def _loop(self) -> None:
-        while True:
-            with self._lock:
-                while not self._timers or self._timers[0][0] > time.monotonic():
-                    wait = self._timers[0][0] - time.monotonic() if self._timers else None
-                    self._lock.wait(wait)
-                _deadline, token, callback = heapq.heappop(self._timers)
-                if token in self._cancelled:
-                    self._cancelled.discard(token)
-                    continue
-            try:
-                callback()
-            except Exception:  # a failing callback must not stop the others
-                log.exception("watchdog callback failed")
-
-
-WATCHDOG = Watchdog()
-
-# A function that writes a command's stdin itself, given an object with ``write(bytes)``
-# (the channel): for input made while it is sent, never held whole in memory.
-StdinWriter = t.Callable[[t.Any], None]
 
 
 class GuestTransport(paramiko.Transport):
@@ -165,17 +110,17 @@ class GuestSSH:
         client.get_host_keys().add(self.host, pinned.get_name(), pinned)
         try:
             sock = socket.create_connection((self.host, self.port),
-                                            timeout=_within(self.timeouts.connect, deadline))
+                                            timeout=within(self.timeouts.connect, deadline))
         except OSError as exc:
             raise GuestUnreachable(
                 f"cannot connect to guest {self.host}:{self.port}: {exc}") from exc
-        token = WATCHDOG.arm(deadline, lambda: _close_quietly(sock))
+        token = WATCHDOG.arm(deadline, lambda: close_quietly(sock))
         try:
             client.connect(self.host, username=GUEST_USER, pkey=self.client_key, sock=sock,
-                           timeout=_within(self.timeouts.connect, deadline),
-                           banner_timeout=_within(self.timeouts.connect, deadline),
-                           auth_timeout=_within(self.timeouts.auth, deadline),
-                           channel_timeout=_within(self.timeouts.channel, deadline),
+                           timeout=within(self.timeouts.connect, deadline),
+                           banner_timeout=within(self.timeouts.connect, deadline),
+                           auth_timeout=within(self.timeouts.auth, deadline),
+                           channel_timeout=within(self.timeouts.channel, deadline),
                            look_for_keys=False, allow_agent=False,
                            transport_factory=GuestTransport)
         except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -221,7 +166,7 @@ class GuestSSH:
     def _open_channel(self, deadline: float) -> t.Any:
         transport = self._transport(deadline)
         try:
-            return transport.open_session(timeout=_within(self.timeouts.channel, deadline))
+            return transport.open_session(timeout=within(self.timeouts.channel, deadline))
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self._drop(transport)  # a stalled transport: the next call starts afresh
             raise GuestUnreachable(f"guest {self.host} did not open a channel: {exc}") from exc
@@ -253,33 +198,33 @@ class GuestSSH:
             channel = self._open_channel(deadline)
         except GuestUnreachable:
             if time.monotonic() >= deadline:
-                return _timed_out(started)
+                return timed_out(started)
             raise
         stage = {"name": "exec"}
-        token = WATCHDOG.arm(deadline, lambda: _close_quietly(channel))
+        token = WATCHDOG.arm(deadline, lambda: close_quietly(channel))
         try:
-            channel.settimeout(_within(self.timeouts.channel, deadline))
+            channel.settimeout(within(self.timeouts.channel, deadline))
             channel.exec_command(command)
             stage["name"] = "stdin"
             channel.settimeout(max(0.01, deadline - time.monotonic()))
             try:
-                _send_stdin(channel, stdin)
+                send_stdin(channel, stdin)
             except (OSError, EOFError, paramiko.SSHException):
                 # The command may exit without reading all of its input; that is its answer.
                 if time.monotonic() >= deadline:
-                    return _collect(channel, started, 0, max_output)
+                    return collect(channel, started, 0, max_output)
                 if not (channel.closed or channel.exit_status_ready() or channel.eof_received):
                     raise
-            # Reading output never blocks (_collect polls up to the deadline itself): the
+            # Reading output never blocks (collect polls up to the deadline itself): the
             # watchdog must not close the channel under it.
             WATCHDOG.disarm(token)
             stage["name"] = "output"
-            return _collect(channel, started, timeout, max_output)
+            return collect(channel, started, timeout, max_output)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             if time.monotonic() >= deadline:
                 if stage["name"] == "exec":  # no answer to the exec request: stalled
                     self._drop(channel.get_transport())
-                return _timed_out(started)
+                return timed_out(started)
             self.close()
             raise GuestUnreachable(f"guest {self.host} dropped the command: {exc}") from exc
         finally:
@@ -297,9 +242,9 @@ class GuestSSH:
         check_command_line(command)
         deadline = time.monotonic() + timeout
         channel = self._open_channel(deadline)
-        token = WATCHDOG.arm(deadline, lambda: _close_quietly(channel))
+        token = WATCHDOG.arm(deadline, lambda: close_quietly(channel))
         try:
-            channel.settimeout(_within(self.timeouts.channel, deadline))
+            channel.settimeout(within(self.timeouts.channel, deadline))
             channel.exec_command(command)
             channel.shutdown_write()
         except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -337,174 +282,3 @@ class GuestSSH:
             time.sleep(0.05 if attempt < 40 else 0.5 if attempt < 80 else 1.0)
         raise GuestUnreachable(f"guest {self.host} did not answer over SSH in time "
                                f"(last error: {last_error})")
-
-
-def _within(phase_timeout: float, deadline: float) -> float:
-    """A phase's own timeout, cut to what is left before ``deadline`` (at least 10 ms)."""
-    return max(0.01, min(phase_timeout, deadline - time.monotonic()))
-
-
-def _close_quietly(closable: t.Any) -> None:
-    # Closing a broken channel or socket may fail; fine.
-    with contextlib.suppress(Exception):
-        closable.close()
-
-
-def _timed_out(started: float) -> CommandResult:
-    return CommandResult(exit_code=-1, stdout=b"", stderr=b"", timed_out=True,
-                         duration_ms=int((time.monotonic() - started) * 1000))
-
-
-class _ChannelWriter:
-    """The write end of a channel's stdin, for a :data:`StdinWriter`."""
-
-    def __init__(self, channel: t.Any) -> None:
-        self._channel = channel
-
-    def write(self, data: bytes) -> int:
-        self._channel.sendall(data)
-        return len(data)
-
-
-def _send_stdin(channel: t.Any, stdin: bytes | t.BinaryIO | StdinWriter) -> None:
-    if isinstance(stdin, (bytes, bytearray)):
-        if stdin:
-            channel.sendall(stdin)
-    elif callable(stdin):
-        stdin(_ChannelWriter(channel))
-    else:
-        while True:
-            chunk = stdin.read(READ_CHUNK)
-            if not chunk:
-                break
-            channel.sendall(chunk)
-    channel.shutdown_write()
-
-
-def _collect(channel: t.Any, started: float, timeout: float,
-             max_output: int) -> CommandResult:
-    """Drain stdout and stderr until exit or deadline (always drain before the exit status)."""
-    deadline = started + timeout
-    streams = {"out": bytearray(), "err": bytearray()}
-    dropped = {"out": False, "err": False}
-    err_tail = bytearray()
-
-    def keep(name: str, data: bytes) -> None:
-        buffer = streams[name]
-        room = max_output - len(buffer)
-        if len(data) > room:
-            dropped[name] = True
-        if name == "err" and dropped["err"]:  # from the first dropped byte on
-            err_tail.extend(data)
-            if len(err_tail) > STDERR_TAIL:
-                del err_tail[:len(err_tail) - STDERR_TAIL]
-        if room > 0:
-            buffer += data[:room]
-
-    timed_out = False
-    while True:
-        progressed = False
-        while channel.recv_ready():
-            keep("out", channel.recv(READ_CHUNK))
-            progressed = True
-        while channel.recv_stderr_ready():
-            keep("err", channel.recv_stderr(READ_CHUNK))
-            progressed = True
-        # sshd may send the exit status before the last output: done only at EOF too.
-        if channel.exit_status_ready() and (channel.eof_received or channel.closed) \
-                and not channel.recv_ready() and not channel.recv_stderr_ready():
-            break
-        if time.monotonic() > deadline:
-            timed_out = True
-            break
-        if not progressed:
-            # Readable on stdout data and on EOF (which follows the exit status); stderr and
-            # the exit status alone are picked up by the short poll.
-            select.select([channel], [], [], 0.05)
-    exit_code = -1 if timed_out else channel.recv_exit_status()
-    return CommandResult(exit_code=exit_code, stdout=bytes(streams["out"]),
-                         stderr=bytes(streams["err"]), timed_out=timed_out,
-                         stdout_truncated=dropped["out"], stderr_truncated=dropped["err"],
-                         duration_ms=int((time.monotonic() - started) * 1000),
-                         stderr_tail=bytes(err_tail))
-
-
-class OutputStream:
-    """stdout of a running guest command, read in chunks until ``deadline`` (monotonic);
-    stderr is kept for errors."""
-
-    def __init__(self, channel: t.Any, deadline: float,
-                 on_close: t.Callable[[], None] = lambda: None) -> None:
-        self.channel = channel
-        self.deadline = deadline
-        self.stderr = bytearray()
-        self._on_close = on_close
-
-    def first_chunk(self) -> bytes:
-        """Wait for the first stdout bytes or the exit, whichever comes first.
-
-        :raises CommandTimeout: when the deadline passes first.
-        """
-        while time.monotonic() < self.deadline:
-            if self.channel.recv_ready():
-                return self.channel.recv(READ_CHUNK)
-            self._drain_stderr()
-            if self.channel.exit_status_ready() and not self.channel.recv_ready():
-                return b""
-            if self.channel.closed:
-                break
-            self.channel.status_event.wait(0.01)
-        self.close()
-        raise CommandTimeout("guest command gave no output in time")
-
-    def exit_status(self) -> int | None:
-        """The command's exit status once it has exited, else None."""
-        if self.channel.exit_status_ready():
-            self._drain_stderr()
-            return self.channel.recv_exit_status()
-        return None
-
-    def chunks(self) -> t.Iterator[bytes]:
-        """The rest of stdout.
-
-        :raises CommandTimeout: when the deadline passes before the end of the output.
-        """
-        try:
-            while True:
-                left = self.deadline - time.monotonic()
-                if left <= 0:
-                    raise CommandTimeout("guest command did not finish its output in time")
-                self.channel.settimeout(left)
-                try:
-                    data = self.channel.recv(READ_CHUNK)
-                except socket.timeout:
-                    raise CommandTimeout("guest command did not finish its output in "
-                                         "time") from None
-                if not data:
-                    if self.channel.closed and time.monotonic() >= self.deadline:
-                        raise CommandTimeout("guest command did not finish its output in time")
-                    return
-                yield data
-        finally:
-            self._drain_stderr()
-
-    def wait_exit(self) -> int:
-        """The exit status, waiting for it until the deadline (after the output ended).
-
-        :raises CommandTimeout: when no status came in time.
-        """
-        while time.monotonic() < self.deadline:
-            if self.channel.exit_status_ready():
-                return self.exit_status()
-            if self.channel.closed:
-                break
-            self.channel.status_event.wait(0.05)
-        raise CommandTimeout("guest command gave no exit status in time")
-
-    def _drain_stderr(self) -> None:
-        while self.channel.recv_stderr_ready():
-            self.stderr += self.channel.recv_stderr(READ_CHUNK)[:65536]
-
-    def close(self) -> None:
-        self._on_close()
-        self.channel.close()

@@ -1,0 +1,59 @@
+"""A watchdog for deadlines that blocking calls do not keep themselves."""
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import threading
+import time
+import typing as t
+
+log = logging.getLogger(__name__)
+
+
+class Watchdog:
+    """One thread per process that runs callbacks at deadlines: it closes the SSH channel of a
+    command whose deadline passed while paramiko waits without a timeout of its own (the
+    reply to an exec request, a send into a full window). The sandbox user can stop its own
+    sshd session process (``kill -STOP``), which freezes every channel of the connection."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._timers: list[tuple[float, int, t.Callable[[], None]]] = []
+        self._cancelled: set[int] = set()
+        self._counter = 0
+        self._pid = 0
+
+    def arm(self, deadline: float, callback: t.Callable[[], None]) -> int:
+        """Run ``callback`` at ``deadline`` (monotonic) unless :meth:`disarm` came first."""
+        with self._lock:
+            if self._pid != os.getpid():  # a forked worker: the thread stayed in the parent
+                self._pid = os.getpid()
+                self._timers, self._cancelled = [], set()
+                threading.Thread(target=self._loop, name="ssh-watchdog", daemon=True).start()
+            self._counter += 1
+            heapq.heappush(self._timers, (deadline, self._counter, callback))
+            self._lock.notify()
+            return self._counter
+
+    def disarm(self, token: int) -> None:
+        with self._lock:
+            self._cancelled.add(token)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._timers or self._timers[0][0] > time.monotonic():
+                    wait = self._timers[0][0] - time.monotonic() if self._timers else None
+                    self._lock.wait(wait)
+                _deadline, token, callback = heapq.heappop(self._timers)
+                if token in self._cancelled:
+                    self._cancelled.discard(token)
+                    continue
+            try:
+                callback()
+            except Exception:  # a failing callback must not stop the others
+                log.exception("watchdog callback failed")
+
+
+WATCHDOG = Watchdog()
