@@ -74,6 +74,11 @@ def validate(settings: Settings) -> None:
         raise ConfigError("PORT must be between 1 and 65535")
     if settings.max_mem_mb < 128:
         raise ConfigError("MAX_MEM_MB must be at least 128")
+    _validate_host(settings)
+
+
+def _validate_host(settings: Settings) -> None:
+    """Hypervisor, network, timeouts, fast create and logging."""
     if settings.accelerator not in ("auto", "kvm", "tcg"):
         raise ConfigError("ACCELERATOR must be one of auto, kvm, tcg")
     if settings.network_mode not in ("isolated", "nat"):
