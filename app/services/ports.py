@@ -67,7 +67,11 @@ class VmPorts:
     def sweep(self, keep: set[str]) -> list[str]:
         """Remove the bindings and taps of every VM name not in ``keep``; what was removed."""
         ports = {port_name(name) for name in keep}
-        orphans = (set(self.hypervisor.filter_binding_ports()) | self.taps.names()) - ports
-        for port in sorted(orphans):
+        bound = set(self.hypervisor.filter_binding_ports()) - ports
+        tapped = self.taps.names() - ports
+        removed = []
+        for port in sorted(bound | tapped):
             quietly(self.remove_port, port)
-        return [f"port {port} (tap and nwfilter binding)" for port in sorted(orphans)]
+            removed += [f"{what} {port}" for what, where in (("nwfilter binding", bound),
+                                                                ("tap", tapped)) if port in where]
+        return removed

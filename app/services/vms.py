@@ -112,6 +112,10 @@ class VmService:
         """Every domain of this service with its record (sandboxes, pool VMs, seeds)."""
         return self.parts.records.all()
 
+    def pool_records(self) -> list[tuple[VmRecord, str]]:
+        """Every warm-pool VM with its libvirt run state (operators' and tests' view)."""
+        return self.parts.pool.vms()
+
     def guest(self, vm_id: str) -> GuestSSH:
         """The SSH client of a RUNNING VM (one per VM per process, reused).
 

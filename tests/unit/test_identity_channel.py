@@ -90,7 +90,7 @@ def test_orphan_ports_and_bindings_go_but_a_vm_keeps_its_own(tmp_path, monkeypat
     world.taps.create("rds-deadbeef", "52:54:00:10:00:0a")  # its VM is gone
     world.hypervisor.bindings = {vm.name, "rds-deadbeef", "rds-feedf00d"}
     removed = world.vms.remove_orphans(min_age_s=0)
-    assert any("port rds-deadbeef" in item for item in removed)
-    assert any("port rds-feedf00d" in item for item in removed)
+    assert "tap rds-deadbeef" in removed and "nwfilter binding rds-deadbeef" in removed
+    assert "nwfilter binding rds-feedf00d" in removed and "tap rds-feedf00d" not in removed
     assert world.taps.names() == {vm.name}
     assert world.hypervisor.bindings == {vm.name}
