@@ -150,3 +150,22 @@ def test_delete_answers_before_the_cleanup_and_then_nothing_is_left(api, service
     _wait_gone(services, vm, time.monotonic() + 30)
     assert not subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True,
                               timeout=10, check=True).stdout.count(vm["name"])
+
+
+def test_a_delete_interrupted_after_the_power_off_is_finished_by_the_reaper(api, services,
+                                                                            monkeypatch):
+    vm = api.create_vm(SEED_BODY)
+    # The process "dies" right after answering: its background cleanup never runs.
+    monkeypatch.setattr(services.vms.parts.lifecycle, "_run_later", lambda *_args: None)
+    assert api.request("DELETE", f"/v1/vms/{vm['id']}").status_code == 204
+    left = _everything_of(vm["name"])
+    assert left["domain"] and left["filter"] and left["tap"]
+    assert "<rds:phase>deleting</rds:phase>" in virsh("dumpxml", vm["name"]).stdout
+    assert "shut off" in virsh("domstate", vm["name"]).stdout
+    # Its name and address are still taken: a new VM gets others.
+    other = api.create_vm(SEED_BODY)
+    assert (other["name"], other["guestIp"]) != (vm["name"], vm["guestIp"])
+    monkeypatch.undo()
+    assert f"finished the delete of {vm['id']}" in services.vms.reap()
+    _wait_gone(services, vm, time.monotonic() + 5)
+    api.delete_vm(other["id"])
