@@ -96,6 +96,7 @@ class VmRecord:
     ttl_s: int = 0  # the lifetime asked for; keepalive without a value renews this much
     expires_at: str = ""  # ISO time the VM is deleted at; "" when never
     idle_stop_s: int = 0  # stopped after this long without API activity; 0: never
+    started_at: str = ""  # when the guest was last booted or restored; "" for older records
 
 
 @dataclasses.dataclass(frozen=True)

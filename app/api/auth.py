@@ -38,13 +38,15 @@ def _session_email() -> str | None:
 
 
 def require_credentials() -> None:
-    """before_request hook: /v1/* needs X-API-Key or a live admin session (plus the CSRF
-    check for a state-changing request on the cookie).
+    """before_request hook: /v1/* (and /metrics unless METRICS_PUBLIC) needs X-API-Key or a
+    live admin session (plus the CSRF check for a state-changing request on the cookie).
 
     :raise 401: ``{"message": "Unauthorized"}``.
     :raise 403: a cookie-authenticated request that fails :func:`check_csrf`.
     """
-    if not request.path.startswith("/v1/") and request.path != "/v1":
+    protected = request.path.startswith("/v1/") or request.path == "/v1" or (
+        request.path == "/metrics" and not services().settings.metrics_are_public)
+    if not protected:
         return
     key = request.headers.get("X-API-Key", "")
     if key and _equal(key, services().settings.api_key):

@@ -107,7 +107,9 @@ def _validate_host(settings: Settings) -> None:
             parse_shapes(getattr(settings, name))
         except ValueError as exc:
             raise ConfigError(f"{name.upper()}: {exc}") from None
-    for name in ("snapshot_auto_build", "enable_warm_pool"):
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError("LOG_FORMAT must be 'text' or 'json'")
+    for name in ("snapshot_auto_build", "enable_warm_pool", "metrics_public"):
         if getattr(settings, name).strip().lower() not in ("1", "0", "true", "false", "yes",
                                                            "no", "on", "off"):
             raise ConfigError(f"{name.upper()} must be true or false")

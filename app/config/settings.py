@@ -70,6 +70,8 @@ class Settings:
     ssh_auth_timeout_s: float = 10.0
     ssh_channel_timeout_s: float = 10.0
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one JSON object per line
+    metrics_public: str = "false"  # GET /metrics without a key
     trusted_proxies: int = 0
     # gunicorn threads per worker (deploy/gunicorn.conf.py reads the same variable) and how
     # many of them may run long calls at once (0: all but 4); see app/api/limits.py.
@@ -122,6 +124,10 @@ class Settings:
     @property
     def snapshot_auto_build_enabled(self) -> bool:
         return _truthy(self.snapshot_auto_build)
+
+    @property
+    def metrics_are_public(self) -> bool:
+        return _truthy(self.metrics_public)
 
     @property
     def snapshots_dir(self) -> Path:
@@ -227,6 +233,8 @@ ENV_NAMES: dict[str, str] = {
     "SSH_AUTH_TIMEOUT_S": "ssh_auth_timeout_s",
     "SSH_CHANNEL_TIMEOUT_S": "ssh_channel_timeout_s",
     "LOG_LEVEL": "log_level",
+    "LOG_FORMAT": "log_format",
+    "METRICS_PUBLIC": "metrics_public",
     "TRUSTED_PROXIES": "trusted_proxies",
     "WEB_THREADS": "web_threads",
     "LONG_CALL_SLOTS": "long_call_slots",

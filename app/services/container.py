@@ -13,13 +13,16 @@ from app.config import Settings
 from app.guestssh import GuestSSH
 from app.services.auth import AuthService
 from app.services.commands import CommandService
+from app.services.console import ConsoleLogs
 from app.services.files import FileService
 from app.services.health import HealthService
+from app.services.host_metrics import HostCollector
 from app.services.maintenance import Maintainer
 from app.services.seed_builder import SeedBuilder
 from app.services.snapshot_store import SnapshotStore
 from app.services.snapshots import SnapshotService
 from app.services.templates import TemplateCatalog
+from app.services.vm_stats import VmStatsReader
 from app.services.vms import VmService, build_vm_parts
 from app.store.db import Store
 from app.virt.hostnet import BRIDGE_NF_IPTABLES
@@ -60,6 +63,9 @@ class Services:
     maintainer: Maintainer
     health: HealthService
     auth: AuthService
+    console: ConsoleLogs
+    stats: VmStatsReader
+    host_metrics: HostCollector
 
     def close(self) -> None:
         self.maintainer.stop()
@@ -111,5 +117,8 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                     maintainer=Maintainer(settings, parts.pool, seeds, templates, parts.ipsets,
                                           sweep=sweep, reap=vms.reap),
                     health=HealthService(settings, hypervisor, adapters.domain_type,
-                                         adapters.bridge_nf),
-                    auth=AuthService(settings, state, clock=adapters.clock))
+                                         adapters.bridge_nf, templates),
+                    auth=AuthService(settings, state, clock=adapters.clock),
+                    console=ConsoleLogs(settings, parts.records),
+                    stats=VmStatsReader(hypervisor, parts.records),
+                    host_metrics=HostCollector(parts.records))

@@ -49,6 +49,7 @@ class FakeHypervisor:
         self.frozen = False
         self.agent_exit = 0
         self.version = "10.0.0"
+        self.cpu_time_ns = 0  # a running domain's CPU time grows by 0.1 s per stats call
 
     def _call(self, name: str, read: bool = False) -> None:
         if not read:
@@ -94,6 +95,17 @@ class FakeHypervisor:
     def get_domain(self, uuid: str) -> DomainInfo:
         self._call("get_domain", read=True)
         return self._domain(uuid)
+
+    def domain_stats(self, uuid: str) -> dict[str, t.Any]:
+        self._call("domain_stats", read=True)
+        if self._domain(uuid).state != "running":
+            return {"state.state": 5}
+        self.cpu_time_ns += 100_000_000
+        return {"state.state": 1, "cpu.time": self.cpu_time_ns, "vcpu.current": 1,
+                "balloon.rss": 204_800, "block.count": 1, "block.0.rd.bytes": 4096,
+                "block.0.wr.bytes": 8192, "block.0.rd.reqs": 1, "block.0.wr.reqs": 2,
+                "net.count": 1, "net.0.rx.bytes": 100, "net.0.tx.bytes": 200,
+                "net.0.rx.pkts": 3, "net.0.tx.pkts": 4}
 
     def domain_name_exists(self, name: str) -> bool:
         self._call("domain_name_exists", read=True)
