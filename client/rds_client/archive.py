@@ -158,6 +158,42 @@ class ChunkReader(io.RawIOBase):
         return size
 
 
+class GunzipReader(io.RawIOBase):
+    """The decompressed bytes of a gzip stream, checking that it really ends: a stream cut
+    short (no gzip trailer, or a CRC that does not match) raises instead of reading as a
+    shorter archive. tarfile alone stops at the first empty block and never notices."""
+
+    def __init__(self, compressed: t.BinaryIO | io.RawIOBase) -> None:
+        self._compressed = compressed
+        self._inflate = zlib.decompressobj(wbits=31)
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: t.Any) -> int:
+        while not self._buffer:
+            if self._inflate.eof:
+                rest = self._inflate.unused_data
+                if not rest and not (rest := self._compressed.read(READ_CHUNK) or b""):
+                    return 0
+                self._inflate = zlib.decompressobj(wbits=31)  # a further gzip member
+            else:
+                rest = self._compressed.read(READ_CHUNK) or b""
+                if not rest:
+                    raise TransportError("the downloaded archive is truncated (no gzip end)")
+            self._buffer = self._inflate.decompress(rest)
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
+
+    def drain(self) -> None:
+        """Read to the end (tar's zero padding), which checks the gzip trailer."""
+        while self.read(READ_CHUNK):
+            pass
+
+
 def extract_tar_gz(stream: t.BinaryIO | io.RawIOBase, target: Path) -> list[Path]:
     """Extract a tar.gz read from ``stream`` under ``target`` (created if missing); returns the
     paths written, in archive order.
@@ -170,12 +206,14 @@ def extract_tar_gz(stream: t.BinaryIO | io.RawIOBase, target: Path) -> list[Path
     target.mkdir(parents=True, exist_ok=True)
     root = Path(os.path.realpath(target))
     written: list[Path] = []
+    gunzip = GunzipReader(stream)
     try:
-        with tarfile.open(fileobj=t.cast(t.IO[bytes], stream), mode="r|gz") as tar:
+        with tarfile.open(fileobj=t.cast(t.IO[bytes], gunzip), mode="r|") as tar:
             for member in tar:
                 path = _extract_member(tar, member, root)
                 if path is not None:
                     written.append(path)
+        gunzip.drain()
     except (tarfile.ReadError, tarfile.StreamError, EOFError, zlib.error) as exc:
         raise TransportError(f"the downloaded archive is truncated or corrupt ({exc})") \
             from exc
@@ -186,6 +224,8 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -
     dest = safe_destination(root, member.name)
     if dest is None:
         return None  # "." or "./": the target itself
+    # Archives may leave out directory entries; the parent resolved inside root (checked).
+    dest.parent.mkdir(parents=True, exist_ok=True)
     if member.isdir():
         if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
             raise UnsafeArchive(f"{member.name!r}: a directory entry over an existing "

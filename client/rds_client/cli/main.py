@@ -65,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cwd", help="working directory inside /workspace")
     run.add_argument("--env", action="append", type=key_value, default=[], metavar="K=V")
     _add_timeout(run)
-    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG ...]",
-                     help="one argument is a shell command line; several are quoted as argv")
-    run.set_defaults(handler=cmd_exec)
+    run.add_argument("argv", nargs="*", metavar="CMD", help="after '--': one argument is a "
+                     "shell command line; several are quoted and run as argv")
+    run.set_defaults(handler=cmd_exec, takes_tail=True)
 
     for name, runtime, flag in (("run-ts", "TypeScript (Deno)", "--deno-flag"),
                                 ("run-js", "JavaScript (Node.js)", "--node-flag")):
@@ -78,11 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
                             help="FILE is a path inside the VM's workspace instead")
         script.add_argument("--env", action="append", type=key_value, default=[],
                             metavar="K=V")
-        script.add_argument(flag, dest="flags", action="append", default=[], metavar="FLAG")
+        script.add_argument(flag, dest="flags", action="append", default=[], metavar="FLAG",
+                            help=f"repeatable; write {flag}=--FLAG (e.g. {flag}=--seed=1)")
         _add_timeout(script)
-        script.add_argument("args", nargs=argparse.REMAINDER, metavar="-- ARG",
-                            help="the script's arguments")
-        script.set_defaults(handler=cmd_run, route=name)
+        script.add_argument("args", nargs="*", metavar="ARG",
+                            help="the script's arguments (after '--')")
+        script.set_defaults(handler=cmd_run, route=name, takes_tail=True)
 
     cp = commands.add_parser("cp", parents=[common], help="copy files in or out: "
                              "cp ./dir ID:/workspace/x, cp ID:/workspace/x ./out")
@@ -210,7 +211,7 @@ def cmd_vm_power(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_exec(client: Client, args: argparse.Namespace) -> int:
-    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    argv = args.argv + args.tail
     if not argv:
         raise UsageError("exec needs a command: rds exec ID -- CMD [ARG ...]")
     cmd = argv[0] if len(argv) == 1 else shlex.join(argv)
@@ -220,7 +221,7 @@ def cmd_exec(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_run(client: Client, args: argparse.Namespace) -> int:
-    script_args = args.args[1:] if args.args[:1] == ["--"] else args.args
+    script_args = args.args + args.tail
     source: dict[str, t.Any]
     if args.in_vm:
         source = {"path": args.file}
@@ -310,7 +311,15 @@ def cmd_snapshot(client: Client, args: argparse.Namespace) -> int:
 def main(argv: t.Sequence[str] | None = None) -> int:
     """Run ``rds`` with ``argv`` (default: the process's); returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)  # exits 2 on bad usage
+    # What follows the first "--" is the command (exec) or the script's arguments (run-ts),
+    # taken as it is: options there belong to the command, not to rds.
+    argv = list(sys.argv[1:] if argv is None else argv)
+    head, tail = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv \
+        else (argv, None)
+    args = parser.parse_args(head)  # exits 2 on bad usage
+    if tail is not None and not getattr(args, "takes_tail", False):
+        parser.error("'--' is only for exec, run-ts and run-js")
+    args.tail = tail or []
     try:
         try:
             url, api_key = resolve_config(getattr(args, "url", None),
