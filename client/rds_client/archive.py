@@ -70,8 +70,10 @@ def _tar_pieces(source: Path) -> t.Iterator[bytes]:
 
 
 def _entries(source: Path) -> t.Iterator[tuple[Path, str]]:
+    """(path, name in the archive) of every entry; a link given as ``source`` itself is
+    followed, links inside a directory are archived as links."""
     if not source.is_dir():
-        yield source, source.name
+        yield source.resolve(), source.name
         return
     for top, dirs, files in os.walk(source):
         dirs.sort()
@@ -166,23 +168,30 @@ class GunzipReader(io.RawIOBase):
     def __init__(self, compressed: t.BinaryIO | io.RawIOBase) -> None:
         self._compressed = compressed
         self._inflate = zlib.decompressobj(wbits=31)
+        self._pending = b""  # compressed bytes read past the end of a gzip member
         self._buffer = b""
 
     def readable(self) -> bool:
         return True
 
+    def _next_compressed(self) -> bytes:
+        data, self._pending = self._pending, b""
+        return data or self._compressed.read(READ_CHUNK) or b""
+
     def readinto(self, target: t.Any) -> int:
         while not self._buffer:
+            data = self._next_compressed()
             if self._inflate.eof:
-                rest = self._inflate.unused_data
-                if not rest and not (rest := self._compressed.read(READ_CHUNK) or b""):
+                if not data:
                     return 0
-                self._inflate = zlib.decompressobj(wbits=31)  # a further gzip member
-            else:
-                rest = self._compressed.read(READ_CHUNK) or b""
-                if not rest:
-                    raise TransportError("the downloaded archive is truncated (no gzip end)")
-            self._buffer = self._inflate.decompress(rest)
+                if not data.strip(b"\0"):
+                    continue  # zero padding after the last member, which gzip allows
+                self._inflate = zlib.decompressobj(wbits=31)  # a further member
+            elif not data:
+                raise TransportError("the downloaded archive is truncated (no gzip end)")
+            self._buffer = self._inflate.decompress(data)
+            if self._inflate.eof:
+                self._pending = self._inflate.unused_data
         size = min(len(target), len(self._buffer))
         target[:size] = self._buffer[:size]
         self._buffer = self._buffer[size:]

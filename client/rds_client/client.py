@@ -39,6 +39,8 @@ def resolve_config(url: str | None, api_key: str | None) -> tuple[str, str]:
     api_key = api_key or os.environ.get(ENV_API_KEY)
     if not url:
         raise ValueError(f"no service URL: set {ENV_URL} or pass url (--url)")
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"service URL {url!r} must start with http:// or https://")
     if not api_key:
         raise ValueError(f"no API key: set {ENV_API_KEY} or pass api_key (--api-key)")
     return url, api_key
@@ -133,7 +135,7 @@ class Client:
         return Vm.from_json(self.http.call_json("GET", f"/v1/vms/{_id(vm_id)}"))
 
     def iter_vms(self, *, labels: Labels | None = None, state: str | None = None,
-                 page_size: int | None = 100) -> t.Iterator[Vm]:
+                 page_size: int | None = 50) -> t.Iterator[Vm]:
         """Every VM whose labels include ``labels`` (all of them) and, if given, in ``state``;
         fetched ``page_size`` at a time, following the ``X-Next-Cursor`` header.
 

@@ -25,6 +25,10 @@ RETRY_STATUSES = frozenset({429, 502, 503})
 # Nothing reached the server: repeating is safe whatever the method.
 NOT_SENT_ERRORS: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout,
                                                 httpx.PoolTimeout)
+# The network failed (not the request itself, as a bad URL or a proxy would): worth another
+# try for an idempotent call.
+NETWORK_ERRORS: tuple[type[Exception], ...] = (httpx.TimeoutException, httpx.NetworkError,
+                                               httpx.RemoteProtocolError)
 DEFAULT_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 10.0
 MAX_RETRY_AFTER_S = 30.0
@@ -132,7 +136,7 @@ class Http:
     def _may_retry_error(method: str, exc: httpx.HTTPError) -> bool:
         if isinstance(exc, NOT_SENT_ERRORS):
             return True
-        return method in IDEMPOTENT_METHODS and isinstance(exc, httpx.TransportError)
+        return method in IDEMPOTENT_METHODS and isinstance(exc, NETWORK_ERRORS)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         delay = min(self.max_backoff, self.backoff * 2 ** attempt)

@@ -207,6 +207,26 @@ def test_a_corrupt_crc_is_a_transport_error(tmp_path: Path) -> None:
         extract_tar_gz(io.BytesIO(bytes(data)), tmp_path)
 
 
+def test_zero_padding_after_the_gzip_end_is_fine(tmp_path: Path) -> None:
+    data = archive(("a.txt", b"hello")).getvalue() + bytes(1000)
+    extract_tar_gz(ChunkReader([data[:-500], data[-500:]]), tmp_path)
+    assert (tmp_path / "a.txt").read_bytes() == b"hello"
+
+
+def test_garbage_after_the_gzip_end_is_corrupt(tmp_path: Path) -> None:
+    data = archive(("a.txt", b"hello")).getvalue() + b"garbage"
+    with pytest.raises(TransportError, match="corrupt"):
+        extract_tar_gz(io.BytesIO(data), tmp_path)
+
+
+def test_a_file_given_as_a_link_is_sent_as_the_file(tmp_path: Path) -> None:
+    (tmp_path / "real.txt").write_text("content")
+    (tmp_path / "alias.txt").symlink_to("real.txt")
+    got = members(tar_gz_chunks(tmp_path / "alias.txt"))
+    assert list(got) == ["alias.txt"] and got["alias.txt"].isreg()
+    assert read(tar_gz_chunks(tmp_path / "alias.txt"), "alias.txt") == b"content"
+
+
 def test_concatenated_gzip_members_are_one_stream(tmp_path: Path) -> None:
     data = archive(("a.txt", b"hello")).getvalue()
     raw = gzip.decompress(data)

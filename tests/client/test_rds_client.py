@@ -42,6 +42,8 @@ def test_url_and_key_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
         assert client.url == "http://from-env:3000"
     with Client("http://explicit") as client:
         assert client.url == "http://explicit"
+    with pytest.raises(ValueError, match="must start with http"):
+        Client("127.0.0.1:3000")
     monkeypatch.delenv("RDS_URL")
     with pytest.raises(ValueError, match="RDS_URL"):
         Client()

@@ -92,6 +92,13 @@ def test_answers_that_will_not_change_are_not_retried(api: FakeApi, status: int,
     assert len(api.sent("DELETE", VM_PATH)) == 1
 
 
+def test_a_bad_url_is_not_retried(api: FakeApi) -> None:
+    api.on("GET", VM_PATH, httpx.UnsupportedProtocol("no scheme"))
+    with api.client() as client, pytest.raises(TransportError, match="no scheme"):
+        client.get_vm(VM_ID)
+    assert len(api.requests) == 1 and api.sleeps == []
+
+
 def test_retries_zero_means_one_attempt(api: FakeApi) -> None:
     api.on("GET", VM_PATH, httpx.ConnectError("refused"))
     with api.client(retries=0) as client, pytest.raises(TransportError):
