@@ -230,6 +230,9 @@ def extract_tar_gz(stream: t.BinaryIO | io.RawIOBase, target: Path) -> list[Path
 
 
 def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -> Path | None:
+    if not (member.isdir() or member.isreg() or member.issym() or member.islnk()):
+        raise UnsafeArchive(f"{member.name!r}: devices, fifos and other special files are "
+                            f"refused")
     dest = safe_destination(root, member.name)
     if dest is None:
         return None  # "." or "./": the target itself
@@ -242,7 +245,7 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -
         if not dest.exists():
             dest.mkdir(mode=(member.mode & 0o777) | 0o700)
         return dest
-    if member.isreg():
+    if member.isreg():  # (also a contiguous file, tar's CONTTYPE)
         _make_room(dest, member.name)
         source = tar.extractfile(member)
         assert source is not None  # a regular member always has data
@@ -254,15 +257,13 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -
         _make_room(dest, member.name)
         os.symlink(member.linkname, dest)
         return dest
-    if member.islnk():
-        original = safe_destination(root, member.linkname)
-        if original is None or original.is_symlink() or not original.is_file():
-            raise UnsafeArchive(f"{member.name!r}: a hard link to {member.linkname!r}, which "
-                                f"is not a file extracted before it")
-        _make_room(dest, member.name)
-        os.link(original, dest)
-        return dest
-    raise UnsafeArchive(f"{member.name!r}: devices, fifos and other special files are refused")
+    original = safe_destination(root, member.linkname)  # a hard link
+    if original is None or original.is_symlink() or not original.is_file():
+        raise UnsafeArchive(f"{member.name!r}: a hard link to {member.linkname!r}, which is "
+                            f"not a file extracted before it")
+    _make_room(dest, member.name)
+    os.link(original, dest)
+    return dest
 
 
 def safe_destination(root: Path, name: str) -> Path | None:

@@ -97,16 +97,17 @@ class Http:
 
     def open(self, method: str, path: str, *, json_body: t.Any = None, params: t.Any = None,
              content: ContentFactory | None = None, headers: t.Mapping[str, str] | None = None,
-             timeout: float | None = None, write_timeout: float | None = None) -> httpx.Response:
+             timeout: float | None = None) -> httpx.Response:
         """Send a request and return its successful answer with the body not yet read: the
         caller reads it (``iter_bytes``) and must close it.
 
         :param content: makes the request body (a fresh iterator for every attempt).
+        :param timeout: seconds an answer, or the next piece of a body in either direction,
+            may take (default: the client's).
         :raises RdsError: the matching subclass for an error answer or a transport failure.
         """
         read = self.timeout if timeout is None else timeout
-        limits = httpx.Timeout(read, connect=CONNECT_TIMEOUT_S,
-                               write=read if write_timeout is None else write_timeout)
+        limits = httpx.Timeout(read, connect=CONNECT_TIMEOUT_S)
         request_id = f"rds-{uuid.uuid4().hex[:16]}"
         attempt = 0
         while True:

@@ -151,14 +151,17 @@ def test_setuid_bits_are_dropped(tmp_path: Path) -> None:
     ([entry("hard", tarfile.LNKTYPE, "missing")], "not a file extracted before"),
     ([entry("dev", tarfile.CHRTYPE)], "special files"),
     ([entry("fifo", tarfile.FIFOTYPE)], "special files"),
+    ([entry("new/dir/fifo", tarfile.FIFOTYPE)], "special files"),
 ], ids=["absolute", "dotdot", "dotdot-inside", "symlink-absolute", "symlink-up",
         "symlink-up-from-subdir", "symlink-through-link", "hardlink-absolute",
-        "hardlink-missing", "device", "fifo"])
+        "hardlink-missing", "device", "fifo", "fifo-in-new-dirs"])
 def test_unsafe_entries_are_refused(tmp_path: Path, entries: list, reason: str) -> None:
     target = tmp_path / "target"
     with pytest.raises(UnsafeArchive, match=reason):
         extract_tar_gz(archive(*entries), target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+    if len(entries) == 1:  # nothing at all was made for the refused entry
+        assert list(target.iterdir()) == []
 
 
 def test_no_write_through_an_existing_link_out(tmp_path: Path) -> None:
