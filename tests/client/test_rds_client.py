@@ -302,3 +302,18 @@ def test_sandbox_create_with_url_owns_and_closes_its_client(monkeypatch: pytest.
         sb.exec("true")
     assert sb.client.http._client.is_closed
     assert json.loads(api.requests[0].content)["cpu"] == 1
+
+
+def test_the_package_imports_only_the_stdlib_and_httpx() -> None:
+    """``pip install ./client`` alone must be enough: no app, flask or other dependency."""
+    import ast
+    import sys
+
+    import rds_client
+    allowed = set(sys.stdlib_module_names) | {"httpx", "rds_client", "__future__"}
+    for path in Path(rds_client.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) \
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
