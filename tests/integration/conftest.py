@@ -204,7 +204,8 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def live_server(env: dict[str, str], *serve_args: str,
-                output: int | None = subprocess.PIPE) -> t.Iterator[tuple[str, subprocess.Popen]]:
+                output: int | t.IO[str] | None = subprocess.PIPE,
+                ) -> t.Iterator[tuple[str, subprocess.Popen]]:
     """``python -m app.cli serve`` (gunicorn with deploy/gunicorn.conf.py, as ``make run``
     starts it) on a free loopback port with ``env`` on top of this environment; yields its base
     URL and process once it answers, and stops it afterwards."""
@@ -233,3 +234,18 @@ def live_server(env: dict[str, str], *serve_args: str,
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+RDS_API_KEY = "rds-client-test-key"
+
+
+@pytest.fixture(scope="session")
+def rds_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[tuple[str, str]]:
+    """A live gunicorn, as ``make run`` starts it, for the SDK and ``rds`` CLI tests; yields
+    its base URL and API key. Its output goes to a file (a pipe nobody reads would fill up
+    and stall it); the path is printed for a failing run."""
+    log_path = tmp_path_factory.mktemp("rds-server") / "server.log"
+    print(f"rds_server log: {log_path}")
+    with log_path.open("w") as log, live_server({"API_KEY": RDS_API_KEY, "WEB_WORKERS": "2"},
+                                               output=log) as (base, _process):
+        yield base, RDS_API_KEY
