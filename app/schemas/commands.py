@@ -5,7 +5,7 @@ import types
 
 from marshmallow import RAISE, Schema, fields, pre_dump, validate
 
-from app.schemas.fields import NulFreeString
+from app.schemas.fields import EnvVars, NulFreeString
 
 MAX_CODE = 1_000_000
 
@@ -16,7 +16,7 @@ class ExecSchema(Schema):
 
     cmd = NulFreeString(required=True, validate=validate.Length(min=1, max=100_000))
     cwd = NulFreeString(load_default=None, allow_none=True)
-    env = fields.Dict(keys=NulFreeString(), values=NulFreeString(), load_default=dict)
+    env = EnvVars()
     timeoutMs = fields.Integer(load_default=None, allow_none=True, strict=True,
                                metadata={"description": "default 30000, max "
                                                         "MAX_EXEC_TIMEOUT_MS (120000)"})
@@ -48,8 +48,7 @@ class _RunSchema(Schema):
                          validate=validate.Length(max=MAX_CODE))
     path = NulFreeString(load_default=None, allow_none=True)
     args = fields.List(NulFreeString(), load_default=list)
-    env = fields.List(NulFreeString(), load_default=list,
-                      metadata={"description": '["KEY=VALUE", ...]'})
+    env = EnvVars()
     timeoutMs = fields.Integer(load_default=None, allow_none=True, strict=True)
 
 
