@@ -11,12 +11,14 @@ blp = Blueprint("vms", __name__, url_prefix="/v1/vms", description="Sandbox VMs"
 
 @blp.route("")
 class Vms(MethodView):
+    @blp.doc(operationId="listVms")
     @blp.response(200, VmSchema(many=True))
     @document_errors(blp)
     def get(self):
         """List VMs"""
         return services().vms.list()
 
+    @blp.doc(operationId="createVm")
     @blp.arguments(VmCreateSchema)
     @blp.response(201, VmSchema)
     @document_errors(blp, 400, 404, 429, 504, 507)
@@ -31,12 +33,14 @@ class Vms(MethodView):
 
 @blp.route("/<vm_id>")
 class VmById(MethodView):
+    @blp.doc(operationId="getVm")
     @blp.response(200, VmSchema)
     @document_errors(blp, 404)
     def get(self, vm_id):
         """Get a VM"""
         return services().vms.get(vm_id)
 
+    @blp.doc(operationId="deleteVm")
     @blp.response(204)
     @document_errors(blp, 404, 409, 429)
     def delete(self, vm_id):
@@ -46,6 +50,7 @@ class VmById(MethodView):
 
 @blp.route("/<vm_id>/stop")
 class VmStop(MethodView):
+    @blp.doc(operationId="stopVm")
     @blp.response(204)
     @document_errors(blp, 404, 409, 429)
     def post(self, vm_id):
@@ -55,6 +60,7 @@ class VmStop(MethodView):
 
 @blp.route("/<vm_id>/start")
 class VmStart(MethodView):
+    @blp.doc(operationId="startVm")
     @blp.response(204)
     @document_errors(blp, 404, 409, 429, 504)
     def post(self, vm_id):
@@ -64,6 +70,7 @@ class VmStart(MethodView):
 
 @blp.route("/<vm_id>/network")
 class VmNetwork(MethodView):
+    @blp.doc(operationId="setVmNetwork")
     @blp.arguments(NetworkPolicySchema)
     @blp.response(200, VmSchema)
     @document_errors(blp, 400, 404, 409, 429)

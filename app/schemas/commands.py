@@ -23,13 +23,19 @@ class ExecSchema(Schema):
 
 
 class CommandResultSchema(Schema):
-    exitCode = fields.Integer(attribute="exit_code")
-    stdout = fields.Method("_stdout")
-    stderr = fields.Method("_stderr")
-    timedOut = fields.Boolean(attribute="timed_out")
-    stdoutTruncated = fields.Boolean(attribute="stdout_truncated")
-    stderrTruncated = fields.Boolean(attribute="stderr_truncated")
-    durationMs = fields.Integer(attribute="duration_ms")
+    """A command's outcome: all fields always present (``required``)."""
+
+    exitCode = fields.Integer(required=True, attribute="exit_code",
+                              metadata={"description": "-1 when the command timed out"})
+    stdout = fields.Method("_stdout", required=True, metadata={
+        "type": "string", "description": "UTF-8 (invalid bytes become U+FFFD), at most "
+                                         "MAX_OUTPUT_BYTES"})
+    stderr = fields.Method("_stderr", required=True, metadata={
+        "type": "string", "description": "as stdout"})
+    timedOut = fields.Boolean(required=True, attribute="timed_out")
+    stdoutTruncated = fields.Boolean(required=True, attribute="stdout_truncated")
+    stderrTruncated = fields.Boolean(required=True, attribute="stderr_truncated")
+    durationMs = fields.Integer(required=True, attribute="duration_ms")
 
     def _stdout(self, obj) -> str:  # invalid UTF-8 becomes U+FFFD, never a 500
         return obj.stdout.decode("utf-8", errors="replace")
@@ -64,8 +70,11 @@ class RunResultSchema(CommandResultSchema):
     """A RunResult: the command's fields, plus ``result``/``error`` only when the script set
     them."""
 
-    result = fields.Raw(allow_none=True)
-    error = fields.Raw(allow_none=True)
+    result = fields.Raw(allow_none=True, metadata={
+        "description": "the value of result.set(value); absent when the script set none"})
+    error = fields.Raw(allow_none=True, metadata={
+        "description": "result.error(err) or an uncaught exception ({name, message, stack} "
+                       "for an Error); absent when there was none"})
 
     @pre_dump
     def _flatten(self, run, **_kwargs):

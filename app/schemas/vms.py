@@ -3,14 +3,23 @@ from __future__ import annotations
 
 import ipaddress
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates
+from marshmallow import (INCLUDE, RAISE, Schema, ValidationError, fields, post_load, validate,
+                         validates)
 
 from app.schemas.snapshots import SnapshotRefSchema
 
 
 class ApiErrorSchema(Schema):
+    """Every error answer; more fields may ride along (``additionalProperties``)."""
+
+    class Meta:
+        unknown = INCLUDE
+
     message = fields.String(required=True)
-    errors = fields.Dict()
+    errors = fields.Dict(metadata={"description": "per-field details of a validation failure "
+                                                  "(400 only)"})
+    requestId = fields.String(metadata={"description": "the request's id, on an unexpected "
+                                                       "error (500 only)"})
 
 
 class NetworkPolicySchema(Schema):
@@ -63,21 +72,26 @@ class VmCreateSchema(NetworkPolicySchema, SnapshotRefSchema):
 
 
 class VmSchema(Schema):
-    id = fields.String(dump_only=True)
-    name = fields.String(dump_only=True,
+    """A VM as every answer shows it: all fields always present (``required``)."""
+
+    id = fields.String(dump_only=True, required=True)
+    name = fields.String(dump_only=True, required=True,
                          metadata={"description": "libvirt domain name (virsh)"})
-    state = fields.String(dump_only=True, validate=validate.OneOf(
+    state = fields.String(dump_only=True, required=True, validate=validate.OneOf(
         ["STARTING", "RUNNING", "STOPPING", "STOPPED", "ERROR"]))
-    cpu = fields.Integer(dump_only=True)
-    memMb = fields.Integer(dump_only=True, attribute="mem_mb")
-    guestIp = fields.String(dump_only=True, attribute="guest_ip")
-    outboundInternet = fields.Boolean(dump_only=True, attribute="outbound_internet")
-    allowIps = fields.List(fields.String(), dump_only=True, attribute="allow_ips")
-    createdAt = fields.String(dump_only=True, attribute="created_at")
-    imageId = fields.String(dump_only=True, attribute="image_id")
-    provisionMode = fields.String(dump_only=True, attribute="provision_mode",
+    cpu = fields.Integer(dump_only=True, required=True)
+    memMb = fields.Integer(dump_only=True, required=True, attribute="mem_mb")
+    guestIp = fields.String(dump_only=True, required=True, attribute="guest_ip")
+    outboundInternet = fields.Boolean(dump_only=True, required=True,
+                                      attribute="outbound_internet")
+    allowIps = fields.List(fields.String(), dump_only=True, required=True,
+                           attribute="allow_ips")
+    createdAt = fields.String(dump_only=True, required=True, attribute="created_at")
+    imageId = fields.String(dump_only=True, required=True, attribute="image_id")
+    provisionMode = fields.String(dump_only=True, required=True, attribute="provision_mode",
                                   validate=validate.OneOf(["boot", "snapshot", "pool"]))
-    snapshotId = fields.String(dump_only=True, allow_none=True, attribute="snapshot_id",
+    snapshotId = fields.String(dump_only=True, required=True, allow_none=True,
+                               attribute="snapshot_id",
                                metadata={"description": "snapshot its disk started from, or "
                                                         "null (extension)"})
 
