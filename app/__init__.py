@@ -8,7 +8,7 @@ import uuid
 from flask import Flask, g, request
 
 from app.api.jsonbody import StrictJSONProvider
-from app.api.openapi import Api, add_doc_routes, secure_v1_paths
+from app.api.openapi import Api, add_doc_routes, add_shared_schemas, secure_v1_paths
 from app.config import Settings, load_settings
 from app.errors import register_error_handlers
 
@@ -52,6 +52,7 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
     warn_about_development_defaults(settings)
 
     api = Api(app, spec_kwargs={"info": {"description": "Disposable Linux sandboxes."}})
+    add_shared_schemas(api)
     from app.api import auth, commands, files, health, limits, snapshots, vms
     for blueprint in (health.blp, auth.blp, vms.blp, commands.blp, files.blp, snapshots.blp):
         api.register_blueprint(blueprint)

@@ -14,6 +14,7 @@ import typing as t
 import flask_smorest
 from flask import Flask, send_from_directory
 
+from app.schemas.fields import ENV_MAP, ENV_MAP_SCHEMA
 from app.schemas.vms import ApiErrorSchema
 
 SECURITY = [{"ApiKeyAuth": []}, {"SessionCookie": []}]
@@ -38,6 +39,11 @@ def binary_body(content_type: str, description: str) -> dict[str, t.Any]:
     """
     return {"required": True, "description": description,
             "content": {content_type: {"schema": BINARY}}}
+
+
+def add_shared_schemas(api: flask_smorest.Api) -> None:
+    """Schemas that fields refer to by name rather than by a marshmallow schema."""
+    api.spec.components.schema(ENV_MAP, ENV_MAP_SCHEMA)
 
 
 def secure_v1_paths(api: flask_smorest.Api) -> None:

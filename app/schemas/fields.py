@@ -26,6 +26,11 @@ MAX_ENV_ENTRIES = 256
 MAX_ENV_NAME = 256
 MAX_ENV_VALUE = 100_000  # as a command; the whole command line is capped by the guest's sshd
 ENV_FORMS = "an object {\"KEY\": \"VALUE\"} or a list [\"KEY=VALUE\"]"
+# The object form is one named schema in the OpenAPI document (app.api.openapi registers it),
+# so that a generated client has one type for it on all three routes.
+ENV_MAP = "EnvMap"
+ENV_MAP_SCHEMA = {"type": "object", "additionalProperties": {"type": "string"},
+                  "description": "environment variables by name"}
 
 
 class EnvVars(fields.Field):
@@ -41,7 +46,7 @@ class EnvVars(fields.Field):
         kwargs.setdefault("load_default", dict)
         kwargs.setdefault("metadata", {}).update({
             "description": f"environment variables: {ENV_FORMS}",
-            "oneOf": [{"type": "object", "additionalProperties": {"type": "string"}},
+            "oneOf": [{"$ref": f"#/components/schemas/{ENV_MAP}"},
                       {"type": "array", "items": {"type": "string"}}]})
         super().__init__(**kwargs)
 
