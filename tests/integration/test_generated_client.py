@@ -14,30 +14,18 @@ from __future__ import annotations
 
 import importlib
 import io
-import os
 import pkgutil
-import subprocess
 import sys
 import tarfile
 import typing as t
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import SEED_BODY, live_server
+from tests.clientgen import PACKAGE, generate_client
+from tests.integration.conftest import SEED_BODY, live_server, no_upkeep_config
 
-REPO = Path(__file__).resolve().parents[2]
-GENERATOR_CONFIG = REPO / "docs" / "openapi-python-client.yaml"
-PACKAGE = "rds_openapi_client"  # package_name_override in GENERATOR_CONFIG
 API_KEY = "generated-client-key"
-CONFIG = f"""
-exec(compile(open({str(REPO / "deploy" / "gunicorn.conf.py")!r}).read(), "gunicorn.conf.py",
-             "exec"))
-# No orphan sweep, no maintainer, no warm-pool drain: this server must not touch libvirt state
-# beyond the VM it is asked for.
-del on_starting, post_worker_init, on_exit
-"""
 LOOPBACK_ONLY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 pytestmark = pytest.mark.integration
@@ -45,28 +33,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> t.Iterator[str]:
-    config = tmp_path_factory.mktemp("gunicorn") / "gunicorn.conf.py"
-    config.write_text(CONFIG)
+    config = no_upkeep_config(tmp_path_factory.mktemp("gunicorn"))
     env = {"API_KEY": API_KEY, "WEB_WORKERS": "1", "SNAPSHOT_AUTO_BUILD": "false",
            "ENABLE_WARM_POOL": "false"}
     with live_server(env, "-c", str(config)) as (base, _process):
         yield base
-
-
-def generate(document: bytes, where: Path) -> str:
-    """Run the generator on ``document``; returns its output."""
-    spec = where / "openapi.json"
-    spec.write_bytes(document)
-    bin_dir = Path(sys.executable).parent  # the generator formats its output with our ruff
-    done = subprocess.run(
-        [str(bin_dir / "openapi-python-client"), "generate", "--path", str(spec),
-         "--config", str(GENERATOR_CONFIG), "--meta", "none",
-         "--output-path", str(where / PACKAGE), "--fail-on-warning"],
-        capture_output=True, text=True, timeout=300, check=False,
-        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"})
-    output = done.stdout + done.stderr
-    assert done.returncode == 0 and "Warning" not in output, output
-    return output
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +46,7 @@ def generated(server, tmp_path_factory) -> t.Iterator[t.Any]:
     pytest.importorskip("openapi_python_client")
     where = tmp_path_factory.mktemp("generated")
     with LOOPBACK_ONLY.open(server + "/swagger/openapi.json", timeout=30) as response:
-        generate(response.read(), where)
+        generate_client(response.read(), where)
     sys.path.insert(0, str(where))
     try:
         package = importlib.import_module(PACKAGE)

@@ -8,15 +8,13 @@ happens (tests/unit/spec_check.py, installed by the ``app`` fixture).
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 import typing as t
-from pathlib import Path
-
 import pytest
 
+from tests.clientgen import generate_client
 from tests.unit.spec_check import SpecChecker
 
 CAMEL_CASE = re.compile(r"^[a-z][a-zA-Z0-9]*$")
@@ -48,11 +46,9 @@ MAY_BE_ABSENT = {
 NOT_AN_ERROR_BODY = {("/healthz", "get", "503")}
 ARCHIVE_TYPES = {"application/gzip", "application/x-gzip", "application/octet-stream"}
 BINARY = {"type": "string", "format": "binary"}
-GENERATED_PACKAGE = "rds_openapi_client"
 IMPORT_ALL = ("import importlib, pkgutil, %s as p\n"
               "for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.'):\n"
               "    importlib.import_module(m.name)")
-GENERATOR_CONFIG = Path(__file__).resolve().parents[2] / "docs" / "openapi-python-client.yaml"
 
 
 @pytest.fixture
@@ -187,31 +183,15 @@ def test_the_answer_check_sees_a_missing_field_and_an_undeclared_null(document):
     assert checker.validate(env, "A=1", "$")
 
 
-def generator_env() -> dict[str, str]:
-    """The environment for openapi-python-client: it formats its output with the ruff of this
-    virtualenv."""
-    return {**os.environ,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
 def test_openapi_python_client_generates_without_a_warning(document, tmp_path):
     """The generator docs/api.md names takes the document as it is, and every module of the
     client it writes imports (test_generated_client.py, an integration test, then drives a
     VM with it)."""
     pytest.importorskip("openapi_python_client")
-    spec = tmp_path / "openapi.json"
-    spec.write_text(json.dumps(document))
-    package = tmp_path / GENERATED_PACKAGE
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("openapi-python-client")), "generate",
-         "--path", str(spec), "--config", str(GENERATOR_CONFIG), "--meta", "none",
-         "--output-path", str(package), "--fail-on-warning"],
-        capture_output=True, text=True, timeout=120, check=False, env=generator_env())
-    output = done.stdout + done.stderr
-    assert done.returncode == 0 and "Warning" not in output, output
+    package = generate_client(json.dumps(document).encode(), tmp_path)
     modules = {path.stem for path in (package / "api").glob("*/*.py")} - {"__init__"}
     assert {"create_vm", "exec_in_vm", "upload_files", "download_files"} <= modules
-    imported = subprocess.run([sys.executable, "-c", IMPORT_ALL % GENERATED_PACKAGE],
+    imported = subprocess.run([sys.executable, "-c", IMPORT_ALL % package.name],
                               cwd=tmp_path, capture_output=True, text=True, timeout=120,
                               check=False)
     assert imported.returncode == 0, imported.stderr
