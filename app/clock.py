@@ -6,8 +6,13 @@ import datetime as dt
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return iso_after(0)
+
+
+def iso_after(seconds: float) -> str:
+    """The time ``seconds`` from now, as :func:`now_iso` writes it."""
+    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def age_s(iso: str) -> float:

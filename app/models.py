@@ -33,6 +33,7 @@ class VmPhase(str, enum.Enum):
     STARTING = "starting"  # a start of a stopped VM in progress
     READY = "ready"
     STOPPING = "stopping"
+    DELETING = "deleting"  # powered off and gone for callers; its parts are being removed
 
 
 class VmRole(str, enum.Enum):
@@ -64,6 +65,9 @@ class VmSpec:
     disk_size_mb: int | None = None
     provision_mode: ProvisionMode = ProvisionMode.AUTO
     snapshot_id: str | None = None  # start the disk from this snapshot (extension)
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    ttl_s: int | None = None  # delete this long after create (0: never; None: the default)
+    idle_stop_s: int = 0  # stop after this long without API activity (0: never)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +92,10 @@ class VmRecord:
     snapshot_id: str = ""  # the snapshot its disk started from; "" when none
     role: VmRole = VmRole.SANDBOX
     seed: str = ""  # the memory snapshot (seed) a restored VM came from; its disk backs ours
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    ttl_s: int = 0  # the lifetime asked for; keepalive without a value renews this much
+    expires_at: str = ""  # ISO time the VM is deleted at; "" when never
+    idle_stop_s: int = 0  # stopped after this long without API activity; 0: never
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +124,9 @@ class Vm:
     provision_mode: ProvisionMode
     name: str
     snapshot_id: str | None = None
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    expires_at: str | None = None
+    idle_stop_s: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,8 @@ class Field:
 
     :param key: its name on disk (camelCase, as in the API).
     :param attr: the dataclass attribute.
-    :param kind: ``str``, ``int``, ``bool``, an ``Enum`` class, or ``tuple`` (of strings).
+    :param kind: ``str``, ``int``, ``bool``, an ``Enum`` class, ``tuple`` (of strings) or
+        ``dict`` (string to string; in XML ``<item key="k">v</item>`` entries).
     :param default: the value when the field is absent on disk (required when not given).
     :param omit_default: leave the field out when it holds its default (optional fields that
         older records never had).
@@ -39,6 +40,10 @@ class Field:
     default: t.Any = _REQUIRED
     omit_default: bool = False
     item: str = "item"
+
+    def missing(self) -> t.Any:
+        """The value of an absent field (a fresh copy: records never share a dict)."""
+        return dict(self.default) if isinstance(self.default, dict) else self.default
 
     def to_text(self, value: t.Any) -> str:
         if self.kind is bool:
@@ -60,6 +65,8 @@ class Field:
         return text
 
     def from_json(self, value: t.Any) -> t.Any:
+        if self.kind is dict:
+            return {str(key): str(item) for key, item in value.items()}
         if self.kind is tuple:
             return tuple(str(item) for item in value)
         if self.kind is bool:
@@ -67,6 +74,8 @@ class Field:
         return self.from_text(str(value))
 
     def to_json(self, value: t.Any) -> t.Any:
+        if self.kind is dict:
+            return dict(value)
         if self.kind is tuple:
             return list(value)
         if self.kind in (bool, int):
@@ -95,6 +104,10 @@ VM_FIELDS: Table = (
     Field("seed", "seed", default=""),
     Field("snapshotId", "snapshot_id", default="", omit_default=True),
     Field("allowIps", "allow_ips", tuple, default=(), item="ip"),
+    Field("labels", "labels", dict, default={}, omit_default=True, item="label"),
+    Field("ttlSeconds", "ttl_s", int, default=0, omit_default=True),
+    Field("expiresAt", "expires_at", default="", omit_default=True),
+    Field("idleStopSeconds", "idle_stop_s", int, default=0, omit_default=True),
 )
 
 SNAPSHOT_FIELDS: Table = (
@@ -144,7 +157,7 @@ def from_json(cls: type[R], table: Table, data: t.Mapping[str, t.Any], **extra: 
         elif field.default is _REQUIRED:
             raise ValueError(f"{field.key} is missing")
         else:
-            values[field.attr] = field.default
+            values[field.attr] = field.missing()
     return cls(**values)
 
 
@@ -161,6 +174,9 @@ def to_xml(record: t.Any, table: Table, tag: t.Callable[[str], str] = str) -> ET
         if field.kind is tuple:
             for entry in value:
                 ET.SubElement(element, tag(field.item)).text = str(entry)
+        elif field.kind is dict:
+            for key, entry in value.items():
+                ET.SubElement(element, tag(field.item), key=key).text = entry
         else:
             element.text = field.to_text(value)
     return root
@@ -178,11 +194,14 @@ def from_xml(cls: type[R], table: Table, element: ET.Element,
         if child is None:
             if field.default is _REQUIRED:
                 raise ValueError(f"{field.key} is missing")
-            values[field.attr] = field.default
+            values[field.attr] = field.missing()
         elif field.kind is tuple:
             values[field.attr] = tuple(item.text or "" for item in child.iterfind(tag(field.item)))
+        elif field.kind is dict:
+            values[field.attr] = {item.get("key", ""): item.text or ""
+                                  for item in child.iterfind(tag(field.item))}
         elif not (child.text or "") and field.default is not _REQUIRED and field.kind is not str:
-            values[field.attr] = field.default
+            values[field.attr] = field.missing()
         else:
             values[field.attr] = field.from_text(child.text or "")
     return cls(**values)

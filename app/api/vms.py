@@ -1,22 +1,42 @@
-"""/v1/vms: create, list, inspect, stop, start and delete VMs."""
+"""/v1/vms: create, list, inspect, label, keep alive, stop, start and delete VMs."""
 from __future__ import annotations
 
+import urllib.parse
+
+from flask import request
 from flask.views import MethodView
 
 from app.api import Blueprint, document_errors, services
-from app.models import ProvisionMode, VmSpec
-from app.schemas.vms import NetworkPolicySchema, VmCreateSchema, VmSchema
+from app.models import ProvisionMode, VmSpec, VmState
+from app.schemas.vms import (DeletedVmsSchema, KeepaliveSchema, NetworkPolicySchema,
+                             VmCreateSchema, VmDeleteOneQuerySchema, VmDeleteQuerySchema,
+                             VmListQuerySchema, VmPatchSchema, VmSchema)
+from app.services.listing import VmQuery, parse_label_filter
 
 blp = Blueprint("vms", __name__, url_prefix="/v1/vms", description="Sandbox VMs")
 
 @blp.route("")
 class Vms(MethodView):
     @blp.doc(operationId="listVms")
-    @blp.response(200, VmSchema(many=True))
-    @document_errors(blp)
-    def get(self):
-        """List VMs"""
-        return services().vms.list()
+    @blp.arguments(VmListQuerySchema, location="query")
+    @blp.response(200, VmSchema(many=True), headers={
+        "X-Next-Cursor": {"description": "with limit: the cursor of the next page (absent "
+                                         "on the last)", "schema": {"type": "string"}},
+        "Link": {"description": 'with limit: <...>; rel="next"',
+                 "schema": {"type": "string"}}})
+    @document_errors(blp, 400)
+    def get(self, query):
+        """List VMs, oldest first; filter by label and state, page with limit and cursor"""
+        page = services().vms.query(VmQuery(
+            labels=tuple(parse_label_filter(text) for text in query["label"]),
+            state=VmState(query["state"]) if query["state"] else None,
+            limit=query["limit"], cursor=query["cursor"]))
+        if page.next_cursor is None:
+            return page.vms
+        params = [(key, value) for key, value in request.args.items(multi=True)
+                  if key != "cursor"] + [("cursor", page.next_cursor)]
+        link = f"<{request.path}?{urllib.parse.urlencode(params)}>; rel=\"next\""
+        return page.vms, 200, {"X-Next-Cursor": page.next_cursor, "Link": link}
 
     @blp.doc(operationId="createVm")
     @blp.arguments(VmCreateSchema)
@@ -27,8 +47,20 @@ class Vms(MethodView):
         spec = VmSpec(cpu=body["cpu"], mem_mb=body["memMb"], allow_ips=tuple(body["allowIps"]),
                       outbound_internet=body["outboundInternet"], image_id=body["imageId"],
                       disk_size_mb=body["diskSizeMb"], snapshot_id=body["snapshotId"],
-                      provision_mode=ProvisionMode(body["provisionMode"]))
+                      provision_mode=ProvisionMode(body["provisionMode"]),
+                      labels=body["labels"], ttl_s=body["ttlSeconds"],
+                      idle_stop_s=body["idleStopSeconds"])
         return services().vms.create(spec)
+
+    @blp.doc(operationId="deleteVms")
+    @blp.arguments(VmDeleteQuerySchema, location="query")
+    @blp.response(200, DeletedVmsSchema)
+    @document_errors(blp, 400)
+    def delete(self, query):
+        """Delete every VM that carries all the given labels (a CI job's cleanup)"""
+        deleted, failed = services().vms.delete_matching(
+            tuple(parse_label_filter(text) for text in query["label"]))
+        return {"deleted": deleted, "failed": failed}
 
 
 @blp.route("/<vm_id>")
@@ -40,12 +72,36 @@ class VmById(MethodView):
         """Get a VM"""
         return services().vms.get(vm_id)
 
+    @blp.doc(operationId="updateVm")
+    @blp.arguments(VmPatchSchema)
+    @blp.response(200, VmSchema)
+    @document_errors(blp, 400, 404, 409)
+    def patch(self, body, vm_id):
+        """Replace a VM's labels"""
+        return services().vms.set_labels(vm_id, body["labels"])
+
     @blp.doc(operationId="deleteVm")
+    @blp.arguments(VmDeleteOneQuerySchema, location="query")
     @blp.response(204)
     @document_errors(blp, 404, 409, 429)
-    def delete(self, vm_id):
-        """Delete a VM: domain, disk, filter and address"""
-        services().vms.delete(vm_id)
+    def delete(self, query, vm_id):
+        """Delete a VM: domain, disk, filter and address
+
+        Answers once the VM is powered off; its disk, filter and address are released right
+        after (with ?wait=true: before answering).
+        """
+        services().vms.delete(vm_id, wait=query["wait"])
+
+
+@blp.route("/<vm_id>/keepalive")
+class VmKeepalive(MethodView):
+    @blp.doc(operationId="keepaliveVm")
+    @blp.arguments(KeepaliveSchema)
+    @blp.response(200, VmSchema)
+    @document_errors(blp, 400, 404, 409)
+    def post(self, body, vm_id):
+        """Renew a VM's lifetime from now (ttlSeconds, default: its own again)"""
+        return services().vms.keepalive(vm_id, body["ttlSeconds"])
 
 
 @blp.route("/<vm_id>/stop")

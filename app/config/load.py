@@ -58,9 +58,13 @@ def validate(settings: Settings) -> None:
                  "login_failure_window_s", "login_max_lockout_s"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
-    for name in ("disk_budget_mb", "disk_reserve_mb", "max_snapshots"):
+    for name in ("disk_budget_mb", "disk_reserve_mb", "max_snapshots", "vm_default_ttl_s",
+                 "vm_max_ttl_s"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"{name.upper()} must not be negative")
+    if settings.vm_max_ttl_s and not 0 < settings.vm_default_ttl_s <= settings.vm_max_ttl_s:
+        raise ConfigError("VM_DEFAULT_TTL_S must be between 1 and VM_MAX_TTL_S when "
+                          "VM_MAX_TTL_S is set (every VM then has a lifetime)")
     if settings.web_threads < 1 or settings.long_call_slots < 0:
         raise ConfigError("WEB_THREADS must be at least 1 and LONG_CALL_SLOTS not negative")
     if settings.long_call_slots >= settings.web_threads:

@@ -47,6 +47,10 @@ class Settings:
     disk_budget_mb: int = 0
     disk_reserve_mb: int = 2048
     max_snapshots: int = 100
+    # Lifetimes: a VM's ttlSeconds when it gives none, and the most it may ask for (0: no
+    # default lifetime / no maximum; with a maximum, every VM must have a lifetime).
+    vm_default_ttl_s: int = 0
+    vm_max_ttl_s: int = 0
     storage_root: str = "/var/lib/run-dat-sheesh"
     templates_dir: str = str(REPO_ROOT / "vm-templates")
     default_image_id: str = "default"
@@ -204,6 +208,8 @@ ENV_NAMES: dict[str, str] = {
     "DISK_BUDGET_MB": "disk_budget_mb",
     "DISK_RESERVE_MB": "disk_reserve_mb",
     "MAX_SNAPSHOTS": "max_snapshots",
+    "VM_DEFAULT_TTL_S": "vm_default_ttl_s",
+    "VM_MAX_TTL_S": "vm_max_ttl_s",
     "STORAGE_ROOT": "storage_root",
     "TEMPLATES_DIR": "templates_dir",
     "DEFAULT_IMAGE_ID": "default_image_id",

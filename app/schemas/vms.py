@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
-from marshmallow import (INCLUDE, RAISE, Schema, ValidationError, fields, post_load, validate,
-                         validates)
+from marshmallow import (EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields, post_load,
+                         validate, validates)
 
 from app.schemas.snapshots import SnapshotRefSchema
 
@@ -20,6 +21,40 @@ class ApiErrorSchema(Schema):
                                                   "(400 only)"})
     requestId = fields.String(metadata={"description": "the request's id, on an unexpected "
                                                        "error (500 only)"})
+
+
+LABEL_KEY = re.compile(r"[a-z0-9][a-z0-9_./-]{0,62}")
+MAX_LABELS = 32
+MAX_LABEL_VALUE = 256
+MAX_SECONDS = 10 * 365 * 24 * 3600  # ten years: any lifetime a caller can mean
+
+
+def validate_labels(labels: dict[str, str]) -> None:
+    """At most 32; keys like ``ci.job`` or ``team/x``; values of at most 256 printable
+    characters (they live in the domain's XML)."""
+    if len(labels) > MAX_LABELS:
+        raise ValidationError(f"at most {MAX_LABELS} labels")
+    for key, value in labels.items():
+        if not LABEL_KEY.fullmatch(key):
+            raise ValidationError(f"label key {key[:80]!r} must be 1-63 characters of a-z, "
+                                  f"0-9, '_', '.', '-', '/', starting with a letter or digit")
+        if len(value) > MAX_LABEL_VALUE:
+            raise ValidationError(f"label {key!r}: value longer than {MAX_LABEL_VALUE} "
+                                  f"characters")
+        if any(ord(char) < 32 or 127 <= ord(char) < 160 for char in value):
+            raise ValidationError(f"label {key!r}: value has a control character")
+
+
+def labels_field(**kwargs) -> fields.Dict:
+    return fields.Dict(keys=fields.String(), values=fields.String(), validate=validate_labels,
+                       metadata={"description": "labels: at most 32, keys [a-z0-9][a-z0-9_./-]"
+                                                "{0,62}, values up to 256 characters"},
+                       **kwargs)
+
+
+def seconds_field(description: str, **kwargs) -> fields.Integer:
+    return fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_SECONDS),
+                          metadata={"description": description}, **kwargs)
 
 
 class NetworkPolicySchema(Schema):
@@ -69,6 +104,78 @@ class VmCreateSchema(NetworkPolicySchema, SnapshotRefSchema):
                                  "'auto' (the fastest available). A faster path that is not "
                                  "available falls back to the next one; the response's "
                                  "provisionMode says which was used."})
+    labels = labels_field(load_default=dict)
+    ttlSeconds = seconds_field("lifetime: the VM is deleted this long after it is created "
+                               "(0: never; default VM_DEFAULT_TTL_S, at most VM_MAX_TTL_S); "
+                               "POST .../keepalive renews it", load_default=None)
+    idleStopSeconds = seconds_field("stop the VM (disk kept) after this long without "
+                                    "exec, run-ts/js, files, start, keepalive or label "
+                                    "changes (0: never)", load_default=0)
+
+
+class VmPatchSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    labels = labels_field(required=True)
+
+
+class KeepaliveSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    ttlSeconds = seconds_field("the new lifetime, from now (default: the VM's own ttlSeconds "
+                               "again)", load_default=None)
+
+
+STATES = ["STARTING", "RUNNING", "STOPPING", "STOPPED", "ERROR"]
+LABEL_FILTER = fields.String(metadata={"description": "KEY=VALUE, or KEY for any value"})
+
+
+class VmListQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    label = fields.List(LABEL_FILTER, load_default=list,
+                        metadata={"description": "only VMs with this label (repeatable: all "
+                                                 "must match)"})
+    state = fields.String(load_default=None, validate=validate.OneOf(STATES))
+    limit = fields.Integer(load_default=None, strict=False, validate=validate.Range(1, 1000),
+                           metadata={"description": "page size (opt-in paging): the answer "
+                                                    "is still an array; X-Next-Cursor and "
+                                                    "Link rel=next name the next page"})
+    cursor = fields.String(load_default=None, validate=validate.Length(max=1024),
+                           metadata={"description": "X-Next-Cursor of the previous page"})
+
+
+class VmDeleteQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    label = fields.List(LABEL_FILTER, required=True, validate=validate.Length(min=1),
+                        metadata={"description": "delete the VMs with all these labels "
+                                                 "(at least one is required)"})
+
+
+class VmDeleteOneQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    wait = fields.Boolean(load_default=False,
+                          metadata={"description": "answer only once everything of the VM "
+                                                   "is removed (default: once it is off)"})
+
+
+class DeleteFailureSchema(Schema):
+    id = fields.String(required=True)
+    message = fields.String(required=True)
+
+
+class DeletedVmsSchema(Schema):
+    deleted = fields.List(fields.String(), required=True,
+                          metadata={"description": "ids of deleted VMs"})
+    failed = fields.List(fields.Nested(DeleteFailureSchema), required=True,
+                         metadata={"description": "VMs that matched but could not be deleted"})
 
 
 class VmSchema(Schema):
@@ -77,8 +184,7 @@ class VmSchema(Schema):
     id = fields.String(dump_only=True, required=True)
     name = fields.String(dump_only=True, required=True,
                          metadata={"description": "libvirt domain name (virsh)"})
-    state = fields.String(dump_only=True, required=True, validate=validate.OneOf(
-        ["STARTING", "RUNNING", "STOPPING", "STOPPED", "ERROR"]))
+    state = fields.String(dump_only=True, required=True, validate=validate.OneOf(STATES))
     cpu = fields.Integer(dump_only=True, required=True)
     memMb = fields.Integer(dump_only=True, required=True, attribute="mem_mb")
     guestIp = fields.String(dump_only=True, required=True, attribute="guest_ip")
@@ -94,6 +200,12 @@ class VmSchema(Schema):
                                attribute="snapshot_id",
                                metadata={"description": "snapshot its disk started from, or "
                                                         "null (extension)"})
+    labels = fields.Dict(keys=fields.String(), values=fields.String(), dump_only=True,
+                         required=True)
+    expiresAt = fields.String(dump_only=True, required=True, allow_none=True,
+                              attribute="expires_at",
+                              metadata={"description": "when the VM is deleted, or null"})
+    idleStopSeconds = fields.Integer(dump_only=True, required=True, attribute="idle_stop_s")
 
     def get_attribute(self, obj, attr, default):  # VmState enum -> its value
         value = super().get_attribute(obj, attr, default)

@@ -43,6 +43,7 @@ class Adapters:
     connect: t.Callable[..., GuestSSH] = GuestSSH  # makes a guest's SSH client
     bridge_nf: Path = BRIDGE_NF_IPTABLES
     clock: t.Callable[[], float] = time.time
+    run_later: t.Callable[..., t.Any] | None = None  # background work (None: thread pools)
 
 
 @dataclasses.dataclass
@@ -92,7 +93,7 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
     store = SnapshotStore(settings.snapshots_dir, templates)
     parts = build_vm_parts(settings, hypervisor, templates, adapters.domain_type,
                            adapters.ipsets, adapters.taps, snapshots=store,
-                           connect=adapters.connect)
+                           connect=adapters.connect, run_later=adapters.run_later)
     vms = VmService(parts)
     seeds = SeedBuilder(settings, hypervisor, templates, parts.seeds, parts.records,
                         parts.files, parts.ports, parts.teardown)
@@ -108,7 +109,7 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                     files=FileService(settings, vms), snapshots=snapshots, seeds=seeds,
                     domain_type=adapters.domain_type,
                     maintainer=Maintainer(settings, parts.pool, seeds, templates, parts.ipsets,
-                                          sweep=sweep),
+                                          sweep=sweep, reap=vms.reap),
                     health=HealthService(settings, hypervisor, adapters.domain_type,
                                          adapters.bridge_nf),
                     auth=AuthService(settings, state, clock=adapters.clock))

@@ -1,11 +1,18 @@
-"""Lifecycle: stop, start, delete and network changes of a caller's VM.
+"""Lifecycle: stop, start, delete, network, label and lifetime changes of a caller's VM.
 
 Each holds the VM's host-wide lock (a flock on ``vms/<name>/lock``), so whichever worker
 process serves them they run one at a time: the sets in the kernel always hold the policy the
 record says, and nothing is re-created for a VM that a concurrent delete removed.
+
+A delete answers once the guest is powered off and the VM is marked ``deleting`` (gone for
+callers, its quota slot free); its port, filter, sets and files are removed right after, in
+the background, and the domain is undefined last, so the VM's name and address are not reused
+before everything is gone. When the process dies in between, the maintaining process's reaper
+finishes the job (:meth:`Lifecycle.finish_delete`).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -16,6 +23,7 @@ from app.config import Settings
 from app.errors import AppError, HypervisorError, VmBusy, VmNotFound, VmStateConflict
 from app.models import DomainInfo, Vm, VmPhase, VmRecord, VmState
 from app.services.guests import GuestClients
+from app.services.lifetimes import Activity, expires_at, lifetime_s
 from app.services.locks import host_lock
 from app.services.policy import EgressPolicy
 from app.services.ports import VmPorts
@@ -34,7 +42,10 @@ VM_LOCK_FILE = "lock"  # in the VM's directory
 class Lifecycle:
     def __init__(self, settings: Settings, hypervisor: Hypervisor, records: VmRecords,
                  policy: EgressPolicy, ports: VmPorts, guests: GuestClients,
-                 teardown: VmTeardown) -> None:
+                 teardown: VmTeardown, activity: Activity,
+                 run_later: t.Callable[..., t.Any] | None = None) -> None:
+        """:param run_later: runs ``fn(*args)`` soon, off the request (default: a small
+            thread pool of this process; unit tests run it at once)."""
         self.settings = settings
         self.hypervisor = hypervisor
         self.records = records
@@ -42,6 +53,11 @@ class Lifecycle:
         self.ports = ports
         self.guests = guests
         self.teardown = teardown
+        self.activity = activity
+        if run_later is None:
+            run_later = concurrent.futures.ThreadPoolExecutor(
+                max_workers=2, thread_name_prefix="vm-delete").submit
+        self._run_later = run_later
 
     @contextlib.contextmanager
     def locked(self, vm_id: str) -> t.Iterator[tuple[VmRecord, DomainInfo]]:
@@ -74,12 +90,39 @@ class Lifecycle:
                  outbound_internet, len(allow_ips))
         return to_vm(updated, info.state)
 
-    def stop(self, vm_id: str) -> None:
+    def set_labels(self, vm_id: str, labels: dict[str, str]) -> Vm:
+        """Replace a VM's labels."""
+        with self.locked(vm_id) as (record, info):
+            updated = dataclasses.replace(record, labels=dict(labels))
+            self.records.save(updated)
+        self.activity.touch(record.name)
+        return to_vm(updated, info.state)
+
+    def keepalive(self, vm_id: str, ttl_s: int | None) -> Vm:
+        """Restart a VM's lifetime from now: ``ttl_s`` seconds, or its own length again
+        (a VM without a lifetime keeps none); counts as activity.
+
+        :raises InvalidRequest: against ``VM_MAX_TTL_S``.
+        """
+        with self.locked(vm_id) as (record, info):
+            ttl = lifetime_s(self.settings, record.ttl_s if ttl_s is None else ttl_s)
+            updated = dataclasses.replace(record, ttl_s=ttl, expires_at=expires_at(ttl))
+            self.records.save(updated)
+        self.activity.touch(record.name)
+        log.info("vm kept alive vm=%s expires=%s", vm_id, updated.expires_at or "never")
+        return to_vm(updated, info.state)
+
+    def stop(self, vm_id: str, only_if: t.Callable[[VmRecord], bool] | None = None) -> bool:
         """Clean guest shutdown (guest agent, then ACPI, then power-off); disk kept.
 
+        :param only_if: checked under the lock (the reaper's idle stop); nothing happens
+            when it is false.
+        :returns: whether the VM was stopped.
         :raises VmStateConflict: unless RUNNING.
         """
         with self.locked(vm_id) as (record, info):
+            if only_if is not None and not only_if(record):
+                return False
             self._require(vm_id, to_vm(record, info.state).state, VmState.RUNNING, "stopped")
             self.guests.forget(vm_id)
             self.records.set_phase(record, VmPhase.STOPPING)
@@ -91,6 +134,7 @@ class Lifecycle:
                 log.warning("guest did not power off in time, forcing vm=%s", vm_id)
                 self.hypervisor.destroy_domain(vm_id)
         log.info("vm stopped vm=%s", vm_id)
+        return True
 
     def start(self, vm_id: str) -> None:
         """Boot a STOPPED VM from its kept disk; returns once the guest answers.
@@ -106,6 +150,7 @@ class Lifecycle:
             self.policy.apply(record)  # the sets are kernel state: gone after a host reboot
             self.ports.ensure(record)  # so is the tap, and libvirt's bindings live under /run
             self.hypervisor.start_domain(vm_id)
+        self.activity.touch(record.name)
         try:
             self.guests.wait_ready(record)
         except AppError:
@@ -117,13 +162,55 @@ class Lifecycle:
                 self.records.set_phase(record, VmPhase.READY)
         log.info("vm started vm=%s", vm_id)
 
-    def delete(self, vm_id: str) -> None:
-        """Remove the VM and everything it owns (domain, port, filter, sets, disk, keys).
+    def delete(self, vm_id: str, only_if: t.Callable[[VmRecord], bool] | None = None,
+               wait: bool = False) -> bool:
+        """Power the VM off and mark it deleted; its parts go right after, in the background
+        (or before returning, with ``wait``).
 
+        :param only_if: checked under the lock (the reaper's expiry); nothing happens when it
+            is false.
+        :returns: whether the VM was deleted.
         :raises VmNotFound: when already gone.
         """
         with self.locked(vm_id) as (record, _info):
-            self.teardown.remove(record)
+            if only_if is not None and not only_if(record):
+                return False
+            self.teardown.power_off(record.id)
+            self.records.set_phase(record, VmPhase.DELETING)
+        log.info("vm powered off for deletion vm=%s name=%s", vm_id, record.name)
+        if wait:
+            self.finish_delete(vm_id)
+        else:
+            self._run_later(self._finish_quietly, vm_id)
+        return True
+
+    def finish_delete(self, vm_id: str, lock_wait_s: float = LOCK_TIMEOUT) -> bool:
+        """Remove what is left of a VM marked deleted (port, filter, sets, files, then the
+        domain); any process may do it, any number of times.
+
+        :returns: whether there was something to finish.
+        :raises VmBusy: another process is at it (for ``lock_wait_s``).
+        """
+        record = self.records.any(vm_id)
+        if record is None or record.phase is not VmPhase.DELETING:
+            return False
+        try:
+            with host_lock(self.settings.vms_dir / record.name / VM_LOCK_FILE, lock_wait_s,
+                           busy=lambda: VmBusy(f"VM {vm_id} is being deleted"),
+                           missing=lambda: VmNotFound(vm_id)):
+                current = self.records.any(vm_id)
+                if current is None or current.phase is not VmPhase.DELETING:
+                    return False
+                self.teardown.finish(current)
+        except VmNotFound:  # its directory is gone already: only the rest is left
+            self.teardown.finish(record)
+        return True
+
+    def _finish_quietly(self, vm_id: str) -> None:
+        try:
+            self.finish_delete(vm_id)
+        except AppError as exc:  # the reaper retries
+            log.warning("deleting vm=%s did not finish: %s", vm_id, exc.message)
 
     @staticmethod
     def _require(vm_id: str, state: VmState, wanted: VmState, verb: str) -> None:

@@ -10,6 +10,9 @@ others wait to take over. The owner, every few seconds:
   (``ENABLE_WARM_POOL``), at most ``WARM_POOL_MAX_VMS`` in all, and removes pool VMs that
   died, belong to an old image build or were left half-made by a crashed owner;
 - refreshes the host-wide egress sets (the host's own addresses change: DHCP, new links);
+- in a thread of its own, every :data:`REAP_INTERVAL_S`, enforces lifetimes (expiry, idle
+  stop) and finishes interrupted deletes (:class:`~app.services.reaper.Reaper`), so a long
+  memory-snapshot save never delays an expiry;
 - every :data:`SWEEP_INTERVAL_S`, sweeps what crashed creates left behind (a worker killed
   mid-create leaves a domain that counts against ``MAX_VMS``), with the usual 10-minute age
   guard (:meth:`VmService.remove_orphans`).
@@ -36,23 +39,28 @@ from app.virt.ipsets import IpSets
 
 log = logging.getLogger(__name__)
 INTERVAL_S = 3.0
+REAP_INTERVAL_S = 2.0
 SWEEP_INTERVAL_S = 60.0
 
 
 class Maintainer:
     def __init__(self, settings: Settings, pool: WarmPool, seeds: SeedBuilder,
                  templates: TemplateCatalog, ipsets: IpSets,
-                 sweep: t.Callable[[], list[str]]) -> None:
-        """:param sweep: removes what crashed creates and snapshots left behind."""
+                 sweep: t.Callable[[], list[str]],
+                 reap: t.Callable[[], list[str]] | None = None) -> None:
+        """:param sweep: removes what crashed creates and snapshots left behind.
+        :param reap: enforces lifetimes (:meth:`app.services.reaper.Reaper.run_once`)."""
         self.settings = settings
         self.pool = pool
         self.seeds = seeds
         self.templates = templates
         self.ipsets = ipsets
         self.sweep = sweep
+        self.reap = reap
         self._swept_at: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._reaper_thread: threading.Thread | None = None
         self._lock_file: t.IO[str] | None = None
 
     # Ownership #############################################################################
@@ -63,9 +71,24 @@ class Maintainer:
             self._thread = threading.Thread(target=self._loop, name="rds-maintainer",
                                             daemon=True)
             self._thread.start()
+        if self._reaper_thread is None and self.reap is not None:
+            self._reaper_thread = threading.Thread(target=self._reap_loop, name="rds-reaper",
+                                                   daemon=True)
+            self._reaper_thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 0.0) -> None:
+        """Stop the loops; with ``wait_s``, wait that long for them to end and then give up
+        ownership, so another instance in this process can take over (tests)."""
         self._stop.set()
+        threads = [thread for thread in (self._thread, self._reaper_thread) if thread]
+        if not wait_s:
+            return
+        deadline = time.monotonic() + wait_s
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._lock_file is not None and not any(thread.is_alive() for thread in threads):
+            self._lock_file.close()  # closing the descriptor releases the flock
+            self._lock_file = None
 
     def try_become_owner(self) -> bool:
         if self._lock_file is not None:
@@ -90,6 +113,16 @@ class Maintainer:
             except Exception:  # the loop must survive anything and retry
                 log.exception("maintenance round failed")
             self._stop.wait(INTERVAL_S)
+
+    def _reap_loop(self) -> None:
+        assert self.reap is not None
+        while not self._stop.wait(REAP_INTERVAL_S):
+            if self._lock_file is None:
+                continue  # not the owner (yet): the main loop takes ownership
+            try:
+                self.reap()
+            except Exception:  # the loop must survive anything and retry
+                log.exception("reaper round failed")
 
     # Work ##################################################################################
 

@@ -72,7 +72,7 @@ class WarmPool:
             record = dataclasses.replace(
                 candidates[0], role=VmRole.SANDBOX, provision_mode=ProvisionMode.POOL,
                 allow_ips=spec.allow_ips, outbound_internet=spec.outbound_internet,
-                created_at=now_iso())
+                created_at=now_iso(), **plan.caller_fields())
             try:
                 self.policy.apply(record)
                 self.records.save(record)

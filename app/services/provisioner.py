@@ -26,6 +26,7 @@ from app.models import (ProvisionMode, Template, Vm, VmPhase, VmRecord, VmRole, 
 from app.services.addresses import allocation_lock, mac_for, pick_address
 from app.services.capacity import DiskBudget
 from app.services.guests import GuestClients
+from app.services.lifetimes import expires_at, lifetime_s
 from app.services.policy import EgressPolicy
 from app.services.ports import VmPorts
 from app.services.records import VmRecords, to_vm
@@ -58,6 +59,13 @@ class CreatePlan:
     template: Template
     build: ImageBuild
     disk_size_mb: int
+    ttl_s: int = 0  # the lifetime it gets (the default applied)
+
+    def caller_fields(self) -> dict[str, t.Any]:
+        """What the caller asked for that a record carries besides the shape and policy:
+        labels and lifetimes (the expiry starts now)."""
+        return {"labels": dict(self.spec.labels), "ttl_s": self.ttl_s,
+                "expires_at": expires_at(self.ttl_s), "idle_stop_s": self.spec.idle_stop_s}
 
 
 class Provisioner:
@@ -102,7 +110,8 @@ class Provisioner:
         if disk_size_mb < build.disk_size_mb:
             raise InvalidRequest(f"diskSizeMb must be at least {build.disk_size_mb} for "
                                  f"template {template.id!r}")
-        return CreatePlan(spec, template, build, disk_size_mb)
+        return CreatePlan(spec, template, build, disk_size_mb,
+                          lifetime_s(self.settings, spec.ttl_s))
 
     def create(self, plan: CreatePlan, role: VmRole = VmRole.SANDBOX) -> Vm:
         """A new VM, restored from the shape's memory snapshot if there is one (and the mode
@@ -167,9 +176,11 @@ class Provisioner:
                 # up under the lock, so the snapshot cannot be deleted before the domain exists
                 template, build, backing, disk_size_mb = self._snapshot_store().vm_base(spec)
             domains = self.hypervisor.list_domains()
-            if len(domains) >= settings.max_vms:
-                raise QuotaExceeded(f"VM quota reached ({settings.max_vms} VMs)")
             others = [r for r in (parse_metadata(domain.xml) for domain in domains) if r]
+            # A VM being deleted is powered off already: it holds its address, not the quota.
+            deleting = sum(1 for other in others if other.phase is VmPhase.DELETING)
+            if len(domains) - deleting >= settings.max_vms:
+                raise QuotaExceeded(f"VM quota reached ({settings.max_vms} VMs)")
             self.budget.check_new_vm(others, disk_size_mb)
             address = pick_address(settings.network, settings.gateway_ip,
                                    [other.guest_ip for other in others])
@@ -181,7 +192,8 @@ class Provisioner:
                 image_path=str(build.path), disk_size_mb=disk_size_mb, created_at=now_iso(),
                 provision_mode=ProvisionMode.BOOT if seed is None else ProvisionMode.SNAPSHOT,
                 host_key=host_key.public_openssh, phase=VmPhase.CREATING, role=role,
-                seed=seed.key if seed else "", snapshot_id=spec.snapshot_id or "")
+                seed=seed.key if seed else "", snapshot_id=spec.snapshot_id or "",
+                **(plan.caller_fields() if role is VmRole.SANDBOX else {}))
             vm_dir = self.files.directory(name)
             vm_dir.mkdir(mode=0o700, parents=True)
             cleanup.add("files", self.teardown.files, name)

@@ -25,7 +25,8 @@ def vm_state(domain_state: str, phase: VmPhase) -> VmState:
         return VmState.STARTING  # defined, being restored or booted: not a caller's yet
     if domain_state == "running":
         return {VmPhase.READY: VmState.RUNNING, VmPhase.STARTING: VmState.STARTING,
-                VmPhase.CREATING: VmState.STARTING, VmPhase.STOPPING: VmState.STOPPING}[phase]
+                VmPhase.CREATING: VmState.STARTING, VmPhase.STOPPING: VmState.STOPPING,
+                VmPhase.DELETING: VmState.STOPPING}[phase]
     if domain_state == "shutoff":
         return VmState.STOPPED
     if domain_state == "shutdown":
@@ -40,7 +41,8 @@ def to_vm(record: VmRecord, domain_state: str) -> Vm:
               outbound_internet=record.outbound_internet, allow_ips=record.allow_ips,
               created_at=record.created_at, image_id=record.image_id,
               provision_mode=record.provision_mode, name=record.name,
-              snapshot_id=record.snapshot_id or None)
+              snapshot_id=record.snapshot_id or None, labels=dict(record.labels),
+              expires_at=record.expires_at or None, idle_stop_s=record.idle_stop_s)
 
 
 class VmRecords:
@@ -61,7 +63,7 @@ class VmRecords:
     def sandboxes(self) -> list[Vm]:
         """The callers' VMs (pool VMs and seeds are not), oldest first."""
         vms = [to_vm(record, info.state) for record, info in self.all()
-               if record.role is VmRole.SANDBOX]
+               if record.role is VmRole.SANDBOX and record.phase is not VmPhase.DELETING]
         return sorted(vms, key=lambda vm: (vm.created_at, vm.id))
 
     def pool(self) -> list[tuple[VmRecord, str]]:
@@ -77,7 +79,8 @@ class VmRecords:
     def lookup(self, vm_id: str) -> tuple[VmRecord, DomainInfo]:
         """A caller's VM by id, with its domain.
 
-        :raises VmNotFound: unknown or malformed id, or not a caller's VM (pool, seed).
+        :raises VmNotFound: unknown or malformed id, not a caller's VM (pool, seed), or
+            being deleted.
         """
         try:
             uuid.UUID(vm_id)
@@ -89,7 +92,7 @@ class VmRecords:
             raise VmNotFound(f"VM {vm_id} not found") from None
         record = parse_metadata(info.xml)
         if record is None or record.role is not VmRole.SANDBOX or \
-                not info.name.startswith(NAME_PREFIX):
+                record.phase is VmPhase.DELETING or not info.name.startswith(NAME_PREFIX):
             raise VmNotFound(f"VM {vm_id} not found")
         return record, info
 

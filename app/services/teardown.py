@@ -2,8 +2,10 @@
 
 A VM owns, made in this order: its files (``vms/<name>/``: overlay disk, keys, sockets), its
 egress ipsets, its nwfilter, its network port (tap and filter binding) and its domain. They go
-in the reverse order, always the same: domain, port, filter, ipsets, files (a filter is only
-removable once no binding uses it, a set once no rule does). The same step functions serve
+always in the same order: the domain is powered off first (a running guest must keep its
+filter), then port, filter, ipsets, files (a filter is only removable once no binding uses it,
+a set once no rule does), and the domain is undefined last, so that its name and address stay
+taken until nothing of the VM is left. The same step functions serve
 
 - a create that fails half-way (each step registers its undo in a :class:`Cleanup` as it
   succeeds, like e2b's orchestrator),
@@ -14,6 +16,7 @@ Every step accepts that its part is already gone.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import typing as t
@@ -79,14 +82,21 @@ class VmTeardown:
 
     # Steps (each: gone already is fine) ###################################################
 
-    def domain(self, vm_id: str) -> None:
-        """Power the domain off and undefine it (its SSH client goes first)."""
+    def power_off(self, vm_id: str) -> None:
+        """Power the domain off at once (its SSH client goes first)."""
         self.guests.forget(vm_id)
-        try:
+        # Gone already (undefined by someone else, e.g. virsh): the goal is reached.
+        with contextlib.suppress(VmNotFound):
             self.hypervisor.destroy_domain(vm_id)
+
+    def undefine(self, vm_id: str) -> None:
+        with contextlib.suppress(VmNotFound):
             self.hypervisor.undefine_domain(vm_id)
-        except VmNotFound:
-            pass  # undefined by someone else meanwhile (virsh): the goal is reached
+
+    def domain(self, vm_id: str) -> None:
+        """Power the domain off and undefine it."""
+        self.power_off(vm_id)
+        self.undefine(vm_id)
 
     def port(self, name: str) -> None:
         """The filter binding (and with it the filter's rules), then the tap."""
@@ -105,17 +115,23 @@ class VmTeardown:
 
     def remove(self, record: VmRecord) -> None:
         """Remove the VM and everything it owns, in the one order. When the domain cannot be
-        removed nothing else is touched (a running guest must keep its filter); after that,
-        every step runs even when an earlier one failed, then the first error is raised.
+        powered off nothing else is touched; after that, every step runs even when an
+        earlier one failed, then the first error is raised.
 
         :raises AppError: the first step that failed (e.g. libvirt unreachable).
         """
-        self.domain(record.id)
+        self.power_off(record.id)
+        self.finish(record)
+
+    def finish(self, record: VmRecord) -> None:
+        """Everything after the power-off: port, filter, ipsets, files, then the domain's
+        definition (see :meth:`remove`)."""
         first_error: AppError | None = None
         for name, step, arg in (("port", self.port, record.name),
                                 ("filter", self.filter, record.name),
                                 ("ipsets", self.egress_sets, record.name),
-                                ("files", self.files, record.name)):
+                                ("files", self.files, record.name),
+                                ("domain", self.undefine, record.id)):
             try:
                 step(arg)
             except AppError as exc:

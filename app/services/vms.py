@@ -19,16 +19,19 @@ import dataclasses
 import typing as t
 
 from app.config import Settings
-from app.errors import QuotaExceeded, VmStateConflict
+from app.errors import AppError, QuotaExceeded, VmNotFound, VmStateConflict
 from app.guestssh import GuestSSH
 from app.models import DomainInfo, ProvisionMode, Vm, VmRecord, VmSpec, VmState
 from app.services.capacity import DiskBudget
 from app.services.guests import GuestClients, ManagerKey
 from app.services.lifecycle import Lifecycle
+from app.services.lifetimes import Activity
+from app.services.listing import VmPage, VmQuery, select
 from app.services.policy import EgressPolicy
 from app.services.pool import WarmPool
 from app.services.ports import VmPorts
 from app.services.provisioner import Provisioner
+from app.services.reaper import Reaper
 from app.services.records import VmRecords, to_vm
 from app.services.seeds import SeedStore
 from app.services.snapshot_store import SnapshotStore
@@ -64,12 +67,15 @@ class VmParts:
     pool: WarmPool
     lifecycle: Lifecycle
     sweeper: Sweeper
+    activity: Activity
+    reaper: Reaper
 
 
 def build_vm_parts(settings: Settings, hypervisor: Hypervisor, templates: TemplateCatalog,
                    domain_type: str, ipsets: IpSets, taps: Taps,
                    snapshots: SnapshotStore | None = None,
-                   connect: t.Callable[..., GuestSSH] = GuestSSH) -> VmParts:
+                   connect: t.Callable[..., GuestSSH] = GuestSSH,
+                   run_later: t.Callable[..., t.Any] | None = None) -> VmParts:
     """Wire the parts over the host adapters (unit tests pass fakes)."""
     seeds = SeedStore(settings.seeds_dir, domain_type, lambda: hypervisor.emulator_version())
     records = VmRecords(hypervisor)
@@ -77,17 +83,21 @@ def build_vm_parts(settings: Settings, hypervisor: Hypervisor, templates: Templa
     policy = EgressPolicy(settings, ipsets)
     manager_key = ManagerKey(settings.keys_dir)
     guests = GuestClients(settings, manager_key, connect)
+    activity = Activity(settings.vms_dir)
     files = VmFiles(settings, templates, domain_type, manager_key)
     teardown = VmTeardown(settings, hypervisor, ports, ipsets, guests)
     provisioner = Provisioner(settings, hypervisor, templates, seeds, snapshots, records, files,
                               ports, policy, guests, teardown, DiskBudget(settings))
+    lifecycle = Lifecycle(settings, hypervisor, records, policy, ports, guests, teardown,
+                          activity, run_later)
     return VmParts(
         settings=settings, hypervisor=hypervisor, templates=templates, seeds=seeds,
         records=records, ipsets=ipsets, ports=ports, policy=policy, manager_key=manager_key,
         guests=guests, files=files, teardown=teardown, provisioner=provisioner,
         pool=WarmPool(settings, hypervisor, records, provisioner, policy, teardown),
-        lifecycle=Lifecycle(settings, hypervisor, records, policy, ports, guests, teardown),
-        sweeper=Sweeper(settings, hypervisor, records, ports, ipsets, teardown))
+        lifecycle=lifecycle,
+        sweeper=Sweeper(settings, hypervisor, records, ports, ipsets, teardown),
+        activity=activity, reaper=Reaper(records, lifecycle, activity))
 
 
 class VmService:
@@ -103,6 +113,13 @@ class VmService:
 
     def list(self) -> list[Vm]:
         return self.parts.records.sandboxes()
+
+    def query(self, query: VmQuery) -> VmPage:
+        """The callers' VMs that carry the labels and state asked for, a page at a time.
+
+        :raises InvalidRequest: a cursor this service did not hand out.
+        """
+        return select(self.parts.records.sandboxes(), query)
 
     def get(self, vm_id: str) -> Vm:
         """:raises VmNotFound: for an unknown or malformed id."""
@@ -126,6 +143,7 @@ class VmService:
         state = to_vm(record, info.state).state
         if state is not VmState.RUNNING:
             raise VmStateConflict(f"VM {vm_id} is {state.value}; it must be RUNNING")
+        self.parts.activity.touch(record.name)
         return self.parts.guests.client(record)
 
     def manager_key(self) -> KeyPair:
@@ -170,8 +188,40 @@ class VmService:
     def start(self, vm_id: str) -> None:
         self.parts.lifecycle.start(vm_id)
 
-    def delete(self, vm_id: str) -> None:
-        self.parts.lifecycle.delete(vm_id)
+    def delete(self, vm_id: str, wait: bool = False) -> None:
+        """Power the VM off and answer; the rest of it goes right after (before returning
+        with ``wait``).
+
+        :raises VmNotFound: unknown or already deleted.
+        """
+        self.parts.lifecycle.delete(vm_id, wait=wait)
+
+    def delete_matching(self, labels: tuple[tuple[str, str | None], ...]
+                        ) -> tuple[list[str], list[dict[str, str]]]:
+        """Delete every caller's VM that carries all ``labels`` (a CI job's cleanup).
+
+        :returns: the ids deleted, and the ones that could not be, with the reason.
+        """
+        deleted, failed = [], []
+        for vm in self.query(VmQuery(labels=labels)).vms:
+            try:
+                self.parts.lifecycle.delete(vm.id)
+                deleted.append(vm.id)
+            except VmNotFound:
+                pass  # deleted meanwhile by someone else
+            except AppError as exc:
+                failed.append({"id": vm.id, "message": exc.message})
+        return deleted, failed
+
+    def set_labels(self, vm_id: str, labels: dict[str, str]) -> Vm:
+        return self.parts.lifecycle.set_labels(vm_id, labels)
+
+    def keepalive(self, vm_id: str, ttl_s: int | None) -> Vm:
+        return self.parts.lifecycle.keepalive(vm_id, ttl_s)
+
+    def reap(self) -> list[str]:
+        """Enforce lifetimes once (the maintaining process calls it every few seconds)."""
+        return self.parts.reaper.run_once()
 
     # Housekeeping ##########################################################################
 

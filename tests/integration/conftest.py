@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from app.models import VmRole
+from app.errors import VmNotFound
+from app.models import VmPhase, VmRole
 from app.virt.domain_xml import parse_metadata, port_name
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,9 +51,20 @@ class Api:
         assert response.status_code == expect, response.json
         return response.json
 
-    def delete_vm(self, vm_id: str) -> None:
+    def delete_vm(self, vm_id: str, timeout: float = 60) -> None:
+        """DELETE answers once the VM is off; then wait until its domain is gone too, so
+        that the next test starts from a settled host."""
         response = self.request("DELETE", f"/v1/vms/{vm_id}")
         assert response.status_code in (204, 404), response.json
+        hypervisor = self.app.extensions["rds"].hypervisor
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                hypervisor.get_domain(vm_id)
+            except VmNotFound:
+                return
+            assert time.monotonic() < deadline, f"VM {vm_id} was not removed"
+            time.sleep(0.1)
 
     def cleanup(self) -> None:
         for vm_id in self.created:
@@ -86,6 +98,7 @@ def api(app, services):
     client = Api(app)
     yield client
     client.cleanup()
+    wait_for_deletes(services)
     # Tests that undefine domains behind the service's back leave their filters, ipsets and
     # disks to the orphan sweep; then nothing of this suite may be left on the host.
     services.remove_orphans(min_age_s=0)
@@ -102,6 +115,26 @@ def api(app, services):
     assert not bindings, f"the suite left nwfilter bindings behind: {bindings}"
 
 
+
+
+def wait_for_deletes(services: t.Any, timeout: float = 60) -> None:
+    """A DELETE answers once the VM is off; wait until every VM being deleted is gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        deleting = [info.name for info in services.hypervisor.list_domains()
+                    if getattr(parse_metadata(info.xml), "phase", None) is VmPhase.DELETING]
+        if not deleting:
+            return
+        assert time.monotonic() < deadline, f"deletes did not finish: {deleting}"
+        time.sleep(0.2)
+
+
+def wait_until_undefined(name: str, timeout: float = 30) -> None:
+    """Wait until libvirt no longer knows the domain ``name`` (a delete finished)."""
+    deadline = time.monotonic() + timeout
+    while name in virsh("list", "--all", "--name").stdout.split():
+        assert time.monotonic() < deadline, f"{name} is still defined"
+        time.sleep(0.2)
 
 
 def guest_sh(services: t.Any, vm_id: str, command: str, timeout: float = 60) -> str:

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.conftest import SEED_BODY, guest_sh, virsh
+from tests.integration.conftest import SEED_BODY, guest_sh, virsh, wait_until_undefined
 
 CONTRACT_FIELDS = {"id", "state", "cpu", "memMb", "guestIp", "outboundInternet", "allowIps",
                    "createdAt", "imageId", "provisionMode"}
@@ -96,7 +96,9 @@ def test_delete_leaves_nothing_behind(api, vm, services):
     overlay = services.settings.vms_dir / vm["name"] / "disk.qcow2"
     assert overlay.exists()
     assert api.request("DELETE", f"/v1/vms/{vm['id']}").status_code == 204
-    assert vm["name"] not in virsh("list", "--all", "--name").stdout
+    # Gone for callers at once; the rest follows within seconds, the domain last.
+    assert api.request("GET", f"/v1/vms/{vm['id']}").status_code == 404
+    wait_until_undefined(vm["name"])
     assert vm["name"] not in virsh("nwfilter-list").stdout
     assert vm["name"] not in virsh("nwfilter-binding-list").stdout
     assert subprocess.run(["ip", "link", "show", "dev", vm["name"]], capture_output=True,

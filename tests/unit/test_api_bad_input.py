@@ -27,8 +27,9 @@ def vm_id(services) -> str:
 
 
 def post_raw(client, path: str, text: str, auth: dict[str, str] | None = None):
-    """POST, or PUT for the one route that takes a body on PUT."""
-    method = client.put if path.endswith("/network") else client.post
+    """POST, or PUT / PATCH for the routes that take a body on those."""
+    method = (client.put if path.endswith("/network") else
+              client.patch if path.rstrip("/").rsplit("/", 2)[-2] == "vms" else client.post)
     return method(path, data=text, content_type="application/json", headers=auth or {})
 
 
@@ -46,6 +47,8 @@ ROUTES = [
     ("/v1/vms", {**VM_BODY, "imageId": "default", "allowIps": ["1.1.1.1"]},
      ["imageId", "allowIps.0"]),
     ("/v1/vms/{vm}/network", {"allowIps": ["1.1.1.1"]}, ["allowIps.0"]),
+    ("/v1/vms/{vm}", {"labels": {"job": "42"}}, ["labels.job"]),
+    ("/v1/vms/{vm}/keepalive", {"ttlSeconds": 60}, []),
     ("/v1/vms/{vm}/exec", {"cmd": "true", "cwd": "/workspace", "env": {"A": "b"}},
      ["cmd", "cwd", "env.A"]),
     ("/v1/vms/{vm}/run-ts", {"code": "1", "args": ["a"], "env": ["A=b"], "denoFlags": ["--x"]},

@@ -17,7 +17,7 @@ from app.models import VmSpec
 from app.schemas.auth import LoginSchema
 from app.schemas.commands import ExecSchema, RunJsSchema, RunTsSchema
 from app.schemas.fields import EnvVars
-from app.schemas.vms import NetworkPolicySchema, VmCreateSchema
+from app.schemas.vms import KeepaliveSchema, NetworkPolicySchema, VmCreateSchema, VmPatchSchema
 
 FUZZ = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -27,6 +27,8 @@ ROUTES: list[tuple[str, str, type[Schema]]] = [
     ("post", "/auth/login", LoginSchema),
     ("post", "/v1/vms", VmCreateSchema),
     ("put", "/v1/vms/{vm}/network", NetworkPolicySchema),
+    ("patch", "/v1/vms/{vm}", VmPatchSchema),
+    ("post", "/v1/vms/{vm}/keepalive", KeepaliveSchema),
     ("post", "/v1/vms/{vm}/exec", ExecSchema),
     ("post", "/v1/vms/{vm}/run-ts", RunTsSchema),
     ("post", "/v1/vms/{vm}/run-js", RunJsSchema),
@@ -128,3 +130,19 @@ def test_schema_shaped_hostile_bodies_never_5xx(client, auth, vm_id, route, data
                                      "application/merge-patch+json", ""]))
 def test_raw_bytes_never_5xx(client, auth, vm_id, route, raw, content_type):
     assert_handled(send(client, auth, vm_id, route, raw, content_type))
+
+
+QUERY_VALUE = st.one_of(TEXT, st.sampled_from(["k=v", "k", "=", "==", "ci.job=42", "%00", "%ff",
+                                               "RUNNING", "0", "-1", "99999999999999999999"]))
+
+
+@pytest.mark.parametrize("method", ["get", "delete"])
+@FUZZ
+@given(params=st.lists(st.tuples(st.sampled_from(["label", "state", "limit", "cursor", "wait",
+                                                  "x"]), QUERY_VALUE), max_size=5))
+def test_hostile_list_and_delete_queries_never_5xx(client, auth, vm_id, method, params):
+    from urllib.parse import quote
+    # Lone surrogates go as the bytes they would be (%ED%A0%80: not UTF-8).
+    query = "&".join(f"{key}={quote(value.encode('utf-8', 'surrogatepass'), safe='%=')}"
+                     for key, value in params)
+    assert_handled(getattr(client, method)(f"/v1/vms?{query}", headers=auth))
