@@ -120,6 +120,7 @@ def test_generated_client_drives_a_vm(api, client):
     with tarfile.open(fileobj=downloaded.payload, mode="r:gz") as unpacked:
         assert unpacked.extractfile("./hello.txt").read() == b"from the generated client\n"
 
-    assert delete_vm.sync_detailed(vm.id, client=client).status_code == 204
+    # wait=true: the rest of the delete must not be left to a server this module stops.
+    assert delete_vm.sync_detailed(vm.id, client=client, wait=True).status_code == 204
     gone = get_vm.sync(vm.id, client=client)
     assert isinstance(gone, ApiError) and gone.message, gone
