@@ -4,10 +4,10 @@ from __future__ import annotations
 import logging
 import typing as t
 
-from flask import Flask, send_from_directory
-from flask_smorest import Api
+from flask import Flask
 
 from app.api.jsonbody import StrictJSONProvider
+from app.api.openapi import Api, add_doc_routes, add_shared_schemas, secure_v1_paths
 from app.config import Settings, load_settings
 from app.errors import register_error_handlers
 from app.logs import configure_logging
@@ -51,22 +51,19 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
     warn_about_development_defaults(settings)
 
     api = Api(app, spec_kwargs={"info": {"description": "Disposable Linux sandboxes."}})
-    api.spec.components.security_scheme(
-        "ApiKeyAuth", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
-    api.spec.components.security_scheme(
-        "SessionCookie", {"type": "apiKey", "in": "cookie", "name": "rds_session"})
+    add_shared_schemas(api)
     from app.api import (auth, commands, files, health, limits, observe, snapshots, telemetry,
                          vms)
     for blueprint in (health.blp, auth.blp, vms.blp, commands.blp, files.blp, snapshots.blp,
                       observe.blp):
         api.register_blueprint(blueprint)
-    _secure_v1_paths(api)
+    secure_v1_paths(api)
 
     telemetry.install(app)  # first: the request id and the clock
     app.before_request(auth.require_credentials)
     limits.install(app, settings.long_call_limit)  # after the credential check
     register_error_handlers(app)
-    _add_doc_routes(app, api)
+    add_doc_routes(app, api)
     if settings.trusted_proxies > 0:  # behind nginx: trust its X-Forwarded-* headers only
         from werkzeug.middleware.proxy_fix import ProxyFix
         hops = settings.trusted_proxies
@@ -85,24 +82,3 @@ def warn_about_development_defaults(settings: Settings) -> None:
                     "is" if len(defaults) == 1 else "are",
                     "it" if len(defaults) == 1 else "them", settings.bind_host,
                     " and ".join(defaults))
-
-
-def _secure_v1_paths(api: Api) -> None:
-    for path, operations in api.spec._paths.items():
-        if path.startswith("/v1"):
-            for method, operation in operations.items():
-                if method == "parameters":
-                    continue
-                operation["security"] = [{"ApiKeyAuth": []}, {"SessionCookie": []}]
-
-
-def _add_doc_routes(app: Flask, api: Api) -> None:
-    import swagger_ui_bundle
-
-    @app.get("/openapi.json")
-    def openapi_json():
-        return api.spec.to_dict()
-
-    @app.get("/docs/static/<path:filename>")
-    def swagger_static(filename: str):
-        return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)

@@ -14,7 +14,7 @@ from flask.views import MethodView
 
 from app.api import Blueprint, services
 from app.errors import Forbidden, Unauthorized
-from app.schemas.auth import LoginSchema, SessionSchema
+from app.schemas.auth import EmptySchema, LoginSchema, SessionSchema
 from app.schemas.vms import ApiErrorSchema
 
 blp = Blueprint("auth", __name__, url_prefix="/auth", description="Admin session")
@@ -79,6 +79,7 @@ def check_csrf() -> None:
 
 @blp.route("/login")
 class Login(MethodView):
+    @blp.doc(operationId="login")
     @blp.arguments(LoginSchema)
     @blp.response(200, SessionSchema)
     @blp.alt_response(401, schema=ApiErrorSchema, description="Wrong credentials")
@@ -104,7 +105,8 @@ class Login(MethodView):
 
 @blp.route("/logout")
 class Logout(MethodView):
-    @blp.response(200)
+    @blp.doc(operationId="logout")
+    @blp.response(200, EmptySchema)
     @blp.alt_response(403, schema=ApiErrorSchema,
                       description="Cross-site request (Origin) or no X-Requested-With header")
     def post(self):
@@ -123,6 +125,7 @@ class Logout(MethodView):
 
 @blp.route("/me")
 class Me(MethodView):
+    @blp.doc(operationId="getSession")
     @blp.response(200, SessionSchema)
     @blp.alt_response(401, schema=ApiErrorSchema, description="Not logged in")
     def get(self):

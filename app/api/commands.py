@@ -13,6 +13,7 @@ blp = Blueprint("commands", __name__, url_prefix="/v1/vms",
 
 @blp.route("/<vm_id>/exec")
 class Exec(MethodView):
+    @blp.doc(operationId="execInVm")
     @blp.arguments(ExecSchema)
     @blp.response(200, CommandResultSchema)
     @document_errors(blp, 400, 404, 409, 429, 504)
@@ -24,6 +25,7 @@ class Exec(MethodView):
 
 @blp.route("/<vm_id>/run-ts")
 class RunTs(MethodView):
+    @blp.doc(operationId="runTsInVm")
     @blp.arguments(RunTsSchema)
     @blp.response(200, RunResultSchema)
     @document_errors(blp, 400, 404, 409, 429, 504)
@@ -35,6 +37,7 @@ class RunTs(MethodView):
 
 @blp.route("/<vm_id>/run-js")
 class RunJs(MethodView):
+    @blp.doc(operationId="runJsInVm")
     @blp.arguments(RunJsSchema)
     @blp.response(200, RunResultSchema)
     @document_errors(blp, 400, 404, 409, 429, 504)

@@ -6,6 +6,7 @@ from flask.views import MethodView
 
 from app import metrics
 from app.api import Blueprint, document_errors, services
+from app.schemas.vms import ApiErrorSchema
 from app.schemas.observe import (ConsoleLogSchema, LogsQuerySchema, ReadinessSchema,
                                  VmStatsSchema)
 
@@ -15,10 +16,11 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 @blp.route("metrics")
 class Metrics(MethodView):
-    @blp.doc(responses={"200": {"description": "Prometheus text format",
-                                "content": {PROMETHEUS_TEXT: {"schema": {"type": "string"}}}},
-                        "401": {"description": "Missing or wrong credentials (unless "
-                                               "METRICS_PUBLIC)"}})
+    @blp.doc(operationId="getMetrics",
+             responses={"200": {"description": "Prometheus text format (version 0.0.4)",
+                                "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    @blp.alt_response(401, schema=ApiErrorSchema,
+                      description="Missing or wrong credentials (unless METRICS_PUBLIC)")
     def get(self):
         """Prometheus metrics of this host (every worker's, added up)"""
         return Response(metrics.exposition(services().host_metrics), mimetype=None,
@@ -27,6 +29,7 @@ class Metrics(MethodView):
 
 @blp.route("readyz")
 class Ready(MethodView):
+    @blp.doc(operationId="getReadiness")
     @blp.response(200, ReadinessSchema)
     @blp.alt_response(503, schema=ReadinessSchema, description="not ready: see checks")
     def get(self):
@@ -39,6 +42,7 @@ class Ready(MethodView):
 
 @blp.route("v1/vms/<vm_id>/logs")
 class VmLogs(MethodView):
+    @blp.doc(operationId="getVmLogs")
     @blp.arguments(LogsQuerySchema, location="query")
     @blp.response(200, ConsoleLogSchema)
     @document_errors(blp, 400, 404)
@@ -49,6 +53,7 @@ class VmLogs(MethodView):
 
 @blp.route("v1/vms/<vm_id>/stats")
 class VmStats(MethodView):
+    @blp.doc(operationId="getVmStats")
     @blp.response(200, VmStatsSchema)
     @document_errors(blp, 404)
     def get(self, vm_id):

@@ -13,54 +13,56 @@ class LogsQuerySchema(Schema):
 
 
 class ConsoleLogSchema(Schema):
-    type = fields.String(metadata={"description": "always 'console' (the serial console)"})
-    lines = fields.List(fields.String())
-    truncated = fields.Boolean(metadata={"description": "older lines exist that are not "
-                                                        "in lines"})
-    updatedAt = fields.String(attribute="updated_at", allow_none=True)
+    type = fields.String(required=True,
+                         metadata={"description": "always 'console' (the serial console)"})
+    lines = fields.List(fields.String(), required=True)
+    truncated = fields.Boolean(required=True, metadata={
+        "description": "older lines exist that are not in lines"})
+    updatedAt = fields.String(required=True, attribute="updated_at", allow_none=True)
 
 
 class CpuStatsSchema(Schema):
-    timeNs = fields.Integer()
-    percent = fields.Float(allow_none=True, metadata={
+    timeNs = fields.Integer(required=True)
+    percent = fields.Float(required=True, allow_none=True, metadata={
         "description": "over the last 0.25 s; up to vcpus × 100; null unless running"})
-    vcpus = fields.Integer()
+    vcpus = fields.Integer(required=True)
 
 
 class MemoryStatsSchema(Schema):
-    assignedMb = fields.Integer()
-    rssMb = fields.Float(allow_none=True, metadata={"description": "QEMU's resident memory"})
+    assignedMb = fields.Integer(required=True)
+    rssMb = fields.Float(required=True, allow_none=True,
+                         metadata={"description": "QEMU's resident memory"})
 
 
 class DiskStatsSchema(Schema):
-    readBytes = fields.Integer()
-    writeBytes = fields.Integer()
-    readOps = fields.Integer()
-    writeOps = fields.Integer()
+    readBytes = fields.Integer(required=True)
+    writeBytes = fields.Integer(required=True)
+    readOps = fields.Integer(required=True)
+    writeOps = fields.Integer(required=True)
 
 
 class NetworkStatsSchema(Schema):
-    rxBytes = fields.Integer()
-    txBytes = fields.Integer()
-    rxPackets = fields.Integer()
-    txPackets = fields.Integer()
+    rxBytes = fields.Integer(required=True)
+    txBytes = fields.Integer(required=True)
+    rxPackets = fields.Integer(required=True)
+    txPackets = fields.Integer(required=True)
 
 
 class VmStatsSchema(Schema):
-    vmId = fields.String(attribute="vm_id")
-    state = fields.String()
-    sampledAt = fields.String(attribute="sampled_at")
-    uptimeSeconds = fields.Float(attribute="uptime_s", allow_none=True,
+    vmId = fields.String(required=True, attribute="vm_id")
+    state = fields.String(required=True)
+    sampledAt = fields.String(required=True, attribute="sampled_at")
+    uptimeSeconds = fields.Float(required=True, attribute="uptime_s", allow_none=True,
                                  metadata={"description": "since the guest was last started "
                                                           "or restored; null unless running"})
-    cpu = fields.Nested(CpuStatsSchema)
-    memory = fields.Nested(MemoryStatsSchema)
-    disk = fields.Nested(DiskStatsSchema)
-    network = fields.Nested(NetworkStatsSchema)
+    cpu = fields.Nested(CpuStatsSchema, required=True)
+    memory = fields.Nested(MemoryStatsSchema, required=True)
+    disk = fields.Nested(DiskStatsSchema, required=True)
+    network = fields.Nested(NetworkStatsSchema, required=True)
 
 
 class ReadinessSchema(Schema):
-    status = fields.String(metadata={"description": "'ready' or 'not ready'"})
-    checks = fields.Dict(keys=fields.String(), values=fields.String(),
+    status = fields.String(required=True, metadata={"description": "'ready' or 'not ready'"})
+    checks = fields.Dict(keys=fields.String(), values=fields.String(), required=True,
                          metadata={"description": "libvirt, network, networkPolicy, image: "
                                                   "'ok' or what is wrong"})

@@ -112,10 +112,10 @@ class CommandService:
     # run-ts / run-js #######################################################################
 
     def run_ts(self, vm_id: str, code: str | None, path: str | None, args: list[str],
-               env: list[str], flags: list[str], timeout_ms: int | None) -> RunResult:
+               env: dict[str, str], flags: list[str], timeout_ms: int | None) -> RunResult:
         """Run TypeScript with Deno inside its permission sandbox."""
         check_deno_flags(flags)
-        env_map = self._env_list(env)
+        env_map = self._check_env(env)
         deno_flags = deno_run_flags(env_map, self._egress_allowed(vm_id), flags)
         workspace_file = self._code_or_path(code, path)
         token = uuid.uuid4().hex
@@ -126,14 +126,14 @@ class CommandService:
                                 .encode(), token, timeout_ms)
 
     def run_js(self, vm_id: str, code: str | None, path: str | None, args: list[str],
-               env: list[str], flags: list[str], timeout_ms: int | None) -> RunResult:
+               env: dict[str, str], flags: list[str], timeout_ms: int | None) -> RunResult:
         """Run JavaScript (ES module) with Node.js; same result/env/timeout contract.
 
         ``runner.mjs`` is Node's main module (see guest/README.md): a JSON header line and the
         code on stdin; it writes the code to a file named after its content and imports it.
         """
         check_node_flags(flags)
-        env_map = self._env_list(env)
+        env_map = self._check_env(env)
         workspace_file = self._code_or_path(code, path)
         token = uuid.uuid4().hex
         source = (code or "").encode()
@@ -235,16 +235,6 @@ class CommandService:
             if not ENV_NAME.match(key) or key in RESERVED_ENV:
                 raise InvalidRequest(f"env name {key!r} is not a valid variable name")
         return env
-
-    def _env_list(self, env: list[str]) -> dict[str, str]:
-        pairs: dict[str, str] = {}
-        for entry in env:
-            key, sep, value = entry.partition("=")
-            if not sep:
-                raise InvalidRequest(f"env entry {entry!r} must look like KEY=VALUE")
-            pairs[key] = value
-        return self._check_env(pairs)
-
 
 
 def deno_run_flags(env_map: dict[str, str], egress: bool, caller_flags: list[str]) -> list[str]:

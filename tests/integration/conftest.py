@@ -202,6 +202,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# deploy/gunicorn.conf.py without its hooks that sweep orphans, run the maintainer (memory
+# snapshots, warm pool) or drain the pool: for a live server that must leave the rest of this
+# libvirtd alone (other test runs may share it).
+NO_UPKEEP_CONFIG = f"""
+exec(compile(open({str(REPO / "deploy" / "gunicorn.conf.py")!r}).read(), "gunicorn.conf.py",
+             "exec"))
+del on_starting, post_worker_init, on_exit
+"""
+
+
+def no_upkeep_config(directory: Path) -> Path:
+    """Write :data:`NO_UPKEEP_CONFIG` into ``directory``; pass it as ``-c`` to live_server."""
+    config = directory / "gunicorn.conf.py"
+    config.write_text(NO_UPKEEP_CONFIG)
+    return config
+
+
 @contextlib.contextmanager
 def live_server(env: dict[str, str], *serve_args: str,
                 output: int | t.IO[str] | None = subprocess.PIPE,
