@@ -80,7 +80,7 @@ def _lines(stream: CommandStream, result_line: Schema,
             yield from encoder.encode(chunk)
         yield from encoder.flush()
         if stream.result is not None:
-            yield json_line(result_line.dump(stream.result))
+            yield json_line({"type": "result", **result_line.dump(stream.result)})
     except AppError as exc:
         log.warning("streamed command failed after the start error=%s", exc.message)
         yield json_line({"type": "error", "message": exc.message})
