@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.integration.conftest import REPO, free_port
+from tests.integration.conftest import REPO, free_port, stop_process
 
 NGINX = "/usr/sbin/nginx"
 SITE = REPO / "deploy" / "nginx" / "run-dat-sheesh.conf"
@@ -106,12 +106,7 @@ def nginx_site(upstream_port: int, directory: Path) -> t.Iterator[tuple[int, ssl
         _wait_for(port, process)
         yield port, context
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process, grace=15)
 
 
 def _wait_for(port: int, process: subprocess.Popen) -> None:
