@@ -166,6 +166,14 @@ class CommandResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class OutputChunk:
+    """Output of a streamed command, as it arrived: ``stream`` is "stdout" or "stderr"."""
+
+    stream: str
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True)
 class RunResult:
     """A run-ts / run-js outcome: the command's result plus the script's ``result``/``error``."""
 

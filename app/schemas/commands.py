@@ -82,6 +82,49 @@ class RunResultSchema(CommandResultSchema):
             key: run.outcome[key] for key in ("result", "error") if key in run.outcome})
 
 
+# Lines of a streamed answer (Accept: application/x-ndjson; app/api/ndjson.py) ##############
+
+class OutputLineSchema(Schema):
+    """A chunk of output, as it arrived."""
+
+    class Meta:
+        unknown = RAISE
+
+    type = fields.String(required=True, validate=validate.OneOf(["output"]))
+    stream = fields.String(required=True, validate=validate.OneOf(["stdout", "stderr"]))
+    data = fields.String(required=True, metadata={
+        "description": "the chunk as UTF-8 text, or the base64 of its bytes when `encoding` "
+                       "is `base64`"})
+    encoding = fields.String(validate=validate.OneOf(["base64"]), metadata={
+        "description": "only when the chunk is not valid UTF-8"})
+
+
+class ErrorLineSchema(Schema):
+    """The last line when the call failed after its output had started."""
+
+    class Meta:
+        unknown = RAISE
+
+    type = fields.String(required=True, validate=validate.OneOf(["error"]))
+    message = fields.String(required=True)
+
+
+class CommandResultLineSchema(CommandResultSchema):
+    """The last line: the buffered answer, with stdout and stderr empty (the output lines
+    carried them)."""
+
+    type = fields.String(required=True, dump_default="result",
+                         validate=validate.OneOf(["result"]))
+
+
+class RunResultLineSchema(RunResultSchema):
+    """The last line: the buffered answer, with stdout and stderr empty (the output lines
+    carried them)."""
+
+    type = fields.String(required=True, dump_default="result",
+                         validate=validate.OneOf(["result"]))
+
+
 class UploadQueryArgsSchema(Schema):
     dest = fields.String(required=True, metadata={
         "description": "directory inside the workspace: /workspace/..., relative, or "

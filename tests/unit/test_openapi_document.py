@@ -44,6 +44,8 @@ OPERATION_IDS = {
 MAY_BE_ABSENT = {
     "ApiError": {"errors", "requestId"},  # validation failures (400) / unexpected errors (500)
     "RunResult": {"result", "error"},  # only when the script set them
+    "RunResultLine": {"result", "error"},  # the same, streamed
+    "OutputLine": {"encoding"},  # only on a chunk that is not UTF-8 (then "base64")
 }
 # Error statuses whose answer is not {"message"}: the health probe's 503 is its own report.
 NOT_AN_ERROR_BODY = {("/healthz", "get", "503"), ("/readyz", "get", "503")}
