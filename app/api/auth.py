@@ -12,6 +12,7 @@ import hmac
 from flask import request, session
 from flask.views import MethodView
 
+from app import actor
 from app.api import Blueprint, services
 from app.errors import Forbidden, Unauthorized
 from app.schemas.auth import EmptySchema, LoginSchema, SessionSchema
@@ -50,10 +51,13 @@ def require_credentials() -> None:
         return
     key = request.headers.get("X-API-Key", "")
     if key and _equal(key, services().settings.api_key):
+        actor.current.set(actor.api_key())
         return
-    if _session_email() is None:
+    email = _session_email()
+    if email is None:
         raise Unauthorized("Unauthorized")
     check_csrf()
+    actor.current.set(actor.session(email))
 
 
 def check_csrf() -> None:

@@ -7,8 +7,8 @@ from flask.views import MethodView
 from app import metrics
 from app.api import Blueprint, document_errors, services
 from app.schemas.vms import ApiErrorSchema
-from app.schemas.observe import (ConsoleLogSchema, LogsQuerySchema, ReadinessSchema,
-                                 VmStatsSchema)
+from app.schemas.observe import (ConsoleLogSchema, ExecLogSchema, ExecLogsQuerySchema,
+                                 LogsQuerySchema, ReadinessSchema, VmStatsSchema)
 
 blp = Blueprint("observe", __name__, url_prefix="/", description="Operations")
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -59,3 +59,15 @@ class VmStats(MethodView):
     def get(self, vm_id):
         """A VM's CPU, memory, disk and network use, from libvirt"""
         return services().stats.read(vm_id)
+
+
+@blp.route("v1/vms/<vm_id>/exec-logs")
+class VmExecLogs(MethodView):
+    @blp.doc(operationId="getVmExecLogs")
+    @blp.arguments(ExecLogsQuerySchema, location="query")
+    @blp.response(200, ExecLogSchema(many=True))
+    @document_errors(blp, 400, 404)
+    def get(self, query, vm_id):
+        """A VM's recent exec / run-ts / run-js calls, newest first"""
+        services().vms.get(vm_id)  # 404 for an unknown VM
+        return services().history.list(vm_id, query["limit"], query["type"])

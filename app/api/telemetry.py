@@ -8,7 +8,7 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from app import metrics
+from app import actor, metrics
 
 log = logging.getLogger("app.requests")
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -24,6 +24,7 @@ def _start() -> None:
     given = request.headers.get(REQUEST_ID_HEADER, "")
     g.request_id = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex
     g.started = time.perf_counter()
+    actor.current.set(actor.SYSTEM)  # until the credential check says who it is
 
 
 def _finish(response: Response) -> Response:

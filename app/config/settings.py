@@ -51,6 +51,9 @@ class Settings:
     # default lifetime / no maximum; with a maximum, every VM must have a lifetime).
     vm_default_ttl_s: int = 0
     vm_max_ttl_s: int = 0
+    # Exec history (GET /v1/vms/{id}/exec-logs): calls kept per VM, and for at most how long.
+    exec_log_per_vm: int = 100
+    exec_log_max_age_s: int = 7 * 24 * 3600
     storage_root: str = "/var/lib/run-dat-sheesh"
     templates_dir: str = str(REPO_ROOT / "vm-templates")
     default_image_id: str = "default"
@@ -216,6 +219,8 @@ ENV_NAMES: dict[str, str] = {
     "MAX_SNAPSHOTS": "max_snapshots",
     "VM_DEFAULT_TTL_S": "vm_default_ttl_s",
     "VM_MAX_TTL_S": "vm_max_ttl_s",
+    "EXEC_LOG_PER_VM": "exec_log_per_vm",
+    "EXEC_LOG_MAX_AGE_S": "exec_log_max_age_s",
     "STORAGE_ROOT": "storage_root",
     "TEMPLATES_DIR": "templates_dir",
     "DEFAULT_IMAGE_ID": "default_image_id",

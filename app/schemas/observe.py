@@ -66,3 +66,29 @@ class ReadinessSchema(Schema):
     checks = fields.Dict(keys=fields.String(), values=fields.String(), required=True,
                          metadata={"description": "libvirt, network, networkPolicy, image: "
                                                   "'ok' or what is wrong"})
+
+
+class ExecLogsQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    type = fields.String(load_default=None, validate=validate.OneOf(["exec", "run-ts",
+                                                                     "run-js"]))
+
+
+class ExecLogSchema(Schema):
+    id = fields.String(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(["exec", "run-ts", "run-js"]))
+    command = fields.String(required=True, metadata={
+        "description": "the command, or the first 4 KiB of the code (or 'path: ...')"})
+    exitCode = fields.Integer(required=True, attribute="exit_code")
+    timedOut = fields.Boolean(required=True, attribute="timed_out")
+    durationMs = fields.Integer(required=True, attribute="duration_ms")
+    startedAt = fields.String(required=True, attribute="started_at")
+    stdoutPreview = fields.String(required=True, attribute="stdout_preview",
+                                  metadata={"description": "the first 4 KiB"})
+    stderrPreview = fields.String(required=True, attribute="stderr_preview",
+                                  metadata={"description": "the first 4 KiB"})
+    actor = fields.String(required=True, metadata={
+        "description": "who ran it: 'api-key' or 'session:<email>'"})

@@ -19,6 +19,8 @@ from app.services.prelude import refusal
 R = t.TypeVar("R")
 
 
+HEAD_BYTES = 4096  # kept of each stream for the exec history
+
 def timeout_note(timeout: float) -> bytes:
     """What a timed-out command's stderr ends with."""
     return (f"\n[run-dat-sheesh] command timed out after {int(timeout * 1000)} ms; "
@@ -49,6 +51,8 @@ class CommandStream(t.Generic[R]):
         self._timeout = timeout
         self._kill = kill
         self._finish = finish
+        # The first bytes of each stream, as sent (the exec history's previews).
+        self.heads: dict[str, bytes] = {"stdout": b"", "stderr": b""}
         self._outcome = outcome
         self._stop: t.Callable[[], bool] = lambda: False
         self._events = running.output(lambda: self._stop())
@@ -121,7 +125,10 @@ class CommandStream(t.Generic[R]):
     def _visible(self, name: str, data: bytes) -> bytes:
         if name == "stderr" and self._outcome is not None:
             data = self._outcome.feed(data)
-        return self._caps.take(name, data)
+        visible = self._caps.take(name, data)
+        if len(self.heads[name]) < HEAD_BYTES:
+            self.heads[name] = (self.heads[name] + visible)[:HEAD_BYTES]
+        return visible
 
     def _kill_once(self) -> None:
         if not self._done:

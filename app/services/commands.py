@@ -20,13 +20,16 @@ import re
 import shlex
 import typing as t
 import uuid
-from pathlib import Path
 
+from app import actor, metrics
+from app.clock import now_iso
 from app.config import Settings
 from app.errors import AppError, GuestUnreachable, InvalidRequest
 from app.guestssh import GuestSSH
 from app.models import CommandResult, RunResult
 from app.services.command_stream import CommandStream, timeout_note
+from app.services.deno_run import deno_program, deno_run_flags, warm_deno_key
+from app.services.exec_history import ExecHistory
 from app.services.outcome import OutcomeFilter, split_outcome
 from app.services.prelude import WORKSPACE, refusal, sandbox_command_line, started_mark
 from app.services.runtime_flags import check_deno_flags, check_node_flags
@@ -44,16 +47,6 @@ RESERVED_ENV = {"RDS_EXEC_ID"}
 RS = b"\x1e"  # before the runner's token on stderr
 KILL_TIMEOUT = 15.0
 KILL_WAIT_S = 1.5  # how long a timed-out call waits for its kill before answering
-# Deno's permission sandbox: the workspace and the temp dirs, plus what DNS and TLS code reads
-# (as the original service grants). Never the spool of warm Denos (/run/rds-deno) or Deno's
-# cache (/var/cache/rds-deno): a run that could write them could spy on the next one.
-DENO_WRITABLE = ("/workspace", "/tmp", "/var/tmp")
-DENO_READABLE = (*DENO_WRITABLE, "/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf",
-                 "/etc/ssl/certs/ca-certificates.crt")
-# denoFlags a warm Deno may be started with: they act on the runtime, not on how Deno loads
-# the program (e.g. --check reads the program while Deno starts: a spare would wait for it).
-WARM_DENO_FLAGS = re.compile(r"^--(unstable(-[a-z0-9-]+)?|v8-flags=.*|seed=[0-9]+|"
-                             r"location=\S+)$")
 R = t.TypeVar("R")
 
 
@@ -69,6 +62,9 @@ class Launch:
     stdin: bytes = b""
     token: str = ""  # run-ts/run-js: the runner writes its outcome after it on stderr
     after_timeout: str = ""  # shell commands to run after killing the tree on timeout
+    kind: str = "exec"  # exec, run-ts, run-js (metrics, history)
+    shown: str = ""  # what the exec history shows: the command, or the code or its path
+    actor: str = dataclasses.field(default_factory=actor.current.get)  # who asked
 
 
 def _whole(run: RunResult) -> RunResult:
@@ -78,11 +74,14 @@ def _whole(run: RunResult) -> RunResult:
 class CommandService:
     """Runs commands in VMs. Thread-safe; one per worker process."""
 
-    def __init__(self, settings: Settings, vms: VmService, hypervisor: Hypervisor) -> None:
-        """:param hypervisor: for the guest agent, when a kill over SSH fails."""
+    def __init__(self, settings: Settings, vms: VmService, hypervisor: Hypervisor,
+                 history: ExecHistory | None = None) -> None:
+        """:param hypervisor: for the guest agent, when a kill over SSH fails.
+        :param history: where finished calls are recorded (GET .../exec-logs)."""
         self.settings = settings
         self.vms = vms
         self.hypervisor = hypervisor
+        self.history = history
         self._killer = concurrent.futures.ThreadPoolExecutor(max_workers=4,
                                                              thread_name_prefix="kill-tree")
 
@@ -109,7 +108,7 @@ class CommandService:
         timeout = self._timeout_s(timeout_ms)
         directory = workspace_path(cwd, "cwd")
         pairs = [f"{key}={value}" for key, value in self._check_env(env or {}).items()]
-        return Launch(vm_id, cmd, directory, tuple(pairs), timeout)
+        return Launch(vm_id, cmd, directory, tuple(pairs), timeout, shown=cmd)
 
     # run-ts / run-js #######################################################################
 
@@ -135,8 +134,9 @@ class CommandService:
         request = json.dumps({"token": token, "env": env_map, "args": args})
         command = (f". {HELPERS}/run-ts && rds_run_ts " + shlex.join(
             [warm_deno_key(deno_flags, flags, env_map), request, *deno_flags, "--", *args]))
-        return self._script(vm_id, command, env_map, deno_program(code, workspace_file)
-                            .encode(), token, timeout_ms)
+        return dataclasses.replace(
+            self._script(vm_id, command, env_map, deno_program(code, workspace_file).encode(),
+                         token, timeout_ms), kind="run-ts", shown=_shown_code(code, path))
 
     def run_js(self, vm_id: str, code: str | None, path: str | None, args: list[str],
                env: dict[str, str], flags: list[str], timeout_ms: int | None) -> RunResult:
@@ -162,9 +162,10 @@ class CommandService:
         source = (code or "").encode()
         code_file = f"/tmp/rds-code-{hashlib.sha256(source).hexdigest()}-main.mjs"
         header = {"token": token, "ext": "mjs", "file": code_file, "path": workspace_file}
-        return self._script(vm_id, "exec " + shlex.join(["node", *flags, RUNNER, *args]),
-                            env_map, json.dumps(header).encode() + b"\n" + source, token,
-                            timeout_ms, after_timeout=f"rm -f {code_file} {code_file}.{token}")
+        launch = self._script(vm_id, "exec " + shlex.join(["node", *flags, RUNNER, *args]),
+                              env_map, json.dumps(header).encode() + b"\n" + source, token,
+                              timeout_ms, after_timeout=f"rm -f {code_file} {code_file}.{token}")
+        return dataclasses.replace(launch, kind="run-js", shown=_shown_code(code, path))
 
     def _code_or_path(self, code: str | None, path: str | None) -> str | None:
         """:returns: the workspace file to run, or None for ``code``.
@@ -186,6 +187,10 @@ class CommandService:
     # Plumbing ##############################################################################
 
     def _run(self, launch: Launch) -> RunResult:
+        started_at = now_iso()
+        return self._finished(launch, self._run_now(launch), started_at)
+
+    def _run_now(self, launch: Launch) -> RunResult:
         guest, marker, line = self._prepare(launch, announce=False)
         result = guest.run(line, timeout=launch.timeout, stdin=launch.stdin,
                            max_output=self.settings.max_output_bytes)
@@ -200,20 +205,39 @@ class CommandService:
         return RunResult(command=result, outcome={})
 
     def _stream(self, launch: Launch, finish: t.Callable[[RunResult], R]) -> CommandStream[R]:
+        started_at = now_iso()
+        streams: list[CommandStream[R]] = []
+
+        def record_and_finish(run: RunResult) -> R:
+            heads = streams[0].heads  # the answer's stdout/stderr are empty: the lines had them
+            seen = dataclasses.replace(run.command, stdout=heads["stdout"],
+                                       stderr=heads["stderr"])
+            self._finished(launch, dataclasses.replace(run, command=seen), started_at)
+            return finish(run)
+
         guest, marker, line = self._prepare(launch, announce=True)
         running = guest.start(line, timeout=launch.timeout, stdin=launch.stdin)
         stream = CommandStream(
             running, mark=started_mark(marker), max_output=self.settings.max_output_bytes,
-            timeout=launch.timeout, finish=finish,
+            timeout=launch.timeout, finish=record_and_finish,
             kill=functools.partial(self._kill_tree, launch.vm_id, guest, marker,
                                    launch.after_timeout),
             outcome=OutcomeFilter(RS + launch.token.encode()) if launch.token else None)
+        streams.append(stream)
         try:
             stream.wait_started()
         except BaseException:
             stream.close()
             raise
         return stream
+
+    def _finished(self, launch: Launch, run: RunResult, started_at: str) -> RunResult:
+        """Count and record a call that ran (a refused one raised before)."""
+        metrics.COMMAND_DURATION.labels(launch.kind).observe(run.command.duration_ms / 1000)
+        if self.history is not None:
+            self.history.record(launch.vm_id, launch.kind, launch.shown, run.command,
+                                started_at, launch.actor)
+        return run
 
     def _prepare(self, launch: Launch, announce: bool) -> tuple[GuestSSH, str, str]:
         """:returns: the VM's guest, the command's marker (RDS_EXEC_ID) and command line."""
@@ -279,33 +303,5 @@ class CommandService:
 
 
 
-def deno_run_flags(env_map: dict[str, str], egress: bool, caller_flags: list[str]) -> list[str]:
-    """``deno run``'s flags for a run: Deno's permission sandbox, then the caller's flags."""
-    permissions = ["--allow-read=" + ",".join(DENO_READABLE),
-                   "--allow-write=" + ",".join(DENO_WRITABLE)]
-    if env_map:
-        permissions.append("--allow-env=" + ",".join(env_map))
-    if egress:
-        permissions.append("--allow-net")
-    return ["--quiet", "--no-prompt", *permissions, *caller_flags]
-
-
-def warm_deno_key(deno_flags: list[str], caller_flags: list[str],
-                  env_map: dict[str, str]) -> str:
-    """The name under which a Deno started ahead with ``deno_flags`` waits in the guest
-    (guest/README.md, "run-ts"); "" when this run must start its own: variables that Deno
-    reads while it starts (DENO_*, NO_COLOR) would come too late for a warm one, and some of
-    the caller's flags change how Deno loads the program (:data:`WARM_DENO_FLAGS`)."""
-    if any(key.startswith("DENO_") or key == "NO_COLOR" for key in env_map):
-        return ""
-    if not all(WARM_DENO_FLAGS.match(flag) for flag in caller_flags):
-        return ""
-    return hashlib.sha256("\0".join(deno_flags).encode()).hexdigest()[:16]
-
-
-def deno_program(code: str | None, path: str | None) -> str:
-    """The main module run-ts gives Deno: the caller's code as it is (the runner is preloaded,
-    see guest/README.md), or an import of the workspace file ``path``."""
-    if path is not None:
-        return f"await import({json.dumps(Path(path).as_uri())});\n"
-    return code or ""
+def _shown_code(code: str | None, path: str | None) -> str:
+    return code if code is not None else f"path: {path}"

@@ -14,6 +14,7 @@ from app.guestssh import GuestSSH
 from app.services.auth import AuthService
 from app.services.commands import CommandService
 from app.services.console import ConsoleLogs
+from app.services.exec_history import ExecHistory
 from app.services.files import FileService
 from app.services.health import HealthService
 from app.services.host_metrics import HostCollector
@@ -66,6 +67,7 @@ class Services:
     console: ConsoleLogs
     stats: VmStatsReader
     host_metrics: HostCollector
+    history: ExecHistory
 
     def close(self) -> None:
         self.maintainer.stop()
@@ -97,21 +99,25 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
     templates = TemplateCatalog(settings.templates_dir, settings.images_dir,
                                 settings.default_image_id)
     store = SnapshotStore(settings.snapshots_dir, templates)
+    state = Store(settings.state_db_path)
+    state.open()
+    history = ExecHistory(settings, state)
     parts = build_vm_parts(settings, hypervisor, templates, adapters.domain_type,
                            adapters.ipsets, adapters.taps, snapshots=store,
-                           connect=adapters.connect, run_later=adapters.run_later)
+                           connect=adapters.connect, run_later=adapters.run_later,
+                           forget=history.forget)
     vms = VmService(parts)
     seeds = SeedBuilder(settings, hypervisor, templates, parts.seeds, parts.records,
                         parts.files, parts.ports, parts.teardown)
     snapshots = SnapshotService(settings, hypervisor, templates, vms, store)
-    state = Store(settings.state_db_path)
-    state.open()
 
     def sweep() -> list[str]:
-        return vms.remove_orphans() + snapshots.remove_orphans()
+        removed = vms.remove_orphans() + snapshots.remove_orphans()
+        pruned = history.prune({info.uuid for info in hypervisor.list_domains()})
+        return removed + ([f"exec history: {pruned} old or orphaned rows"] if pruned else [])
 
     return Services(settings=settings, hypervisor=hypervisor, templates=templates, vms=vms,
-                    commands=CommandService(settings, vms, hypervisor),
+                    commands=CommandService(settings, vms, hypervisor, history),
                     files=FileService(settings, vms), snapshots=snapshots, seeds=seeds,
                     domain_type=adapters.domain_type,
                     maintainer=Maintainer(settings, parts.pool, seeds, templates, parts.ipsets,
@@ -121,4 +127,4 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                     auth=AuthService(settings, state, clock=adapters.clock),
                     console=ConsoleLogs(settings, parts.records),
                     stats=VmStatsReader(hypervisor, parts.records),
-                    host_metrics=HostCollector(parts.records))
+                    host_metrics=HostCollector(parts.records), history=history)

@@ -77,7 +77,8 @@ def build_vm_parts(settings: Settings, hypervisor: Hypervisor, templates: Templa
                    domain_type: str, ipsets: IpSets, taps: Taps,
                    snapshots: SnapshotStore | None = None,
                    connect: t.Callable[..., GuestSSH] = GuestSSH,
-                   run_later: t.Callable[..., t.Any] | None = None) -> VmParts:
+                   run_later: t.Callable[..., t.Any] | None = None,
+                   forget: t.Callable[[str], None] | None = None) -> VmParts:
     """Wire the parts over the host adapters (unit tests pass fakes)."""
     seeds = SeedStore(settings.seeds_dir, domain_type, lambda: hypervisor.emulator_version())
     records = VmRecords(hypervisor)
@@ -87,7 +88,7 @@ def build_vm_parts(settings: Settings, hypervisor: Hypervisor, templates: Templa
     guests = GuestClients(settings, manager_key, connect)
     activity = Activity(settings.vms_dir)
     files = VmFiles(settings, templates, domain_type, manager_key)
-    teardown = VmTeardown(settings, hypervisor, ports, ipsets, guests)
+    teardown = VmTeardown(settings, hypervisor, ports, ipsets, guests, forget)
     provisioner = Provisioner(settings, hypervisor, templates, seeds, snapshots, records, files,
                               ports, policy, guests, teardown, DiskBudget(settings))
     lifecycle = Lifecycle(settings, hypervisor, records, policy, ports, guests, teardown,

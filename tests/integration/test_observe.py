@@ -8,7 +8,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.integration.conftest import (API_KEY, SEED_BODY, exec_ok, live_server)
+from app import create_app
+from tests.integration.conftest import API_KEY, SEED_BODY, exec_ok, live_server
 from tests.unit.test_observe import sample
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,3 +97,24 @@ def test_a_live_server_adds_up_its_workers_and_logs_json(tmp_path):
     assert {line["route"] for line in done} == {"/v1/vms"}  # scrapes are logged at DEBUG
     assert all(line["status"] == 200 and line["level"] == "INFO" for line in done
                if line["route"] == "/v1/vms")
+
+
+def test_exec_logs_list_the_last_calls_and_survive_a_restart(api, shared_vm):
+    vm_id = shared_vm["id"]
+    exec_ok(api, vm_id, "echo first")
+    exec_ok(api, vm_id, "echo second >&2")
+    ran = api.request("POST", f"/v1/vms/{vm_id}/run-ts", json={"code": "console.log(6*7)"})
+    assert ran.status_code == 200 and ran.json["stdout"] == "42\n"
+    entries = api.request("GET", f"/v1/vms/{vm_id}/exec-logs?limit=3").json
+    assert [(entry["type"], entry["command"]) for entry in entries] == [
+        ("run-ts", "console.log(6*7)"), ("exec", "echo second >&2"), ("exec", "echo first")]
+    assert entries[0]["stdoutPreview"] == "42\n" and entries[1]["stderrPreview"] == "second\n"
+    assert all(entry["exitCode"] == 0 and entry["actor"] == "api-key" for entry in entries)
+    # Another instance of the service (a restart) reads the same history.
+    restarted = create_app({"TESTING": True, "API_KEY": API_KEY})
+    try:
+        again = restarted.test_client().get(f"/v1/vms/{vm_id}/exec-logs?limit=3",
+                                            headers={"X-API-Key": API_KEY})
+        assert again.status_code == 200 and again.json == entries
+    finally:
+        restarted.extensions["rds"].close()

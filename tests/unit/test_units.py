@@ -174,5 +174,5 @@ def test_a_load_error_becomes_the_error_when_the_runner_never_ran():
     ("--check", False), ("--watch", False), ("--reload", False), ("--lock=deno.lock", False),
 ])
 def test_only_runtime_deno_flags_may_use_a_warm_deno(flag, warm):
-    from app.services.commands import WARM_DENO_FLAGS
+    from app.services.deno_run import WARM_DENO_FLAGS
     assert bool(WARM_DENO_FLAGS.match(flag)) is warm
