@@ -244,7 +244,7 @@ def test_a_network_change_racing_a_delete_recreates_nothing(api, app, services, 
     worker = threading.Thread(target=put)
     worker.start()
     assert entered.wait(30)
-    assert api.request("DELETE", f"/v1/vms/{vm['id']}").status_code == 204
+    assert api.request("DELETE", f"/v1/vms/{vm['id']}?wait=true").status_code == 204
     worker.join(30)
     assert answers and answers[0] in (200, 404)
     assert name not in services.vms.ipsets.vm_names(), "the PUT re-created the VM's sets"
