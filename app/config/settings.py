@@ -51,6 +51,14 @@ class Settings:
     # default lifetime / no maximum; with a maximum, every VM must have a lifetime).
     vm_default_ttl_s: int = 0
     vm_max_ttl_s: int = 0
+    # Custom images (docs/images.md): how many at most, the setup script's default and largest
+    # time limit, the largest uploaded disk (bytes sent) and how long an image waits for the
+    # uploads its create announced.
+    max_images: int = 20
+    image_build_timeout_s: int = 900
+    max_image_build_timeout_s: int = 3600
+    max_image_upload_mb: int = 4096
+    image_upload_wait_s: int = 3600
     storage_root: str = "/var/lib/run-dat-sheesh"
     templates_dir: str = str(REPO_ROOT / "vm-templates")
     default_image_id: str = "default"
@@ -94,6 +102,16 @@ class Settings:
     @property
     def images_dir(self) -> Path:
         return Path(self.storage_root) / "images"
+
+    @property
+    def custom_images_dir(self) -> Path:
+        """Custom images, one directory each (app.services.image_store)."""
+        return self.images_dir / "custom"
+
+    @property
+    def image_volumes_dir(self) -> Path:
+        """One link per image's disk: the libvirt storage pool ``rds-images`` lists them."""
+        return self.images_dir / "volumes"
 
     @property
     def vms_dir(self) -> Path:
@@ -210,6 +228,11 @@ ENV_NAMES: dict[str, str] = {
     "MAX_SNAPSHOTS": "max_snapshots",
     "VM_DEFAULT_TTL_S": "vm_default_ttl_s",
     "VM_MAX_TTL_S": "vm_max_ttl_s",
+    "MAX_IMAGES": "max_images",
+    "IMAGE_BUILD_TIMEOUT_S": "image_build_timeout_s",
+    "MAX_IMAGE_BUILD_TIMEOUT_S": "max_image_build_timeout_s",
+    "MAX_IMAGE_UPLOAD_MB": "max_image_upload_mb",
+    "IMAGE_UPLOAD_WAIT_S": "image_upload_wait_s",
     "STORAGE_ROOT": "storage_root",
     "TEMPLATES_DIR": "templates_dir",
     "DEFAULT_IMAGE_ID": "default_image_id",

@@ -15,6 +15,9 @@ from app.services.auth import AuthService
 from app.services.commands import CommandService
 from app.services.files import FileService
 from app.services.health import HealthService
+from app.services.image_builder import ImageBuilder
+from app.services.image_store import ImageStore
+from app.services.images import ImageService
 from app.services.maintenance import Maintainer
 from app.services.seed_builder import SeedBuilder
 from app.services.snapshot_store import SnapshotStore
@@ -60,6 +63,8 @@ class Services:
     maintainer: Maintainer
     health: HealthService
     auth: AuthService
+    images: ImageService
+    image_builder: ImageBuilder
 
     def close(self) -> None:
         self.maintainer.stop()
@@ -88,8 +93,10 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
     """Every service, once per process. :param adapters: the host's when None."""
     adapters = adapters or host_adapters(settings)
     hypervisor = adapters.hypervisor
+    custom = ImageStore(settings.custom_images_dir, settings.image_volumes_dir,
+                        settings.images_dir / "default-image", settings.default_image_id)
     templates = TemplateCatalog(settings.templates_dir, settings.images_dir,
-                                settings.default_image_id)
+                                settings.default_image_id, custom)
     store = SnapshotStore(settings.snapshots_dir, templates)
     parts = build_vm_parts(settings, hypervisor, templates, adapters.domain_type,
                            adapters.ipsets, adapters.taps, snapshots=store,
@@ -98,6 +105,7 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
     seeds = SeedBuilder(settings, hypervisor, templates, parts.seeds, parts.records,
                         parts.files, parts.ports, parts.teardown)
     snapshots = SnapshotService(settings, hypervisor, templates, vms, store)
+    builder = ImageBuilder(settings, custom, templates, parts, seeds)
     state = Store(settings.state_db_path)
     state.open()
 
@@ -109,7 +117,11 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                     files=FileService(settings, vms), snapshots=snapshots, seeds=seeds,
                     domain_type=adapters.domain_type,
                     maintainer=Maintainer(settings, parts.pool, seeds, templates, parts.ipsets,
-                                          sweep=sweep, reap=vms.reap),
+                                          sweep=sweep, reap=vms.reap,
+                                          build=builder.run_pending),
                     health=HealthService(settings, hypervisor, adapters.domain_type,
                                          adapters.bridge_nf),
-                    auth=AuthService(settings, state, clock=adapters.clock))
+                    auth=AuthService(settings, state, clock=adapters.clock),
+                    images=ImageService(settings, custom, templates, parts, store,
+                                        parts.seeds),
+                    image_builder=builder)
