@@ -56,8 +56,9 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
         "ApiKeyAuth", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
     api.spec.components.security_scheme(
         "SessionCookie", {"type": "apiKey", "in": "cookie", "name": "rds_session"})
-    from app.api import auth, commands, files, health, limits, snapshots, vms
-    for blueprint in (health.blp, auth.blp, vms.blp, commands.blp, files.blp, snapshots.blp):
+    from app.api import auth, commands, files, health, images, limits, snapshots, vms
+    for blueprint in (health.blp, auth.blp, vms.blp, commands.blp, files.blp, snapshots.blp,
+                      images.blp):
         api.register_blueprint(blueprint)
     _secure_v1_paths(api)
 

@@ -448,6 +448,8 @@ def add_image_builds(settings: Settings) -> None:
         (image_dir / build).mkdir(parents=True, exist_ok=True)
         (image_dir / build / "manifest.json").write_text('{"diskSizeMb": 4096}')
         (image_dir / build / "disk.qcow2").write_text("template")
+        for name in ("vmlinuz", "initrd.img"):
+            (image_dir / build / name).write_text(name)
     current = image_dir / "current"
     if not current.is_symlink():
         current.symlink_to(NEW_BUILD)
