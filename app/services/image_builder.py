@@ -24,6 +24,7 @@ One build, in order, each step undone in reverse when a later one fails:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -50,7 +51,7 @@ from app.services.templates import TemplateCatalog
 from app.services.undo import quietly
 from app.services.vm_files import BUILD_LOG_SOCKET, DISK
 from app.virt import disks
-from app.virt.pool_xml import POOL_NAME
+from app.virt.pool_xml import POOL_NAME, build_pool_xml
 
 if t.TYPE_CHECKING:
     from app.services.vms import VmParts
@@ -67,6 +68,7 @@ class ImageBuilder:
         self.templates = templates
         self.parts = parts
         self.seeds = seeds
+        self._synced = False  # sync_pool() ran in this process
 
     # The queue ############################################################################
 
@@ -83,6 +85,8 @@ class ImageBuilder:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return []
+            if not self._synced:
+                self.sync_pool()
             self._recover()
             self._expire_pending()
             done = []
@@ -99,15 +103,42 @@ class ImageBuilder:
         return queued[0] if queued else None
 
     def _recover(self) -> None:
-        """No build runs now: started ones were interrupted, build VMs are leftovers."""
+        """No build runs now: started ones were interrupted, and their build VMs are
+        leftovers (a build VM exists only after its image was marked started)."""
+        started = [r for r in self.store.all() if r.state is ImageState.BUILDING and r.started_at]
+        if not started:
+            return
         for record, _info in self.parts.records.all():
             if record.role is VmRole.BUILD:
                 log.warning("removing leftover build vm=%s name=%s", record.id, record.name)
                 quietly(self.parts.teardown.remove, record)
-        for record in self.store.all():
-            if record.state is ImageState.BUILDING and record.started_at:
-                self.store.remove_stale_staging(record.id)
-                self._interrupted(record, "the build was interrupted (the service stopped)")
+        for record in started:
+            self.store.remove_stale_staging(record.id)
+            self._interrupted(record, "the build was interrupted (the service stopped)")
+
+    def sync_pool(self) -> None:
+        """Link every image's disk into the volumes directory (built-in ones follow their
+        ``current`` build), drop links of images that are gone, and have libvirt's
+        ``rds-images`` pool list them (``virsh vol-list rds-images``)."""
+        self._synced = True
+        wanted = {r.id: Path("..") / "custom" / r.id / "current" / "disk.qcow2"
+                  for r in self.store.all() if r.state is ImageState.READY}
+        for image_id in self.templates.builtin_ids():
+            with contextlib.suppress(AppError):
+                image = self.templates.get(image_id).image
+                wanted[image_id] = Path("..") / image / "current" / "disk.qcow2"
+        for image_id, target in wanted.items():
+            self.store.link_volume(image_id, target)
+        for link in self.store.volumes.glob("*.qcow2"):
+            if link.name.removesuffix(".qcow2") not in wanted:
+                link.unlink(missing_ok=True)
+        hypervisor = self.parts.hypervisor
+        try:
+            hypervisor.ensure_storage_pool(POOL_NAME, build_pool_xml(
+                POOL_NAME, str(self.store.volumes)))
+            hypervisor.refresh_storage_pool(POOL_NAME)
+        except AppError as exc:
+            log.warning("storage pool %s not made current: %s", POOL_NAME, exc.message)
 
     def _expire_pending(self) -> None:
         wait = self.settings.image_upload_wait_s
