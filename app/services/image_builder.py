@@ -191,18 +191,20 @@ class ImageBuilder:
             return
         build_log.line(f"{_clock()} READY after {time.monotonic() - started:.1f} s")
         self._finish(image_id, ImageState.READY, "", build=build)
-        self.store.drop_inputs(image_id)
         quietly(self.parts.hypervisor.refresh_storage_pool, POOL_NAME)
         log.info("image ready image=%s build=%s seconds=%.1f", image_id, build,
                  time.monotonic() - started)
 
     def _finish(self, image_id: str, state: ImageState, reason: str, build: str = "") -> None:
+        """The end of a build: READY or FAILED, and its inputs go (a FAILED image is not
+        built again: a new create brings new ones)."""
         with self.store.lock():
             record = self.store.load(image_id)
             if record is not None:
                 self.store.save(dataclasses.replace(
                     record, state=state, reason=reason, build=build or record.build,
                     build_vm="", finished_at=now_iso()))
+                self.store.drop_inputs(image_id)
 
     def _run(self, record: ImageRecord, build_log: BuildLog, stop: threading.Event) -> str:
         """Steps 1-5; returns the published build's name."""

@@ -1,7 +1,8 @@
 """Receiving the uploads an image's create announced: its files (a tar.gz) and its disk.
 
-Both are written next to the image as ``*.part`` first, checked, and renamed into place only
-when the check passed; nothing of a refused upload stays.
+Both are written next to the image as ``.*.part`` first (a fresh name per upload) and checked;
+the caller moves the checked file into place, under the image's lock, only if the image still
+awaits it. Nothing of a refused upload stays.
 
 - **Files** are checked and re-packed like a VM upload (:mod:`app.services.archives`: no
   absolute names, ``..``, devices or links out, bounded sizes): the build VM gets a tar that
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import typing as t
+import uuid
 from pathlib import Path
 
 from app.config import Settings
@@ -51,35 +53,42 @@ def receive(body: t.BinaryIO, target: Path, limit: int, what: str) -> int:
     return size
 
 
-def accept_files(settings: Settings, body: t.BinaryIO, target: Path) -> int:
-    """Receive a tar.gz of files for the build, checked and re-packed into ``target`` (a
-    plain tar); returns the number of entries.
+def part_for(target: Path) -> Path:
+    """A fresh name next to ``target`` for an upload on its way (two uploads never share one)."""
+    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.part")
+
+
+def accept_files(settings: Settings, body: t.BinaryIO, target: Path) -> Path:
+    """Receive a tar.gz of files for the build, checked and re-packed (a plain tar); returns
+    the checked file next to ``target``, for the caller to move into place.
 
     :raises InvalidRequest: an unsafe or corrupt archive.
     :raises PayloadTooLarge: over ``MAX_UPLOAD_BYTES`` or the archive limits.
     """
-    part = target.with_name(target.name + ".gz.part")
+    part = part_for(target)
     limits = ArchiveLimits(settings.max_upload_uncompressed_bytes, settings.max_upload_entries)
     receive(body, part, settings.max_upload_bytes, "the files upload")
-    tar_part = target.with_name(target.name + ".part")
+    tar_part = part_for(target)
     try:
         with open(part, "rb") as source, open(tar_part, "wb") as out:
-            summary = repack_archive(source, limits, out)  # checks every entry as it goes
-        tar_part.rename(target)
+            repack_archive(source, limits, out)  # checks every entry as it goes
+    except BaseException:
+        tar_part.unlink(missing_ok=True)
+        raise
     finally:
         part.unlink(missing_ok=True)
-        tar_part.unlink(missing_ok=True)
-    return summary.entries
+    return tar_part
 
 
-def accept_disk(settings: Settings, body: t.BinaryIO, target: Path) -> tuple[str, int]:
-    """Receive a disk image into ``target``; returns its format and virtual size in MiB.
+def accept_disk(settings: Settings, body: t.BinaryIO, target: Path) -> tuple[Path, str, int]:
+    """Receive a disk image; returns the checked file next to ``target`` (for the caller to
+    move into place), its format and its virtual size in MiB.
 
     :raises InvalidRequest: another format than raw/qcow2, a backing or data file,
         encryption, a raw disk without ext4, or a virtual size over ``MAX_DISK_SIZE_MB``.
     :raises PayloadTooLarge: more than ``MAX_IMAGE_UPLOAD_MB`` sent.
     """
-    part = target.with_name(target.name + ".part")
+    part = part_for(target)
     receive(body, part, settings.max_image_upload_mb * MIB, "the disk upload")
     try:
         with open(part, "rb") as handle:
@@ -88,11 +97,11 @@ def accept_disk(settings: Settings, body: t.BinaryIO, target: Path) -> tuple[str
         size = check_info(disks.info(part, image_format), image_format,
                           settings.max_disk_size_mb * MIB)
         part.chmod(0o444)
-        part.rename(target)
-    except UnsafeImage as exc:
-        raise InvalidRequest(f"disk refused: {exc}") from None
-    finally:
+    except BaseException as exc:
         part.unlink(missing_ok=True)
+        if isinstance(exc, UnsafeImage):
+            raise InvalidRequest(f"disk refused: {exc}") from None
+        raise
     log.info("disk upload accepted path=%s format=%s virtual_mb=%s", target, image_format,
              math.ceil(size / MIB))
-    return image_format, math.ceil(size / MIB)
+    return part, image_format, math.ceil(size / MIB)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 import typing as t
+from pathlib import Path
 
 from app.clock import now_iso
 from app.config import Settings
@@ -35,6 +37,7 @@ if t.TYPE_CHECKING:
     from app.services.vms import VmParts
 
 log = logging.getLogger(__name__)
+T = t.TypeVar("T")
 DEFAULT_BUILD_MEM_MB = 1024
 FOLLOW_POLL_S = 0.5
 FOLLOW_MAX_S = 3600.0
@@ -176,8 +179,9 @@ class ImageService:
         :raises PayloadTooLarge: over the upload limits.
         """
         self._expect(image_id, "files", declared_size, self.settings.max_upload_bytes)
-        accept_files(self.settings, body, self.store.path(image_id, FILES))
-        return self._received(image_id, "files", has_files=True)
+        target = self.store.path(image_id, FILES)
+        checked = self._receiving(image_id, lambda: accept_files(self.settings, body, target))
+        return self._received(image_id, "files", checked, target, has_files=True)
 
     def upload_disk(self, image_id: str, body: t.BinaryIO, declared_size: int | None) -> Image:
         """The disk the create announced (raw or qcow2, nothing that names another file).
@@ -188,9 +192,21 @@ class ImageService:
         :raises PayloadTooLarge: over ``MAX_IMAGE_UPLOAD_MB``.
         """
         self._expect(image_id, "disk", declared_size, self.settings.max_image_upload_mb << 20)
-        image_format, size_mb = accept_disk(self.settings, body,
-                                            self.store.path(image_id, UPLOAD))
-        return self._received(image_id, "disk", disk_format=image_format, size_mb=size_mb)
+        target = self.store.path(image_id, UPLOAD)
+        checked, image_format, size_mb = self._receiving(
+            image_id, lambda: accept_disk(self.settings, body, target))
+        return self._received(image_id, "disk", checked, target, disk_format=image_format,
+                              size_mb=size_mb)
+
+    def _receiving(self, image_id: str, receive: t.Callable[[], T]) -> T:
+        """Run an upload's receive step; an image deleted meanwhile (its directory gone) is
+        404, not a failed write."""
+        try:
+            return receive()
+        except OSError:
+            if self.store.load(image_id) is None:
+                raise ImageNotFound(f"image {image_id} not found (deleted meanwhile)") from None
+            raise
 
     def _expect(self, image_id: str, what: str, declared: int | None, limit: int) -> None:
         record = self._custom_record(image_id)
@@ -200,22 +216,33 @@ class ImageService:
         if declared is not None and declared > limit:
             raise PayloadTooLarge(f"the {what} upload is larger than {limit} bytes")
 
-    def _received(self, image_id: str, what: str, has_files: bool = False,
-                  disk_format: str = "", size_mb: int = 0) -> Image:
-        with self.store.lock():
-            record = self.store.get(image_id)
-            if what not in record.awaiting:  # a concurrent upload of the same came first
-                raise ImageStateConflict(f"image {image_id} awaits no {what} upload")
-            awaiting = tuple(name for name in record.awaiting if name != what)
-            record = dataclasses.replace(
-                record, awaiting=awaiting, has_files=record.has_files or has_files,
-                disk_format=disk_format or record.disk_format,
-                disk_size_mb=max(record.disk_size_mb, size_mb),
-                state=ImageState.PENDING if awaiting else ImageState.BUILDING)
-            self.store.save(record)
+    def _received(self, image_id: str, what: str, checked: Path, target: Path,
+                  has_files: bool = False, disk_format: str = "", size_mb: int = 0) -> Image:
+        """Move a checked upload into place and update the record, unless the image stopped
+        waiting for it meanwhile (a concurrent upload came first, or a delete)."""
+        try:
+            with self.store.lock():
+                record = self.store.get(image_id)
+                if what not in record.awaiting:
+                    raise ImageStateConflict(f"image {image_id} awaits no {what} upload")
+                os.replace(checked, target)
+                record = self._took(record, what, has_files, disk_format, size_mb)
+        finally:
+            checked.unlink(missing_ok=True)
         BuildLog(self.store.path(image_id, LOG)).line(
-            f"{what} received" + ("" if awaiting else "; queued for building"))
+            f"{what} received" + ("" if record.awaiting else "; queued for building"))
         return self.views.custom(record)
+
+    def _took(self, record: ImageRecord, what: str, has_files: bool, disk_format: str,
+              size_mb: int) -> ImageRecord:
+        awaiting = tuple(name for name in record.awaiting if name != what)
+        record = dataclasses.replace(
+            record, awaiting=awaiting, has_files=record.has_files or has_files,
+            disk_format=disk_format or record.disk_format,
+            disk_size_mb=max(record.disk_size_mb, size_mb),
+            state=ImageState.PENDING if awaiting else ImageState.BUILDING)
+        self.store.save(record)
+        return record
 
     def set_default(self, image_id: str) -> Image:
         """Make ``image_id`` what creates without ``imageId`` get.

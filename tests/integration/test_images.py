@@ -12,17 +12,21 @@ import functools
 import hashlib
 import http.server
 import io
+import json
 import subprocess
 import tarfile
 import threading
 import time
+import typing as t
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
 from app.models import VmRole
-from tests.integration.conftest import BRIDGE_IP, exec_ok, virsh
+from tests.integration.conftest import API_KEY, BRIDGE_IP, exec_ok, live_server, virsh
 
 PACKAGE = "rds-test-hello"
 GREETING = "greetings from an uploaded file\n"
@@ -235,3 +239,56 @@ def test_a_qcow2_naming_a_host_file_is_refused(images, api, tmp_path):
     assert images.get(image["id"])["state"] == "PENDING"
     folder = api.app.extensions["rds"].settings.custom_images_dir / image["id"]
     assert not [p for p in folder.iterdir() if "upload" in p.name]
+
+
+def call(base: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        base + path, method=method, data=json.dumps(body).encode() if body else None,
+        headers={"X-API-Key": API_KEY, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def wait_for(what: str, check: t.Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(1)
+
+
+def test_the_service_builds_in_the_background_and_a_restart_does_not_lose_the_build(
+        images, api):
+    """Under gunicorn nobody calls the builder: the maintaining worker does. Killed in the
+    middle of the setup script (the master with SIGKILL, so its workers die with it), the
+    service starts the build again after its restart, and the image ends READY."""
+    env = {"API_KEY": API_KEY, "WEB_WORKERS": "2"}
+    name = f"itest-{uuid.uuid4().hex[:8]}"
+    images.created.append(name)
+    with live_server(env) as (base, process):
+        status, image = call(base, "POST", "/v1/images", {
+            "name": name, "setup": "echo sleeping; sleep 25; echo woke > /etc/rds-woke"})
+        assert status == 202, image
+        wait_for("the setup script started", lambda: "running the setup script" in "\n".join(
+            call(base, "GET", f"/v1/images/{name}/build-log")[1]["lines"]), 180)
+        workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
+                                 text=True, timeout=10).stdout.split()
+        process.kill()
+        process.wait(timeout=30)
+        wait_for("the workers exited", lambda: not any(
+            Path(f"/proc/{pid}").exists() for pid in workers), 60)
+    assert images.get(name)["state"] == "BUILDING"
+    with live_server(env) as (base, _process):
+        wait_for("READY", lambda: call(base, "GET", f"/v1/images/{name}")[1]["state"]
+                 not in ("PENDING", "BUILDING"), 420)
+        image = call(base, "GET", f"/v1/images/{name}")[1]
+        log = "\n".join(call(base, "GET", f"/v1/images/{name}/build-log?tail=1000")[1]["lines"])
+    assert image["state"] == "READY", log
+    assert "interrupted" in log and f"build 2 of image {name}" in log
+    vm = api.create_vm({"cpu": 1, "memMb": 256, "imageId": name})
+    try:
+        assert exec_ok(api, vm["id"], "cat /etc/rds-woke")["stdout"] == "woke\n"
+    finally:
+        api.delete_vm(vm["id"])

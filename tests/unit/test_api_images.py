@@ -359,3 +359,38 @@ def test_routes_need_credentials(client):
 def test_gzip_is_sent_uncompressed_in_the_builder():
     """targz() above is a real tar.gz (a sanity check of the helper)."""
     assert gzip.decompress(targz({"a": b"b"}))[:1] == b"a"
+
+
+def test_an_upload_that_lost_a_race_is_409_and_leaves_no_part_file(client, auth, services,
+                                                                   monkeypatch):
+    import dataclasses
+
+    from app.services import images as images_module
+    real = images_module.accept_files
+
+    def accept_and_lose(*args):
+        checked = real(*args)
+        store = services.images.store  # another upload of the files finished meanwhile
+        store.save(dataclasses.replace(store.get("node"), awaiting=()))
+        return checked
+    monkeypatch.setattr(images_module, "accept_files", accept_and_lose)
+    assert create(client, auth, files=True).status_code == 202
+    response = client.put("/v1/images/node/files", data=targz({"a": b"a"}),
+                          headers={**auth, "Content-Type": "application/gzip"})
+    assert response.status_code == 409
+    assert [p.name for p in services.images.store.folder("node").iterdir()
+            if p.name.endswith(".part") or p.name == "files.tar"] == []
+
+
+def test_an_upload_to_an_image_deleted_meanwhile_is_404(client, auth, services, monkeypatch):
+    from app.services import images as images_module
+    real = images_module.accept_files
+
+    def delete_then_accept(settings, body, target):
+        services.images.delete("node")
+        return real(settings, body, target)
+    monkeypatch.setattr(images_module, "accept_files", delete_then_accept)
+    assert create(client, auth, files=True).status_code == 202
+    response = client.put("/v1/images/node/files", data=targz({"a": b"a"}),
+                          headers={**auth, "Content-Type": "application/gzip"})
+    assert response.status_code == 404 and "deleted" in response.get_json()["message"]

@@ -83,13 +83,14 @@ def test_accept_disk_with_real_qemu_img(tmp_path):
         data[1080:1082] = b"\x53\xef"
         raw.write_bytes(bytes(data))
     with open(raw, "rb") as body:
-        assert accept_disk(settings, body, tmp_path / "upload.img") == ("raw", 8)
+        checked, image_format, size_mb = accept_disk(settings, body, tmp_path / "upload.img")
+    assert (image_format, size_mb) == ("raw", 8) and checked.read_bytes() == raw.read_bytes()
+    checked.unlink()
     big = tmp_path / "big.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", str(big), "128M")
     with open(big, "rb") as body, pytest.raises(InvalidRequest, match="MAX_DISK_SIZE_MB"):
         accept_disk(settings, body, tmp_path / "upload2.img")
-    assert not (tmp_path / "upload2.img").exists()
-    assert not (tmp_path / "upload2.img.part").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.qcow2", "fs.img"]
 
 
 @pytest.mark.parametrize(("data", "words"), [
