@@ -236,14 +236,19 @@ class BuildLog:
             os.replace(tmp, self.path)
 
 
-def read_tail(path: Path, lines: int, max_bytes: int = 1024 * 1024) -> tuple[list[str], bool]:
+def read_tail(path: Path, lines: int, max_bytes: int = 1024 * 1024,
+              end: int | None = None) -> tuple[list[str], bool]:
     """The last ``lines`` lines of a log (from at most its last ``max_bytes``), as text, and
-    whether earlier ones were left out."""
+    whether earlier ones were left out.
+
+    :param end: read the log as it was when it had this size (a follower goes on from there).
+    """
     try:
         with open(path, "rb") as handle:
             size = handle.seek(0, os.SEEK_END)
+            size = size if end is None else min(end, size)
             handle.seek(max(0, size - max_bytes))
-            data = handle.read(max_bytes)
+            data = handle.read(min(max_bytes, size))
     except FileNotFoundError:
         return [], False
     text = data.decode("utf-8", errors="replace")

@@ -69,9 +69,10 @@ class ImageViews:
         return bool(shapes) and all(self.seeds.find(template, build, cpu, mem, size)
                                     for cpu, mem in shapes)
 
-    def build_log(self, record: ImageRecord, tail: int) -> BuildLogView:
+    def build_log(self, record: ImageRecord, tail: int, end: int | None = None) -> BuildLogView:
+        """:param end: the log as it was at this size (see :func:`read_tail`)."""
         path = self.store.path(record.id, LOG)
-        lines, truncated = read_tail(path, tail)
+        lines, truncated = read_tail(path, tail, end=end)
         try:
             updated = iso_at(path.stat().st_mtime)
         except OSError:

@@ -83,15 +83,17 @@ class ImageService:
 
         :raises ImageNotFound: unknown image.
         """
-        first = self.build_log(image_id, tail)
         path = self.store.path(image_id, LOG)
+        start = path.stat().st_size if path.exists() else 0
+        first = self.views.build_log(self._custom_record(image_id), tail, end=start)
 
         def chunks() -> t.Iterator[bytes]:
             yield "".join(f"{line}\n" for line in first.lines).encode()
-            offset = path.stat().st_size if path.exists() else 0
+            offset = start
             deadline = time.monotonic() + FOLLOW_MAX_S
             while time.monotonic() < deadline:
-                ended = self.store.get(image_id).state not in BUSY
+                record = self.store.load(image_id)  # None: deleted meanwhile
+                ended = record is None or record.state not in BUSY
                 data, offset = read_from(path, offset)
                 if data:
                     yield data

@@ -142,7 +142,7 @@ class SeedBuilder:
         """Remove memory snapshots of old image builds/templates once no VM is backed by them."""
         current = {self.store.key(template, build, cpu, mem,
                                   default_disk_size_mb(template, build))
-                   for template, build in self.templates.current_builds()
+                   for template, build in self.templates.current_builds(building=True)
                    for cpu, mem in self.settings.snapshot_shape_list}
         used = {record.seed for record, _info in self.records.all() if record.seed}
         return self.store.prune(current, used)

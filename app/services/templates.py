@@ -7,6 +7,7 @@ command line from the built-in template it was made from, and its image is its o
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -102,8 +103,12 @@ class TemplateCatalog:
                                    image=f"custom/{record.id}",
                                    default_disk_size_mb=record.disk_size_mb)
 
-    def current_builds(self) -> list[tuple[Template, ImageBuild]]:
-        """Every template whose image is built on this host, with its current build."""
+    def current_builds(self, building: bool = False) -> list[tuple[Template, ImageBuild]]:
+        """Every template whose image is built on this host, with its current build.
+
+        :param building: also custom images still BUILDING whose build is published already
+            (their memory snapshots are being saved: the last step of a build).
+        """
         found = []
         for template_id in self.ids():
             try:
@@ -111,6 +116,11 @@ class TemplateCatalog:
                 found.append((template, self.current_build(template)))
             except (ImageNotReady, InvalidRequest, ImageStateConflict):
                 continue
+        for record in self.custom.all() if building and self.custom else []:
+            if record.state is ImageState.BUILDING:
+                with contextlib.suppress(ImageNotReady, InvalidRequest):
+                    template = self.template_of(record)
+                    found.append((template, self.current_build(template)))
         return found
 
     def current_build(self, template: Template) -> ImageBuild:

@@ -204,3 +204,22 @@ def test_an_image_built_on_a_custom_image(world):
     assert (plus.state, plus.base, plus.template) == (ImageState.READY, "node", "default")
     overlays = [call for call in world.disks.calls if call[0] == "overlay"]
     assert "custom/node/" in str(overlays[-1][1])  # its build VM started from node's disk
+
+
+def test_memory_snapshots_saved_during_a_build_are_not_pruned(world):
+    """Step 5 saves the new image's snapshots before it is READY: a prune meanwhile (the
+    maintaining process's, every few seconds) must keep them."""
+    queue(world)
+    builder = world.services.image_builder
+    seen = []
+
+    def snapshots(record, _log):
+        template = world.templates.template_of(record)
+        build = world.templates.current_build(template)
+        seen.append([t.id for t, _b in world.templates.current_builds(building=True)])
+        assert (template.id, build.path) in [(t.id, b.path) for t, b in
+                                             world.templates.current_builds(building=True)]
+    builder._snapshots = snapshots
+    builder.run_pending()
+    assert seen == [["default", "node"]]
+    assert [t.id for t, _b in world.templates.current_builds()] == ["default", "node"]
