@@ -25,11 +25,12 @@ setup:
 image: setup
 	$(PY) guest/build/build_image.py
 
-## make unit: the unit tests alone: no root, no libvirt (makes a virtualenv with .[test])
+## make unit: the unit tests alone, the client's included: no root, no libvirt (makes a
+## virtualenv with .[test] and ./client)
 unit:
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e '.[test]'
-	$(PY) -m pytest -v tests/unit
+	$(VENV)/bin/pip install -q -e '.[test]' -e ./client
+	$(PY) -m pytest -v tests/unit tests/client
 
 integration: image
 	$(PY) -m pytest -v -m integration tests/integration

@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import logging
 import typing as t
-import uuid
 
-from flask import Flask, g, request, send_from_directory
-from flask_smorest import Api
+from flask import Flask
 
 from app.api.jsonbody import StrictJSONProvider
+from app.api.openapi import Api, add_doc_routes, add_shared_schemas, secure_v1_paths
 from app.config import Settings, load_settings
 from app.errors import register_error_handlers
+from app.logs import configure_logging
 
 log = logging.getLogger(__name__)
-REQUEST_ID_HEADER = "X-Request-Id"
 
 
 def create_app(test_config: t.Mapping[str, t.Any] | None = None,
@@ -26,7 +25,7 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
     """
     settings: Settings = services.settings if services is not None else load_settings(
         overrides=test_config)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     app = Flask(__name__)
     app.json = StrictJSONProvider(app)
     app.config.update(
@@ -52,22 +51,19 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
     warn_about_development_defaults(settings)
 
     api = Api(app, spec_kwargs={"info": {"description": "Disposable Linux sandboxes."}})
-    api.spec.components.security_scheme(
-        "ApiKeyAuth", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
-    api.spec.components.security_scheme(
-        "SessionCookie", {"type": "apiKey", "in": "cookie", "name": "rds_session"})
-    from app.api import auth, commands, files, health, images, limits, snapshots, vms
+    add_shared_schemas(api)
+    from app.api import (auth, commands, files, health, images, limits, observe, snapshots,
+                         telemetry, vms)
     for blueprint in (health.blp, auth.blp, vms.blp, commands.blp, files.blp, snapshots.blp,
-                      images.blp):
+                      observe.blp, images.blp):
         api.register_blueprint(blueprint)
-    _secure_v1_paths(api)
+    secure_v1_paths(api)
 
-    app.before_request(_assign_request_id)
+    telemetry.install(app)  # first: the request id and the clock
     app.before_request(auth.require_credentials)
     limits.install(app, settings.long_call_limit)  # after the credential check
-    app.after_request(_echo_request_id)
     register_error_handlers(app)
-    _add_doc_routes(app, api)
+    add_doc_routes(app, api)
     if settings.trusted_proxies > 0:  # behind nginx: trust its X-Forwarded-* headers only
         from werkzeug.middleware.proxy_fix import ProxyFix
         hops = settings.trusted_proxies
@@ -86,57 +82,3 @@ def warn_about_development_defaults(settings: Settings) -> None:
                     "is" if len(defaults) == 1 else "are",
                     "it" if len(defaults) == 1 else "them", settings.bind_host,
                     " and ".join(defaults))
-
-
-def _secure_v1_paths(api: Api) -> None:
-    for path, operations in api.spec._paths.items():
-        if path.startswith("/v1"):
-            for method, operation in operations.items():
-                if method == "parameters":
-                    continue
-                operation["security"] = [{"ApiKeyAuth": []}, {"SessionCookie": []}]
-
-
-def _add_doc_routes(app: Flask, api: Api) -> None:
-    import swagger_ui_bundle
-
-    @app.get("/openapi.json")
-    def openapi_json():
-        return api.spec.to_dict()
-
-    @app.get("/docs/static/<path:filename>")
-    def swagger_static(filename: str):
-        return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)
-
-
-def _assign_request_id() -> None:
-    given = request.headers.get(REQUEST_ID_HEADER, "")
-    g.request_id = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex
-
-
-def _echo_request_id(response):
-    response.headers[REQUEST_ID_HEADER] = getattr(g, "request_id", "")
-    return response
-
-
-class _RequestIdFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            record.request_id = g.request_id
-        except (RuntimeError, AttributeError):
-            record.request_id = "-"
-        return True
-
-
-def configure_logging(level: str) -> None:
-    root = logging.getLogger()
-    if any(getattr(h, "_rds", False) for h in root.handlers):
-        return
-    handler = logging.StreamHandler()
-    handler._rds = True  # type: ignore[attr-defined]
-    handler.addFilter(_RequestIdFilter())
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s level=%(levelname)s logger=%(name)s request_id=%(request_id)s %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    logging.getLogger("paramiko").setLevel(logging.WARNING)

@@ -191,6 +191,9 @@ def register_error_handlers(app: t.Any) -> None:
 
     @app.errorhandler(AppError)
     def handle_app_error(error: AppError):
+        if isinstance(error, GuestUnreachable):
+            from app import metrics
+            metrics.SSH_ERRORS.labels(type(error).__name__).inc()
         if error.http_status >= 500:
             log.warning("request failed status=%s message=%s", error.http_status, error.message)
         response = _reply(error.http_status, {"message": error.message, **error.extra})

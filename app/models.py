@@ -97,6 +97,7 @@ class VmRecord:
     ttl_s: int = 0  # the lifetime asked for; keepalive without a value renews this much
     expires_at: str = ""  # ISO time the VM is deleted at; "" when never
     idle_stop_s: int = 0  # stopped after this long without API activity; 0: never
+    started_at: str = ""  # when the guest was last booted or restored; "" for older records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +164,14 @@ class CommandResult:
     stderr_truncated: bool = False
     duration_ms: int = 0
     stderr_tail: bytes = b""  # the last bytes of stderr, kept when the head was capped
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputChunk:
+    """Output of a streamed command, as it arrived: ``stream`` is "stdout" or "stderr"."""
+
+    stream: str
+    data: bytes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -109,6 +109,7 @@ VM_FIELDS: Table = (
     Field("ttlSeconds", "ttl_s", int, default=0, omit_default=True),
     Field("expiresAt", "expires_at", default="", omit_default=True),
     Field("idleStopSeconds", "idle_stop_s", int, default=0, omit_default=True),
+    Field("startedAt", "started_at", default="", omit_default=True),
 )
 
 SNAPSHOT_FIELDS: Table = (

@@ -5,6 +5,28 @@ the work is I/O-bound (libvirt, SSH). Several workers are fine: libvirt holds al
 and address allocation is locked host-wide.
 """
 import os
+import shutil
+
+
+def _metrics_dir() -> str:
+    """prometheus-client's multiprocess mode: every worker writes its series to files in one
+    directory, and a scrape of any worker adds them up. One directory per master process (so
+    counters start from zero with the service, and a reload keeps them); those of masters
+    that are gone are removed. Set before any worker imports the app."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    base = os.path.join(os.environ.get("STORAGE_ROOT", "/var/lib/run-dat-sheesh"), "metrics")
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    for name in os.listdir(base):
+        if name.isdigit() and not os.path.exists(f"/proc/{name}"):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+    path = os.path.join(base, str(os.getpid()))
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
+METRICS_DIR = _metrics_dir()
 
 bind = f"{os.environ.get('BIND_HOST', '127.0.0.1')}:{os.environ.get('PORT', '3000')}"
 workers = int(os.environ.get("WEB_WORKERS", "2"))
@@ -52,3 +74,9 @@ def worker_exit(server, worker):
     services = getattr(app, "extensions", {}).get("rds") if app else None
     if services is not None:
         services.close()
+
+
+def child_exit(server, worker):
+    """A worker is gone: its live series leave the scrape."""
+    from app import metrics
+    metrics.worker_exited(worker.pid)

@@ -3,7 +3,8 @@
 #   - installs the Debian packages (QEMU, libvirt, image build tools, nginx)
 #   - configures libvirt's QEMU driver and starts virtlogd + libvirtd
 #     (systemctl where systemd is PID 1, the daemons directly where it is not)
-#   - creates the project virtualenv (VENV, default .venv) with the app installed
+#   - creates the project virtualenv (VENV, default .venv) with the app and the client
+#     (`rds`) installed
 #   - defines and starts the guests' network and removes leftovers of dead VMs
 #     (python -m app.cli prepare-host)
 set -euo pipefail
@@ -121,11 +122,14 @@ if [ ! -x "$VENV/bin/python" ]; then
     log "creating virtualenv $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
+# The app, and the Python client with its `rds` command (client/, also installable alone).
 stamp="$VENV/.rds-installed"
-if [ ! -f "$stamp" ] || [ "$REPO_ROOT/setup.cfg" -nt "$stamp" ]; then
-    log "installing the app and its dependencies into $VENV"
+if [ ! -f "$stamp" ] || [ "$REPO_ROOT/setup.cfg" -nt "$stamp" ] \
+        || [ "$REPO_ROOT/client/pyproject.toml" -nt "$stamp" ] || [ ! -x "$VENV/bin/rds" ]; then
+    log "installing the app, the client (rds) and their dependencies into $VENV"
     pip_log="$(mktemp)"
-    if ! timeout 1200 "$VENV/bin/pip" install -q -e "${REPO_ROOT}[libvirt,test]" >"$pip_log" 2>&1; then
+    if ! timeout 1200 "$VENV/bin/pip" install -q -e "${REPO_ROOT}[libvirt,test]" \
+            -e "${REPO_ROOT}/client" >"$pip_log" 2>&1; then
         cat "$pip_log" >&2
         exit 1
     fi

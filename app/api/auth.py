@@ -12,9 +12,10 @@ import hmac
 from flask import request, session
 from flask.views import MethodView
 
+from app import actor
 from app.api import Blueprint, services
 from app.errors import Forbidden, Unauthorized
-from app.schemas.auth import LoginSchema, SessionSchema
+from app.schemas.auth import EmptySchema, LoginSchema, SessionSchema
 from app.schemas.vms import ApiErrorSchema
 
 blp = Blueprint("auth", __name__, url_prefix="/auth", description="Admin session")
@@ -38,20 +39,25 @@ def _session_email() -> str | None:
 
 
 def require_credentials() -> None:
-    """before_request hook: /v1/* needs X-API-Key or a live admin session (plus the CSRF
-    check for a state-changing request on the cookie).
+    """before_request hook: /v1/* (and /metrics unless METRICS_PUBLIC) needs X-API-Key or a
+    live admin session (plus the CSRF check for a state-changing request on the cookie).
 
     :raise 401: ``{"message": "Unauthorized"}``.
     :raise 403: a cookie-authenticated request that fails :func:`check_csrf`.
     """
-    if not request.path.startswith("/v1/") and request.path != "/v1":
+    protected = request.path.startswith("/v1/") or request.path == "/v1" or (
+        request.path == "/metrics" and not services().settings.metrics_are_public)
+    if not protected:
         return
     key = request.headers.get("X-API-Key", "")
     if key and _equal(key, services().settings.api_key):
+        actor.current.set(actor.api_key())
         return
-    if _session_email() is None:
+    email = _session_email()
+    if email is None:
         raise Unauthorized("Unauthorized")
     check_csrf()
+    actor.current.set(actor.session(email))
 
 
 def check_csrf() -> None:
@@ -77,6 +83,7 @@ def check_csrf() -> None:
 
 @blp.route("/login")
 class Login(MethodView):
+    @blp.doc(operationId="login")
     @blp.arguments(LoginSchema)
     @blp.response(200, SessionSchema)
     @blp.alt_response(401, schema=ApiErrorSchema, description="Wrong credentials")
@@ -102,7 +109,8 @@ class Login(MethodView):
 
 @blp.route("/logout")
 class Logout(MethodView):
-    @blp.response(200)
+    @blp.doc(operationId="logout")
+    @blp.response(200, EmptySchema)
     @blp.alt_response(403, schema=ApiErrorSchema,
                       description="Cross-site request (Origin) or no X-Requested-With header")
     def post(self):
@@ -121,6 +129,7 @@ class Logout(MethodView):
 
 @blp.route("/me")
 class Me(MethodView):
+    @blp.doc(operationId="getSession")
     @blp.response(200, SessionSchema)
     @blp.alt_response(401, schema=ApiErrorSchema, description="Not logged in")
     def get(self):

@@ -9,12 +9,16 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import get_input_stream
 
 from app.api import Blueprint, document_errors, services
+from app.api.openapi import BINARY, binary_body
 from app.errors import InvalidRequest
 from app.schemas.commands import DownloadQueryArgsSchema, UploadQueryArgsSchema
 
 blp = Blueprint("files", __name__, url_prefix="/v1/vms", description="Files in the workspace")
+# The contract's three, and two more that clients send: x-tar+gzip and none at all.
 ARCHIVE_TYPES = ("application/gzip", "application/x-gzip", "application/octet-stream",
                  "application/x-tar+gzip", "")
+ARCHIVE_BODY = binary_body("application/gzip", "a tar.gz archive; sent as application/gzip, "
+                                               "application/x-gzip or application/octet-stream")
 UPLOAD_ENDPOINT = "files.Upload"
 DRAIN_SLACK = 16 * 1024 * 1024  # read this far past MAX_UPLOAD_BYTES to deliver an early answer
 DRAIN_CHUNK = 256 * 1024
@@ -22,6 +26,7 @@ DRAIN_CHUNK = 256 * 1024
 
 @blp.route("/<vm_id>/files/upload")
 class Upload(MethodView):
+    @blp.doc(operationId="uploadFiles", requestBody=ARCHIVE_BODY)
     @blp.arguments(UploadQueryArgsSchema, location="query")
     @blp.response(204)
     @document_errors(blp, 400, 404, 409, 413, 429, 504)
@@ -35,8 +40,9 @@ class Upload(MethodView):
 
 @blp.route("/<vm_id>/files/download")
 class Download(MethodView):
+    @blp.doc(operationId="downloadFiles")
     @blp.arguments(DownloadQueryArgsSchema, location="query")
-    @blp.response(200, content_type="application/gzip",
+    @blp.response(200, BINARY, content_type="application/gzip",
                   description="tar.gz of the directory's contents or of the single file")
     @document_errors(blp, 400, 404, 409, 413, 429, 502, 504)
     def get(self, query, vm_id):

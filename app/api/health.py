@@ -11,6 +11,7 @@ blp = Blueprint("health", __name__, url_prefix="/", description="Health")
 
 @blp.route("healthz")
 class Health(MethodView):
+    @blp.doc(operationId="getHealth")
     @blp.response(200, HealthSchema)
     @blp.alt_response(503, schema=HealthSchema,
                       description="libvirt unreachable, or the network policy not enforced")

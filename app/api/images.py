@@ -5,7 +5,9 @@ from flask import Response, current_app, request, stream_with_context
 from flask.views import MethodView
 
 from app.api import Blueprint, document_errors, services
-from app.api.files import ARCHIVE_TYPES, DRAIN_SLACK, close_or_drain, upload_body
+from app.api.files import ARCHIVE_BODY, ARCHIVE_TYPES, DRAIN_SLACK, close_or_drain, upload_body
+from app.api.ndjson import STREAM_HEADERS
+from app.api.openapi import binary_body
 from app.errors import InvalidRequest
 from app.models import ImageRequest
 from app.schemas.images import (BuildLogQuerySchema, BuildLogSchema, ImageCreateSchema,
@@ -20,11 +22,9 @@ REASONS = {404: "Unknown image",
            429: "Image quota (MAX_IMAGES), or this worker runs its maximum of long calls "
                 "(Retry-After)"}
 UPLOAD_ENDPOINTS = {"images.ImageFiles": "files", "images.ImageDisk": "disk"}
-BUILD_LOG_200 = {"description": "JSON (BuildLog); with follow=true a text/plain stream: the "
-                                "tail, then new output until the build ends",
-                 "content": {"application/json": {"schema": {"$ref":
-                                                             "#/components/schemas/BuildLog"}},
-                             "text/plain": {"schema": {"type": "string"}}}}
+DISK_BODY = binary_body("application/octet-stream", "the image's disk: raw (ext4 from its first "
+                                                   "byte) or qcow2 with no backing or data "
+                                                   "file, at most MAX_IMAGE_UPLOAD_MB")
 
 
 @blp.route("")
@@ -86,10 +86,7 @@ class ImageSetDefault(MethodView):
 
 @blp.route("/<image_id>/files")
 class ImageFiles(MethodView):
-    @blp.doc(operationId="uploadImageFiles", requestBody={
-        "required": True, "description": "tar.gz of the files the setup script finds in its "
-                                         "working directory",
-        "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}})
+    @blp.doc(operationId="uploadImageFiles", requestBody=ARCHIVE_BODY)
     @blp.response(202, ImageSchema)
     @document_errors(blp, 400, 404, 409, 413, 429, reasons=REASONS)
     def put(self, image_id):
@@ -103,11 +100,7 @@ class ImageFiles(MethodView):
 
 @blp.route("/<image_id>/disk")
 class ImageDisk(MethodView):
-    @blp.doc(operationId="uploadImageDisk", requestBody={
-        "required": True, "description": "raw (ext4 from its first byte) or qcow2 with no "
-                                         "backing or data file, at most MAX_IMAGE_UPLOAD_MB",
-        "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                            "format": "binary"}}}})
+    @blp.doc(operationId="uploadImageDisk", requestBody=DISK_BODY)
     @blp.response(202, ImageSchema)
     @document_errors(blp, 400, 404, 409, 413, 429, reasons=REASONS)
     def put(self, image_id):
@@ -120,16 +113,19 @@ class ImageDisk(MethodView):
 
 @blp.route("/<image_id>/build-log")
 class ImageBuildLog(MethodView):
-    @blp.doc(operationId="getImageBuildLog", responses={"200": BUILD_LOG_200})
+    @blp.doc(operationId="getImageBuildLog")
     @blp.arguments(BuildLogQuerySchema, location="query")
     @blp.response(200, BuildLogSchema)
+    @blp.alt_response(200, content_type="text/plain", schema={"type": "string"},
+                      description="The log's tail; with `follow=true` a text/plain stream: the "
+                                  "tail, then new output until the build ends")
     @document_errors(blp, 400, 404, reasons=REASONS)
     def get(self, query, image_id):
         """The build log of a custom image: its tail, or (follow=true) a live stream"""
         if query["follow"]:
             chunks = services().images.follow_log(image_id, query["tail"])
             return Response(stream_with_context(chunks), mimetype="text/plain",
-                            headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
+                            headers=STREAM_HEADERS)
         return services().images.build_log(image_id, query["tail"])
 
 

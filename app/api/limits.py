@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
 
 from app.errors import TooBusy
 
@@ -27,8 +27,16 @@ RETRY_AFTER_S = 2
 
 
 def install(app: Flask, slots: int) -> None:
-    """Hold a slot for each long call from before the view until the response is done (for a
-    streamed download: until its last byte)."""
+    """Hold a slot for each long call from before the view until the response is done: for a
+    streamed answer (a download, a streamed exec) until its last byte is out or its client
+    has gone (the WSGI server closes the response then).
+
+    Flask runs ``teardown_request`` as soon as the view's response is made, before a
+    streamed body is sent (even with ``stream_with_context``), so a streamed response takes
+    the slot over and gives it back when it is closed. Install this before the other
+    ``after_request`` hooks: it runs last, so no later hook can swap the response it handed
+    the slot to.
+    """
     semaphore = threading.BoundedSemaphore(slots)
     app.extensions["rds.long_call_slots"] = slots
 
@@ -43,6 +51,14 @@ def install(app: Flask, slots: int) -> None:
             raise TooBusy(f"this worker is running its maximum of {slots} long calls; retry "
                           f"in {RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
         g.long_call_slot = semaphore
+
+    @app.after_request
+    def hand_slot_to_stream(response: Response) -> Response:
+        held = g.get("long_call_slot")
+        if held is not None and response.is_streamed:
+            del g.long_call_slot
+            response.call_on_close(held.release)
+        return response
 
     @app.teardown_request
     def give_slot_back(_error: BaseException | None) -> None:

@@ -14,6 +14,7 @@ blp = Blueprint("snapshots", __name__, url_prefix="/v1",
 
 @blp.route("/vms/<vm_id>/snapshots")
 class VmSnapshots(MethodView):
+    @blp.doc(operationId="createSnapshot")
     @blp.response(201, SnapshotSchema)
     @document_errors(blp, 404, 409, 429, 504, 507)
     def post(self, vm_id):
@@ -26,6 +27,7 @@ class VmSnapshots(MethodView):
 
 @blp.route("/snapshots")
 class Snapshots(MethodView):
+    @blp.doc(operationId="listSnapshots")
     @blp.response(200, SnapshotSchema(many=True))
     @document_errors(blp)
     def get(self):
@@ -35,12 +37,14 @@ class Snapshots(MethodView):
 
 @blp.route("/snapshots/<snapshot_id>")
 class SnapshotById(MethodView):
+    @blp.doc(operationId="getSnapshot")
     @blp.response(200, SnapshotSchema)
     @document_errors(blp, 404)
     def get(self, snapshot_id):
         """Get a snapshot"""
         return services().snapshots.get(snapshot_id)
 
+    @blp.doc(operationId="deleteSnapshot")
     @blp.response(204)
     @document_errors(blp, 404, 409)
     def delete(self, snapshot_id):

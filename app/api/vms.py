@@ -17,6 +17,7 @@ blp = Blueprint("vms", __name__, url_prefix="/v1/vms", description="Sandbox VMs"
 
 @blp.route("")
 class Vms(MethodView):
+    @blp.doc(operationId="listVms")
     @blp.arguments(VmListQuerySchema, location="query")
     @blp.response(200, VmSchema(many=True), headers={
         "X-Next-Cursor": {"description": "with limit: the cursor of the next page (absent "
@@ -37,6 +38,7 @@ class Vms(MethodView):
         link = f"<{request.path}?{urllib.parse.urlencode(params)}>; rel=\"next\""
         return page.vms, 200, {"X-Next-Cursor": page.next_cursor, "Link": link}
 
+    @blp.doc(operationId="createVm")
     @blp.arguments(VmCreateSchema)
     @blp.response(201, VmSchema)
     @document_errors(blp, 400, 404, 429, 504, 507)
@@ -50,6 +52,7 @@ class Vms(MethodView):
                       idle_stop_s=body["idleStopSeconds"])
         return services().vms.create(spec)
 
+    @blp.doc(operationId="deleteVms")
     @blp.arguments(VmDeleteQuerySchema, location="query")
     @blp.response(200, DeletedVmsSchema)
     @document_errors(blp, 400)
@@ -62,12 +65,14 @@ class Vms(MethodView):
 
 @blp.route("/<vm_id>")
 class VmById(MethodView):
+    @blp.doc(operationId="getVm")
     @blp.response(200, VmSchema)
     @document_errors(blp, 404)
     def get(self, vm_id):
         """Get a VM"""
         return services().vms.get(vm_id)
 
+    @blp.doc(operationId="updateVm")
     @blp.arguments(VmPatchSchema)
     @blp.response(200, VmSchema)
     @document_errors(blp, 400, 404, 409)
@@ -75,6 +80,7 @@ class VmById(MethodView):
         """Replace a VM's labels"""
         return services().vms.set_labels(vm_id, body["labels"])
 
+    @blp.doc(operationId="deleteVm")
     @blp.arguments(VmDeleteOneQuerySchema, location="query")
     @blp.response(204)
     @document_errors(blp, 404, 409, 429)
@@ -89,6 +95,7 @@ class VmById(MethodView):
 
 @blp.route("/<vm_id>/keepalive")
 class VmKeepalive(MethodView):
+    @blp.doc(operationId="keepaliveVm")
     @blp.arguments(KeepaliveSchema)
     @blp.response(200, VmSchema)
     @document_errors(blp, 400, 404, 409)
@@ -99,6 +106,7 @@ class VmKeepalive(MethodView):
 
 @blp.route("/<vm_id>/stop")
 class VmStop(MethodView):
+    @blp.doc(operationId="stopVm")
     @blp.response(204)
     @document_errors(blp, 404, 409, 429)
     def post(self, vm_id):
@@ -108,6 +116,7 @@ class VmStop(MethodView):
 
 @blp.route("/<vm_id>/start")
 class VmStart(MethodView):
+    @blp.doc(operationId="startVm")
     @blp.response(204)
     @document_errors(blp, 404, 409, 429, 504)
     def post(self, vm_id):
@@ -117,6 +126,7 @@ class VmStart(MethodView):
 
 @blp.route("/<vm_id>/network")
 class VmNetwork(MethodView):
+    @blp.doc(operationId="setVmNetwork")
     @blp.arguments(NetworkPolicySchema)
     @blp.response(200, VmSchema)
     @document_errors(blp, 400, 404, 409, 429)

@@ -55,8 +55,9 @@ def validate(settings: Settings) -> None:
                  "default_exec_timeout_ms", "max_output_bytes", "max_upload_bytes",
                  "max_upload_uncompressed_bytes", "max_upload_entries", "max_download_bytes",
                  "session_idle_timeout_s", "session_max_age_s", "login_max_failures",
-                 "login_failure_window_s", "login_max_lockout_s", "image_build_timeout_s",
-                 "max_image_build_timeout_s", "max_image_upload_mb", "image_upload_wait_s"):
+                 "login_failure_window_s", "login_max_lockout_s", "exec_log_per_vm",
+                 "exec_log_max_age_s", "image_build_timeout_s", "max_image_build_timeout_s",
+                 "max_image_upload_mb", "image_upload_wait_s"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
     for name in ("disk_budget_mb", "disk_reserve_mb", "max_snapshots", "vm_default_ttl_s",
@@ -110,7 +111,9 @@ def _validate_host(settings: Settings) -> None:
             parse_shapes(getattr(settings, name))
         except ValueError as exc:
             raise ConfigError(f"{name.upper()}: {exc}") from None
-    for name in ("snapshot_auto_build", "enable_warm_pool"):
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError("LOG_FORMAT must be 'text' or 'json'")
+    for name in ("snapshot_auto_build", "enable_warm_pool", "metrics_public"):
         if getattr(settings, name).strip().lower() not in ("1", "0", "true", "false", "yes",
                                                            "no", "on", "off"):
             raise ConfigError(f"{name.upper()} must be true or false")

@@ -51,6 +51,9 @@ class Settings:
     # default lifetime / no maximum; with a maximum, every VM must have a lifetime).
     vm_default_ttl_s: int = 0
     vm_max_ttl_s: int = 0
+    # Exec history (GET /v1/vms/{id}/exec-logs): calls kept per VM, and for at most how long.
+    exec_log_per_vm: int = 100
+    exec_log_max_age_s: int = 7 * 24 * 3600
     # Custom images (docs/images.md): how many at most, the setup script's default and largest
     # time limit, the largest uploaded disk (bytes sent) and how long an image waits for the
     # uploads its create announced.
@@ -78,6 +81,8 @@ class Settings:
     ssh_auth_timeout_s: float = 10.0
     ssh_channel_timeout_s: float = 10.0
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one JSON object per line
+    metrics_public: str = "false"  # GET /metrics without a key
     trusted_proxies: int = 0
     # gunicorn threads per worker (deploy/gunicorn.conf.py reads the same variable) and how
     # many of them may run long calls at once (0: all but 4); see app/api/limits.py.
@@ -140,6 +145,10 @@ class Settings:
     @property
     def snapshot_auto_build_enabled(self) -> bool:
         return _truthy(self.snapshot_auto_build)
+
+    @property
+    def metrics_are_public(self) -> bool:
+        return _truthy(self.metrics_public)
 
     @property
     def snapshots_dir(self) -> Path:
@@ -228,6 +237,8 @@ ENV_NAMES: dict[str, str] = {
     "MAX_SNAPSHOTS": "max_snapshots",
     "VM_DEFAULT_TTL_S": "vm_default_ttl_s",
     "VM_MAX_TTL_S": "vm_max_ttl_s",
+    "EXEC_LOG_PER_VM": "exec_log_per_vm",
+    "EXEC_LOG_MAX_AGE_S": "exec_log_max_age_s",
     "MAX_IMAGES": "max_images",
     "IMAGE_BUILD_TIMEOUT_S": "image_build_timeout_s",
     "MAX_IMAGE_BUILD_TIMEOUT_S": "max_image_build_timeout_s",
@@ -250,6 +261,8 @@ ENV_NAMES: dict[str, str] = {
     "SSH_AUTH_TIMEOUT_S": "ssh_auth_timeout_s",
     "SSH_CHANNEL_TIMEOUT_S": "ssh_channel_timeout_s",
     "LOG_LEVEL": "log_level",
+    "LOG_FORMAT": "log_format",
+    "METRICS_PUBLIC": "metrics_public",
     "TRUSTED_PROXIES": "trusted_proxies",
     "WEB_THREADS": "web_threads",
     "LONG_CALL_SLOTS": "long_call_slots",

@@ -2,16 +2,17 @@
 
 - :mod:`app.guestssh.client`: one client per VM, one channel per command, the VM's host key
   pinned, every phase under the request's deadline;
-- :mod:`app.guestssh.channels`: a command's stdin, output and exit on its channel;
+- :mod:`app.guestssh.channels`: a command's stdin, output (whole or as it arrives) and exit
+  on its channel;
 - :mod:`app.guestssh.watchdog`: closes what paramiko would wait on forever.
 """
 from __future__ import annotations
 
-from app.guestssh.channels import OutputStream, StdinWriter
+from app.guestssh.channels import OutputCaps, OutputStream, RunningCommand, StdinWriter
 from app.guestssh.client import (GUEST_USER, MAX_COMMAND_BYTES, GuestSSH, GuestTransport,
                                  SshTimeouts, check_command_line, load_private_key,
                                  parse_public_key)
 
-__all__ = ["GUEST_USER", "MAX_COMMAND_BYTES", "GuestSSH", "GuestTransport", "OutputStream",
-           "SshTimeouts", "StdinWriter", "check_command_line", "load_private_key",
-           "parse_public_key"]
+__all__ = ["GUEST_USER", "MAX_COMMAND_BYTES", "GuestSSH", "GuestTransport", "OutputCaps",
+           "OutputStream", "RunningCommand", "SshTimeouts", "StdinWriter", "check_command_line",
+           "load_private_key", "parse_public_key"]

@@ -1,5 +1,6 @@
-"""One command on one SSH channel: sending its stdin, collecting its output until its exit or
-its deadline, and streaming a large output (downloads)."""
+"""One command on one SSH channel: sending its stdin, reading its output as it arrives until
+its exit or its deadline (whole, for a buffered answer, or chunk by chunk, for a streamed one),
+and streaming a large output (downloads)."""
 from __future__ import annotations
 
 import contextlib
@@ -13,6 +14,7 @@ from app.models import CommandResult
 
 READ_CHUNK = 65536
 STDERR_TAIL = 4 * 1024 * 1024  # kept past the cap: run-ts/run-js put their outcome last
+STOP_CHECK_S = 0.2  # how often a streamed command asks whether its reader has gone
 # A function that writes a command's stdin itself, given an object with ``write(bytes)``
 # (the channel): for input made while it is sent, never held whole in memory.
 StdinWriter = t.Callable[[t.Any], None]
@@ -29,9 +31,8 @@ def close_quietly(closable: t.Any) -> None:
         closable.close()
 
 
-def timed_out(started: float) -> CommandResult:
-    return CommandResult(exit_code=-1, stdout=b"", stderr=b"", timed_out=True,
-                         duration_ms=int((time.monotonic() - started) * 1000))
+def _never() -> bool:
+    return False
 
 
 class _ChannelWriter:
@@ -60,52 +61,138 @@ def send_stdin(channel: t.Any, stdin: bytes | t.BinaryIO | StdinWriter) -> None:
     channel.shutdown_write()
 
 
-def collect(channel: t.Any, started: float, timeout: float,
-             max_output: int) -> CommandResult:
-    """Drain stdout and stderr until exit or deadline (always drain before the exit status)."""
-    deadline = started + timeout
-    streams = {"out": bytearray(), "err": bytearray()}
-    dropped = {"out": False, "err": False}
-    err_tail = bytearray()
+class OutputCaps:
+    """What a command's result keeps of its output: at most ``max_output`` bytes per stream
+    (``stdout``, ``stderr``), the rest dropped and flagged; past the cap, the last bytes of
+    stderr (run-ts/run-js put their outcome last).
 
-    def keep(name: str, data: bytes) -> None:
-        buffer = streams[name]
-        room = max_output - len(buffer)
+    :param keep: False to only count and flag (a streamed command hands its output on).
+    """
+
+    def __init__(self, max_output: int, keep: bool = True) -> None:
+        self.max_output = max_output
+        self.keep = keep
+        self.sizes = {"stdout": 0, "stderr": 0}
+        self.dropped = {"stdout": False, "stderr": False}
+        self.kept = {"stdout": bytearray(), "stderr": bytearray()}
+        self.err_tail = bytearray()
+
+    def take(self, name: str, data: bytes) -> bytes:
+        """:returns: the part of ``data`` within the cap of stream ``name``."""
+        room = max(0, self.max_output - self.sizes[name])
         if len(data) > room:
-            dropped[name] = True
-        if name == "err" and dropped["err"]:  # from the first dropped byte on
-            err_tail.extend(data)
-            if len(err_tail) > STDERR_TAIL:
-                del err_tail[:len(err_tail) - STDERR_TAIL]
-        if room > 0:
-            buffer += data[:room]
+            self.dropped[name] = True
+        if self.keep and name == "stderr" and self.dropped["stderr"]:  # from the first drop on
+            self.err_tail.extend(data)
+            if len(self.err_tail) > STDERR_TAIL:
+                del self.err_tail[:len(self.err_tail) - STDERR_TAIL]
+        part = data[:room]
+        self.sizes[name] += len(part)
+        if self.keep:
+            self.kept[name] += part
+        return part
 
-    timed_out = False
-    while True:
-        progressed = False
-        while channel.recv_ready():
-            keep("out", channel.recv(READ_CHUNK))
-            progressed = True
-        while channel.recv_stderr_ready():
-            keep("err", channel.recv_stderr(READ_CHUNK))
-            progressed = True
-        # sshd may send the exit status before the last output: done only at EOF too.
-        if channel.exit_status_ready() and (channel.eof_received or channel.closed) \
-                and not channel.recv_ready() and not channel.recv_stderr_ready():
-            break
-        if time.monotonic() > deadline:
-            timed_out = True
-            break
-        if not progressed:
-            # Readable on stdout data and on EOF (which follows the exit status); stderr and
-            # the exit status alone are picked up by the short poll.
-            select.select([channel], [], [], 0.05)
-    exit_code = -1 if timed_out else channel.recv_exit_status()
-    return CommandResult(exit_code=exit_code, stdout=bytes(streams["out"]),
-                         stderr=bytes(streams["err"]), timed_out=timed_out,
-                         stdout_truncated=dropped["out"], stderr_truncated=dropped["err"],
-                         duration_ms=int((time.monotonic() - started) * 1000),
-                         stderr_tail=bytes(err_tail))
+    def result(self, exit_code: int, timed_out: bool, started: float) -> CommandResult:
+        return CommandResult(exit_code=exit_code, stdout=bytes(self.kept["stdout"]),
+                             stderr=bytes(self.kept["stderr"]), timed_out=timed_out,
+                             stdout_truncated=self.dropped["stdout"],
+                             stderr_truncated=self.dropped["stderr"],
+                             duration_ms=int((time.monotonic() - started) * 1000),
+                             stderr_tail=bytes(self.err_tail))
+
+
+class RunningCommand:
+    """A command started on its own channel (:meth:`GuestSSH.start`): its output as it
+    arrives, then its exit status. Close it when done.
+
+    :param errors: what the channel raises when its connection breaks.
+    :param on_broken: turns such an error into the one to raise (and drops the connection).
+    """
+
+    def __init__(self, channel: t.Any, started: float, deadline: float,
+                 errors: tuple[type[BaseException], ...] = (OSError, EOFError),
+                 on_broken: t.Callable[[BaseException], Exception] | None = None) -> None:
+        self.channel = channel
+        self.started = started
+        self.deadline = deadline
+        self.timed_out = False
+        self.stopped = False
+        self._errors = errors
+        self._on_broken = on_broken
+
+    @classmethod
+    def expired(cls, started: float) -> RunningCommand:
+        """A command whose deadline passed before it could start: no output, timed out."""
+        running = cls(None, started, started)
+        running.timed_out = True
+        return running
+
+    def output(self, stop: t.Callable[[], bool] = _never) -> t.Iterator[tuple[str, bytes]]:
+        """``("stdout" | "stderr", data)`` as the data arrives, until the command exits (exit
+        status and EOF), the deadline passes (:attr:`timed_out`) or ``stop()``, asked every
+        :data:`STOP_CHECK_S`, answers True (:attr:`stopped`).
+
+        :raises: what ``on_broken`` makes of a broken connection (before the deadline).
+        """
+        if self.channel is None:
+            return
+        try:
+            yield from self._read(stop)
+        except self._errors as exc:
+            if time.monotonic() >= self.deadline:
+                self.timed_out = True
+                return
+            if self._on_broken is None:
+                raise
+            raise self._on_broken(exc) from exc
+
+    def _read(self, stop: t.Callable[[], bool]) -> t.Iterator[tuple[str, bytes]]:
+        channel = self.channel
+        asked = time.monotonic()
+        while True:
+            progressed = False
+            while channel.recv_ready():
+                yield "stdout", channel.recv(READ_CHUNK)
+                progressed = True
+            while channel.recv_stderr_ready():
+                yield "stderr", channel.recv_stderr(READ_CHUNK)
+                progressed = True
+            # sshd may send the exit status before the last output: done only at EOF too.
+            if channel.exit_status_ready() and (channel.eof_received or channel.closed) \
+                    and not channel.recv_ready() and not channel.recv_stderr_ready():
+                return
+            now = time.monotonic()
+            if now > self.deadline:
+                self.timed_out = True
+                return
+            if now - asked >= STOP_CHECK_S:
+                asked = now
+                if stop():
+                    self.stopped = True
+                    return
+            if not progressed:
+                # Readable on stdout data and on EOF (which follows the exit status); stderr
+                # and the exit status alone are picked up by the short poll.
+                select.select([channel], [], [], 0.05)
+
+    def exit_code(self) -> int:
+        """The exit status once :meth:`output` ended; -1 when timed out or stopped (always
+        drain the output first: the status can wait behind it)."""
+        if self.timed_out or self.stopped or self.channel is None:
+            return -1
+        return self.channel.recv_exit_status()
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+
+
+def collect(running: RunningCommand, max_output: int) -> CommandResult:
+    """Drain stdout and stderr until exit or deadline (always drain before the exit status)."""
+    caps = OutputCaps(max_output)
+    for name, data in running.output():
+        caps.take(name, data)
+    return caps.result(running.exit_code(), running.timed_out, running.started)
 
 
 class OutputStream:

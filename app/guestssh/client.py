@@ -19,8 +19,8 @@ import typing as t
 import paramiko
 
 from app.errors import CommandTimeout, GuestUnreachable, InvalidRequest
-from app.guestssh.channels import (OutputStream, StdinWriter, close_quietly, collect,
-                                   send_stdin, timed_out, within)
+from app.guestssh.channels import (OutputStream, RunningCommand, StdinWriter, close_quietly,
+                                   collect, send_stdin, within)
 from app.guestssh.watchdog import WATCHDOG
 from app.models import CommandResult
 
@@ -29,6 +29,8 @@ GUEST_USER = "user"
 # sshd runs a command as `bash -c COMMAND`, one argv string, which Linux caps at 32 pages
 # including its NUL (MAX_ARG_STRLEN); a longer one fails to start.
 MAX_COMMAND_BYTES = 32 * 4096 - 1
+# What a channel raises when its connection breaks.
+CHANNEL_ERRORS = (paramiko.SSHException, OSError, EOFError)
 
 
 class GuestTransport(paramiko.Transport):
@@ -167,14 +169,14 @@ class GuestSSH:
         transport = self._transport(deadline)
         try:
             return transport.open_session(timeout=within(self.timeouts.channel, deadline))
-        except (paramiko.SSHException, OSError, EOFError) as exc:
+        except CHANNEL_ERRORS as exc:
             self._drop(transport)  # a stalled transport: the next call starts afresh
             raise GuestUnreachable(f"guest {self.host} did not open a channel: {exc}") from exc
 
     def run(self, command: str, timeout: float,
             stdin: bytes | t.BinaryIO | StdinWriter = b"",
             max_output: int = 1_000_000) -> CommandResult:
-        """Run ``command`` on a fresh channel.
+        """Run ``command`` on a fresh channel and collect its output.
 
         ``stdin`` is bytes, a file read in chunks, or a :data:`StdinWriter`; an error the
         writer raises (other than the channel's own) propagates, and the channel is closed
@@ -191,6 +193,22 @@ class GuestSSH:
             before the deadline.
         :raises InvalidRequest: a command line sshd would refuse (:func:`check_command_line`).
         """
+        running = self.start(command, timeout, stdin)
+        try:
+            return collect(running, max_output)
+        finally:
+            running.close()
+
+    def start(self, command: str, timeout: float,
+              stdin: bytes | t.BinaryIO | StdinWriter = b"") -> RunningCommand:
+        """Start ``command`` on a fresh channel and send its stdin (as :meth:`run`); read its
+        output as it arrives from the answer, and close that.
+
+        ``timeout`` bounds the whole command as in :meth:`run`: a deadline that passes before
+        the command started gives a :class:`RunningCommand` that is already timed out.
+
+        :raises GuestUnreachable: / :raises InvalidRequest: as :meth:`run`.
+        """
         check_command_line(command)
         started = time.monotonic()
         deadline = started + timeout
@@ -198,7 +216,7 @@ class GuestSSH:
             channel = self._open_channel(deadline)
         except GuestUnreachable:
             if time.monotonic() >= deadline:
-                return timed_out(started)
+                return RunningCommand.expired(started)
             raise
         stage = {"name": "exec"}
         token = WATCHDOG.arm(deadline, lambda: close_quietly(channel))
@@ -209,27 +227,32 @@ class GuestSSH:
             channel.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 send_stdin(channel, stdin)
-            except (OSError, EOFError, paramiko.SSHException):
-                # The command may exit without reading all of its input; that is its answer.
-                if time.monotonic() >= deadline:
-                    return collect(channel, started, 0, max_output)
-                if not (channel.closed or channel.exit_status_ready() or channel.eof_received):
+            except CHANNEL_ERRORS:
+                # The command may exit without reading all of its input; that is its answer
+                # (after the deadline: what it wrote until then, timed out).
+                if not (time.monotonic() >= deadline or channel.closed
+                        or channel.exit_status_ready() or channel.eof_received):
                     raise
-            # Reading output never blocks (collect polls up to the deadline itself): the
-            # watchdog must not close the channel under it.
-            WATCHDOG.disarm(token)
-            stage["name"] = "output"
-            return collect(channel, started, timeout, max_output)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
+        except CHANNEL_ERRORS as exc:
+            channel.close()
             if time.monotonic() >= deadline:
                 if stage["name"] == "exec":  # no answer to the exec request: stalled
                     self._drop(channel.get_transport())
-                return timed_out(started)
-            self.close()
-            raise GuestUnreachable(f"guest {self.host} dropped the command: {exc}") from exc
-        finally:
-            WATCHDOG.disarm(token)
+                return RunningCommand.expired(started)
+            raise self._broken(exc) from exc
+        except BaseException:
             channel.close()
+            raise
+        finally:
+            # Reading output never blocks (RunningCommand polls up to the deadline itself):
+            # the watchdog must not close the channel under it.
+            WATCHDOG.disarm(token)
+        return RunningCommand(channel, started, deadline, CHANNEL_ERRORS, self._broken)
+
+    def _broken(self, exc: BaseException) -> GuestUnreachable:
+        """A command's connection broke: drop it (the next command connects afresh)."""
+        self.close()
+        return GuestUnreachable(f"guest {self.host} dropped the command: {exc}")
 
     def open_stream(self, command: str, timeout: float) -> "OutputStream":
         """Start ``command`` and hand back its stdout as a stream (for large downloads);
@@ -247,15 +270,14 @@ class GuestSSH:
             channel.settimeout(within(self.timeouts.channel, deadline))
             channel.exec_command(command)
             channel.shutdown_write()
-        except (paramiko.SSHException, OSError, EOFError) as exc:
+        except CHANNEL_ERRORS as exc:
             WATCHDOG.disarm(token)
             channel.close()
             if time.monotonic() >= deadline:
                 self._drop(channel.get_transport())
                 raise CommandTimeout(f"guest {self.host} did not start the command within "
                                      f"{timeout:.0f}s") from exc
-            self.close()
-            raise GuestUnreachable(f"guest {self.host} dropped the command: {exc}") from exc
+            raise self._broken(exc) from exc
         return OutputStream(channel, deadline, lambda: WATCHDOG.disarm(token))
 
     def wait_until_ready(self, deadline: float, probe: str = "id -u") -> str:

@@ -19,13 +19,21 @@ class SessionSchema(Schema):
     email = fields.String(required=True)
 
 
+class EmptySchema(Schema):
+    """An answer with nothing to say: ``{}``."""
+
+
 class HealthSchema(Schema):
+    """``/healthz``: every field always present; the details are null when libvirt is
+    unreachable."""
+
     status = fields.String(required=True, metadata={
         "description": "ok, degraded (guest network down), unhealthy (network policy not "
                        "enforced) or unavailable (libvirt unreachable)"})
     libvirt = fields.String(required=True)
-    libvirtVersion = fields.String(attribute="libvirt_version")
-    network = fields.String()
-    networkPolicy = fields.String(attribute="network_policy", metadata={
-        "description": "'enforced', or why guests' IP rules are not applied"})
-    accelerator = fields.String()
+    libvirtVersion = fields.String(required=True, allow_none=True, attribute="libvirt_version")
+    network = fields.String(required=True, allow_none=True)
+    networkPolicy = fields.String(required=True, allow_none=True, attribute="network_policy",
+                                  metadata={"description": "'enforced', or why guests' IP "
+                                                           "rules are not applied"})
+    accelerator = fields.String(required=True)

@@ -5,7 +5,7 @@ import types
 
 from marshmallow import RAISE, Schema, fields, pre_dump, validate
 
-from app.schemas.fields import NulFreeString
+from app.schemas.fields import EnvVars, NulFreeString
 
 MAX_CODE = 1_000_000
 
@@ -16,20 +16,26 @@ class ExecSchema(Schema):
 
     cmd = NulFreeString(required=True, validate=validate.Length(min=1, max=100_000))
     cwd = NulFreeString(load_default=None, allow_none=True)
-    env = fields.Dict(keys=NulFreeString(), values=NulFreeString(), load_default=dict)
+    env = EnvVars()
     timeoutMs = fields.Integer(load_default=None, allow_none=True, strict=True,
                                metadata={"description": "default 30000, max "
                                                         "MAX_EXEC_TIMEOUT_MS (120000)"})
 
 
 class CommandResultSchema(Schema):
-    exitCode = fields.Integer(attribute="exit_code")
-    stdout = fields.Method("_stdout")
-    stderr = fields.Method("_stderr")
-    timedOut = fields.Boolean(attribute="timed_out")
-    stdoutTruncated = fields.Boolean(attribute="stdout_truncated")
-    stderrTruncated = fields.Boolean(attribute="stderr_truncated")
-    durationMs = fields.Integer(attribute="duration_ms")
+    """A command's outcome: all fields always present (``required``)."""
+
+    exitCode = fields.Integer(required=True, attribute="exit_code",
+                              metadata={"description": "-1 when the command timed out"})
+    stdout = fields.Method("_stdout", required=True, metadata={
+        "type": "string", "description": "UTF-8 (invalid bytes become U+FFFD), at most "
+                                         "MAX_OUTPUT_BYTES"})
+    stderr = fields.Method("_stderr", required=True, metadata={
+        "type": "string", "description": "as stdout"})
+    timedOut = fields.Boolean(required=True, attribute="timed_out")
+    stdoutTruncated = fields.Boolean(required=True, attribute="stdout_truncated")
+    stderrTruncated = fields.Boolean(required=True, attribute="stderr_truncated")
+    durationMs = fields.Integer(required=True, attribute="duration_ms")
 
     def _stdout(self, obj) -> str:  # invalid UTF-8 becomes U+FFFD, never a 500
         return obj.stdout.decode("utf-8", errors="replace")
@@ -48,8 +54,7 @@ class _RunSchema(Schema):
                          validate=validate.Length(max=MAX_CODE))
     path = NulFreeString(load_default=None, allow_none=True)
     args = fields.List(NulFreeString(), load_default=list)
-    env = fields.List(NulFreeString(), load_default=list,
-                      metadata={"description": '["KEY=VALUE", ...]'})
+    env = EnvVars()
     timeoutMs = fields.Integer(load_default=None, allow_none=True, strict=True)
 
 
@@ -65,13 +70,59 @@ class RunResultSchema(CommandResultSchema):
     """A RunResult: the command's fields, plus ``result``/``error`` only when the script set
     them."""
 
-    result = fields.Raw(allow_none=True)
-    error = fields.Raw(allow_none=True)
+    result = fields.Raw(allow_none=True, metadata={
+        "description": "the value of result.set(value); absent when the script set none"})
+    error = fields.Raw(allow_none=True, metadata={
+        "description": "result.error(err) or an uncaught exception ({name, message, stack} "
+                       "for an Error); absent when there was none"})
 
     @pre_dump
     def _flatten(self, run, **_kwargs):
         return types.SimpleNamespace(**vars(run.command), **{
             key: run.outcome[key] for key in ("result", "error") if key in run.outcome})
+
+
+# Lines of a streamed answer (Accept: application/x-ndjson; app/api/ndjson.py) ##############
+
+class OutputLineSchema(Schema):
+    """A chunk of output, as it arrived."""
+
+    class Meta:
+        unknown = RAISE
+
+    type = fields.String(required=True, validate=validate.OneOf(["output"]))
+    stream = fields.String(required=True, validate=validate.OneOf(["stdout", "stderr"]))
+    data = fields.String(required=True, metadata={
+        "description": "the chunk as UTF-8 text, or the base64 of its bytes when `encoding` "
+                       "is `base64`"})
+    encoding = fields.String(validate=validate.OneOf(["base64"]), metadata={
+        "description": "only when the chunk is not valid UTF-8"})
+
+
+class ErrorLineSchema(Schema):
+    """The last line when the call failed after its output had started."""
+
+    class Meta:
+        unknown = RAISE
+
+    type = fields.String(required=True, validate=validate.OneOf(["error"]))
+    message = fields.String(required=True)
+
+
+class CommandResultLineSchema(CommandResultSchema):
+    """The last line: the buffered answer, with stdout and stderr empty (the output lines
+    carried them)."""
+
+    type = fields.String(required=True, dump_default="result",
+                         validate=validate.OneOf(["result"]))
+
+
+class RunResultLineSchema(RunResultSchema):
+    """The last line: the buffered answer, with stdout and stderr empty (the output lines
+    carried them)."""
+
+    type = fields.String(required=True, dump_default="result",
+                         validate=validate.OneOf(["result"]))
 
 
 class UploadQueryArgsSchema(Schema):

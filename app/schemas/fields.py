@@ -20,3 +20,69 @@ class NulFreeString(fields.String):
         if "\0" in text:
             raise ValidationError(NUL_MESSAGE)
         return text
+
+
+MAX_ENV_ENTRIES = 256
+MAX_ENV_NAME = 256
+MAX_ENV_VALUE = 100_000  # as a command; the whole command line is capped by the guest's sshd
+ENV_FORMS = "an object {\"KEY\": \"VALUE\"} or a list [\"KEY=VALUE\"]"
+# The object form is one named schema in the OpenAPI document (app.api.openapi registers it),
+# so that a generated client has one type for it on all three routes.
+ENV_MAP = "EnvMap"
+ENV_MAP_SCHEMA = {"type": "object", "additionalProperties": {"type": "string"},
+                  "description": "environment variables by name"}
+
+
+class EnvVars(fields.Field):
+    """A command's environment variables, in either form the original service used: an object
+    ``{"KEY": "VALUE"}`` (its exec) or a list ``["KEY=VALUE"]`` (its run-ts/run-js); every
+    route takes both. Loads as a dict; a list's later entry for a name wins, as in a shell.
+
+    Names and values go on the guest's command line, so neither may hold NUL, and a name may
+    not hold ``=`` (what a name may be beyond that, the command service decides).
+    """
+
+    def __init__(self, **kwargs: t.Any) -> None:
+        kwargs.setdefault("load_default", dict)
+        kwargs.setdefault("metadata", {}).update({
+            "description": f"environment variables: {ENV_FORMS}",
+            "oneOf": [{"$ref": f"#/components/schemas/{ENV_MAP}"},
+                      {"type": "array", "items": {"type": "string"}}]})
+        super().__init__(**kwargs)
+
+    def _deserialize(self, value: t.Any, attr: str | None, data: t.Any,
+                     **kwargs: t.Any) -> dict[str, str]:
+        if isinstance(value, dict):
+            pairs = list(value.items())
+        elif isinstance(value, list):
+            pairs = [_split_entry(index, entry) for index, entry in enumerate(value)]
+        else:
+            raise ValidationError(f"must be {ENV_FORMS}")
+        if len(pairs) > MAX_ENV_ENTRIES:
+            raise ValidationError(f"at most {MAX_ENV_ENTRIES} variables")
+        for name, text in pairs:
+            _check_variable(name, text)
+        return dict(pairs)
+
+
+def _split_entry(index: int, entry: t.Any) -> tuple[str, t.Any]:
+    if not isinstance(entry, str):
+        raise ValidationError(f"entry {index} is not a string")
+    name, sep, text = entry.partition("=")
+    if not sep:
+        raise ValidationError(f"entry {index} {entry[:100]!r} must look like KEY=VALUE")
+    return name, text
+
+
+def _check_variable(name: str, text: t.Any) -> None:
+    shown = name[:100]
+    if not isinstance(text, str):
+        raise ValidationError(f"the value of {shown!r} is not a string")
+    if not 0 < len(name) <= MAX_ENV_NAME or "=" in name:
+        raise ValidationError(f"name {shown!r} must be 1..{MAX_ENV_NAME} characters without "
+                              f"'='")
+    if "\0" in name or "\0" in text:
+        raise ValidationError(f"{shown!r}: {NUL_MESSAGE}")
+    if len(text) > MAX_ENV_VALUE:
+        raise ValidationError(f"the value of {shown!r} is longer than {MAX_ENV_VALUE} "
+                              f"characters")

@@ -12,6 +12,7 @@ IMAGE_NAME = validate.Regexp(r"^[a-z0-9][a-z0-9._-]{0,62}\Z",
 MAX_SETUP_CHARS = 256 * 1024
 MAX_DESCRIPTION_CHARS = 1000
 STATES = ["PENDING", "BUILDING", "READY", "FAILED", "NOT_BUILT"]
+ALWAYS = {"dump_only": True, "required": True}  # an answer field every answer carries
 
 
 class ImageCreateSchema(NetworkPolicySchema):
@@ -54,35 +55,34 @@ class ImageCreateSchema(NetworkPolicySchema):
 
 
 class ImageSchema(Schema):
-    id = fields.String(dump_only=True)
-    name = fields.String(dump_only=True, attribute="id")
-    description = fields.String(dump_only=True)
-    state = fields.String(dump_only=True, validate=validate.OneOf(STATES))
-    reason = fields.String(dump_only=True, allow_none=True,
-                           metadata={"description": "why it FAILED (or is NOT_BUILT)"})
-    builtIn = fields.Boolean(dump_only=True, attribute="built_in",
-                             metadata={"description": "a template of vm-templates/"})
-    isDefault = fields.Boolean(dump_only=True, attribute="is_default")
-    base = fields.String(dump_only=True, allow_none=True,
-                         metadata={"description": "the image it was built from"})
-    snapshotReady = fields.Boolean(dump_only=True, attribute="snapshot_ready",
-                                   metadata={"description": "a memory snapshot of every "
-                                                            "SNAPSHOT_SHAPES shape is saved: "
-                                                            "creates restore it"})
-    sizeMb = fields.Integer(dump_only=True, allow_none=True, attribute="size_mb",
-                            metadata={"description": "space its build takes on the host"})
-    diskSizeMb = fields.Integer(dump_only=True, allow_none=True, attribute="disk_size_mb")
-    createdAt = fields.String(dump_only=True, allow_none=True, attribute="created_at")
-    buildStartedAt = fields.String(dump_only=True, allow_none=True,
-                                   attribute="build_started_at")
-    buildFinishedAt = fields.String(dump_only=True, allow_none=True,
-                                    attribute="build_finished_at")
-    awaiting = fields.List(fields.String(), dump_only=True,
-                           metadata={"description": "uploads the build waits for: files, "
-                                                    "disk"})
-    allowIps = fields.List(fields.String(), dump_only=True, attribute="allow_ips")
-    outboundInternet = fields.Boolean(dump_only=True, attribute="outbound_internet")
-    timeoutSeconds = fields.Integer(dump_only=True, allow_none=True, attribute="timeout_s")
+    """An image as every answer shows it: all fields always present (``required``), null
+    where they do not apply (``nullable``)."""
+
+    id = fields.String(**ALWAYS)
+    name = fields.String(attribute="id", **ALWAYS)
+    description = fields.String(**ALWAYS)
+    state = fields.String(validate=validate.OneOf(STATES), **ALWAYS)
+    reason = fields.String(allow_none=True, metadata={
+        "description": "why it FAILED (or is NOT_BUILT)"}, **ALWAYS)
+    builtIn = fields.Boolean(attribute="built_in", metadata={
+        "description": "a template of vm-templates/"}, **ALWAYS)
+    isDefault = fields.Boolean(attribute="is_default", **ALWAYS)
+    base = fields.String(allow_none=True, metadata={
+        "description": "the image it was built from"}, **ALWAYS)
+    snapshotReady = fields.Boolean(attribute="snapshot_ready", metadata={
+        "description": "a memory snapshot of every SNAPSHOT_SHAPES shape is saved: creates "
+                       "restore it"}, **ALWAYS)
+    sizeMb = fields.Integer(allow_none=True, attribute="size_mb", metadata={
+        "description": "space its build takes on the host"}, **ALWAYS)
+    diskSizeMb = fields.Integer(allow_none=True, attribute="disk_size_mb", **ALWAYS)
+    createdAt = fields.String(allow_none=True, attribute="created_at", **ALWAYS)
+    buildStartedAt = fields.String(allow_none=True, attribute="build_started_at", **ALWAYS)
+    buildFinishedAt = fields.String(allow_none=True, attribute="build_finished_at", **ALWAYS)
+    awaiting = fields.List(fields.String(), metadata={
+        "description": "uploads the build waits for: files, disk"}, **ALWAYS)
+    allowIps = fields.List(fields.String(), attribute="allow_ips", **ALWAYS)
+    outboundInternet = fields.Boolean(attribute="outbound_internet", **ALWAYS)
+    timeoutSeconds = fields.Integer(allow_none=True, attribute="timeout_s", **ALWAYS)
 
     def get_attribute(self, obj, attr, default):  # ImageState enum -> its value
         value = super().get_attribute(obj, attr, default)
@@ -100,10 +100,11 @@ class BuildLogQuerySchema(Schema):
 
 
 class BuildLogSchema(Schema):
-    type = fields.Constant("build", dump_only=True)
-    imageId = fields.String(dump_only=True, attribute="image_id")
-    state = fields.Function(lambda view: view.state.value, dump_only=True)
-    lines = fields.List(fields.String(), dump_only=True)
-    truncated = fields.Boolean(dump_only=True,
-                               metadata={"description": "earlier lines were left out"})
-    updatedAt = fields.String(dump_only=True, allow_none=True, attribute="updated_at")
+    type = fields.Constant("build", **ALWAYS)
+    imageId = fields.String(attribute="image_id", **ALWAYS)
+    state = fields.Function(lambda view: view.state.value,
+                            metadata={"type": "string", "enum": STATES}, **ALWAYS)
+    lines = fields.List(fields.String(), **ALWAYS)
+    truncated = fields.Boolean(metadata={"description": "earlier lines were left out"},
+                               **ALWAYS)
+    updatedAt = fields.String(allow_none=True, attribute="updated_at", **ALWAYS)

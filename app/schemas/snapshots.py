@@ -5,17 +5,20 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 
 
 class SnapshotSchema(Schema):
-    id = fields.String(dump_only=True)
-    kind = fields.String(dump_only=True, metadata={"description": "always 'user_overlay': a "
-                                                                  "copy of the VM's disk"})
-    createdAt = fields.String(dump_only=True, attribute="created_at")
-    cpu = fields.Integer(dump_only=True, metadata={"description": "of the source VM"})
-    memMb = fields.Integer(dump_only=True, attribute="mem_mb")
-    imageId = fields.String(dump_only=True, attribute="image_id",
+    """A disk snapshot: all fields always present (``required``)."""
+
+    id = fields.String(dump_only=True, required=True)
+    kind = fields.String(dump_only=True, required=True, metadata={
+        "description": "always 'user_overlay': a copy of the VM's disk"})
+    createdAt = fields.String(dump_only=True, required=True, attribute="created_at")
+    cpu = fields.Integer(dump_only=True, required=True,
+                         metadata={"description": "of the source VM"})
+    memMb = fields.Integer(dump_only=True, required=True, attribute="mem_mb")
+    imageId = fields.String(dump_only=True, required=True, attribute="image_id",
                             metadata={"description": "template the disk is based on"})
-    sourceVmId = fields.String(dump_only=True, attribute="source_vm_id",
+    sourceVmId = fields.String(dump_only=True, required=True, attribute="source_vm_id",
                                metadata={"description": "VM it was taken from (may be gone)"})
-    hasOverlay = fields.Boolean(dump_only=True, attribute="has_overlay")
+    hasOverlay = fields.Boolean(dump_only=True, required=True, attribute="has_overlay")
 
 
 class SnapshotRefSchema(Schema):

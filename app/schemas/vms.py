@@ -4,15 +4,23 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from marshmallow import (EXCLUDE, RAISE, Schema, ValidationError, fields, post_load, validate,
-                         validates)
+from marshmallow import (EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields, post_load,
+                         validate, validates)
 
 from app.schemas.snapshots import SnapshotRefSchema
 
 
 class ApiErrorSchema(Schema):
+    """Every error answer; more fields may ride along (``additionalProperties``)."""
+
+    class Meta:
+        unknown = INCLUDE
+
     message = fields.String(required=True)
-    errors = fields.Dict()
+    errors = fields.Dict(metadata={"description": "per-field details of a validation failure "
+                                                  "(400 only)"})
+    requestId = fields.String(metadata={"description": "the request's id, on an unexpected "
+                                                       "error (500 only)"})
 
 
 LABEL_KEY = re.compile(r"[a-z0-9][a-z0-9_./-]{0,62}")
@@ -159,37 +167,45 @@ class VmDeleteOneQuerySchema(Schema):
 
 
 class DeleteFailureSchema(Schema):
-    id = fields.String()
-    message = fields.String()
+    id = fields.String(required=True)
+    message = fields.String(required=True)
 
 
 class DeletedVmsSchema(Schema):
-    deleted = fields.List(fields.String(), metadata={"description": "ids of deleted VMs"})
-    failed = fields.List(fields.Nested(DeleteFailureSchema),
+    deleted = fields.List(fields.String(), required=True,
+                          metadata={"description": "ids of deleted VMs"})
+    failed = fields.List(fields.Nested(DeleteFailureSchema), required=True,
                          metadata={"description": "VMs that matched but could not be deleted"})
 
 
 class VmSchema(Schema):
-    id = fields.String(dump_only=True)
-    name = fields.String(dump_only=True,
+    """A VM as every answer shows it: all fields always present (``required``)."""
+
+    id = fields.String(dump_only=True, required=True)
+    name = fields.String(dump_only=True, required=True,
                          metadata={"description": "libvirt domain name (virsh)"})
-    state = fields.String(dump_only=True, validate=validate.OneOf(STATES))
-    cpu = fields.Integer(dump_only=True)
-    memMb = fields.Integer(dump_only=True, attribute="mem_mb")
-    guestIp = fields.String(dump_only=True, attribute="guest_ip")
-    outboundInternet = fields.Boolean(dump_only=True, attribute="outbound_internet")
-    allowIps = fields.List(fields.String(), dump_only=True, attribute="allow_ips")
-    createdAt = fields.String(dump_only=True, attribute="created_at")
-    imageId = fields.String(dump_only=True, attribute="image_id")
-    provisionMode = fields.String(dump_only=True, attribute="provision_mode",
+    state = fields.String(dump_only=True, required=True, validate=validate.OneOf(STATES))
+    cpu = fields.Integer(dump_only=True, required=True)
+    memMb = fields.Integer(dump_only=True, required=True, attribute="mem_mb")
+    guestIp = fields.String(dump_only=True, required=True, attribute="guest_ip")
+    outboundInternet = fields.Boolean(dump_only=True, required=True,
+                                      attribute="outbound_internet")
+    allowIps = fields.List(fields.String(), dump_only=True, required=True,
+                           attribute="allow_ips")
+    createdAt = fields.String(dump_only=True, required=True, attribute="created_at")
+    imageId = fields.String(dump_only=True, required=True, attribute="image_id")
+    provisionMode = fields.String(dump_only=True, required=True, attribute="provision_mode",
                                   validate=validate.OneOf(["boot", "snapshot", "pool"]))
-    snapshotId = fields.String(dump_only=True, allow_none=True, attribute="snapshot_id",
+    snapshotId = fields.String(dump_only=True, required=True, allow_none=True,
+                               attribute="snapshot_id",
                                metadata={"description": "snapshot its disk started from, or "
                                                         "null (extension)"})
-    labels = fields.Dict(keys=fields.String(), values=fields.String(), dump_only=True)
-    expiresAt = fields.String(dump_only=True, allow_none=True, attribute="expires_at",
+    labels = fields.Dict(keys=fields.String(), values=fields.String(), dump_only=True,
+                         required=True)
+    expiresAt = fields.String(dump_only=True, required=True, allow_none=True,
+                              attribute="expires_at",
                               metadata={"description": "when the VM is deleted, or null"})
-    idleStopSeconds = fields.Integer(dump_only=True, attribute="idle_stop_s")
+    idleStopSeconds = fields.Integer(dump_only=True, required=True, attribute="idle_stop_s")
 
     def get_attribute(self, obj, attr, default):  # VmState enum -> its value
         value = super().get_attribute(obj, attr, default)

@@ -1,28 +1,37 @@
 """CommandService: exec, run-ts (Deno) and run-js (Node.js) in a RUNNING VM, over SSH.
 
-Everything runs as the sandbox user through the in-guest helper ``/usr/local/lib/rds/exec``
-(see guest/README.md), which confines the working directory to ``/workspace``, starts from a
-clean environment and tags every process with a per-command marker. On timeout the manager
-kills every tagged process (background children included) over SSH, or through the guest
-agent when SSH itself is starved.
+Everything runs as the sandbox user behind a prelude (:mod:`app.services.prelude`) that
+confines the working directory to ``/workspace``, starts from a clean environment and tags
+every process with a per-command marker. On timeout (and when a streamed call's reader goes
+away) the manager kills every tagged process (background children included) over SSH, or
+through the guest agent when SSH itself is starved. Each call answers whole, or streamed
+(``*_stream``: :class:`app.services.command_stream.CommandStream`).
 """
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
+import operator
 import re
 import shlex
 import typing as t
 import uuid
-from pathlib import Path
 
+from app import actor, metrics
+from app.clock import now_iso
 from app.config import Settings
 from app.errors import AppError, GuestUnreachable, InvalidRequest
 from app.guestssh import GuestSSH
 from app.models import CommandResult, RunResult
+from app.services.command_stream import CommandStream, timeout_note
+from app.services.deno_run import deno_program, deno_run_flags, warm_deno_key
+from app.services.exec_history import ExecHistory
+from app.services.outcome import OutcomeFilter, split_outcome
+from app.services.prelude import WORKSPACE, refusal, sandbox_command_line, started_mark
 from app.services.runtime_flags import check_deno_flags, check_node_flags
 from app.services.vms import VmService
 from app.services.workspace import GUEST_HELPERS as HELPERS, workspace_path
@@ -35,63 +44,44 @@ log = logging.getLogger(__name__)
 RUNNER = f"{HELPERS}/runner.mjs"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV = {"RDS_EXEC_ID"}
-NOT_STARTED_CODES = {210, 211}
+RS = b"\x1e"  # before the runner's token on stderr
 KILL_TIMEOUT = 15.0
 KILL_WAIT_S = 1.5  # how long a timed-out call waits for its kill before answering
-# Deno's permission sandbox: the workspace and the temp dirs, plus what DNS and TLS code reads
-# (as the original service grants). Never the spool of warm Denos (/run/rds-deno) or Deno's
-# cache (/var/cache/rds-deno): a run that could write them could spy on the next one.
-DENO_WRITABLE = ("/workspace", "/tmp", "/var/tmp")
-DENO_READABLE = (*DENO_WRITABLE, "/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf",
-                 "/etc/ssl/certs/ca-certificates.crt")
-# denoFlags a warm Deno may be started with: they act on the runtime, not on how Deno loads
-# the program (e.g. --check reads the program while Deno starts: a spare would wait for it).
-WARM_DENO_FLAGS = re.compile(r"^--(unstable(-[a-z0-9-]+)?|v8-flags=.*|seed=[0-9]+|"
-                             r"location=\S+)$")
+R = t.TypeVar("R")
 
 
-# The command runs in the login shell (bash, started by sshd as `bash -c LINE`), after a
-# prelude of builtins only: every extra process costs 50-100 ms on an emulated (TCG) guest,
-# and even builtins cost a few ms each. The guest's sshd provides the fixed part: the session
-# starts in HOME=/workspace with the sandbox's PATH, TMPDIR and DENO_DIR (sshd_config SetEnv)
-# and inherits the process and open-file limits (/etc/rds/run-sshd). The prelude confines the
-# working directory to the workspace, drops what sshd adds (SSH_*, MAIL) and exports the
-# caller's variables. RDS_EXEC_ID marks the command: it is in this shell's command line and
-# in the environment of every process the command starts, so kill-marked can end the whole
-# tree on timeout. Exit 210/211 with an "rds-exec:" message mean the command was not started.
-# No LANG: assigning one makes bash load the locale (~20 ms under TCG). Commands run in the
-# POSIX locale, as in a plain SSH session; callers who want UTF-8 pass LANG=C.UTF-8 in env.
-WORKSPACE = "/workspace"
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """One command, checked and ready to start in a VM."""
+
+    vm_id: str
+    command: str  # the caller's shell script, after the prelude
+    cwd: str
+    env_pairs: tuple[str, ...]
+    timeout: float
+    stdin: bytes = b""
+    token: str = ""  # run-ts/run-js: the runner writes its outcome after it on stderr
+    after_timeout: str = ""  # shell commands to run after killing the tree on timeout
+    kind: str = "exec"  # exec, run-ts, run-js (metrics, history)
+    shown: str = ""  # what the exec history shows: the command, or the code or its path
+    actor: str = dataclasses.field(default_factory=actor.current.get)  # who asked
 
 
-def sandbox_command_line(command: str, cwd: str, env_pairs: list[str], marker: str) -> str:
-    """The SSH command line that runs ``command`` (a shell script) in ``cwd`` (pure)."""
-    exports = [*env_pairs, f"RDS_EXEC_ID={marker}"]
-    missing = shlex.quote(f"rds-exec: cwd {cwd} does not exist or is not a directory")
-    outside = shlex.quote(f"rds-exec: cwd {cwd} resolves outside /workspace")
-    lines = []
-    if cwd != WORKSPACE:  # the session already starts in the workspace (sshd: HOME)
-        lines.append(f"cd -P -- {shlex.quote(cwd)} 2>/dev/null || "
-                     f"{{ echo {missing} >&2; exit 210; }}")
-    return "\n".join([
-        *lines,
-        f"case $PWD/ in /workspace/*) ;; *) echo {outside} >&2; exit 211 ;; esac",
-        "unset ${!SSH_@} MAIL",
-        "export " + " ".join(shlex.quote(item) for item in exports),
-        # The caller's script starts on a line of its own, so that a syntax error in it cannot
-        # keep the prelude from running first.
-        command,
-    ])
+def _whole(run: RunResult) -> RunResult:
+    return run
 
 
 class CommandService:
     """Runs commands in VMs. Thread-safe; one per worker process."""
 
-    def __init__(self, settings: Settings, vms: VmService, hypervisor: Hypervisor) -> None:
-        """:param hypervisor: for the guest agent, when a kill over SSH fails."""
+    def __init__(self, settings: Settings, vms: VmService, hypervisor: Hypervisor,
+                 history: ExecHistory | None = None) -> None:
+        """:param hypervisor: for the guest agent, when a kill over SSH fails.
+        :param history: where finished calls are recorded (GET .../exec-logs)."""
         self.settings = settings
         self.vms = vms
         self.hypervisor = hypervisor
+        self.history = history
         self._killer = concurrent.futures.ThreadPoolExecutor(max_workers=4,
                                                              thread_name_prefix="kill-tree")
 
@@ -104,45 +94,78 @@ class CommandService:
         :raises InvalidRequest: bad cwd/env/timeout.
         :raises VmNotFound: / :raises VmStateConflict: unless the VM is RUNNING.
         """
+        return self._run(self._exec_launch(vm_id, cmd, cwd, env, timeout_ms)).command
+
+    def exec_stream(self, vm_id: str, cmd: str, cwd: str | None, env: dict[str, str] | None,
+                    timeout_ms: int | None) -> CommandStream[CommandResult]:
+        """:meth:`exec`, its output streamed: answers once the command has started (its cwd
+        checked), and raises as :meth:`exec` until then."""
+        return self._stream(self._exec_launch(vm_id, cmd, cwd, env, timeout_ms),
+                            operator.attrgetter("command"))
+
+    def _exec_launch(self, vm_id: str, cmd: str, cwd: str | None, env: dict[str, str] | None,
+                     timeout_ms: int | None) -> Launch:
         timeout = self._timeout_s(timeout_ms)
         directory = workspace_path(cwd, "cwd")
         pairs = [f"{key}={value}" for key, value in self._check_env(env or {}).items()]
-        return self._run(vm_id, cmd, directory, pairs, timeout, stdin=b"").command
+        return Launch(vm_id, cmd, directory, tuple(pairs), timeout, shown=cmd)
 
     # run-ts / run-js #######################################################################
 
     def run_ts(self, vm_id: str, code: str | None, path: str | None, args: list[str],
-               env: list[str], flags: list[str], timeout_ms: int | None) -> RunResult:
+               env: dict[str, str], flags: list[str], timeout_ms: int | None) -> RunResult:
         """Run TypeScript with Deno inside its permission sandbox."""
+        return self._run(self._ts_launch(vm_id, code, path, args, env, flags, timeout_ms))
+
+    def run_ts_stream(self, vm_id: str, code: str | None, path: str | None, args: list[str],
+                      env: dict[str, str], flags: list[str],
+                      timeout_ms: int | None) -> CommandStream[RunResult]:
+        """:meth:`run_ts`, its output streamed (as :meth:`exec_stream`)."""
+        return self._stream(self._ts_launch(vm_id, code, path, args, env, flags, timeout_ms),
+                            _whole)
+
+    def _ts_launch(self, vm_id: str, code: str | None, path: str | None, args: list[str],
+                   env: dict[str, str], flags: list[str], timeout_ms: int | None) -> Launch:
         check_deno_flags(flags)
-        env_map = self._env_list(env)
+        env_map = self._check_env(env)
         deno_flags = deno_run_flags(env_map, self._egress_allowed(vm_id), flags)
         workspace_file = self._code_or_path(code, path)
         token = uuid.uuid4().hex
         request = json.dumps({"token": token, "env": env_map, "args": args})
         command = (f". {HELPERS}/run-ts && rds_run_ts " + shlex.join(
             [warm_deno_key(deno_flags, flags, env_map), request, *deno_flags, "--", *args]))
-        return self._run_script(vm_id, command, env_map, deno_program(code, workspace_file)
-                                .encode(), token, timeout_ms)
+        return dataclasses.replace(
+            self._script(vm_id, command, env_map, deno_program(code, workspace_file).encode(),
+                         token, timeout_ms), kind="run-ts", shown=_shown_code(code, path))
 
     def run_js(self, vm_id: str, code: str | None, path: str | None, args: list[str],
-               env: list[str], flags: list[str], timeout_ms: int | None) -> RunResult:
-        """Run JavaScript (ES module) with Node.js; same result/env/timeout contract.
+               env: dict[str, str], flags: list[str], timeout_ms: int | None) -> RunResult:
+        """Run JavaScript (ES module) with Node.js; same result/env/timeout contract."""
+        return self._run(self._js_launch(vm_id, code, path, args, env, flags, timeout_ms))
 
-        ``runner.mjs`` is Node's main module (see guest/README.md): a JSON header line and the
-        code on stdin; it writes the code to a file named after its content and imports it.
-        """
+    def run_js_stream(self, vm_id: str, code: str | None, path: str | None, args: list[str],
+                      env: dict[str, str], flags: list[str],
+                      timeout_ms: int | None) -> CommandStream[RunResult]:
+        """:meth:`run_js`, its output streamed (as :meth:`exec_stream`)."""
+        return self._stream(self._js_launch(vm_id, code, path, args, env, flags, timeout_ms),
+                            _whole)
+
+    def _js_launch(self, vm_id: str, code: str | None, path: str | None, args: list[str],
+                   env: dict[str, str], flags: list[str], timeout_ms: int | None) -> Launch:
+        """``runner.mjs`` is Node's main module (see guest/README.md): a JSON header line and
+        the code on stdin; it writes the code to a file named after its content and imports
+        it."""
         check_node_flags(flags)
-        env_map = self._env_list(env)
+        env_map = self._check_env(env)
         workspace_file = self._code_or_path(code, path)
         token = uuid.uuid4().hex
         source = (code or "").encode()
         code_file = f"/tmp/rds-code-{hashlib.sha256(source).hexdigest()}-main.mjs"
         header = {"token": token, "ext": "mjs", "file": code_file, "path": workspace_file}
-        return self._run_script(vm_id, "exec " + shlex.join(["node", *flags, RUNNER, *args]),
-                                env_map, json.dumps(header).encode() + b"\n" + source, token,
-                                timeout_ms,
-                                after_timeout=f"rm -f {code_file} {code_file}.{token}")
+        launch = self._script(vm_id, "exec " + shlex.join(["node", *flags, RUNNER, *args]),
+                              env_map, json.dumps(header).encode() + b"\n" + source, token,
+                              timeout_ms, after_timeout=f"rm -f {code_file} {code_file}.{token}")
+        return dataclasses.replace(launch, kind="run-js", shown=_shown_code(code, path))
 
     def _code_or_path(self, code: str | None, path: str | None) -> str | None:
         """:returns: the workspace file to run, or None for ``code``.
@@ -153,39 +176,80 @@ class CommandService:
             raise InvalidRequest("give exactly one of 'code' or 'path'")
         return workspace_path(path, "path") if path is not None else None
 
-    def _run_script(self, vm_id: str, command: str, env_map: dict[str, str], stdin: bytes,
-                    token: str, timeout_ms: int | None, after_timeout: str = "") -> RunResult:
-        """Run a runtime whose runner reports the outcome after ``token`` at the end of
-        stderr (see guest/README.md)."""
-        timeout = self._timeout_s(timeout_ms)
-        pairs = [f"{key}={value}" for key, value in env_map.items()]
-        run = self._run(vm_id, command, "/workspace", pairs, timeout,
-                        stdin=stdin, after_timeout=after_timeout)
-        return split_outcome(run.command, b"\x1e" + token.encode())
+    def _script(self, vm_id: str, command: str, env_map: dict[str, str], stdin: bytes,
+                token: str, timeout_ms: int | None, after_timeout: str = "") -> Launch:
+        """A runtime whose runner reports the outcome after ``token`` at the end of stderr
+        (see guest/README.md)."""
+        pairs = tuple(f"{key}={value}" for key, value in env_map.items())
+        return Launch(vm_id, command, WORKSPACE, pairs, self._timeout_s(timeout_ms), stdin,
+                      token, after_timeout)
 
     # Plumbing ##############################################################################
 
-    def _run(self, vm_id: str, command: str, cwd: str, env_pairs: list[str], timeout: float,
-             stdin: bytes, after_timeout: str = "") -> RunResult:
-        guest = self.vms.guest(vm_id)
-        marker = uuid.uuid4().hex
-        line = sandbox_command_line(command, cwd, env_pairs, marker)
-        result = guest.run(line, timeout=timeout, stdin=stdin,
+    def _run(self, launch: Launch) -> RunResult:
+        started_at = now_iso()
+        return self._finished(launch, self._run_now(launch), started_at)
+
+    def _run_now(self, launch: Launch) -> RunResult:
+        guest, marker, line = self._prepare(launch, announce=False)
+        result = guest.run(line, timeout=launch.timeout, stdin=launch.stdin,
                            max_output=self.settings.max_output_bytes)
         if result.timed_out:
-            self._kill_tree(vm_id, guest, marker, after_timeout)
-            note = (f"\n[run-dat-sheesh] command timed out after {int(timeout * 1000)} ms; "
-                    f"its process tree was killed\n").encode()
-            result = dataclasses.replace(result, exit_code=-1, stderr=result.stderr + note)
-        elif result.exit_code in NOT_STARTED_CODES and result.stderr.startswith(b"rds-exec:"):
-            raise InvalidRequest(result.stderr.decode(errors="replace").strip()
-                                 .removeprefix("rds-exec: "))
+            self._kill_tree(launch.vm_id, guest, marker, launch.after_timeout)
+            result = dataclasses.replace(result, exit_code=-1,
+                                         stderr=result.stderr + timeout_note(launch.timeout))
+        elif (message := refusal(result)) is not None:
+            raise InvalidRequest(message)
+        if launch.token:
+            return split_outcome(result, RS + launch.token.encode())
         return RunResult(command=result, outcome={})
 
+    def _stream(self, launch: Launch, finish: t.Callable[[RunResult], R]) -> CommandStream[R]:
+        started_at = now_iso()
+        streams: list[CommandStream[R]] = []
+
+        def record_and_finish(run: RunResult) -> R:
+            heads = streams[0].heads  # the answer's stdout/stderr are empty: the lines had them
+            seen = dataclasses.replace(run.command, stdout=heads["stdout"],
+                                       stderr=heads["stderr"])
+            self._finished(launch, dataclasses.replace(run, command=seen), started_at)
+            return finish(run)
+
+        guest, marker, line = self._prepare(launch, announce=True)
+        running = guest.start(line, timeout=launch.timeout, stdin=launch.stdin)
+        stream = CommandStream(
+            running, mark=started_mark(marker), max_output=self.settings.max_output_bytes,
+            timeout=launch.timeout, finish=record_and_finish,
+            kill=functools.partial(self._kill_tree, launch.vm_id, guest, marker,
+                                   launch.after_timeout),
+            outcome=OutcomeFilter(RS + launch.token.encode()) if launch.token else None)
+        streams.append(stream)
+        try:
+            stream.wait_started()
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    def _finished(self, launch: Launch, run: RunResult, started_at: str) -> RunResult:
+        """Count and record a call that ran (a refused one raised before)."""
+        metrics.COMMAND_DURATION.labels(launch.kind).observe(run.command.duration_ms / 1000)
+        if self.history is not None:
+            self.history.record(launch.vm_id, launch.kind, launch.shown, run.command,
+                                started_at, launch.actor)
+        return run
+
+    def _prepare(self, launch: Launch, announce: bool) -> tuple[GuestSSH, str, str]:
+        """:returns: the VM's guest, the command's marker (RDS_EXEC_ID) and command line."""
+        guest = self.vms.guest(launch.vm_id)
+        marker = uuid.uuid4().hex
+        return guest, marker, sandbox_command_line(launch.command, launch.cwd,
+                                                   list(launch.env_pairs), marker, announce)
+
     def _kill_tree(self, vm_id: str, guest: GuestSSH, marker: str, also: str = "") -> None:
-        """Kill the timed-out command's process tree, waiting at most :data:`KILL_WAIT_S`:
-        the answer must leave within its deadline + 2 s even when the guest's SSH is stuck.
-        The kill itself goes on in the background until it is done."""
+        """Kill a command's process tree (timed out, or its stream's reader gone), waiting at
+        most :data:`KILL_WAIT_S`: the answer must leave within its deadline + 2 s even when the
+        guest's SSH is stuck. The kill itself goes on in the background until it is done."""
         future = self._killer.submit(self._kill_now, vm_id, guest, marker, also)
         try:
             future.result(timeout=KILL_WAIT_S)
@@ -236,81 +300,8 @@ class CommandService:
                 raise InvalidRequest(f"env name {key!r} is not a valid variable name")
         return env
 
-    def _env_list(self, env: list[str]) -> dict[str, str]:
-        pairs: dict[str, str] = {}
-        for entry in env:
-            key, sep, value = entry.partition("=")
-            if not sep:
-                raise InvalidRequest(f"env entry {entry!r} must look like KEY=VALUE")
-            pairs[key] = value
-        return self._check_env(pairs)
 
 
 
-def deno_run_flags(env_map: dict[str, str], egress: bool, caller_flags: list[str]) -> list[str]:
-    """``deno run``'s flags for a run: Deno's permission sandbox, then the caller's flags."""
-    permissions = ["--allow-read=" + ",".join(DENO_READABLE),
-                   "--allow-write=" + ",".join(DENO_WRITABLE)]
-    if env_map:
-        permissions.append("--allow-env=" + ",".join(env_map))
-    if egress:
-        permissions.append("--allow-net")
-    return ["--quiet", "--no-prompt", *permissions, *caller_flags]
-
-
-def warm_deno_key(deno_flags: list[str], caller_flags: list[str],
-                  env_map: dict[str, str]) -> str:
-    """The name under which a Deno started ahead with ``deno_flags`` waits in the guest
-    (guest/README.md, "run-ts"); "" when this run must start its own: variables that Deno
-    reads while it starts (DENO_*, NO_COLOR) would come too late for a warm one, and some of
-    the caller's flags change how Deno loads the program (:data:`WARM_DENO_FLAGS`)."""
-    if any(key.startswith("DENO_") or key == "NO_COLOR" for key in env_map):
-        return ""
-    if not all(WARM_DENO_FLAGS.match(flag) for flag in caller_flags):
-        return ""
-    return hashlib.sha256("\0".join(deno_flags).encode()).hexdigest()[:16]
-
-
-def deno_program(code: str | None, path: str | None) -> str:
-    """The main module run-ts gives Deno: the caller's code as it is (the runner is preloaded,
-    see guest/README.md), or an import of the workspace file ``path``."""
-    if path is not None:
-        return f"await import({json.dumps(Path(path).as_uri())});\n"
-    return code or ""
-
-
-def _load_error(command: CommandResult) -> dict:
-    """No outcome: the runtime stopped before the runner ran, e.g. Deno could not parse the
-    caller's code ("error: SyntaxError: ..."). That first line becomes ``error``."""
-    if command.timed_out or command.exit_code in (0, -1) or not command.stderr.startswith(
-            b"error: "):
-        return {}
-    first = command.stderr.split(b"\n", 1)[0].decode(errors="replace").removeprefix("error: ")
-    name, sep, message = first.partition(": ")
-    if not sep or not name.isidentifier():
-        name, message = "Error", first
-    return {"error": {"name": name, "message": message, "stack": ""}}
-
-
-def split_outcome(command: CommandResult, token: bytes) -> RunResult:
-    """Take the runner's outcome (after the last ``token`` on stderr) off the visible stderr.
-
-    The outcome is searched in the untruncated tail of stderr, so a script that printed more
-    than the cap still gets its ``result``.
-    """
-    stderr, tail = command.stderr, command.stderr_tail or command.stderr
-    at = tail.rfind(token)
-    if at < 0:
-        return RunResult(command=command, outcome=_load_error(command))
-    text = tail[at + len(token):].decode(errors="replace").strip()
-    head_at = stderr.rfind(token)
-    if head_at >= 0:
-        stderr = stderr[:head_at]
-        stderr = stderr[:-1] if stderr.endswith(b"\n") else stderr
-    try:
-        outcome = json.loads(text)
-    except ValueError:
-        outcome = {"error": {"name": "ResultError", "stack": "",
-                             "message": "the script's result could not be read"}}
-    visible = dataclasses.replace(command, stderr=stderr, stderr_tail=b"")
-    return RunResult(command=visible, outcome=outcome if isinstance(outcome, dict) else {})
+def _shown_code(code: str | None, path: str | None) -> str:
+    return code if code is not None else f"path: {path}"

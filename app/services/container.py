@@ -13,8 +13,11 @@ from app.config import Settings
 from app.guestssh import GuestSSH
 from app.services.auth import AuthService
 from app.services.commands import CommandService
+from app.services.console import ConsoleLogs
+from app.services.exec_history import ExecHistory
 from app.services.files import FileService
 from app.services.health import HealthService
+from app.services.host_metrics import HostCollector
 from app.services.image_builder import ImageBuilder
 from app.services.image_store import ImageStore
 from app.services.images import ImageService
@@ -23,6 +26,7 @@ from app.services.seed_builder import SeedBuilder
 from app.services.snapshot_store import SnapshotStore
 from app.services.snapshots import SnapshotService
 from app.services.templates import TemplateCatalog
+from app.services.vm_stats import VmStatsReader
 from app.services.vms import VmService, build_vm_parts
 from app.store.db import Store
 from app.virt.hostnet import BRIDGE_NF_IPTABLES
@@ -63,6 +67,10 @@ class Services:
     maintainer: Maintainer
     health: HealthService
     auth: AuthService
+    console: ConsoleLogs
+    stats: VmStatsReader
+    host_metrics: HostCollector
+    history: ExecHistory
     images: ImageService
     image_builder: ImageBuilder
 
@@ -98,30 +106,37 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
     templates = TemplateCatalog(settings.templates_dir, settings.images_dir,
                                 settings.default_image_id, custom)
     store = SnapshotStore(settings.snapshots_dir, templates)
+    state = Store(settings.state_db_path)
+    state.open()
+    history = ExecHistory(settings, state)
     parts = build_vm_parts(settings, hypervisor, templates, adapters.domain_type,
                            adapters.ipsets, adapters.taps, snapshots=store,
-                           connect=adapters.connect, run_later=adapters.run_later)
+                           connect=adapters.connect, run_later=adapters.run_later,
+                           forget=history.forget)
     vms = VmService(parts)
     seeds = SeedBuilder(settings, hypervisor, templates, parts.seeds, parts.records,
                         parts.files, parts.ports, parts.teardown)
     snapshots = SnapshotService(settings, hypervisor, templates, vms, store)
     builder = ImageBuilder(settings, custom, templates, parts, seeds)
-    state = Store(settings.state_db_path)
-    state.open()
 
     def sweep() -> list[str]:
-        return vms.remove_orphans() + snapshots.remove_orphans()
+        removed = vms.remove_orphans() + snapshots.remove_orphans()
+        pruned = history.prune({info.uuid for info in hypervisor.list_domains()})
+        return removed + ([f"exec history: {pruned} old or orphaned rows"] if pruned else [])
 
     return Services(settings=settings, hypervisor=hypervisor, templates=templates, vms=vms,
-                    commands=CommandService(settings, vms, hypervisor),
+                    commands=CommandService(settings, vms, hypervisor, history),
                     files=FileService(settings, vms), snapshots=snapshots, seeds=seeds,
                     domain_type=adapters.domain_type,
                     maintainer=Maintainer(settings, parts.pool, seeds, templates, parts.ipsets,
                                           sweep=sweep, reap=vms.reap,
                                           build=builder.run_pending),
                     health=HealthService(settings, hypervisor, adapters.domain_type,
-                                         adapters.bridge_nf),
+                                         adapters.bridge_nf, templates),
                     auth=AuthService(settings, state, clock=adapters.clock),
+                    console=ConsoleLogs(settings, parts.records),
+                    stats=VmStatsReader(hypervisor, parts.records),
+                    host_metrics=HostCollector(parts.records), history=history,
                     images=ImageService(settings, custom, templates, parts, store,
                                         parts.seeds),
                     image_builder=builder)

@@ -16,6 +16,7 @@ import tempfile
 import typing as t
 import zlib
 
+from app import metrics
 from app.config import Settings
 from app.errors import (CommandTimeout, GuestCommandFailed, InvalidRequest, PayloadTooLarge,
                         PathNotFound)
@@ -71,6 +72,7 @@ class FileService:
             raise InvalidRequest(f"upload to {target} failed: {message}")
         log.info("upload done vm=%s dest=%s entries=%s bytes=%s", vm_id, target,
                  summary.entries, summary.uncompressed_bytes)
+        metrics.TRANSFER_BYTES.labels("upload").inc(summary.uncompressed_bytes)
         return summary.entries
 
     def _spool(self, body: t.BinaryIO, spool: t.BinaryIO) -> None:
@@ -125,9 +127,12 @@ class FileService:
         def chunks() -> t.Iterator[bytes]:
             # The guest sends a plain tar; it is gzipped here, on the host's native CPU.
             deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+            moved = metrics.TRANSFER_BYTES.labels("download")
             try:
+                moved.inc(len(first))
                 yield deflate.compress(first)
                 for chunk in stream.chunks():
+                    moved.inc(len(chunk))
                     packed = deflate.compress(chunk)
                     if packed:
                         yield packed

@@ -19,6 +19,7 @@ import logging
 import time
 import typing as t
 
+from app.clock import now_iso
 from app.config import Settings
 from app.errors import AppError, HypervisorError, VmBusy, VmNotFound, VmStateConflict
 from app.models import DomainInfo, Vm, VmPhase, VmRecord, VmState
@@ -146,7 +147,7 @@ class Lifecycle:
         """
         with self.locked(vm_id) as (record, info):
             self._require(vm_id, to_vm(record, info.state).state, VmState.STOPPED, "started")
-            record = self.records.set_phase(record, VmPhase.STARTING)
+            record = self.records.set_phase(record, VmPhase.STARTING, started_at=now_iso())
             self.policy.apply(record)  # the sets are kernel state: gone after a host reboot
             self.ports.ensure(record)  # so is the tap, and libvirt's bindings live under /run
             self.hypervisor.start_domain(vm_id)

@@ -14,6 +14,7 @@ import logging
 import typing as t
 
 from app.clock import now_iso
+from app import metrics
 from app.config import Settings
 from app.errors import AppError
 from app.models import ProvisionMode, Vm, VmPhase, VmRecord, VmRole, VmSpec
@@ -66,6 +67,7 @@ class WarmPool:
                  and record.disk_size_mb == plan.disk_size_mb),
                 key=lambda record: record.created_at)
             if not candidates:
+                metrics.WARM_POOL_CLAIMS.labels("miss").inc()
                 log.info("warm pool miss shape=%sx%s template=%s", spec.cpu, spec.mem_mb,
                          plan.template.id)
                 return None
@@ -82,6 +84,7 @@ class WarmPool:
                 quietly(self.teardown.remove, record)
                 return None
         quietly(self.hypervisor.set_title, record.id, vm_title(record))
+        metrics.WARM_POOL_CLAIMS.labels("hit").inc()
         log.info("warm pool hit vm=%s name=%s", record.id, record.name)
         return to_vm(record, "running")
 

@@ -158,7 +158,7 @@ class Provisioner:
                                   self.hypervisor.set_guest_time, record.id, AGENT_TIMEOUT_S)
                   if seed else contextlib.nullcontext()):
                 self.guests.wait_ready(record)
-            record = self.records.set_phase(record, VmPhase.READY)
+            record = self.records.set_phase(record, VmPhase.READY, started_at=now_iso())
             cleanup.keep()
         log.info("vm ready vm=%s name=%s mode=%s seconds=%.2f", record.id, record.name,
                  record.provision_mode.value, time.monotonic() - started)

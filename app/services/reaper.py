@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from app import metrics
 from app.errors import AppError, VmBusy, VmNotFound
 from app.models import VmPhase, VmRecord, VmRole, VmState
 from app.services.lifecycle import Lifecycle
@@ -52,9 +53,13 @@ class Reaper:
             return "finished the delete of" if finished else ""
         if is_expired(record):
             deleted = self.lifecycle.delete(record.id, only_if=is_expired, wait=True)
+            if deleted:
+                metrics.VMS_DELETED.labels("expired").inc()
             return "expired" if deleted else ""
         if record.idle_stop_s and state is VmState.RUNNING and self._idle(record):
             stopped = self.lifecycle.stop(record.id, only_if=self._idle)
+            if stopped:
+                metrics.VMS_IDLE_STOPPED.inc()
             return "stopped idle" if stopped else ""
         return ""
 

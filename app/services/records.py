@@ -108,10 +108,10 @@ class VmRecords:
         self.hypervisor.set_metadata(record.id, metadata_xml(record), METADATA_NS,
                                      METADATA_PREFIX)
 
-    def set_phase(self, record: VmRecord, phase: VmPhase) -> VmRecord:
-        """Record what the manager did last; re-read first, so a policy change that landed
-        since ``record`` was read is kept."""
+    def set_phase(self, record: VmRecord, phase: VmPhase, **changes: t.Any) -> VmRecord:
+        """Record what the manager did last (and ``changes`` to other fields); re-read first,
+        so a policy change that landed since ``record`` was read is kept."""
         current = self.any(record.id) or record
-        updated = dataclasses.replace(current, phase=phase)
+        updated = dataclasses.replace(current, phase=phase, **changes)
         self.save(updated)
         return updated

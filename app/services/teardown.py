@@ -73,7 +73,11 @@ class VmTeardown:
     """The per-part removal steps of a VM, and all of them in order."""
 
     def __init__(self, settings: Settings, hypervisor: Hypervisor, ports: VmPorts,
-                 ipsets: IpSets, guests: GuestClients) -> None:
+                 ipsets: IpSets, guests: GuestClients,
+                 forget: t.Callable[[str], None] | None = None) -> None:
+        """:param forget: drops what the service keeps about a VM elsewhere (its exec
+            history), by VM id; must not raise."""
+        self.forget = forget
         self.settings = settings
         self.hypervisor = hypervisor
         self.ports = ports
@@ -137,6 +141,8 @@ class VmTeardown:
             except AppError as exc:
                 log.warning("removing %s of vm=%s failed: %s", name, record.id, exc.message)
                 first_error = first_error or exc
+        if self.forget is not None:
+            self.forget(record.id)
         if first_error is not None:
             raise first_error
         log.info("vm deleted vm=%s name=%s role=%s", record.id, record.name, record.role.value)

@@ -16,8 +16,10 @@ its own nwfilter, egress sets, network port, host key and address; libvirt holds
 from __future__ import annotations
 
 import dataclasses
+import time
 import typing as t
 
+from app import metrics
 from app.config import Settings
 from app.errors import AppError, QuotaExceeded, VmNotFound, VmStateConflict
 from app.guestssh import GuestSSH
@@ -75,7 +77,8 @@ def build_vm_parts(settings: Settings, hypervisor: Hypervisor, templates: Templa
                    domain_type: str, ipsets: IpSets, taps: Taps,
                    snapshots: SnapshotStore | None = None,
                    connect: t.Callable[..., GuestSSH] = GuestSSH,
-                   run_later: t.Callable[..., t.Any] | None = None) -> VmParts:
+                   run_later: t.Callable[..., t.Any] | None = None,
+                   forget: t.Callable[[str], None] | None = None) -> VmParts:
     """Wire the parts over the host adapters (unit tests pass fakes)."""
     seeds = SeedStore(settings.seeds_dir, domain_type, lambda: hypervisor.emulator_version())
     records = VmRecords(hypervisor)
@@ -85,7 +88,7 @@ def build_vm_parts(settings: Settings, hypervisor: Hypervisor, templates: Templa
     guests = GuestClients(settings, manager_key, connect)
     activity = Activity(settings.vms_dir)
     files = VmFiles(settings, templates, domain_type, manager_key)
-    teardown = VmTeardown(settings, hypervisor, ports, ipsets, guests)
+    teardown = VmTeardown(settings, hypervisor, ports, ipsets, guests, forget)
     provisioner = Provisioner(settings, hypervisor, templates, seeds, snapshots, records, files,
                               ports, policy, guests, teardown, DiskBudget(settings))
     lifecycle = Lifecycle(settings, hypervisor, records, policy, ports, guests, teardown,
@@ -164,6 +167,17 @@ class VmService:
         :raises InsufficientStorage: the host's disk budget has no room for the VM's disk.
         :raises GuestUnreachable: the guest did not answer in time (nothing is left behind).
         """
+        started = time.monotonic()
+        try:
+            vm = self._create(spec)
+        except AppError as exc:
+            metrics.VM_CREATE_FAILURES.labels(type(exc).__name__).inc()
+            raise
+        metrics.VM_CREATE_DURATION.labels(vm.provision_mode.value).observe(
+            time.monotonic() - started)
+        return vm
+
+    def _create(self, spec: VmSpec) -> Vm:
         parts = self.parts
         plan = parts.provisioner.plan(spec)
         if spec.provision_mode in (ProvisionMode.AUTO, ProvisionMode.POOL) and \
@@ -195,6 +209,7 @@ class VmService:
         :raises VmNotFound: unknown or already deleted.
         """
         self.parts.lifecycle.delete(vm_id, wait=wait)
+        metrics.VMS_DELETED.labels("api").inc()
 
     def delete_matching(self, labels: tuple[tuple[str, str | None], ...]
                         ) -> tuple[list[str], list[dict[str, str]]]:
@@ -206,6 +221,7 @@ class VmService:
         for vm in self.query(VmQuery(labels=labels)).vms:
             try:
                 self.parts.lifecycle.delete(vm.id)
+                metrics.VMS_DELETED.labels("label").inc()
                 deleted.append(vm.id)
             except VmNotFound:
                 pass  # deleted meanwhile by someone else

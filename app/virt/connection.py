@@ -17,6 +17,7 @@ import typing as t
 
 import libvirt
 
+from app import metrics
 from app.errors import FilterNotFound, HypervisorError, VmNotFound
 from app.models import NAME_PREFIX, DomainInfo
 from app.virt.libvirt_agent import GuestAgentCalls
@@ -136,8 +137,12 @@ class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
         try:
             return future.result(timeout=timeout or self.timeout)
         except concurrent.futures.TimeoutError:
+            metrics.LIBVIRT_ERRORS.labels(what).inc()
             raise HypervisorError(f"libvirt did not answer {what} within "
                                   f"{timeout or self.timeout:.0f}s") from None
+        except HypervisorError:
+            metrics.LIBVIRT_ERRORS.labels(what).inc()
+            raise
 
     def _run(self, fn: t.Callable[..., t.Any], *args: t.Any) -> t.Any:
         try:
@@ -206,6 +211,21 @@ class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
                     return False
                 raise
         return self._call("lookup domain", exists)
+
+    def domain_stats(self, uuid: str) -> dict[str, t.Any]:
+        """libvirt's bulk stats of one domain (``virConnectGetAllDomainStats`` keys such as
+        ``cpu.time``, ``balloon.rss``, ``block.0.rd.bytes``, ``net.0.rx.bytes``).
+
+        :raises VmNotFound: when no domain has this UUID.
+        """
+        def collect(conn: t.Any) -> dict[str, t.Any]:
+            dom = conn.lookupByUUIDString(uuid)
+            kinds = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+                     | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU
+                     | libvirt.VIR_DOMAIN_STATS_INTERFACE | libvirt.VIR_DOMAIN_STATS_BLOCK)
+            found = conn.domainListGetStats([dom], kinds, 0)
+            return dict(found[0][1]) if found else {}
+        return self._call("domain stats", collect)
 
     # Domain lifecycle ######################################################################
 

@@ -202,9 +202,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# deploy/gunicorn.conf.py without its hooks that sweep orphans, run the maintainer (memory
+# snapshots, warm pool) or drain the pool: for a live server that must leave the rest of this
+# libvirtd alone (other test runs may share it).
+NO_UPKEEP_CONFIG = f"""
+exec(compile(open({str(REPO / "deploy" / "gunicorn.conf.py")!r}).read(), "gunicorn.conf.py",
+             "exec"))
+del on_starting, post_worker_init, on_exit
+"""
+
+
+def no_upkeep_config(directory: Path) -> Path:
+    """Write :data:`NO_UPKEEP_CONFIG` into ``directory``; pass it as ``-c`` to live_server."""
+    config = directory / "gunicorn.conf.py"
+    config.write_text(NO_UPKEEP_CONFIG)
+    return config
+
+
 @contextlib.contextmanager
 def live_server(env: dict[str, str], *serve_args: str,
-                output: int | None = subprocess.PIPE) -> t.Iterator[tuple[str, subprocess.Popen]]:
+                output: int | t.IO[str] | None = subprocess.PIPE,
+                ) -> t.Iterator[tuple[str, subprocess.Popen]]:
     """``python -m app.cli serve`` (gunicorn with deploy/gunicorn.conf.py, as ``make run``
     starts it) on a free loopback port with ``env`` on top of this environment; yields its base
     URL and process once it answers, and stops it afterwards."""
@@ -227,9 +245,29 @@ def live_server(env: dict[str, str], *serve_args: str,
                 time.sleep(0.3)
         yield base, process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process, grace=30)
+
+
+def stop_process(process: subprocess.Popen, grace: float) -> None:
+    """SIGTERM, then SIGKILL if ``process`` has not ended after ``grace`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+RDS_API_KEY = "rds-client-test-key"
+
+
+@pytest.fixture(scope="session")
+def rds_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[tuple[str, str]]:
+    """A live gunicorn, as ``make run`` starts it, for the SDK and ``rds`` CLI tests; yields
+    its base URL and API key. Its output goes to a file (a pipe nobody reads would fill up
+    and stall it); the path is printed for a failing run."""
+    log_path = tmp_path_factory.mktemp("rds-server") / "server.log"
+    print(f"rds_server log: {log_path}")
+    with log_path.open("w") as log, live_server({"API_KEY": RDS_API_KEY, "WEB_WORKERS": "2"},
+                                               output=log) as (base, _process):
+        yield base, RDS_API_KEY

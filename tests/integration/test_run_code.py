@@ -50,6 +50,21 @@ def test_env_is_set_and_only_passed_keys_are_readable(api, shared_vm):
                 name[:-len(".request")]], left
 
 
+@pytest.mark.parametrize(("route", "body"), [
+    ("exec", {"cmd": "echo \"$GREETING\""}),
+    ("run-ts", {"code": "console.log(Deno.env.get('GREETING'))"}),
+    ("run-js", {"code": "console.log(process.env.GREETING)"}),
+])
+@pytest.mark.parametrize("env", [{"GREETING": "a=b c"}, ["GREETING=a=b c"]],
+                         ids=["object", "list"])
+def test_env_in_either_form(api, shared_vm, route, body, env):
+    """exec took an object and run-ts/run-js a list; each takes both."""
+    response = api.request("POST", f"/v1/vms/{shared_vm['id']}/{route}",
+                           json={**body, "env": env})
+    assert response.status_code == 200, response.json
+    assert (response.json["exitCode"], response.json["stdout"]) == (0, "a=b c\n"), response.json
+
+
 def test_plain_object_error_passes_through(api, shared_vm):
     body = _run(api, shared_vm, code="result.error({code: 42, why: 'bad'})")
     assert body["exitCode"] != 0 and body["error"] == {"code": 42, "why": "bad"}

@@ -15,24 +15,16 @@ import json
 import socket
 import threading
 import uuid
-from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import live_server
+from tests.integration.conftest import live_server, no_upkeep_config
 
-REPO = Path(__file__).resolve().parents[2]
 API_KEY = "upload-limits-key"
 MIB = 1024 * 1024
 BODY = 11 * MIB  # over the default MAX_UPLOAD_BYTES (10 MiB)
 ROUNDS = 5
 SEND_CHUNK = 64 * 1024
-CONFIG = f"""
-exec(compile(open({str(REPO / "deploy" / "gunicorn.conf.py")!r}).read(), "gunicorn.conf.py",
-             "exec"))
-# No orphan sweep, no maintainer, no warm-pool drain: this server must not touch libvirt state.
-del on_starting, post_worker_init, on_exit
-"""
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +37,7 @@ def memory_snapshot():
 
 @pytest.fixture(scope="module")
 def port(tmp_path_factory):
-    config = tmp_path_factory.mktemp("gunicorn") / "gunicorn.conf.py"
-    config.write_text(CONFIG)
+    config = no_upkeep_config(tmp_path_factory.mktemp("gunicorn"))
     env = {"API_KEY": API_KEY, "WEB_WORKERS": "2", "SNAPSHOT_AUTO_BUILD": "false",
            "ENABLE_WARM_POOL": "false"}
     with live_server(env, "-c", str(config)) as (base, _process):

@@ -11,6 +11,7 @@ import pytest
 from app import create_app
 from app.models import VmSpec
 from app.services.container import Services
+from tests.unit import spec_check
 from tests.unit.fakes import API_KEY, AuthActions, Fakes, World
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -67,9 +68,14 @@ def specs(services: Services, monkeypatch: pytest.MonkeyPatch) -> list[VmSpec]:
 
 @pytest.fixture
 def app(services: Services):
-    """A new app on fresh fakes for each test."""
-    yield create_app({"TESTING": True}, services=services)
+    """A new app on fresh fakes for each test; every answer it gives must be one the OpenAPI
+    document describes (tests/unit/spec_check.py)."""
+    application = create_app({"TESTING": True}, services=services)
+    checker = spec_check.install(application)
+    yield application
     services.close()
+    assert not checker.violations, "answers the OpenAPI document does not describe:\n" + \
+        "\n".join(dict.fromkeys(checker.violations))
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ adapter's methods (names and parameters), so a fake cannot drift from what it st
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 import typing as t
 import xml.etree.ElementTree as ET
@@ -17,9 +18,11 @@ import pytest
 from app.config import REPO_ROOT, Settings, load_settings
 from app.errors import FilterNotFound, GuestUnreachable, HypervisorError, VmNotFound
 from app.guestssh import SshTimeouts, check_command_line
+from app.guestssh.channels import collect
 from app.models import CommandResult, DomainInfo, ProvisionMode, VmPhase, VmRecord
 from app.services.auth import AuthService
 from app.services.container import Adapters, Services, build_services
+from app.services.prelude import started_mark
 from app.store.db import Store
 from app.virt.domain_xml import metadata_element, parse_metadata
 
@@ -52,6 +55,7 @@ class FakeHypervisor:
         self.agent_scripts: list[str] = []  # what guest_agent_spawn ran (bash -c SCRIPT)
         self.pools: dict[str, int] = {}  # storage pool -> refreshes
         self.version = "10.0.0"
+        self.cpu_time_ns = 0  # a running domain's CPU time grows by 0.1 s per stats call
 
     def _call(self, name: str, read: bool = False) -> None:
         if not read:
@@ -97,6 +101,17 @@ class FakeHypervisor:
     def get_domain(self, uuid: str) -> DomainInfo:
         self._call("get_domain", read=True)
         return self._domain(uuid)
+
+    def domain_stats(self, uuid: str) -> dict[str, t.Any]:
+        self._call("domain_stats", read=True)
+        if self._domain(uuid).state != "running":
+            return {"state.state": 5}
+        self.cpu_time_ns += 100_000_000
+        return {"state.state": 1, "cpu.time": self.cpu_time_ns, "vcpu.current": 1,
+                "balloon.rss": 204_800, "block.count": 1, "block.0.rd.bytes": 4096,
+                "block.0.wr.bytes": 8192, "block.0.rd.reqs": 1, "block.0.wr.reqs": 2,
+                "net.count": 1, "net.0.rx.bytes": 100, "net.0.tx.bytes": 200,
+                "net.0.rx.pkts": 3, "net.0.tx.pkts": 4}
 
     def domain_name_exists(self, name: str) -> bool:
         self._call("domain_name_exists", read=True)
@@ -339,8 +354,63 @@ class FakeDisks:
         return {"format": image_format, "virtual-size": size}
 
 
+# A step of a FakeRunning's script: output to send, seconds to wait, an error to raise, or a
+# function of the FakeRunning (its command line and stdin) that gives one of those.
+Step = t.Union[tuple[str, bytes], float, Exception, t.Callable[[t.Any], t.Any]]
+
+
+class FakeRunning:
+    """GuestSSH.start's RunningCommand in a FakeGuest: plays ``steps`` in order, then exits
+    with ``exit_code``. An announcing command line (a streamed call's) first gets its start
+    mark on stdout, unless ``refuse`` (the prelude's exit code and message) says the prelude
+    did not start the command. Waits end at the deadline (timed out) or when ``stop()``
+    says so (stopped)."""
+
+    def __init__(self, command: str, timeout: float, stdin: t.Any = b"",
+                 steps: t.Sequence[Step] = (), exit_code: int = 0,
+                 refuse: tuple[int, bytes] | None = None) -> None:
+        self.command = command
+        self.stdin = stdin if isinstance(stdin, bytes) else b""
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout
+        self.timed_out = False
+        self.stopped = False
+        self.closed = False
+        self._exit = refuse[0] if refuse else exit_code
+        marker = re.search(r"RDS_EXEC_ID=([0-9a-f]{32})", command)
+        mark = [("stdout", started_mark(marker.group(1)))] if (
+            marker and "printf %s rds-started:" in command and not refuse) else []
+        self._steps = [("stderr", refuse[1])] if refuse else [*mark, *steps]
+
+    def output(self, stop: t.Callable[[], bool] = lambda: False) -> t.Iterator[tuple[str, bytes]]:
+        for step in self._steps:
+            step = step(self) if callable(step) else step
+            if isinstance(step, Exception):
+                raise step
+            if isinstance(step, tuple):
+                yield step
+                continue
+            end = time.monotonic() + step
+            while time.monotonic() < end:
+                if time.monotonic() >= self.deadline:
+                    self.timed_out = True
+                    return
+                if stop():
+                    self.stopped = True
+                    return
+                time.sleep(0.005)
+
+    def exit_code(self) -> int:
+        return -1 if self.timed_out or self.stopped else self._exit
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class FakeGuest:
-    """A guest's SSH client (GuestSSH): records each command line and answers exit 0.
+    """A guest's SSH client (GuestSSH): records each command line and plays the next of
+    ``scripts`` (FakeRunning's keyword arguments; none left: exit 0 at once, no output) as
+    :meth:`run` (collected under the output cap) or :meth:`start` (kept in ``started``).
 
     It checks a line as GuestSSH does, and then behaves like OpenSSH: a NUL in an exec request,
     or a request over its 256 KiB packet limit, drops the VM's shared connection.
@@ -352,6 +422,8 @@ class FakeGuest:
         self.host_key = host_key
         self.commands: list[str] = []
         self.closed = False
+        self.scripts: list[dict[str, t.Any]] = []
+        self.started: list[FakeRunning] = []
 
     def _send(self, command: str) -> None:
         check_command_line(command)
@@ -362,7 +434,17 @@ class FakeGuest:
     def run(self, command: str, timeout: float, stdin: t.Any = b"",
             max_output: int = 1_000_000) -> CommandResult:
         self._send(command)
-        return CommandResult(exit_code=0, stdout=b"", stderr=b"")
+        return collect(self._play(command, timeout, stdin), max_output)
+
+    def start(self, command: str, timeout: float, stdin: t.Any = b"") -> FakeRunning:
+        self._send(command)
+        running = self._play(command, timeout, stdin)
+        self.started.append(running)
+        return running
+
+    def _play(self, command: str, timeout: float, stdin: t.Any) -> FakeRunning:
+        return FakeRunning(command, timeout, stdin,
+                           **(self.scripts.pop(0) if self.scripts else {}))
 
     def open_stream(self, command: str, timeout: float) -> FakeMissingPath:
         self._send(command)

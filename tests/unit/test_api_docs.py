@@ -16,6 +16,9 @@ DOCUMENTED_ERRORS = {
     ("/v1/vms/{vm_id}", "patch"): {"400", "404"},
     ("/v1/vms/{vm_id}", "delete"): {"404"},
     ("/v1/vms/{vm_id}/keepalive", "post"): {"400", "404"},
+    ("/v1/vms/{vm_id}/logs", "get"): {"400", "404"},
+    ("/v1/vms/{vm_id}/stats", "get"): {"404"},
+    ("/v1/vms/{vm_id}/exec-logs", "get"): {"400", "404"},
     ("/v1/vms/{vm_id}/stop", "post"): {"404", "409"},
     ("/v1/vms/{vm_id}/start", "post"): {"404", "409", "504"},
     ("/v1/vms/{vm_id}/network", "put"): {"400", "404"},
@@ -81,12 +84,16 @@ def test_healthz_503_when_libvirt_is_down(client, services):
     assert "did not answer" in response.get_json()["libvirt"]
 
 
-def test_swagger_ui_is_public(client):
-    response = client.get("/docs")
+@pytest.mark.parametrize("path", ["/docs", "/docs/", "/docs/index.html",
+                                  "/docs/vms/listVms"])
+def test_swagger_ui_is_public_at_docs_and_below(client, path):
+    """The contract's ``/docs/*``: no credentials, no redirect, the same page everywhere."""
+    response = client.get(path)
     assert response.status_code == 200
     assert response.mimetype == "text/html"
     assert "swagger-ui" in response.text
     assert "/swagger/openapi.json" in response.text
+    assert 'src="/docs/static/swagger-ui-bundle.js"' in response.text  # absolute: any depth
 
 
 def test_swagger_ui_assets_are_served(client):

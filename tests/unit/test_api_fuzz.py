@@ -16,6 +16,7 @@ from marshmallow import Schema, fields
 from app.models import VmSpec
 from app.schemas.auth import LoginSchema
 from app.schemas.commands import ExecSchema, RunJsSchema, RunTsSchema
+from app.schemas.fields import EnvVars
 from app.schemas.images import ImageCreateSchema
 from app.schemas.vms import KeepaliveSchema, NetworkPolicySchema, VmCreateSchema, VmPatchSchema
 
@@ -56,7 +57,10 @@ def deep(depth: int) -> str:
 
 def for_field(field: fields.Field) -> st.SearchStrategy:
     """Values of the field's own type, mostly hostile; now and then any JSON at all."""
-    if isinstance(field, fields.List):
+    if isinstance(field, EnvVars):  # either form, with hostile names and values
+        typed = st.one_of(st.dictionaries(TEXT, TEXT, max_size=4), st.lists(TEXT, max_size=4),
+                          st.lists(st.tuples(TEXT, TEXT).map("=".join), max_size=4))
+    elif isinstance(field, fields.List):
         typed = st.lists(for_field(field.inner), max_size=6)
     elif isinstance(field, fields.Dict):
         typed = st.dictionaries(TEXT, TEXT, max_size=4)

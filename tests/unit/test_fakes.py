@@ -50,7 +50,7 @@ def test_fake_host_tools_match_the_real_ones(real, fake):
 
 def test_fake_guest_does_what_the_services_ask_of_guestssh():
     """FakeGuest covers the GuestSSH calls the services make (not its internals)."""
-    used = {"run", "open_stream", "wait_until_ready", "close"}
+    used = {"run", "start", "open_stream", "wait_until_ready", "close"}
     real = public_methods(GuestSSH)
     fake = public_methods(fakes.FakeGuest)
     for name in used:

@@ -34,6 +34,16 @@ def run_command(channel: paramiko.Channel, command: str) -> None:
         channel.sendall(b"out\n")
         channel.sendall_stderr(b"err\n")
         code = 3
+    elif command == "tick":  # output, a pause, more output: a streamed command
+        try:
+            channel.sendall(b"a\n")
+            time.sleep(0.5)
+            channel.sendall_stderr(b"b\n")
+            time.sleep(0.5)
+            channel.sendall(b"c\n")
+        except OSError:  # the client stopped reading and closed the channel
+            return
+        code = 0
     elif command.startswith("yes "):
         channel.sendall(b"y" * int(command.split()[1]))
         code = 0
@@ -204,6 +214,36 @@ def test_command_timeout_gives_a_timed_out_result(guest):
     result = guest.run("sleep", timeout=0.5)
     assert (result.timed_out, result.exit_code) == (True, -1)
     assert 0.5 <= time.monotonic() - started < 3
+    assert guest.run("id -u", timeout=5).exit_code == 0  # the connection survives
+
+
+def test_a_started_command_hands_its_output_on_as_it_arrives(guest):
+    running = guest.start("tick", timeout=5)
+    try:
+        seen = []
+        for name, data in running.output():
+            seen.append((name, data, running.channel.exit_status_ready()))
+        assert seen[:2] == [("stdout", b"a\n", False), ("stderr", b"b\n", False)]
+        assert b"".join(data for name, data, _ in seen if name == "stdout") == b"a\nc\n"
+        assert running.exit_code() == 0 and not running.timed_out
+    finally:
+        running.close()
+
+
+def test_a_started_command_stops_when_asked_or_at_its_deadline(guest):
+    running = guest.start("tick", timeout=5)
+    asked = []
+    try:
+        chunks = list(running.output(stop=lambda: asked.append(1) or True))
+    finally:
+        running.close()
+    assert chunks == [("stdout", b"a\n")] and running.stopped and asked
+    assert running.exit_code() == -1
+    running = guest.start("sleep", timeout=0.5)
+    try:
+        assert list(running.output()) == [] and running.timed_out
+    finally:
+        running.close()
     assert guest.run("id -u", timeout=5).exit_code == 0  # the connection survives
 
 

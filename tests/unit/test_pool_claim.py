@@ -4,6 +4,7 @@ pool VM makes room."""
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import pytest
 
@@ -52,8 +53,11 @@ def test_only_a_ready_pool_vm_of_the_shape_and_build_is_claimed_once(world):
 def test_boot_and_snapshot_modes_never_take_from_the_pool(world, monkeypatch):
     add_pool_vm(world, 5)
     made = []
-    monkeypatch.setattr(world.parts.provisioner, "create",
-                        lambda plan, *_args: made.append(plan.spec))
+    def create(plan, *_args):
+        made.append(plan.spec)
+        return types.SimpleNamespace(provision_mode=ProvisionMode.BOOT)
+
+    monkeypatch.setattr(world.parts.provisioner, "create", create)
     for mode in (ProvisionMode.BOOT, ProvisionMode.SNAPSHOT):
         world.vms.create(dataclasses.replace(SPEC, provision_mode=mode))
     assert [spec.provision_mode for spec in made] == [ProvisionMode.BOOT,

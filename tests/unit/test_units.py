@@ -157,7 +157,7 @@ def test_warm_deno_key_names_the_flags_unless_deno_reads_the_env_at_start():
 
 def test_a_load_error_becomes_the_error_when_the_runner_never_ran():
     from app.models import CommandResult
-    from app.services.commands import split_outcome
+    from app.services.outcome import split_outcome
     failed = CommandResult(exit_code=1, stdout=b"", stderr=b"error: SyntaxError: Unexpected token\n"
                            b"  at file:///workspace/$deno$stdin.ts:1:9\n", timed_out=False,
                            duration_ms=5)
@@ -174,5 +174,5 @@ def test_a_load_error_becomes_the_error_when_the_runner_never_ran():
     ("--check", False), ("--watch", False), ("--reload", False), ("--lock=deno.lock", False),
 ])
 def test_only_runtime_deno_flags_may_use_a_warm_deno(flag, warm):
-    from app.services.commands import WARM_DENO_FLAGS
+    from app.services.deno_run import WARM_DENO_FLAGS
     assert bool(WARM_DENO_FLAGS.match(flag)) is warm

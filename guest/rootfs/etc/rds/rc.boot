@@ -4,6 +4,9 @@
 # root-only files) and prepares what sshd needs.
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
+# What this script prints goes to the serial console, which the host keeps as the VM's console
+# log (GET /v1/vms/{id}/logs): a few lines say how far the boot got.
+say() { echo "rds-boot: $*"; }
 
 mount -t proc -o nosuid,nodev,noexec proc /proc
 mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
@@ -11,6 +14,7 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+say "$(cat /proc/version)"
 mkdir -p /run/sshd /run/lock
 chmod 1777 /tmp /var/tmp
 # Where the sandbox user may write, nothing setuid or device-like counts (the image carries no
@@ -47,6 +51,7 @@ if [ -n "$ip" ]; then
     [ -n "$gateway" ] && ip route add default via "$gateway"
     [ -n "$gateway" ] && echo "nameserver $gateway" > /etc/resolv.conf
 fi
+say "hostname $name, address ${ip:-none}, gateway ${gateway:-none}"
 
 fwcfg=/sys/firmware/qemu_fw_cfg/by_name/opt/org.rundatsheesh
 if [ -r "$fwcfg/ssh_host_ed25519_key/raw" ]; then
@@ -68,4 +73,5 @@ done
 
 # Grow the filesystem when the VM's disk is bigger than the template's (diskSizeMb).
 resize2fs /dev/vda >/dev/null 2>&1 &
+say "configured; starting sshd and the guest agent"
 exit 0

@@ -1,0 +1,63 @@
+"""The SSH command line a sandboxed command runs as: a prelude, then the caller's script.
+
+The command runs in the login shell (bash, started by sshd as `bash -c LINE`), after a
+prelude of builtins only: every extra process costs 50-100 ms on an emulated (TCG) guest,
+and even builtins cost a few ms each. The guest's sshd provides the fixed part: the session
+starts in HOME=/workspace with the sandbox's PATH, TMPDIR and DENO_DIR (sshd_config SetEnv)
+and inherits the process and open-file limits (/etc/rds/run-sshd). The prelude confines the
+working directory to the workspace, drops what sshd adds (SSH_*, MAIL) and exports the
+caller's variables. RDS_EXEC_ID marks the command: it is in this shell's command line and
+in the environment of every process the command starts, so kill-marked can end the whole
+tree on timeout. Exit 210/211 with an "rds-exec:" message mean the command was not started.
+No LANG: assigning one makes bash load the locale (~20 ms under TCG). Commands run in the
+POSIX locale, as in a plain SSH session; callers who want UTF-8 pass LANG=C.UTF-8 in env.
+"""
+from __future__ import annotations
+
+import shlex
+
+from app.models import CommandResult
+
+WORKSPACE = "/workspace"
+NOT_STARTED_CODES = {210, 211}
+NOT_STARTED_PREFIX = b"rds-exec:"
+
+
+def sandbox_command_line(command: str, cwd: str, env_pairs: list[str], marker: str,
+                         announce: bool = False) -> str:
+    """The SSH command line that runs ``command`` (a shell script) in ``cwd`` (pure).
+
+    :param announce: print :func:`started_mark` on stdout once the prelude passed, before the
+        script runs (a streamed call answers only then, so that a bad cwd is still a 400).
+    """
+    exports = [*env_pairs, f"RDS_EXEC_ID={marker}"]
+    missing = shlex.quote(f"rds-exec: cwd {cwd} does not exist or is not a directory")
+    outside = shlex.quote(f"rds-exec: cwd {cwd} resolves outside /workspace")
+    lines = []
+    if cwd != WORKSPACE:  # the session already starts in the workspace (sshd: HOME)
+        lines.append(f"cd -P -- {shlex.quote(cwd)} 2>/dev/null || "
+                     f"{{ echo {missing} >&2; exit 210; }}")
+    # printf is a builtin: no extra process.
+    announced = [f"printf %s {started_mark(marker).decode()}"] if announce else []
+    return "\n".join([
+        *lines,
+        f"case $PWD/ in /workspace/*) ;; *) echo {outside} >&2; exit 211 ;; esac",
+        "unset ${!SSH_@} MAIL",
+        "export " + " ".join(shlex.quote(item) for item in exports),
+        *announced,
+        # The caller's script starts on a line of its own, so that a syntax error in it cannot
+        # keep the prelude from running first.
+        command,
+    ])
+
+
+def started_mark(marker: str) -> bytes:
+    """What an announcing command line prints first on stdout (``marker``: RDS_EXEC_ID)."""
+    return f"rds-started:{marker}".encode()
+
+
+def refusal(result: CommandResult) -> str | None:
+    """The prelude's message when it did not start the command (bad cwd), else None."""
+    if result.exit_code in NOT_STARTED_CODES and result.stderr.startswith(NOT_STARTED_PREFIX):
+        return result.stderr.decode(errors="replace").strip().removeprefix("rds-exec: ")
+    return None

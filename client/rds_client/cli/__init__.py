@@ -1,0 +1,1 @@
+"""The `rds` command line (stdlib argparse over the SDK)."""
