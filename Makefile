@@ -46,8 +46,10 @@ lint:
 clean-vms: setup
 	$(PY) -m app.cli purge
 
-## make bench: create (API vs raw libvirt boot), commands (API vs raw SSH), delete; see BENCHMARKS.md
+## make bench: create (API vs raw libvirt boot), commands (API vs raw SSH), delete, custom
+## images (build time, create from one); see BENCHMARKS.md
 bench: image
 	$(PY) bench/bench_create.py --rounds 5 --capacity 8
 	$(PY) bench/bench_commands.py
 	$(PY) bench/bench_delete.py --rounds 10
+	$(PY) bench/bench_images.py --builds 3 --creates 7

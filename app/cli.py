@@ -31,6 +31,8 @@ def prepare_host() -> None:
           f"{'created' if created else 'present'}")
     services.vms.manager_key()
     services.vms.ipsets.refresh_host_sets()
+    services.image_builder.sync_pool()
+    print("storage pool rds-images lists the images (virsh vol-list rds-images)")
     for item in services.remove_orphans():
         print(f"removed orphan {item}")
 

@@ -15,6 +15,12 @@ def iso_after(seconds: float) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_at(timestamp: float) -> str:
+    """A Unix time (e.g. a file's mtime), as :func:`now_iso` writes it."""
+    when = dt.datetime.fromtimestamp(timestamp, dt.timezone.utc)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def age_s(iso: str) -> float:
     """Seconds since ``iso`` (a timestamp :func:`now_iso` wrote).
 

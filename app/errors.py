@@ -55,6 +55,10 @@ class SnapshotNotFound(NotFound):
     pass
 
 
+class ImageNotFound(NotFound):
+    pass
+
+
 class PathNotFound(NotFound):
     """A path inside a guest."""
 
@@ -77,6 +81,14 @@ class VmBusy(Conflict):
 
 class SnapshotInUse(Conflict):
     """A VM created from the snapshot still exists."""
+
+
+class ImageInUse(Conflict):
+    """A VM, a disk snapshot or a build uses the image, or it is built in or the default."""
+
+
+class ImageStateConflict(Conflict):
+    """The image is not in the state the operation needs (e.g. files after the build began)."""
 
 
 # Limits ###################################################################################

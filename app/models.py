@@ -42,6 +42,7 @@ class VmRole(str, enum.Enum):
     SANDBOX = "sandbox"  # a caller's VM
     POOL = "pool"  # a warm-pool VM waiting to be claimed (sealed, invisible)
     SEED = "seed"  # a booted idle guest being saved as a memory snapshot
+    BUILD = "build"  # a VM running an image's setup script (app.services.image_builder)
 
 
 class ProvisionMode(str, enum.Enum):
@@ -191,3 +192,92 @@ class Template:
     domain_xml: str
     default_disk_size_mb: int
     kernel_cmdline: str
+
+
+class ImageState(str, enum.Enum):
+    """Where a custom image is; built-in templates are READY or NOT_BUILT."""
+
+    PENDING = "PENDING"  # waiting for an upload the request announced (files, disk)
+    BUILDING = "BUILDING"  # queued or being built
+    READY = "READY"
+    FAILED = "FAILED"
+    NOT_BUILT = "NOT_BUILT"  # a built-in template whose image this host never built
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+    """A custom image as its ``image.json`` keeps it (see app.services.image_store)."""
+
+    id: str
+    description: str
+    base: str  # the image it is built from
+    template: str  # the built-in template behind it: domain XML, kernel command line
+    state: ImageState
+    created_at: str
+    allow_ips: tuple[str, ...] = ()  # the build VM's egress policy
+    outbound_internet: bool = False
+    timeout_s: int = 900  # the setup script's time limit
+    cpu: int = 1  # the build VM's shape
+    mem_mb: int = 1024
+    disk_size_mb: int = 0  # the image's disk size; 0 until known (the base's at least)
+    awaiting: tuple[str, ...] = ()  # uploads announced and not made yet: "files", "disk"
+    has_files: bool = False
+    disk_format: str = ""  # of an uploaded disk: "raw" or "qcow2"
+    reason: str = ""  # why it FAILED
+    attempts: int = 0  # builds started (an interrupted one is started again, once)
+    started_at: str = ""
+    finished_at: str = ""
+    build_vm: str = ""  # the running build VM's id
+    build: str = ""  # the finished build's directory name
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+    """An image as the API shows it: a built-in template or a custom image."""
+
+    id: str
+    description: str
+    state: ImageState
+    built_in: bool
+    is_default: bool
+    snapshot_ready: bool
+    base: str | None = None
+    reason: str | None = None
+    size_mb: int | None = None
+    disk_size_mb: int | None = None
+    created_at: str | None = None
+    build_started_at: str | None = None
+    build_finished_at: str | None = None
+    awaiting: tuple[str, ...] = ()
+    allow_ips: tuple[str, ...] = ()
+    outbound_internet: bool = False
+    timeout_s: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRequest:
+    """What a caller asked to build (``POST /v1/images``)."""
+
+    name: str
+    setup: str = ""
+    description: str = ""
+    base: str | None = None  # None: the default image
+    allow_ips: tuple[str, ...] = ()
+    outbound_internet: bool = False
+    timeout_s: int | None = None  # None: IMAGE_BUILD_TIMEOUT_S
+    cpu: int = 1
+    mem_mb: int | None = None  # None: 1024 (at most MAX_MEM_MB)
+    disk_size_mb: int | None = None  # None: the base's
+    files: bool = False  # a tar.gz of files follows (PUT /v1/images/{id}/files)
+    disk: bool = False  # the disk is uploaded (PUT /v1/images/{id}/disk) instead of the base's
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildLogView:
+    """The tail of an image's build log."""
+
+    image_id: str
+    state: ImageState
+    lines: list[str]
+    truncated: bool
+    updated_at: str | None

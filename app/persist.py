@@ -14,7 +14,8 @@ import enum
 import typing as t
 import xml.etree.ElementTree as ET
 
-from app.models import ProvisionMode, Snapshot, VmPhase, VmRecord, VmRole
+from app.models import (ImageRecord, ImageState, ProvisionMode, Snapshot, VmPhase, VmRecord,
+                        VmRole)
 
 R = t.TypeVar("R")
 _REQUIRED = object()
@@ -133,6 +134,30 @@ SEED_FIELDS: Table = (
     Field("createdAt", "created_at", default=""),
 )
 
+IMAGE_FIELDS: Table = (
+    Field("id", "id"),
+    Field("description", "description", default=""),
+    Field("base", "base"),
+    Field("template", "template"),
+    Field("state", "state", ImageState),
+    Field("createdAt", "created_at"),
+    Field("allowIps", "allow_ips", tuple, default=()),
+    Field("outboundInternet", "outbound_internet", bool, default=False),
+    Field("timeoutSeconds", "timeout_s", int, default=900),
+    Field("cpu", "cpu", int, default=1),
+    Field("memMb", "mem_mb", int, default=1024),
+    Field("diskSizeMb", "disk_size_mb", int, default=0),
+    Field("awaiting", "awaiting", tuple, default=()),
+    Field("hasFiles", "has_files", bool, default=False),
+    Field("diskFormat", "disk_format", default=""),
+    Field("reason", "reason", default=""),
+    Field("attempts", "attempts", int, default=0),
+    Field("startedAt", "started_at", default=""),
+    Field("finishedAt", "finished_at", default=""),
+    Field("buildVm", "build_vm", default=""),
+    Field("build", "build", default=""),
+)
+
 
 # JSON side files ##########################################################################
 
@@ -216,3 +241,7 @@ def vm_record_from_xml(element: ET.Element, tag: t.Callable[[str], str] = str) -
 
 def snapshot_from_json(data: t.Mapping[str, t.Any], disk_path: str) -> Snapshot:
     return from_json(Snapshot, SNAPSHOT_FIELDS, data, disk_path=disk_path)
+
+
+def image_from_json(data: t.Mapping[str, t.Any]) -> ImageRecord:
+    return from_json(ImageRecord, IMAGE_FIELDS, data)

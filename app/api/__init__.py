@@ -60,15 +60,20 @@ ALWAYS = (401, 503)
 STATE_CHANGING_VIEWS = ("post", "put", "patch", "delete")
 
 
-def document_errors(blp: _Blueprint, *statuses: int) -> t.Callable:
+def document_errors(blp: _Blueprint, *statuses: int,
+                    reasons: t.Mapping[int, str] | None = None) -> t.Callable:
     """Document the error responses of a /v1 route (401 and 503 are always possible, and 403
-    on a method that changes state: the session cookie's CSRF check)."""
+    on a method that changes state: the session cookie's CSRF check).
+
+    :param reasons: descriptions of this route's own, by status (else ERROR_REASONS').
+    """
     from app.schemas.vms import ApiErrorSchema
 
     def decorate(view: t.Callable) -> t.Callable:
         csrf = (403,) if view.__name__ in STATE_CHANGING_VIEWS else ()
         for status in sorted(set(statuses + ALWAYS + csrf)):
+            description = (reasons or {}).get(status, ERROR_REASONS[status])
             view = blp.alt_response(status, schema=ApiErrorSchema,
-                                    description=ERROR_REASONS[status])(view)
+                                    description=description)(view)
         return view
     return decorate

@@ -97,7 +97,14 @@ def drain_unread_upload(response: Response) -> Response:
     """
     if request.endpoint != UPLOAD_ENDPOINT or response.status_code < 400:
         return response
-    bound = current_app.extensions["rds"].settings.max_upload_bytes + DRAIN_SLACK
+    return close_or_drain(response,
+                          current_app.extensions["rds"].settings.max_upload_bytes + DRAIN_SLACK)
+
+
+def close_or_drain(response: Response, bound: int) -> Response:
+    """An error answer to an upload: read the rest of the body first (at most ``bound``
+    bytes in all), or, past that or for a caller without credentials, close the connection
+    after it (also for the image uploads of app.api.images)."""
     if response.status_code == 401 or not _drain(upload_body(), request.content_length, bound):
         response.headers["Connection"] = "close"
     return response

@@ -17,8 +17,12 @@ LONG_CALLS = {
     ("vms.VmStart", "POST"), ("vms.VmNetwork", "PUT"),
     ("commands.Exec", "POST"), ("commands.RunTs", "POST"), ("commands.RunJs", "POST"),
     ("files.Upload", "POST"), ("files.Download", "GET"),
-    ("snapshots.VmSnapshots", "POST"),
+    ("snapshots.VmSnapshots", "POST"), ("images.ImageFiles", "PUT"),
+    ("images.ImageDisk", "PUT"),
 }
+# ... and calls that are long only with a query flag set (a followed build log streams for as
+# long as the build runs; its tail is a quick read).
+LONG_WITH_FLAG = {("images.ImageBuildLog", "GET"): "follow"}
 RETRY_AFTER_S = 2
 
 
@@ -38,7 +42,10 @@ def install(app: Flask, slots: int) -> None:
 
     @app.before_request
     def take_slot() -> None:
-        if (request.endpoint, request.method) not in LONG_CALLS:
+        call = (request.endpoint, request.method)
+        flag = LONG_WITH_FLAG.get(call)
+        if call not in LONG_CALLS and not (flag and request.args.get(flag, "").lower() in
+                                           ("1", "true", "yes", "on")):
             return
         if not semaphore.acquire(blocking=False):
             raise TooBusy(f"this worker is running its maximum of {slots} long calls; retry "

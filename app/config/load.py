@@ -56,11 +56,12 @@ def validate(settings: Settings) -> None:
                  "max_upload_uncompressed_bytes", "max_upload_entries", "max_download_bytes",
                  "session_idle_timeout_s", "session_max_age_s", "login_max_failures",
                  "login_failure_window_s", "login_max_lockout_s", "exec_log_per_vm",
-                 "exec_log_max_age_s"):
+                 "exec_log_max_age_s", "image_build_timeout_s", "max_image_build_timeout_s",
+                 "max_image_upload_mb", "image_upload_wait_s"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
     for name in ("disk_budget_mb", "disk_reserve_mb", "max_snapshots", "vm_default_ttl_s",
-                 "vm_max_ttl_s"):
+                 "vm_max_ttl_s", "max_images"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"{name.upper()} must not be negative")
     if settings.vm_max_ttl_s and not 0 < settings.vm_default_ttl_s <= settings.vm_max_ttl_s:
@@ -73,6 +74,8 @@ def validate(settings: Settings) -> None:
                           "for health checks and reads)")
     if settings.max_disk_size_mb < 1:
         raise ConfigError("MAX_DISK_SIZE_MB must be at least 1")
+    if settings.image_build_timeout_s > settings.max_image_build_timeout_s:
+        raise ConfigError("IMAGE_BUILD_TIMEOUT_S must not exceed MAX_IMAGE_BUILD_TIMEOUT_S")
     if settings.default_exec_timeout_ms > settings.max_exec_timeout_ms:
         raise ConfigError("DEFAULT_EXEC_TIMEOUT_MS must not exceed MAX_EXEC_TIMEOUT_MS")
     if not 1 <= settings.port <= 65535:

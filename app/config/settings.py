@@ -54,6 +54,14 @@ class Settings:
     # Exec history (GET /v1/vms/{id}/exec-logs): calls kept per VM, and for at most how long.
     exec_log_per_vm: int = 100
     exec_log_max_age_s: int = 7 * 24 * 3600
+    # Custom images (docs/images.md): how many at most, the setup script's default and largest
+    # time limit, the largest uploaded disk (bytes sent) and how long an image waits for the
+    # uploads its create announced.
+    max_images: int = 20
+    image_build_timeout_s: int = 900
+    max_image_build_timeout_s: int = 3600
+    max_image_upload_mb: int = 4096
+    image_upload_wait_s: int = 3600
     storage_root: str = "/var/lib/run-dat-sheesh"
     templates_dir: str = str(REPO_ROOT / "vm-templates")
     default_image_id: str = "default"
@@ -99,6 +107,16 @@ class Settings:
     @property
     def images_dir(self) -> Path:
         return Path(self.storage_root) / "images"
+
+    @property
+    def custom_images_dir(self) -> Path:
+        """Custom images, one directory each (app.services.image_store)."""
+        return self.images_dir / "custom"
+
+    @property
+    def image_volumes_dir(self) -> Path:
+        """One link per image's disk: the libvirt storage pool ``rds-images`` lists them."""
+        return self.images_dir / "volumes"
 
     @property
     def vms_dir(self) -> Path:
@@ -221,6 +239,11 @@ ENV_NAMES: dict[str, str] = {
     "VM_MAX_TTL_S": "vm_max_ttl_s",
     "EXEC_LOG_PER_VM": "exec_log_per_vm",
     "EXEC_LOG_MAX_AGE_S": "exec_log_max_age_s",
+    "MAX_IMAGES": "max_images",
+    "IMAGE_BUILD_TIMEOUT_S": "image_build_timeout_s",
+    "MAX_IMAGE_BUILD_TIMEOUT_S": "max_image_build_timeout_s",
+    "MAX_IMAGE_UPLOAD_MB": "max_image_upload_mb",
+    "IMAGE_UPLOAD_WAIT_S": "image_upload_wait_s",
     "STORAGE_ROOT": "storage_root",
     "TEMPLATES_DIR": "templates_dir",
     "DEFAULT_IMAGE_ID": "default_image_id",

@@ -5,7 +5,7 @@ VM commits is its full ``diskSizeMb``, and the budget is checked against commitm
 against what is written today:
 
 - with ``DISK_BUDGET_MB`` set: the disks of all VMs (``diskSizeMb`` each) plus the snapshots'
-  files plus the new one must fit in it;
+  and custom images' files plus the new one must fit in it;
 - without (``0``, the default): the storage filesystem's free space must still hold what every
   existing VM's disk may yet grow, the new one, and ``DISK_RESERVE_MB`` on top.
 
@@ -31,7 +31,7 @@ class DiskUsage:
 
     committed_mb: int  # Σ diskSizeMb of every VM (sandboxes, pool, seeds)
     grown_mb: int  # what their overlays hold now
-    snapshots_mb: int  # the snapshots' files
+    snapshots_mb: int  # the snapshots' files and the custom images' (app.services.images)
     free_mb: int  # free space on the storage filesystem (for unprivileged use)
 
 
@@ -63,7 +63,8 @@ class DiskBudget:
         root.mkdir(parents=True, exist_ok=True)
         stats = os.statvfs(root)
         return DiskUsage(committed_mb=committed, grown_mb=grown,
-                         snapshots_mb=allocated_mb(self.settings.snapshots_dir),
+                         snapshots_mb=allocated_mb(self.settings.snapshots_dir)
+                         + allocated_mb(self.settings.custom_images_dir),
                          free_mb=stats.f_bavail * stats.f_frsize // MIB)
 
     def check_disk_size(self, disk_size_mb: int) -> None:

@@ -18,6 +18,9 @@ from app.services.exec_history import ExecHistory
 from app.services.files import FileService
 from app.services.health import HealthService
 from app.services.host_metrics import HostCollector
+from app.services.image_builder import ImageBuilder
+from app.services.image_store import ImageStore
+from app.services.images import ImageService
 from app.services.maintenance import Maintainer
 from app.services.seed_builder import SeedBuilder
 from app.services.snapshot_store import SnapshotStore
@@ -68,6 +71,8 @@ class Services:
     stats: VmStatsReader
     host_metrics: HostCollector
     history: ExecHistory
+    images: ImageService
+    image_builder: ImageBuilder
 
     def close(self) -> None:
         self.maintainer.stop()
@@ -96,8 +101,10 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
     """Every service, once per process. :param adapters: the host's when None."""
     adapters = adapters or host_adapters(settings)
     hypervisor = adapters.hypervisor
+    custom = ImageStore(settings.custom_images_dir, settings.image_volumes_dir,
+                        settings.images_dir / "default-image", settings.default_image_id)
     templates = TemplateCatalog(settings.templates_dir, settings.images_dir,
-                                settings.default_image_id)
+                                settings.default_image_id, custom)
     store = SnapshotStore(settings.snapshots_dir, templates)
     state = Store(settings.state_db_path)
     state.open()
@@ -110,6 +117,7 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
     seeds = SeedBuilder(settings, hypervisor, templates, parts.seeds, parts.records,
                         parts.files, parts.ports, parts.teardown)
     snapshots = SnapshotService(settings, hypervisor, templates, vms, store)
+    builder = ImageBuilder(settings, custom, templates, parts, seeds)
 
     def sweep() -> list[str]:
         removed = vms.remove_orphans() + snapshots.remove_orphans()
@@ -121,10 +129,14 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                     files=FileService(settings, vms), snapshots=snapshots, seeds=seeds,
                     domain_type=adapters.domain_type,
                     maintainer=Maintainer(settings, parts.pool, seeds, templates, parts.ipsets,
-                                          sweep=sweep, reap=vms.reap),
+                                          sweep=sweep, reap=vms.reap,
+                                          build=builder.run_pending),
                     health=HealthService(settings, hypervisor, adapters.domain_type,
                                          adapters.bridge_nf, templates),
                     auth=AuthService(settings, state, clock=adapters.clock),
                     console=ConsoleLogs(settings, parts.records),
                     stats=VmStatsReader(hypervisor, parts.records),
-                    host_metrics=HostCollector(parts.records), history=history)
+                    host_metrics=HostCollector(parts.records), history=history,
+                    images=ImageService(settings, custom, templates, parts, store,
+                                        parts.seeds),
+                    image_builder=builder)

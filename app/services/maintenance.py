@@ -5,7 +5,8 @@ Every gunicorn worker starts a :class:`Maintainer` thread; the one that holds th
 others wait to take over. The owner, every few seconds:
 
 - saves a memory snapshot (seed) for each ``SNAPSHOT_SHAPES`` entry that has none for the
-  current image build (``SNAPSHOT_AUTO_BUILD``), and removes outdated unused ones;
+  current build of the default image and of every READY custom image
+  (``SNAPSHOT_AUTO_BUILD``), and removes outdated unused ones;
 - keeps ``WARM_POOL_TARGET`` ready pool VMs per ``WARM_POOL_SHAPES`` entry
   (``ENABLE_WARM_POOL``), at most ``WARM_POOL_MAX_VMS`` in all, and removes pool VMs that
   died, belong to an old image build or were left half-made by a crashed owner;
@@ -13,6 +14,9 @@ others wait to take over. The owner, every few seconds:
 - in a thread of its own, every :data:`REAP_INTERVAL_S`, enforces lifetimes (expiry, idle
   stop) and finishes interrupted deletes (:class:`~app.services.reaper.Reaper`), so a long
   memory-snapshot save never delays an expiry;
+- in another thread, every :data:`BUILD_INTERVAL_S`, builds queued custom images
+  (:class:`~app.services.image_builder.ImageBuilder`, which holds its own host lock while it
+  builds), so a build of many minutes delays neither;
 - every :data:`SWEEP_INTERVAL_S`, sweeps what crashed creates left behind (a worker killed
   mid-create leaves a domain that counts against ``MAX_VMS``), with the usual 10-minute age
   guard (:meth:`VmService.remove_orphans`).
@@ -31,7 +35,7 @@ from pathlib import Path
 
 from app.config import Settings
 from app.errors import AppError, QuotaExceeded
-from app.models import VmPhase, VmRecord
+from app.models import ImageState, VmPhase, VmRecord
 from app.services.pool import WarmPool
 from app.services.seed_builder import SeedBuilder
 from app.services.templates import TemplateCatalog
@@ -40,6 +44,7 @@ from app.virt.ipsets import IpSets
 log = logging.getLogger(__name__)
 INTERVAL_S = 3.0
 REAP_INTERVAL_S = 2.0
+BUILD_INTERVAL_S = 2.0
 SWEEP_INTERVAL_S = 60.0
 
 
@@ -47,9 +52,12 @@ class Maintainer:
     def __init__(self, settings: Settings, pool: WarmPool, seeds: SeedBuilder,
                  templates: TemplateCatalog, ipsets: IpSets,
                  sweep: t.Callable[[], list[str]],
-                 reap: t.Callable[[], list[str]] | None = None) -> None:
+                 reap: t.Callable[[], list[str]] | None = None,
+                 build: t.Callable[[threading.Event], list[str]] | None = None) -> None:
         """:param sweep: removes what crashed creates and snapshots left behind.
-        :param reap: enforces lifetimes (:meth:`app.services.reaper.Reaper.run_once`)."""
+        :param reap: enforces lifetimes (:meth:`app.services.reaper.Reaper.run_once`).
+        :param build: builds queued images until none is left or the event is set
+            (:meth:`app.services.image_builder.ImageBuilder.run_pending`)."""
         self.settings = settings
         self.pool = pool
         self.seeds = seeds
@@ -57,10 +65,12 @@ class Maintainer:
         self.ipsets = ipsets
         self.sweep = sweep
         self.reap = reap
+        self.build = build
         self._swept_at: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reaper_thread: threading.Thread | None = None
+        self._builder_thread: threading.Thread | None = None
         self._lock_file: t.IO[str] | None = None
 
     # Ownership #############################################################################
@@ -75,12 +85,17 @@ class Maintainer:
             self._reaper_thread = threading.Thread(target=self._reap_loop, name="rds-reaper",
                                                    daemon=True)
             self._reaper_thread.start()
+        if self._builder_thread is None and self.build is not None:
+            self._builder_thread = threading.Thread(target=self._build_loop,
+                                                    name="rds-image-builder", daemon=True)
+            self._builder_thread.start()
 
     def stop(self, wait_s: float = 0.0) -> None:
         """Stop the loops; with ``wait_s``, wait that long for them to end and then give up
         ownership, so another instance in this process can take over (tests)."""
         self._stop.set()
-        threads = [thread for thread in (self._thread, self._reaper_thread) if thread]
+        threads = [thread for thread in (self._thread, self._reaper_thread,
+                                         self._builder_thread) if thread]
         if not wait_s:
             return
         deadline = time.monotonic() + wait_s
@@ -124,6 +139,16 @@ class Maintainer:
             except Exception:  # the loop must survive anything and retry
                 log.exception("reaper round failed")
 
+    def _build_loop(self) -> None:
+        assert self.build is not None
+        while not self._stop.wait(BUILD_INTERVAL_S):
+            if self._lock_file is None:
+                continue
+            try:
+                self.build(self._stop)
+            except Exception:  # the loop must survive anything and retry
+                log.exception("image build round failed")
+
     # Work ##################################################################################
 
     def run_once(self) -> None:
@@ -138,14 +163,25 @@ class Maintainer:
             self.refill_pool()
 
     def ensure_seeds(self) -> None:
-        for cpu, mem_mb in self.settings.snapshot_shape_list:
-            if self._stop.is_set():
-                return
-            try:
-                self.seeds.ensure(cpu, mem_mb)
-            except AppError as exc:
-                log.warning("memory snapshot %sx%s not saved: %s", cpu, mem_mb, exc.message)
+        for image_id in self._seeded_images():
+            for cpu, mem_mb in self.settings.snapshot_shape_list:
+                if self._stop.is_set():
+                    return
+                try:
+                    self.seeds.ensure(cpu, mem_mb, image_id)
+                except AppError as exc:
+                    log.warning("memory snapshot %sx%s of image %s not saved: %s", cpu,
+                                mem_mb, image_id, exc.message)
         self.seeds.prune()
+
+    def _seeded_images(self) -> list[str]:
+        """The default image, then every READY custom image."""
+        images = [self.templates.default_id]
+        custom = self.templates.custom
+        for record in custom.all() if custom else []:
+            if record.state is ImageState.READY and record.id not in images:
+                images.append(record.id)
+        return images
 
     def refill_pool(self) -> int:
         """Remove broken pool VMs, then start missing ones; returns how many were started."""
@@ -200,6 +236,8 @@ class Maintainer:
             # The owner makes pool VMs one at a time in this thread: one that is not ready
             # here was left half-made by an owner that died.
             return "a crashed owner left it half-made"
+        if record.image_id != self.templates.default_id:
+            return "its image is no longer the default"
         if (record.cpu, record.mem_mb) not in self.settings.warm_pool_shape_list:
             return "its shape is no longer pooled"
         return ""

@@ -17,6 +17,7 @@ import logging
 import time
 import typing as t
 import uuid
+from pathlib import Path
 
 from app.clock import now_iso
 from app.config import Settings
@@ -60,6 +61,8 @@ class CreatePlan:
     build: ImageBuild
     disk_size_mb: int
     ttl_s: int = 0  # the lifetime it gets (the default applied)
+    backing: Path | None = None  # the disk's backing file when not the build's disk
+    inputs: Path | None = None  # an image build VM's inputs (app.services.image_builder)
 
     def caller_fields(self) -> dict[str, t.Any]:
         """What the caller asked for that a record carries besides the shape and policy:
@@ -168,13 +171,16 @@ class Provisioner:
         :returns: the record and the domain XML that was defined.
         """
         settings, spec = self.settings, plan.spec
-        template, build, backing, disk_size_mb = (plan.template, plan.build, plan.build.disk,
+        template, build, backing, disk_size_mb = (plan.template, plan.build,
+                                                  plan.backing or plan.build.disk,
                                                   plan.disk_size_mb)
         host_key = generate_keypair()
         with allocation_lock(settings.lock_path, LOCK_TIMEOUT):
             if spec.snapshot_id:  # the disk starts from a snapshot instead (extension); looked
                 # up under the lock, so the snapshot cannot be deleted before the domain exists
                 template, build, backing, disk_size_mb = self._snapshot_store().vm_base(spec)
+            if not backing.is_file():  # its image was deleted since the plan was made
+                raise InvalidRequest(f"image {template.id!r} is gone (deleted meanwhile)")
             domains = self.hypervisor.list_domains()
             others = [r for r in (parse_metadata(domain.xml) for domain in domains) if r]
             # A VM being deleted is powered off already: it holds its address, not the quota.
@@ -208,7 +214,8 @@ class Provisioner:
             self.ports.create(record)  # filtered and plugged in by _create
             xml = self.files.domain_xml(record, template.domain_xml if seed is None else
                                         save_image.read_header(seed.state).xml, build, vm_dir,
-                                        genid=str(uuid.uuid4()) if seed else "")
+                                        genid=str(uuid.uuid4()) if seed else "",
+                                        template=template, inputs=plan.inputs)
             cleanup.add("domain", self.teardown.domain, vm_id)
             self.hypervisor.define_domain(xml)
         return record, xml

@@ -56,7 +56,11 @@ class SeedBuilder:
         Safe to call from several processes at once: one builds, the others wait for it.
         """
         template = self.templates.get(image_id)
-        build = self.templates.current_build(template)
+        return self.ensure_for(template, self.templates.current_build(template), cpu, mem_mb)
+
+    def ensure_for(self, template: Template, build: ImageBuild, cpu: int, mem_mb: int) -> Seed:
+        """:meth:`ensure` for a given template build (an image's build checks its new build
+        this way before the image is READY)."""
         disk_size_mb = default_disk_size_mb(template, build)
         key = self.store.key(template, build, cpu, mem_mb, disk_size_mb)
         seed = self.store.load(key)
@@ -95,7 +99,8 @@ class SeedBuilder:
             self.files.write_keys(staging, host_key)
             cleanup.add("domain", self.teardown.domain, record.id)
             self.hypervisor.define_domain(
-                self.files.domain_xml(record, template.domain_xml, build, staging))
+                self.files.domain_xml(record, template.domain_xml, build, staging,
+                                      template=template))
             # After the domain (the orphan sweep keeps the ports of existing domains); never
             # connected: the seed's tap stays down and off the bridge.
             cleanup.add("port", self.teardown.port, name)
@@ -137,7 +142,7 @@ class SeedBuilder:
         """Remove memory snapshots of old image builds/templates once no VM is backed by them."""
         current = {self.store.key(template, build, cpu, mem,
                                   default_disk_size_mb(template, build))
-                   for template, build in self.templates.current_builds()
+                   for template, build in self.templates.current_builds(building=True)
                    for cpu, mem in self.settings.snapshot_shape_list}
         used = {record.seed for record, _info in self.records.all() if record.seed}
         return self.store.prune(current, used)

@@ -128,6 +128,15 @@ class SeedStore:
         return [seed for seed in (self.load(p.name) for p in sorted(self.seeds_dir.iterdir())
                                   if not p.name.startswith(".")) if seed]
 
+    def remove_template(self, template_id: str) -> list[str]:
+        """Remove every seed of a template (a deleted image's: no VM may use them)."""
+        removed = []
+        for seed in self.all():
+            if seed.template_id == template_id:
+                shutil.rmtree(seed.path, ignore_errors=True)
+                removed.append(seed.key)
+        return removed
+
     def prune(self, current_keys: set[str], used_keys: set[str]) -> list[str]:
         """Remove seeds that are neither current nor backing a VM, and stale half-builds."""
         removed = []

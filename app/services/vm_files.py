@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.config import Settings
-from app.models import VmRecord
+from app.models import Template, VmRecord
 from app.services.guests import ManagerKey
 from app.services.templates import ImageBuild, TemplateCatalog
 from app.sshkeys import KeyPair, write_private
-from app.virt.domain_xml import (BootFiles, DomainParams, build_domain_xml, kernel_cmdline,
-                                 port_name)
+from app.virt.domain_xml import (BootFiles, BuildDevices, DomainParams, build_domain_xml,
+                                 kernel_cmdline, port_name)
 from app.virt.nwfilter_xml import build_filter_xml
 from app.virt.qemu_access import QEMU_WRITABLE
 
@@ -24,6 +24,7 @@ HOST_KEY = "ssh_host_ed25519_key"
 AUTHORIZED_KEYS = "authorized_keys"
 CONSOLE_LOG = "console.log"
 IDENTITY_SOCKET = f"{QEMU_WRITABLE}/identity.sock"  # see app.virt.identity
+BUILD_LOG_SOCKET = f"{QEMU_WRITABLE}/build-log.sock"  # an image build VM's output
 
 
 class VmFiles:
@@ -45,10 +46,16 @@ class VmFiles:
         (vm_dir / AUTHORIZED_KEYS).write_text(self.manager_key.pair().public_openssh + "\n")
 
     def domain_xml(self, record: VmRecord, base_xml: str, build: ImageBuild, vm_dir: Path,
-                   genid: str = "") -> str:
+                   genid: str = "", *, template: Template | None = None,
+                   inputs: Path | None = None) -> str:
         """The domain XML of ``record``, built on the template's XML or on a seed's saved XML
-        (then only the VM's identity changes and the devices stay exactly as saved)."""
-        template = self.templates.get(record.image_id)
+        (then only the VM's identity changes and the devices stay exactly as saved).
+
+        :param template: the VM's template (looked up by ``record.image_id`` when None).
+        :param inputs: an image build VM's inputs (app.services.image_builder): its domain
+            gets the inputs disk and the build-log port too.
+        """
+        template = template or self.templates.get(record.image_id)
         identity = f"rds.hostname={record.name}"
         if record.guest_ip:
             identity += (f" rds.ip={record.guest_ip}/{self.settings.network.prefixlen} "
@@ -64,6 +71,8 @@ class VmFiles:
             fwcfg_files=((HOST_KEY, str(vm_dir / HOST_KEY)),
                          (AUTHORIZED_KEYS, str(vm_dir / AUTHORIZED_KEYS))),
             genid=genid,
+            build=BuildDevices(inputs=str(inputs), log_socket=str(vm_dir / BUILD_LOG_SOCKET))
+            if inputs is not None else None,
         )
         return build_domain_xml(base_xml, record, params)
 

@@ -1,4 +1,4 @@
-"""Hypervisor: the libvirt connection (with its two mixins, the only code that imports libvirt).
+"""Hypervisor: the libvirt connection (with its mixins, the only code that imports libvirt).
 
 Every call runs on a helper thread with a deadline, because libvirt-python calls block without
 a timeout of their own: a hung libvirtd becomes :class:`HypervisorError` (503) instead of a
@@ -22,6 +22,7 @@ from app.errors import FilterNotFound, HypervisorError, VmNotFound
 from app.models import NAME_PREFIX, DomainInfo
 from app.virt.libvirt_agent import GuestAgentCalls
 from app.virt.libvirt_network import FilterAndNetworkCalls
+from app.virt.libvirt_storage import StoragePoolCalls
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def _never_sent(exc: libvirt.libvirtError) -> bool:
     return "client socket is closed" in message or "Cannot write data" in message
 
 
-class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls):
+class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
     """A libvirt connection with timeouts; one per worker process, reopened when it dies.
 
     :param uri: libvirt URI, e.g. ``qemu:///system``.

@@ -1,4 +1,5 @@
-"""qcow2 disks: overlays on a template's read-only image, and snapshot copies of them.
+"""qcow2 disks: overlays on a template's read-only image, snapshot copies of them, and the
+flattened disks of custom images.
 
 Every external command runs from an argv list with a timeout; failures become
 :class:`HypervisorError`.
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 QEMU_IMG_TIMEOUT = 60.0
 COPY_TIMEOUT = 120.0  # a snapshot copies a VM's overlay: its size is what the guest wrote
 REBASE_TIMEOUT = 120.0
+CONVERT_TIMEOUT = 900.0  # a custom image's disk: up to a few GiB read through its chain
 
 
 def create_overlay(backing: Path, overlay: Path, size_mb: int,
@@ -59,6 +61,30 @@ def rebase(image: Path, backing: Path, timeout: float = REBASE_TIMEOUT) -> None:
     _qemu_img(["rebase", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing), str(image)],
               timeout)
     log.debug("image rebased path=%s backing=%s", image, backing)
+
+
+def convert(source: Path, source_format: str, target: Path,
+            timeout: float = CONVERT_TIMEOUT) -> None:
+    """Write ``source`` (read through its backing chain, if any) as a standalone qcow2
+    ``target``: no backing file, no external data file, no internal snapshots.
+
+    :param source_format: ``raw`` or ``qcow2``, never probed: a raw file that looks like a
+        qcow2 header would otherwise be read as one (and could name any host file).
+    :raises HypervisorError: when qemu-img fails or times out.
+    """
+    _qemu_img(["convert", "-q", "-f", source_format, "-O", "qcow2", str(source), str(target)],
+              timeout)
+    log.debug("image converted source=%s target=%s", source, target)
+
+
+def info(image: Path, image_format: str, timeout: float = QEMU_IMG_TIMEOUT) -> dict:
+    """``qemu-img info`` of ``image`` read as ``image_format`` (never probed); qemu-img does
+    not open backing files for it.
+
+    :raises HypervisorError: when qemu-img fails (e.g. the file is not of that format).
+    """
+    return json.loads(_qemu_img(["info", "--output=json", "-f", image_format, str(image)],
+                                timeout))
 
 
 def check(image: Path, timeout: float = QEMU_IMG_TIMEOUT) -> None:

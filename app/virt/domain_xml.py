@@ -19,6 +19,7 @@ METADATA_PREFIX = "rds"
 FWCFG_PREFIX = "opt/org.rundatsheesh/"
 IFNAMSIZ = 16  # Linux interface names: 15 characters and the NUL
 IDENTITY_CHANNEL = "org.rundatsheesh.identity"  # virtio-serial port, see app.virt.identity
+BUILD_LOG_CHANNEL = "org.rundatsheesh.build-log"  # an image build's output (build VMs only)
 ET.register_namespace(METADATA_PREFIX, METADATA_NS)
 
 
@@ -41,6 +42,18 @@ class DomainParams:
     identity_socket: str  # host end of the IDENTITY_CHANNEL port (a unix socket libvirt binds)
     fwcfg_files: tuple[tuple[str, str], ...]  # (entry name below FWCFG_PREFIX, host file)
     genid: str = ""  # VM generation ID; "" lets libvirt pick one (a clone needs a new one)
+    build: BuildDevices | None = None  # what an image's build VM has besides (None: a VM)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildDevices:
+    """The two devices of an image's build VM (app.services.image_builder): its inputs (a tar
+    holding the setup script and the uploaded files) as a read-only raw disk ``vdb``, and a
+    virtio-serial port whose host end (a unix socket libvirt binds) receives the script's
+    output."""
+
+    inputs: str
+    log_socket: str
 
 
 def kernel_cmdline(template_cmdline: str, accelerator: str, extra: str = "") -> str:
@@ -95,6 +108,8 @@ def build_domain_xml(template_xml: str, record: VmRecord, params: DomainParams) 
     _set_interface(devices, record, params)
     _set_console_log(devices, params.console_log)
     _set_identity_channel(devices, params.identity_socket)
+    if params.build is not None:
+        _add_build_devices(devices, params.build)
     ET.indent(root, space="  ")
     return ET.tostring(root, encoding="unicode") + "\n"
 
@@ -223,6 +238,24 @@ def _set_identity_channel(devices: ET.Element, socket_path: str) -> None:
     children = list(devices)
     last = max((i for i, child in enumerate(children) if child.tag == "channel"), default=None)
     devices.insert(len(children) if last is None else last + 1, channel)
+
+
+def _add_build_devices(devices: ET.Element, build: BuildDevices) -> None:
+    """The inputs disk after the VM's own disk, the log port after the last channel."""
+    disk = ET.Element("disk", {"type": "file", "device": "disk"})
+    ET.SubElement(disk, "driver", {"name": "qemu", "type": "raw"})
+    ET.SubElement(disk, "source", {"file": build.inputs})
+    ET.SubElement(disk, "target", {"dev": "vdb", "bus": "virtio"})
+    ET.SubElement(disk, "readonly")
+    children = list(devices)
+    own = next(i for i, child in enumerate(children) if child.tag == "disk")
+    devices.insert(own + 1, disk)
+    channel = ET.Element("channel", {"type": "unix"})
+    ET.SubElement(channel, "source", {"mode": "bind", "path": build.log_socket})
+    ET.SubElement(channel, "target", {"type": "virtio", "name": BUILD_LOG_CHANNEL})
+    children = list(devices)
+    last = max(i for i, child in enumerate(children) if child.tag == "channel")
+    devices.insert(last + 1, channel)
 
 
 def _set_console_log(devices: ET.Element, path: str) -> None:

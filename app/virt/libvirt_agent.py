@@ -91,6 +91,23 @@ class GuestAgentCalls:
             raise HypervisorError(f"guest agent command (pid {pid}) did not finish in time")
         return self._call("guest agent wait", wait, timeout=timeout + 5)
 
+    def guest_agent_status(self, uuid: str, pid: int, timeout: float) -> int | None:
+        """One look at a program started by :meth:`guest_agent_spawn`: its exit code, or None
+        while it runs (for programs that run for minutes, polled at the caller's pace).
+
+        :raises HypervisorError: when the agent does not answer.
+        """
+        def status(conn: t.Any) -> int | None:
+            request = json.dumps({"execute": "guest-exec-status", "arguments": {"pid": pid}})
+            reply = json.loads(libvirt_qemu.qemuAgentCommand(
+                conn.lookupByUUIDString(uuid), request, int(timeout) or 1, 0))["return"]
+            if not reply.get("exited"):
+                return None
+            if "signal" in reply:  # killed: the shell's convention
+                return 128 + int(reply["signal"])
+            return int(reply.get("exitcode", -1))
+        return self._call("guest agent status", status, timeout=timeout + 5)
+
     def fs_freeze(self, uuid: str, timeout: float) -> int:
         """Flush and freeze the guest's filesystems through qemu-guest-agent
         (``virDomainFSFreeze``); the guest's writes wait until :meth:`fs_thaw`.

@@ -51,6 +51,9 @@ class FakeHypervisor:
         self.network_active = True
         self.frozen = False
         self.agent_exit = 0
+        self.agent_statuses: list[int | None] = []  # guest_agent_status answers, then agent_exit
+        self.agent_scripts: list[str] = []  # what guest_agent_spawn ran (bash -c SCRIPT)
+        self.pools: dict[str, int] = {}  # storage pool -> refreshes
         self.version = "10.0.0"
         self.cpu_time_ns = 0  # a running domain's CPU time grows by 0.1 s per stats call
 
@@ -174,11 +177,16 @@ class FakeHypervisor:
     def guest_agent_spawn(self, uuid: str, path: str, args: list[str], timeout: float,
                           stdin: bytes | None = None) -> int:
         self._call(f"agent spawn {path}")
+        self.agent_scripts.append(args[-1] if args else "")
         return 1
 
     def guest_agent_wait(self, uuid: str, pid: int, timeout: float) -> int:
         self._call("agent wait")
         return self.agent_exit
+
+    def guest_agent_status(self, uuid: str, pid: int, timeout: float) -> int | None:
+        self._call("agent status", read=True)
+        return self.agent_statuses.pop(0) if self.agent_statuses else self.agent_exit
 
     def fs_freeze(self, uuid: str, timeout: float) -> int:
         self._call("freeze")
@@ -221,6 +229,17 @@ class FakeHypervisor:
                        remove_stale_bridge: t.Callable[[], None]) -> bool:
         self._call("ensure_network")
         return False
+
+    def ensure_storage_pool(self, name: str, xml: str) -> bool:
+        self._call("ensure_storage_pool")
+        created = name not in self.pools
+        self.pools.setdefault(name, 0)
+        return created
+
+    def refresh_storage_pool(self, name: str) -> None:
+        self._call("refresh_storage_pool")
+        if name in self.pools:
+            self.pools[name] += 1
 
     def network_is_active(self, name: str) -> bool:
         self._call("network_is_active", read=True)
@@ -319,6 +338,20 @@ class FakeDisks:
     def backing_file(self, image: Path, timeout: float = 0) -> Path | None:
         self._call("backing_file", image)
         return None
+
+    def convert(self, source: Path, source_format: str, target: Path,
+                timeout: float = 0) -> None:
+        self._call("convert", source, source_format, target)
+        target.write_text(f"{source_format} {source} flattened")
+
+    def info(self, image: Path, image_format: str, timeout: float = 0) -> dict:
+        """What qemu-img says of a file read as ``image_format``: its size as the virtual
+        size (a qcow2's from its header)."""
+        self._call("info", image, image_format)
+        data = image.read_bytes()[:32]
+        size = int.from_bytes(data[24:32], "big") if image_format == "qcow2" else \
+            image.stat().st_size
+        return {"format": image_format, "virtual-size": size}
 
 
 # A step of a FakeRunning's script: output to send, seconds to wait, an error to raise, or a
@@ -497,6 +530,8 @@ def add_image_builds(settings: Settings) -> None:
         (image_dir / build).mkdir(parents=True, exist_ok=True)
         (image_dir / build / "manifest.json").write_text('{"diskSizeMb": 4096}')
         (image_dir / build / "disk.qcow2").write_text("template")
+        for name in ("vmlinuz", "initrd.img"):
+            (image_dir / build / name).write_text(name)
     current = image_dir / "current"
     if not current.is_symlink():
         current.symlink_to(NEW_BUILD)
@@ -512,7 +547,8 @@ def make_services(root: Path, monkeypatch: pytest.MonkeyPatch,
                   disks=FakeDisks(hypervisor), guests=FakeGuests(),
                   bridge_nf=root / "bridge-nf-call-iptables")
     fakes.bridge_nf.write_text("1\n")
-    for name in ("create_overlay", "copy_image", "rebase", "check", "backing_file"):
+    for name in ("create_overlay", "copy_image", "rebase", "check", "backing_file", "convert",
+                 "info"):
         monkeypatch.setattr(f"app.virt.disks.{name}", getattr(fakes.disks, name))
     adapters = Adapters(hypervisor=hypervisor, ipsets=fakes.ipsets, taps=fakes.taps,
                         domain_type="qemu", connect=fakes.guests, bridge_nf=fakes.bridge_nf,

@@ -55,6 +55,9 @@ ROUTES = [
      ["code", "args.0", "env.0", "denoFlags.0"]),
     ("/v1/vms/{vm}/run-js", {"code": "1", "args": ["a"], "env": ["A=b"], "nodeFlags": ["--x"]},
      ["code", "args.0", "env.0", "nodeFlags.0"]),
+    ("/v1/images", {"name": "img", "from": "default", "setup": "true", "description": "d",
+                    "allowIps": ["1.1.1.1"]},
+     ["name", "from", "setup", "description", "allowIps.0"]),
 ]
 
 

@@ -31,6 +31,14 @@ DOCUMENTED_ERRORS = {
     ("/v1/snapshots", "get"): {"503"},
     ("/v1/snapshots/{snapshot_id}", "get"): {"404"},
     ("/v1/snapshots/{snapshot_id}", "delete"): {"404", "409"},
+    ("/v1/images", "get"): {"503"},
+    ("/v1/images", "post"): {"400", "409", "429"},
+    ("/v1/images/{image_id}", "get"): {"404"},
+    ("/v1/images/{image_id}", "delete"): {"404", "409"},
+    ("/v1/images/{image_id}/set-default", "post"): {"404", "409"},
+    ("/v1/images/{image_id}/files", "put"): {"400", "404", "409", "413"},
+    ("/v1/images/{image_id}/disk", "put"): {"400", "404", "409", "413"},
+    ("/v1/images/{image_id}/build-log", "get"): {"400", "404"},
 }
 
 

@@ -17,6 +17,7 @@ from app.models import VmSpec
 from app.schemas.auth import LoginSchema
 from app.schemas.commands import ExecSchema, RunJsSchema, RunTsSchema
 from app.schemas.fields import EnvVars
+from app.schemas.images import ImageCreateSchema
 from app.schemas.vms import KeepaliveSchema, NetworkPolicySchema, VmCreateSchema, VmPatchSchema
 
 FUZZ = settings(max_examples=150, deadline=None, database=None,
@@ -32,6 +33,7 @@ ROUTES: list[tuple[str, str, type[Schema]]] = [
     ("post", "/v1/vms/{vm}/exec", ExecSchema),
     ("post", "/v1/vms/{vm}/run-ts", RunTsSchema),
     ("post", "/v1/vms/{vm}/run-js", RunJsSchema),
+    ("post", "/v1/images", ImageCreateSchema),
 ]
 ROUTE_IDS = [f"{method} {path}" for method, path, _schema in ROUTES]
 

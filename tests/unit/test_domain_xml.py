@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from app.config import REPO_ROOT
-from app.models import VmPhase, VmRecord
-from app.virt.domain_xml import (METADATA_NS, BootFiles, DomainParams, build_domain_xml,
-                                 kernel_cmdline,
-                                 metadata_xml, parse_metadata, port_name)
+from app.models import VmPhase, VmRecord, VmRole
+from app.virt.domain_xml import (BUILD_LOG_CHANNEL, METADATA_NS, BootFiles, BuildDevices,
+                                 DomainParams, build_domain_xml, kernel_cmdline, metadata_xml,
+                                 parse_metadata, port_name)
 
 XML_DIR = Path(__file__).parent / "data" / "xml"
 TEMPLATE = REPO_ROOT / "vm-templates" / "default" / "domain.xml"
@@ -141,3 +141,20 @@ def test_the_default_template_leaves_mitigations_to_the_accelerator():
     template = TemplateCatalog(str(REPO_ROOT / "vm-templates"), REPO_ROOT / "nowhere",
                                "default").get(None)
     assert "mitigations" not in template.kernel_cmdline
+
+
+def test_golden_build_vm(golden):
+    """An image's build VM: the inputs disk after its own, the build-log port after the
+    identity port."""
+    build = dataclasses.replace(params("qemu"), build=BuildDevices(
+        inputs="/var/lib/run-dat-sheesh/images/custom/node/.build-x/inputs.tar",
+        log_socket=f"{VM_DIR}/qemu/build-log.sock"))
+    record = dataclasses.replace(RECORD, role=VmRole.BUILD)
+    xml = build_domain_xml((XML_DIR / "domain-tcg-in.xml").read_text(), record, build)
+    golden("xml/domain-build-out.xml", xml)
+    devices = ET.fromstring(xml).find("devices")
+    assert [disk.find("target").get("dev") for disk in devices.findall("disk")] == ["vda",
+                                                                                    "vdb"]
+    assert devices.findall("disk")[1].find("readonly") is not None
+    assert devices.findall("channel")[-1].find("target").get("name") == BUILD_LOG_CHANNEL
+    assert "run-dat-sheesh build default" in ET.fromstring(xml).findtext("title")

@@ -60,7 +60,7 @@ def test_fake_guest_does_what_the_services_ask_of_guestssh():
 
 
 @pytest.mark.parametrize("name", ["create_overlay", "copy_image", "rebase", "check",
-                                  "backing_file"])
+                                  "backing_file", "convert", "info"])
 def test_fake_disks_match_the_disks_module(name):
     real = inspect.signature(getattr(disks, name))
     fake = inspect.signature(getattr(fakes.FakeDisks, name))

@@ -4,6 +4,7 @@ process per host owns the work."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 from app.models import ProvisionMode, VmPhase, VmRecord, VmRole
 from app.services import maintenance
@@ -68,3 +69,69 @@ def test_the_maintainer_sweeps_periodically_not_only_at_start(tmp_path, monkeypa
     clock[0] += maintenance.SWEEP_INTERVAL_S
     owner.run_once()
     assert len(sweeps) == 2
+
+
+def test_pool_vms_of_an_image_that_is_no_longer_the_default_are_removed(tmp_path, monkeypatch):
+    world = World(tmp_path, monkeypatch, WARM_POOL_TARGET=0, **POOL)
+    old = add_pool_vm(world, 1)
+    world.services.images.store.set_default("other")
+    maintainer(world).refill_pool()
+    assert old.id not in {record.id for record, _state in world.parts.pool.vms()}
+
+
+def test_memory_snapshots_are_kept_for_the_default_and_every_ready_custom_image(
+        tmp_path, monkeypatch):
+    from app.models import ImageRequest
+    monkeypatch.setattr("app.services.build_guest.PortReader", _NoPort)
+    world = World(tmp_path, monkeypatch, SNAPSHOT_AUTO_BUILD="false",
+                  SNAPSHOT_SHAPES="1x256,2x512")
+    for name in ("ready", "queued"):
+        world.services.images.create(ImageRequest(name=name, setup="true"))
+        if name == "ready":
+            world.services.image_builder.run_pending()
+
+    class Seeds:
+        asked: list = []
+
+        def ensure(self, cpu, mem_mb, image_id=None):
+            self.asked.append((image_id, cpu, mem_mb))
+
+        def prune(self):
+            return []
+    owner = Maintainer(world.settings, world.parts.pool, Seeds(), world.templates,  # type: ignore
+                       world.ipsets, sweep=lambda: [])
+    owner.ensure_seeds()
+    assert Seeds.asked == [("default", 1, 256), ("default", 2, 512), ("ready", 1, 256),
+                           ("ready", 2, 512)]
+
+
+def test_the_builder_thread_builds_only_in_the_owner(tmp_path, monkeypatch):
+    monkeypatch.setattr(maintenance, "BUILD_INTERVAL_S", 0.01)
+    world = World(tmp_path, monkeypatch, SNAPSHOT_AUTO_BUILD="false")
+    rounds = []
+    owner = Maintainer(world.settings, world.parts.pool, None, world.templates,  # type: ignore
+                       world.ipsets, sweep=lambda: [], build=lambda stop: rounds.append(1) or [])
+    other = Maintainer(world.settings, world.parts.pool, None, world.templates,  # type: ignore
+                       world.ipsets, sweep=lambda: [], build=lambda stop: rounds.append(2) or [])
+    assert owner.try_become_owner()  # this one holds the host's maintenance lock
+    other.start()
+    time.sleep(0.2)
+    other.stop(wait_s=2)
+    assert rounds == []
+    owner.start()
+    deadline = time.monotonic() + 5
+    while not rounds and time.monotonic() < deadline:
+        time.sleep(0.01)
+    owner.stop(wait_s=2)
+    assert set(rounds) == {1}
+
+
+class _NoPort:
+    def __init__(self, *_args):
+        pass
+
+    def start(self, timeout):
+        pass
+
+    def stop(self, quiet_s=0.5, timeout=5.0):
+        pass

@@ -39,6 +39,13 @@ OPERATION_IDS = {
     ("/v1/snapshots", "get"): "listSnapshots",
     ("/v1/snapshots/{snapshot_id}", "get"): "getSnapshot",
     ("/v1/snapshots/{snapshot_id}", "delete"): "deleteSnapshot",
+    ("/v1/images", "get"): "listImages", ("/v1/images", "post"): "createImage",
+    ("/v1/images/{image_id}", "get"): "getImage",
+    ("/v1/images/{image_id}", "delete"): "deleteImage",
+    ("/v1/images/{image_id}/set-default", "post"): "setDefaultImage",
+    ("/v1/images/{image_id}/files", "put"): "uploadImageFiles",
+    ("/v1/images/{image_id}/disk", "put"): "uploadImageDisk",
+    ("/v1/images/{image_id}/build-log", "get"): "getImageBuildLog",
 }
 # Answer fields the server leaves out in some answers (so not `required`), and when.
 MAY_BE_ABSENT = {
