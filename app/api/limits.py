@@ -17,7 +17,7 @@ LONG_CALLS = {
     ("vms.VmStart", "POST"), ("vms.VmNetwork", "PUT"),
     ("commands.Exec", "POST"), ("commands.RunTs", "POST"), ("commands.RunJs", "POST"),
     ("files.Upload", "POST"), ("files.Download", "GET"),
-    ("snapshots.VmSnapshots", "POST"),
+    ("snapshots.VmSnapshots", "POST"), ("admin.EventStream", "GET"),
 }
 RETRY_AFTER_S = 2
 

@@ -54,6 +54,7 @@ class Settings:
     # Exec history (GET /v1/vms/{id}/exec-logs): calls kept per VM, and for at most how long.
     exec_log_per_vm: int = 100
     exec_log_max_age_s: int = 7 * 24 * 3600
+    events_max_age_s: int = 30 * 24 * 3600  # the activity feed's memory
     storage_root: str = "/var/lib/run-dat-sheesh"
     templates_dir: str = str(REPO_ROOT / "vm-templates")
     default_image_id: str = "default"
@@ -221,6 +222,7 @@ ENV_NAMES: dict[str, str] = {
     "VM_MAX_TTL_S": "vm_max_ttl_s",
     "EXEC_LOG_PER_VM": "exec_log_per_vm",
     "EXEC_LOG_MAX_AGE_S": "exec_log_max_age_s",
+    "EVENTS_MAX_AGE_S": "events_max_age_s",
     "STORAGE_ROOT": "storage_root",
     "TEMPLATES_DIR": "templates_dir",
     "DEFAULT_IMAGE_ID": "default_image_id",

@@ -14,6 +14,7 @@ from app.guestssh import GuestSSH
 from app.services.auth import AuthService
 from app.services.commands import CommandService
 from app.services.console import ConsoleLogs
+from app.services.events import Events
 from app.services.exec_history import ExecHistory
 from app.services.files import FileService
 from app.services.health import HealthService
@@ -68,6 +69,7 @@ class Services:
     stats: VmStatsReader
     host_metrics: HostCollector
     history: ExecHistory
+    events: Events
 
     def close(self) -> None:
         self.maintainer.stop()
@@ -102,19 +104,22 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
     state = Store(settings.state_db_path)
     state.open()
     history = ExecHistory(settings, state)
+    events = Events(settings, state)
     parts = build_vm_parts(settings, hypervisor, templates, adapters.domain_type,
                            adapters.ipsets, adapters.taps, snapshots=store,
                            connect=adapters.connect, run_later=adapters.run_later,
-                           forget=history.forget)
+                           forget=history.forget, events=events)
     vms = VmService(parts)
     seeds = SeedBuilder(settings, hypervisor, templates, parts.seeds, parts.records,
                         parts.files, parts.ports, parts.teardown)
-    snapshots = SnapshotService(settings, hypervisor, templates, vms, store)
+    snapshots = SnapshotService(settings, hypervisor, templates, vms, store, events)
 
     def sweep() -> list[str]:
         removed = vms.remove_orphans() + snapshots.remove_orphans()
         pruned = history.prune({info.uuid for info in hypervisor.list_domains()})
-        return removed + ([f"exec history: {pruned} old or orphaned rows"] if pruned else [])
+        pruned += events.prune()
+        return removed + ([f"exec history and events: {pruned} old or orphaned rows"]
+                          if pruned else [])
 
     return Services(settings=settings, hypervisor=hypervisor, templates=templates, vms=vms,
                     commands=CommandService(settings, vms, hypervisor, history),
@@ -127,4 +132,5 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                     auth=AuthService(settings, state, clock=adapters.clock),
                     console=ConsoleLogs(settings, parts.records),
                     stats=VmStatsReader(hypervisor, parts.records),
-                    host_metrics=HostCollector(parts.records), history=history)
+                    host_metrics=HostCollector(parts.records), history=history,
+                    events=events)
