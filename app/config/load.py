@@ -57,7 +57,7 @@ def validate(settings: Settings) -> None:
                  "session_idle_timeout_s", "session_max_age_s", "login_max_failures",
                  "login_failure_window_s", "login_max_lockout_s", "exec_log_per_vm",
                  "exec_log_max_age_s", "image_build_timeout_s", "max_image_build_timeout_s",
-                 "max_image_upload_mb", "image_upload_wait_s"):
+                 "max_image_upload_mb", "image_upload_wait_s", "events_max_age_s"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name.upper()} must be at least 1")
     for name in ("disk_budget_mb", "disk_reserve_mb", "max_snapshots", "vm_default_ttl_s",

@@ -62,6 +62,7 @@ class Settings:
     max_image_build_timeout_s: int = 3600
     max_image_upload_mb: int = 4096
     image_upload_wait_s: int = 3600
+    events_max_age_s: int = 30 * 24 * 3600  # the activity feed's memory
     storage_root: str = "/var/lib/run-dat-sheesh"
     templates_dir: str = str(REPO_ROOT / "vm-templates")
     default_image_id: str = "default"
@@ -244,6 +245,7 @@ ENV_NAMES: dict[str, str] = {
     "MAX_IMAGE_BUILD_TIMEOUT_S": "max_image_build_timeout_s",
     "MAX_IMAGE_UPLOAD_MB": "max_image_upload_mb",
     "IMAGE_UPLOAD_WAIT_S": "image_upload_wait_s",
+    "EVENTS_MAX_AGE_S": "events_max_age_s",
     "STORAGE_ROOT": "storage_root",
     "TEMPLATES_DIR": "templates_dir",
     "DEFAULT_IMAGE_ID": "default_image_id",

@@ -14,6 +14,7 @@ from app.guestssh import GuestSSH
 from app.services.auth import AuthService
 from app.services.commands import CommandService
 from app.services.console import ConsoleLogs
+from app.services.events import Events
 from app.services.exec_history import ExecHistory
 from app.services.files import FileService
 from app.services.health import HealthService
@@ -73,6 +74,7 @@ class Services:
     history: ExecHistory
     images: ImageService
     image_builder: ImageBuilder
+    events: Events
 
     def close(self) -> None:
         self.maintainer.stop()
@@ -109,20 +111,23 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
     state = Store(settings.state_db_path)
     state.open()
     history = ExecHistory(settings, state)
+    events = Events(settings, state)
     parts = build_vm_parts(settings, hypervisor, templates, adapters.domain_type,
                            adapters.ipsets, adapters.taps, snapshots=store,
                            connect=adapters.connect, run_later=adapters.run_later,
-                           forget=history.forget)
+                           forget=history.forget, events=events)
     vms = VmService(parts)
     seeds = SeedBuilder(settings, hypervisor, templates, parts.seeds, parts.records,
                         parts.files, parts.ports, parts.teardown)
-    snapshots = SnapshotService(settings, hypervisor, templates, vms, store)
-    builder = ImageBuilder(settings, custom, templates, parts, seeds)
+    snapshots = SnapshotService(settings, hypervisor, templates, vms, store, events)
+    builder = ImageBuilder(settings, custom, templates, parts, seeds, events)
 
     def sweep() -> list[str]:
         removed = vms.remove_orphans() + snapshots.remove_orphans()
         pruned = history.prune({info.uuid for info in hypervisor.list_domains()})
-        return removed + ([f"exec history: {pruned} old or orphaned rows"] if pruned else [])
+        pruned += events.prune()
+        return removed + ([f"exec history and events: {pruned} old or orphaned rows"]
+                          if pruned else [])
 
     return Services(settings=settings, hypervisor=hypervisor, templates=templates, vms=vms,
                     commands=CommandService(settings, vms, hypervisor, history),
@@ -139,4 +144,4 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                     host_metrics=HostCollector(parts.records), history=history,
                     images=ImageService(settings, custom, templates, parts, store,
                                         parts.seeds),
-                    image_builder=builder)
+                    image_builder=builder, events=events)

@@ -41,6 +41,7 @@ from app.clock import age_s, now_iso
 from app.config import Settings
 from app.errors import AppError
 from app.models import ImageRecord, ImageState, ProvisionMode, VmRole, VmSpec
+from app.services.events import Events
 from app.services.build_guest import (SEAL, SEAL_TIMEOUT_S, RUNNER, BuildFailed, BuildGuest,
                                       BuildInterrupted, write_inputs)
 from app.services.image_store import FILES, INPUTS, LOG, SETUP, UPLOAD, BuildLog, ImageStore
@@ -62,8 +63,9 @@ MAX_ATTEMPTS = 2
 
 class ImageBuilder:
     def __init__(self, settings: Settings, store: ImageStore, templates: TemplateCatalog,
-                 parts: VmParts, seeds: SeedBuilder) -> None:
+                 parts: VmParts, seeds: SeedBuilder, events: Events | None = None) -> None:
         self.settings = settings
+        self.events = events
         self.store = store
         self.templates = templates
         self.parts = parts
@@ -205,6 +207,10 @@ class ImageBuilder:
                     record, state=state, reason=reason, build=build or record.build,
                     build_vm="", finished_at=now_iso()))
                 self.store.drop_inputs(image_id)
+        if record is not None and self.events is not None:
+            payload = {"reason": reason} if state is ImageState.FAILED else {"build": build}
+            self.events.emit("image.ready" if state is ImageState.READY else "image.failed",
+                             "image", image_id, payload, by="system")
 
     def _run(self, record: ImageRecord, build_log: BuildLog, stop: threading.Event) -> str:
         """Steps 1-5; returns the published build's name."""

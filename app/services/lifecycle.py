@@ -163,6 +163,16 @@ class Lifecycle:
                 self.records.set_phase(record, VmPhase.READY)
         log.info("vm started vm=%s", vm_id)
 
+    def note_stopped_on_its_own(self, vm_id: str) -> bool:
+        """A READY VM found off that no API call stopped: move its phase on (so this is
+        noticed once). :returns: whether it was still so under the lock."""
+        with self.locked(vm_id) as (record, info):
+            if record.phase is not VmPhase.READY or info.state == "running":
+                return False
+            self.records.set_phase(record, VmPhase.STOPPING)
+        log.warning("vm stopped without the API vm=%s state=%s", vm_id, info.state)
+        return True
+
     def delete(self, vm_id: str, only_if: t.Callable[[VmRecord], bool] | None = None,
                wait: bool = False) -> bool:
         """Power the VM off and mark it deleted; its parts go right after, in the background

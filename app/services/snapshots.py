@@ -31,6 +31,7 @@ from app.errors import (AppError, GuestUnreachable, HypervisorError, SnapshotInU
                         VmStateConflict)
 from app.models import Snapshot, VmRecord, VmState
 from app.services.addresses import allocation_lock
+from app.services.events import Events
 from app.services.capacity import DiskBudget, allocated_mb
 from app.services.snapshot_store import DISK, SnapshotStore
 from app.services.templates import TemplateCatalog
@@ -52,7 +53,8 @@ class SnapshotService:
     """Take, list, inspect and delete snapshots. Thread-safe; one per worker process."""
 
     def __init__(self, settings: Settings, hypervisor: Hypervisor, templates: TemplateCatalog,
-                 vms: VmService, store: SnapshotStore) -> None:
+                 vms: VmService, store: SnapshotStore, events: Events | None = None) -> None:
+        self.events = events
         self.settings = settings
         self.hypervisor = hypervisor
         self.templates = templates
@@ -102,6 +104,9 @@ class SnapshotService:
                 self.store.publish(staging, snapshot)
         log.info("snapshot taken snapshot=%s vm=%s state=%s frozen_seconds=%.2f seconds=%.2f",
                  snapshot.id, vm_id, state.value, frozen_s, time.monotonic() - started)
+        if self.events is not None:
+            self.events.emit("snapshot.created", "snapshot", snapshot.id,
+                             {"sourceVmId": vm_id, "imageId": snapshot.image_id})
         return snapshot
 
     def delete(self, snapshot_id: str) -> None:
@@ -121,6 +126,8 @@ class SnapshotService:
                     f"({', '.join(users)}); delete them first")
             self.store.remove(snapshot.id)
         log.info("snapshot deleted snapshot=%s", snapshot.id)
+        if self.events is not None:
+            self.events.emit("snapshot.deleted", "snapshot", snapshot.id)
 
     def users(self, snapshot_id: str) -> list[str]:
         """Ids of the VMs (any state) whose disk started from the snapshot."""

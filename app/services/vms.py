@@ -27,6 +27,7 @@ from app.models import DomainInfo, ProvisionMode, Vm, VmRecord, VmSpec, VmState
 from app.services.capacity import DiskBudget
 from app.services.guests import GuestClients, ManagerKey
 from app.services.lifecycle import Lifecycle
+from app.services.events import Events
 from app.services.lifetimes import Activity
 from app.services.listing import VmPage, VmQuery, select
 from app.services.policy import EgressPolicy
@@ -71,6 +72,7 @@ class VmParts:
     sweeper: Sweeper
     activity: Activity
     reaper: Reaper
+    events: Events | None = None
 
 
 def build_vm_parts(settings: Settings, hypervisor: Hypervisor, templates: TemplateCatalog,
@@ -78,7 +80,8 @@ def build_vm_parts(settings: Settings, hypervisor: Hypervisor, templates: Templa
                    snapshots: SnapshotStore | None = None,
                    connect: t.Callable[..., GuestSSH] = GuestSSH,
                    run_later: t.Callable[..., t.Any] | None = None,
-                   forget: t.Callable[[str], None] | None = None) -> VmParts:
+                   forget: t.Callable[[str], None] | None = None,
+                   events: Events | None = None) -> VmParts:
     """Wire the parts over the host adapters (unit tests pass fakes)."""
     seeds = SeedStore(settings.seeds_dir, domain_type, lambda: hypervisor.emulator_version())
     records = VmRecords(hypervisor)
@@ -100,7 +103,8 @@ def build_vm_parts(settings: Settings, hypervisor: Hypervisor, templates: Templa
         pool=WarmPool(settings, hypervisor, records, provisioner, policy, teardown),
         lifecycle=lifecycle,
         sweeper=Sweeper(settings, hypervisor, records, ports, ipsets, teardown),
-        activity=activity, reaper=Reaper(records, lifecycle, activity))
+        activity=activity, reaper=Reaper(records, lifecycle, activity, events),
+        events=events)
 
 
 class VmService:
@@ -172,9 +176,16 @@ class VmService:
             vm = self._create(spec)
         except AppError as exc:
             metrics.VM_CREATE_FAILURES.labels(type(exc).__name__).inc()
+            if exc.http_status >= 500:  # the host failed it, not the request
+                self._emit("vm.failed", "", {"stage": "create", "error": type(exc).__name__,
+                                             "message": exc.message})
             raise
         metrics.VM_CREATE_DURATION.labels(vm.provision_mode.value).observe(
             time.monotonic() - started)
+        self._emit("vm.created", vm.id, {
+            "name": vm.name, "cpu": vm.cpu, "memMb": vm.mem_mb, "imageId": vm.image_id,
+            "provisionMode": vm.provision_mode.value, "labels": vm.labels,
+            "expiresAt": vm.expires_at})
         return vm
 
     def _create(self, spec: VmSpec) -> Vm:
@@ -198,9 +209,11 @@ class VmService:
 
     def stop(self, vm_id: str) -> None:
         self.parts.lifecycle.stop(vm_id)
+        self._emit("vm.stopped", vm_id, {"reason": "api"})
 
     def start(self, vm_id: str) -> None:
         self.parts.lifecycle.start(vm_id)
+        self._emit("vm.started", vm_id)
 
     def delete(self, vm_id: str, wait: bool = False) -> None:
         """Power the VM off and answer; the rest of it goes right after (before returning
@@ -210,6 +223,7 @@ class VmService:
         """
         self.parts.lifecycle.delete(vm_id, wait=wait)
         metrics.VMS_DELETED.labels("api").inc()
+        self._emit("vm.deleted", vm_id, {"reason": "api"})
 
     def delete_matching(self, labels: tuple[tuple[str, str | None], ...]
                         ) -> tuple[list[str], list[dict[str, str]]]:
@@ -222,6 +236,7 @@ class VmService:
             try:
                 self.parts.lifecycle.delete(vm.id)
                 metrics.VMS_DELETED.labels("label").inc()
+                self._emit("vm.deleted", vm.id, {"reason": "label", "name": vm.name})
                 deleted.append(vm.id)
             except VmNotFound:
                 pass  # deleted meanwhile by someone else
@@ -249,4 +264,8 @@ class VmService:
 
     def close(self) -> None:
         self.parts.guests.close()
+
+    def _emit(self, type_: str, vm_id: str, payload: dict[str, t.Any] | None = None) -> None:
+        if self.parts.events is not None:
+            self.parts.events.emit(type_, "vm", vm_id, payload)
 

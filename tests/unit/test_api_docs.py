@@ -19,6 +19,8 @@ DOCUMENTED_ERRORS = {
     ("/v1/vms/{vm_id}/logs", "get"): {"400", "404"},
     ("/v1/vms/{vm_id}/stats", "get"): {"404"},
     ("/v1/vms/{vm_id}/exec-logs", "get"): {"400", "404"},
+    ("/v1/admin/activity", "get"): {"400"},
+    ("/v1/admin/events", "get"): {"400"},
     ("/v1/vms/{vm_id}/stop", "post"): {"404", "409"},
     ("/v1/vms/{vm_id}/start", "post"): {"404", "409", "504"},
     ("/v1/vms/{vm_id}/network", "put"): {"400", "404"},

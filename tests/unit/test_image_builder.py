@@ -83,6 +83,9 @@ def test_a_queued_image_is_built_to_ready(world):
     assert sorted(p.name for p in folder.iterdir() if not p.is_dir()) == ["build.log",
                                                                           "image.json"]
     assert not list(folder.glob(".build-*"))
+    # ... and the activity feed says so.
+    ready = world.services.events.recent(limit=5, types=("image.ready",))
+    assert [(e.entity_id, e.actor) for e in ready] == [("node", "system")]
 
 
 def test_a_ready_image_makes_vms(world):
@@ -103,6 +106,9 @@ def test_a_failing_setup_script_ends_failed_with_its_log_and_leaves_nothing(worl
     assert image.reason == "the setup script exited with 3"
     assert "hello from the build VM" in build_log(world)
     assert "FAILED: the setup script exited with 3" in build_log(world)
+    failed = world.services.events.recent(limit=5, types=("image.failed",))
+    assert [(e.entity_id, e.payload) for e in failed] == [
+        ("node", {"reason": "the setup script exited with 3"})]
     assert world.hypervisor.domains == {} and world.taps.ports == set()
     folder = world.settings.custom_images_dir / "node"
     assert not (folder / "current").exists() and not list(folder.glob(".build-*"))

@@ -4,12 +4,12 @@ pool VM makes room."""
 from __future__ import annotations
 
 import dataclasses
-import types
 
 import pytest
 
+from app.services.records import to_vm
 from app.models import ProvisionMode, VmPhase, VmRecord, VmRole, VmSpec
-from tests.unit.fakes import NEW_BUILD, OLD_BUILD, World
+from tests.unit.fakes import NEW_BUILD, OLD_BUILD, World, record
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_boot_and_snapshot_modes_never_take_from_the_pool(world, monkeypatch):
     made = []
     def create(plan, *_args):
         made.append(plan.spec)
-        return types.SimpleNamespace(provision_mode=ProvisionMode.BOOT)
+        return to_vm(record(9), "running")
 
     monkeypatch.setattr(world.parts.provisioner, "create", create)
     for mode in (ProvisionMode.BOOT, ProvisionMode.SNAPSHOT):
