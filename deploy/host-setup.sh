@@ -99,7 +99,16 @@ else
     # (and immune to a dead one still listed as a zombie).
     # libvirtd runs under tini as a subreaper: QEMU daemonizes, and where PID 1 is slow to
     # reap orphans (as on this kind of host) libvirt waits for each exited QEMU's zombie.
-    virtlogd -d 2>/dev/null || true
+    # The daemons outlive this script: they must not inherit its open files (a caller's
+    # `flock` on a lock file, say, would be held for as long as libvirtd runs).
+    close_inherited_fds() {
+        local fd
+        for fd in /proc/"$BASHPID"/fd/*; do
+            fd=${fd##*/}
+            if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+        done
+    }
+    (close_inherited_fds; exec virtlogd -d) 2>/dev/null || true
     under_tini() {
         local pid
         pid=$(pgrep -x libvirtd | head -n 1) || return 1
@@ -111,7 +120,8 @@ else
         pkill -9 -x libvirtd 2>/dev/null || true
         for _ in $(seq 1 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
         log "starting libvirtd (under tini -s)"
-        setsid tini -s -- libvirtd </dev/null >>/var/log/libvirt/libvirtd-run.log 2>&1 &
+        (close_inherited_fds; exec setsid tini -s -- libvirtd) </dev/null \
+            >>/var/log/libvirt/libvirtd-run.log 2>&1 &
     fi
 fi
 for _ in $(seq 1 100); do daemon_up && break; sleep 0.2; done
