@@ -67,6 +67,10 @@ class FilterNotFound(NotFound):
     """A libvirt nwfilter (never reaches a caller: removing a missing one is fine)."""
 
 
+class WebhookNotFound(NotFound):
+    """A webhook, or a delivery of it."""
+
+
 class Conflict(AppError):
     """The thing exists but is in the wrong state for the operation."""
 
@@ -89,6 +93,10 @@ class ImageInUse(Conflict):
 
 class ImageStateConflict(Conflict):
     """The image is not in the state the operation needs (e.g. files after the build began)."""
+
+
+class DeliveryInFlight(Conflict):
+    """A webhook delivery is being sent right now (redeliver it once that ends)."""
 
 
 # Limits ###################################################################################

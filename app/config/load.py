@@ -83,6 +83,18 @@ def validate(settings: Settings) -> None:
     if settings.max_mem_mb < 128:
         raise ConfigError("MAX_MEM_MB must be at least 128")
     _validate_host(settings)
+    _validate_webhooks(settings)
+
+
+def _validate_webhooks(settings: Settings) -> None:
+    for name in ("webhook_timeout_s", "webhook_retry_base_s", "webhook_retry_max_s",
+                 "webhook_retry_for_s"):
+        if not 0 < getattr(settings, name) <= 7 * 24 * 3600:
+            raise ConfigError(f"{name.upper()} must be positive and at most a week")
+    if settings.webhook_retry_max_s < settings.webhook_retry_base_s:
+        raise ConfigError("WEBHOOK_RETRY_MAX_S must not be below WEBHOOK_RETRY_BASE_S")
+    if not 1 <= settings.webhook_parallel <= 64:
+        raise ConfigError("WEBHOOK_PARALLEL must be between 1 and 64")
 
 
 def _validate_host(settings: Settings) -> None:

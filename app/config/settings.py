@@ -63,6 +63,14 @@ class Settings:
     max_image_upload_mb: int = 4096
     image_upload_wait_s: int = 3600
     events_max_age_s: int = 30 * 24 * 3600  # the activity feed's memory
+    # Webhook deliveries (app.services.webhook_delivery): each POST's time limit, the retry
+    # backoff (doubling from the base up to the cap, with jitter), how long a delivery is
+    # retried before it is marked failed, and how many are sent at once (all webhooks).
+    webhook_timeout_s: float = 10.0
+    webhook_retry_base_s: float = 10.0
+    webhook_retry_max_s: float = 900.0
+    webhook_retry_for_s: float = 3600.0
+    webhook_parallel: int = 4
     storage_root: str = "/var/lib/run-dat-sheesh"
     templates_dir: str = str(REPO_ROOT / "vm-templates")
     default_image_id: str = "default"
@@ -246,6 +254,11 @@ ENV_NAMES: dict[str, str] = {
     "MAX_IMAGE_UPLOAD_MB": "max_image_upload_mb",
     "IMAGE_UPLOAD_WAIT_S": "image_upload_wait_s",
     "EVENTS_MAX_AGE_S": "events_max_age_s",
+    "WEBHOOK_TIMEOUT_S": "webhook_timeout_s",
+    "WEBHOOK_RETRY_BASE_S": "webhook_retry_base_s",
+    "WEBHOOK_RETRY_MAX_S": "webhook_retry_max_s",
+    "WEBHOOK_RETRY_FOR_S": "webhook_retry_for_s",
+    "WEBHOOK_PARALLEL": "webhook_parallel",
     "STORAGE_ROOT": "storage_root",
     "TEMPLATES_DIR": "templates_dir",
     "DEFAULT_IMAGE_ID": "default_image_id",

@@ -29,6 +29,8 @@ from app.services.snapshots import SnapshotService
 from app.services.templates import TemplateCatalog
 from app.services.vm_stats import VmStatsReader
 from app.services.vms import VmService, build_vm_parts
+from app.services.webhook_delivery import DeliveryWorker
+from app.services.webhooks import Webhooks
 from app.store.db import Store
 from app.virt.hostnet import BRIDGE_NF_IPTABLES
 from app.virt.ipsets import IpSets
@@ -75,9 +77,12 @@ class Services:
     images: ImageService
     image_builder: ImageBuilder
     events: Events
+    webhooks: Webhooks
+    deliveries: DeliveryWorker
 
     def close(self) -> None:
         self.maintainer.stop()
+        self.deliveries.close()
         self.vms.close()
 
     def remove_orphans(self, min_age_s: float | None = None) -> list[str]:
@@ -112,6 +117,9 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
     state.open()
     history = ExecHistory(settings, state)
     events = Events(settings, state)
+    webhooks = Webhooks(settings, state, clock=adapters.clock)
+    events.subscribe(webhooks.enqueue)
+    deliveries = DeliveryWorker(settings, state, clock=adapters.clock)
     parts = build_vm_parts(settings, hypervisor, templates, adapters.domain_type,
                            adapters.ipsets, adapters.taps, snapshots=store,
                            connect=adapters.connect, run_later=adapters.run_later,
@@ -125,9 +133,9 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
     def sweep() -> list[str]:
         removed = vms.remove_orphans() + snapshots.remove_orphans()
         pruned = history.prune({info.uuid for info in hypervisor.list_domains()})
-        pruned += events.prune()
-        return removed + ([f"exec history and events: {pruned} old or orphaned rows"]
-                          if pruned else [])
+        pruned += events.prune() + webhooks.prune()
+        return removed + ([f"exec history, events and deliveries: {pruned} old or orphaned "
+                           "rows"] if pruned else [])
 
     return Services(settings=settings, hypervisor=hypervisor, templates=templates, vms=vms,
                     commands=CommandService(settings, vms, hypervisor, history),
@@ -135,7 +143,8 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                     domain_type=adapters.domain_type,
                     maintainer=Maintainer(settings, parts.pool, seeds, templates, parts.ipsets,
                                           sweep=sweep, reap=vms.reap,
-                                          build=builder.run_pending),
+                                          build=builder.run_pending,
+                                          deliver=deliveries.run_once),
                     health=HealthService(settings, hypervisor, adapters.domain_type,
                                          adapters.bridge_nf, templates),
                     auth=AuthService(settings, state, clock=adapters.clock),
@@ -144,4 +153,5 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                     host_metrics=HostCollector(parts.records), history=history,
                     images=ImageService(settings, custom, templates, parts, store,
                                         parts.seeds),
-                    image_builder=builder, events=events)
+                    image_builder=builder, events=events, webhooks=webhooks,
+                    deliveries=deliveries)

@@ -17,6 +17,9 @@ others wait to take over. The owner, every few seconds:
 - in another thread, every :data:`BUILD_INTERVAL_S`, builds queued custom images
   (:class:`~app.services.image_builder.ImageBuilder`, which holds its own host lock while it
   builds), so a build of many minutes delays neither;
+- in a third thread, every :data:`DELIVER_INTERVAL_S`, sends due webhook deliveries
+  (:class:`~app.services.webhook_delivery.DeliveryWorker`, which sends on a pool of its own,
+  so a slow receiver delays neither the loops nor other webhooks);
 - every :data:`SWEEP_INTERVAL_S`, sweeps what crashed creates left behind (a worker killed
   mid-create leaves a domain that counts against ``MAX_VMS``), with the usual 10-minute age
   guard (:meth:`VmService.remove_orphans`).
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 INTERVAL_S = 3.0
 REAP_INTERVAL_S = 2.0
 BUILD_INTERVAL_S = 2.0
+DELIVER_INTERVAL_S = 0.5
 SWEEP_INTERVAL_S = 60.0
 
 
@@ -53,11 +57,14 @@ class Maintainer:
                  templates: TemplateCatalog, ipsets: IpSets,
                  sweep: t.Callable[[], list[str]],
                  reap: t.Callable[[], list[str]] | None = None,
-                 build: t.Callable[[threading.Event], list[str]] | None = None) -> None:
+                 build: t.Callable[[threading.Event], list[str]] | None = None,
+                 deliver: t.Callable[[], int] | None = None) -> None:
         """:param sweep: removes what crashed creates and snapshots left behind.
         :param reap: enforces lifetimes (:meth:`app.services.reaper.Reaper.run_once`).
         :param build: builds queued images until none is left or the event is set
-            (:meth:`app.services.image_builder.ImageBuilder.run_pending`)."""
+            (:meth:`app.services.image_builder.ImageBuilder.run_pending`).
+        :param deliver: starts sending the due webhook deliveries
+            (:meth:`app.services.webhook_delivery.DeliveryWorker.run_once`)."""
         self.settings = settings
         self.pool = pool
         self.seeds = seeds
@@ -66,11 +73,13 @@ class Maintainer:
         self.sweep = sweep
         self.reap = reap
         self.build = build
+        self.deliver = deliver
         self._swept_at: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reaper_thread: threading.Thread | None = None
         self._builder_thread: threading.Thread | None = None
+        self._deliver_thread: threading.Thread | None = None
         self._lock_file: t.IO[str] | None = None
 
     # Ownership #############################################################################
@@ -81,21 +90,24 @@ class Maintainer:
             self._thread = threading.Thread(target=self._loop, name="rds-maintainer",
                                             daemon=True)
             self._thread.start()
-        if self._reaper_thread is None and self.reap is not None:
-            self._reaper_thread = threading.Thread(target=self._reap_loop, name="rds-reaper",
-                                                   daemon=True)
-            self._reaper_thread.start()
-        if self._builder_thread is None and self.build is not None:
-            self._builder_thread = threading.Thread(target=self._build_loop,
-                                                    name="rds-image-builder", daemon=True)
-            self._builder_thread.start()
+        side_loops = (("_reaper_thread", "rds-reaper", REAP_INTERVAL_S, self.reap, "reaper"),
+                      ("_builder_thread", "rds-image-builder", BUILD_INTERVAL_S,
+                       self.build and (lambda: self.build(self._stop)), "image build"),
+                      ("_deliver_thread", "rds-webhooks", DELIVER_INTERVAL_S, self.deliver,
+                       "webhook delivery"))
+        for attribute, name, interval, work, what in side_loops:
+            if getattr(self, attribute) is None and work is not None:
+                thread = threading.Thread(target=self._owner_loop, name=name, daemon=True,
+                                          args=(interval, work, what))
+                setattr(self, attribute, thread)
+                thread.start()
 
     def stop(self, wait_s: float = 0.0) -> None:
         """Stop the loops; with ``wait_s``, wait that long for them to end and then give up
         ownership, so another instance in this process can take over (tests)."""
         self._stop.set()
         threads = [thread for thread in (self._thread, self._reaper_thread,
-                                         self._builder_thread) if thread]
+                                         self._builder_thread, self._deliver_thread) if thread]
         if not wait_s:
             return
         deadline = time.monotonic() + wait_s
@@ -129,25 +141,15 @@ class Maintainer:
                 log.exception("maintenance round failed")
             self._stop.wait(INTERVAL_S)
 
-    def _reap_loop(self) -> None:
-        assert self.reap is not None
-        while not self._stop.wait(REAP_INTERVAL_S):
+    def _owner_loop(self, interval: float, work: t.Callable[[], object], what: str) -> None:
+        """``work()`` every ``interval`` seconds while this process is the owner."""
+        while not self._stop.wait(interval):
             if self._lock_file is None:
                 continue  # not the owner (yet): the main loop takes ownership
             try:
-                self.reap()
+                work()
             except Exception:  # the loop must survive anything and retry
-                log.exception("reaper round failed")
-
-    def _build_loop(self) -> None:
-        assert self.build is not None
-        while not self._stop.wait(BUILD_INTERVAL_S):
-            if self._lock_file is None:
-                continue
-            try:
-                self.build(self._stop)
-            except Exception:  # the loop must survive anything and retry
-                log.exception("image build round failed")
+                log.exception("%s round failed", what)
 
     # Work ##################################################################################
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import pytest
+
 from app.models import ProvisionMode, VmPhase, VmRecord, VmRole
 from app.services import maintenance
 from app.services.maintenance import Maintainer
@@ -105,14 +107,21 @@ def test_memory_snapshots_are_kept_for_the_default_and_every_ready_custom_image(
                            ("ready", 2, 512)]
 
 
-def test_the_builder_thread_builds_only_in_the_owner(tmp_path, monkeypatch):
+@pytest.mark.parametrize("loop", ["build", "deliver"])
+def test_the_builder_and_webhook_threads_work_only_in_the_owner(tmp_path, monkeypatch, loop):
     monkeypatch.setattr(maintenance, "BUILD_INTERVAL_S", 0.01)
+    monkeypatch.setattr(maintenance, "DELIVER_INTERVAL_S", 0.01)
     world = World(tmp_path, monkeypatch, SNAPSHOT_AUTO_BUILD="false")
     rounds = []
+
+    def work(number: int) -> dict:
+        return {"build": lambda stop: rounds.append(number) or []} if loop == "build" else \
+            {"deliver": lambda: rounds.append(number) or 0}
+
     owner = Maintainer(world.settings, world.parts.pool, None, world.templates,  # type: ignore
-                       world.ipsets, sweep=lambda: [], build=lambda stop: rounds.append(1) or [])
+                       world.ipsets, sweep=lambda: [], **work(1))
     other = Maintainer(world.settings, world.parts.pool, None, world.templates,  # type: ignore
-                       world.ipsets, sweep=lambda: [], build=lambda stop: rounds.append(2) or [])
+                       world.ipsets, sweep=lambda: [], **work(2))
     assert owner.try_become_owner()  # this one holds the host's maintenance lock
     other.start()
     time.sleep(0.2)

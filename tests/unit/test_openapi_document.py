@@ -46,6 +46,14 @@ OPERATION_IDS = {
     ("/v1/images/{image_id}/files", "put"): "uploadImageFiles",
     ("/v1/images/{image_id}/disk", "put"): "uploadImageDisk",
     ("/v1/images/{image_id}/build-log", "get"): "getImageBuildLog",
+    ("/v1/admin/webhooks", "get"): "listWebhooks",
+    ("/v1/admin/webhooks", "post"): "createWebhook",
+    ("/v1/admin/webhooks/{webhook_id}", "get"): "getWebhook",
+    ("/v1/admin/webhooks/{webhook_id}", "patch"): "updateWebhook",
+    ("/v1/admin/webhooks/{webhook_id}", "delete"): "deleteWebhook",
+    ("/v1/admin/webhooks/{webhook_id}/deliveries", "get"): "listWebhookDeliveries",
+    ("/v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver", "post"):
+        "redeliverWebhookDelivery",
 }
 # Answer fields the server leaves out in some answers (so not `required`), and when.
 MAY_BE_ABSENT = {
