@@ -45,7 +45,8 @@ def services() -> t.Any:
 
 ERROR_REASONS = {
     400: "Invalid input", 401: "Missing or wrong credentials",
-    403: "Session cookie without X-Requested-With, or from another origin (CSRF check)",
+    403: "Session cookie without X-Requested-With, or from another origin (CSRF check); "
+         "or an API key without the scope the route needs",
     404: "Unknown VM, snapshot or path",
     409: "Wrong state for the operation", 413: "Body or content too large",
     429: "VM or snapshot quota reached, or this worker runs its maximum of long calls "

@@ -17,6 +17,7 @@ if t.TYPE_CHECKING:
     from app.services.events import Event, Events
 
 blp = Blueprint("admin", __name__, url_prefix="/v1/admin", description="Activity and events")
+ADMIN_ONLY = {403: "Not an admin: an API key without the admin scope"}
 SSE = "text/event-stream"
 HEARTBEAT_S = 15.0  # a comment line at least this often keeps proxies and clients patient
 POLL_S = 0.5
@@ -28,7 +29,7 @@ class Activity(MethodView):
     @blp.doc(operationId="listActivity")
     @blp.arguments(ActivityQuerySchema, location="query")
     @blp.response(200, EventSchema(many=True))
-    @document_errors(blp, 400)
+    @document_errors(blp, 400, 403, reasons=ADMIN_ONLY)
     def get(self, query):
         """What happened on this host, newest first"""
         found = services().events.recent(query["limit"], set(query["type"]), query["before"])
@@ -43,7 +44,7 @@ class EventStream(MethodView):
                        "ends after 5 minutes (EventSource reconnects with Last-Event-ID)",
         "content": {SSE: {"schema": {"type": "string"}}}}})
     @blp.arguments(EventStreamQuerySchema, location="query")
-    @document_errors(blp, 400)
+    @document_errors(blp, 400, 403, reasons=ADMIN_ONLY)
     def get(self, query):
         """Events as they happen (Server-Sent Events; resume with Last-Event-ID)"""
         events = services().events

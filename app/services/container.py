@@ -11,6 +11,7 @@ from pathlib import Path
 
 from app.config import Settings
 from app.guestssh import GuestSSH
+from app.services.api_keys import ApiKeys
 from app.services.auth import AuthService
 from app.services.commands import CommandService
 from app.services.console import ConsoleLogs
@@ -75,6 +76,7 @@ class Services:
     images: ImageService
     image_builder: ImageBuilder
     events: Events
+    api_keys: ApiKeys
 
     def close(self) -> None:
         self.maintainer.stop()
@@ -144,4 +146,5 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                     host_metrics=HostCollector(parts.records), history=history,
                     images=ImageService(settings, custom, templates, parts, store,
                                         parts.seeds),
-                    image_builder=builder, events=events)
+                    image_builder=builder, events=events,
+                    api_keys=ApiKeys(state, events, clock=adapters.clock))
