@@ -59,6 +59,10 @@ class ImageNotFound(NotFound):
     pass
 
 
+class ApiKeyNotFound(NotFound):
+    pass
+
+
 class PathNotFound(NotFound):
     """A path inside a guest."""
 
@@ -87,6 +91,10 @@ class SnapshotInUse(Conflict):
     """A VM created from the snapshot still exists."""
 
 
+class ApiKeyNameTaken(Conflict):
+    """Another live (not revoked) API key has the name."""
+
+
 class ImageInUse(Conflict):
     """A VM, a disk snapshot or a build uses the image, or it is built in or the default."""
 
@@ -103,6 +111,10 @@ class DeliveryInFlight(Conflict):
 
 class QuotaExceeded(AppError):
     """A count limit: MAX_VMS, MAX_SNAPSHOTS."""
+
+
+class KeyQuotaExceeded(QuotaExceeded):
+    """An API key's own ``maxVms`` (evicting a warm-pool VM would not help)."""
 
 
 class TooBusy(AppError):

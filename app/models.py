@@ -69,6 +69,9 @@ class VmSpec:
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     ttl_s: int | None = None  # delete this long after create (0: never; None: the default)
     idle_stop_s: int = 0  # stop after this long without API activity (0: never)
+    created_by: str = ""  # the actor that asked (filled in by the VM service)
+    owner_key: str = ""  # the managed API key's id that asked; "" for others
+    owner_max_vms: int | None = None  # that key's own VM quota
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +101,8 @@ class VmRecord:
     expires_at: str = ""  # ISO time the VM is deleted at; "" when never
     idle_stop_s: int = 0  # stopped after this long without API activity; 0: never
     started_at: str = ""  # when the guest was last booted or restored; "" for older records
+    created_by: str = ""  # the actor that created it ("key:<name>", "api-key", "session:...")
+    owner_key: str = ""  # the id of the managed API key that created it; "" for others
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +134,8 @@ class Vm:
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     expires_at: str | None = None
     idle_stop_s: int = 0
+    created_by: str | None = None  # None for VMs older than the record field
+    owner_key: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +157,8 @@ class Snapshot:
     disk_path: str  # its own qcow2, never written to
     kind: str = "user_overlay"
     has_overlay: bool = True
+    created_by: str = ""  # the actor that took it
+    owner_key: str = ""  # the managed API key's id that took it; "" for others
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,3 +290,27 @@ class BuildLogView:
     lines: list[str]
     truncated: bool
     updated_at: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiKey:
+    """A managed API key as the API shows it (never its secret)."""
+
+    id: str
+    name: str
+    prefix: str
+    scopes: tuple[str, ...]
+    max_vms: int | None
+    created_at: str
+    created_by: str
+    expires_at: str | None = None
+    last_used_at: str | None = None
+    revoked_at: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class NewApiKey:
+    """A key just created: ``secret`` is the whole key, shown this once."""
+
+    key: ApiKey
+    secret: str

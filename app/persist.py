@@ -110,6 +110,8 @@ VM_FIELDS: Table = (
     Field("expiresAt", "expires_at", default="", omit_default=True),
     Field("idleStopSeconds", "idle_stop_s", int, default=0, omit_default=True),
     Field("startedAt", "started_at", default="", omit_default=True),
+    Field("createdBy", "created_by", default="", omit_default=True),
+    Field("ownerKey", "owner_key", default="", omit_default=True),
 )
 
 SNAPSHOT_FIELDS: Table = (
@@ -123,6 +125,8 @@ SNAPSHOT_FIELDS: Table = (
     Field("hasOverlay", "has_overlay", bool, default=True),
     Field("imagePath", "image_path"),
     Field("diskSizeMb", "disk_size_mb", int),
+    Field("createdBy", "created_by", default="", omit_default=True),
+    Field("ownerKey", "owner_key", default="", omit_default=True),
 )
 
 SEED_FIELDS: Table = (

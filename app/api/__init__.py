@@ -45,7 +45,8 @@ def services() -> t.Any:
 
 ERROR_REASONS = {
     400: "Invalid input", 401: "Missing or wrong credentials",
-    403: "Session cookie without X-Requested-With, or from another origin (CSRF check)",
+    403: "Session cookie without X-Requested-With, or from another origin (CSRF check); "
+         "or an API key without the scope the route needs",
     404: "Unknown VM, snapshot or path",
     409: "Wrong state for the operation", 413: "Body or content too large",
     429: "VM or snapshot quota reached, or this worker runs its maximum of long calls "
@@ -55,6 +56,9 @@ ERROR_REASONS = {
     507: "The host's disk budget has no room (DISK_BUDGET_MB / free space)",
 }
 ALWAYS = (401, 503)
+# The 403 of the /v1/admin routes.
+ADMIN_ONLY = {403: "Not an admin: a key without the admin scope, or a session cookie that "
+                   "fails the CSRF check"}
 
 
 STATE_CHANGING_VIEWS = ("post", "put", "patch", "delete")

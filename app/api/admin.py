@@ -8,7 +8,7 @@ import typing as t
 from flask import Response, request, stream_with_context
 from flask.views import MethodView
 
-from app.api import Blueprint, document_errors, services
+from app.api import ADMIN_ONLY, Blueprint, document_errors, services
 from app.api.ndjson import client_gone
 from app.errors import InvalidRequest
 from app.schemas.admin import ActivityQuerySchema, EventSchema, EventStreamQuerySchema
@@ -28,7 +28,7 @@ class Activity(MethodView):
     @blp.doc(operationId="listActivity")
     @blp.arguments(ActivityQuerySchema, location="query")
     @blp.response(200, EventSchema(many=True))
-    @document_errors(blp, 400)
+    @document_errors(blp, 400, 403, reasons=ADMIN_ONLY)
     def get(self, query):
         """What happened on this host, newest first"""
         found = services().events.recent(query["limit"], set(query["type"]), query["before"])
@@ -43,7 +43,7 @@ class EventStream(MethodView):
                        "ends after 5 minutes (EventSource reconnects with Last-Event-ID)",
         "content": {SSE: {"schema": {"type": "string"}}}}})
     @blp.arguments(EventStreamQuerySchema, location="query")
-    @document_errors(blp, 400)
+    @document_errors(blp, 400, 403, reasons=ADMIN_ONLY)
     def get(self, query):
         """Events as they happen (Server-Sent Events; resume with Last-Event-ID)"""
         events = services().events

@@ -39,25 +39,54 @@ def _session_email() -> str | None:
 
 
 def require_credentials() -> None:
-    """before_request hook: /v1/* (and /metrics unless METRICS_PUBLIC) needs X-API-Key or a
-    live admin session (plus the CSRF check for a state-changing request on the cookie).
+    """before_request hook: /v1/* (and /metrics unless METRICS_PUBLIC) needs X-API-Key (the
+    bootstrap ``API_KEY`` or a managed key) or a live admin session (plus the CSRF check for
+    a state-changing request on the cookie), and the scope the route needs
+    (:func:`required_scope`).
 
-    :raise 401: ``{"message": "Unauthorized"}``.
-    :raise 403: a cookie-authenticated request that fails :func:`check_csrf`.
+    :raise 401: ``{"message": "Unauthorized"}``: no, unknown, revoked or expired credential.
+    :raise 403: a cookie-authenticated request that fails :func:`check_csrf`, or a key
+        without the route's scope.
     """
     protected = request.path.startswith("/v1/") or request.path == "/v1" or (
         request.path == "/metrics" and not services().settings.metrics_are_public)
     if not protected:
         return
-    key = request.headers.get("X-API-Key", "")
-    if key and _equal(key, services().settings.api_key):
-        actor.current.set(actor.api_key())
-        return
-    email = _session_email()
-    if email is None:
-        raise Unauthorized("Unauthorized")
-    check_csrf()
-    actor.current.set(actor.session(email))
+    who = _key_caller(request.headers.get("X-API-Key", ""))
+    if who is None:
+        email = _session_email()
+        if email is None:
+            raise Unauthorized("Unauthorized")
+        check_csrf()
+        who = actor.Caller(actor.session(email))
+    needed = required_scope(request.method, request.path)
+    if not who.admin and needed not in who.scopes:
+        raise Forbidden(f"This API key lacks the {needed!r} scope this route needs")
+    actor.enter(who)
+
+
+def _key_caller(key: str) -> actor.Caller | None:
+    """Who ``key`` is: the bootstrap key (every scope), a live managed key, or None."""
+    if not key:
+        return None
+    if _equal(key, services().settings.api_key):
+        return actor.Caller(actor.api_key())
+    managed = services().api_keys.check(key)
+    if managed is None:
+        return None
+    return actor.Caller(actor.managed_key(managed.name), key_id=managed.id,
+                        scopes=frozenset(managed.scopes), max_vms=managed.max_vms)
+
+
+def required_scope(method: str, path: str) -> str:
+    """``admin`` for /v1/admin/*, /metrics and changes to images; ``vms`` for the rest (VMs,
+    their commands, files and snapshots, and reading images)."""
+    if path == "/v1/admin" or path.startswith("/v1/admin/") or path == "/metrics":
+        return "admin"
+    if (path == "/v1/images" or path.startswith("/v1/images/")) and \
+            method not in ("GET", "HEAD", "OPTIONS"):
+        return "admin"
+    return "vms"
 
 
 def check_csrf() -> None:

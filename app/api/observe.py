@@ -21,6 +21,8 @@ class Metrics(MethodView):
                                 "content": {"text/plain": {"schema": {"type": "string"}}}}})
     @blp.alt_response(401, schema=ApiErrorSchema,
                       description="Missing or wrong credentials (unless METRICS_PUBLIC)")
+    @blp.alt_response(403, schema=ApiErrorSchema,
+                      description="An API key without the admin scope (unless METRICS_PUBLIC)")
     def get(self):
         """Prometheus metrics of this host (every worker's, added up)"""
         return Response(metrics.exposition(services().host_metrics), mimetype=None,

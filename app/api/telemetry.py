@@ -24,7 +24,7 @@ def _start() -> None:
     given = request.headers.get(REQUEST_ID_HEADER, "")
     g.request_id = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex
     g.started = time.perf_counter()
-    actor.current.set(actor.SYSTEM)  # until the credential check says who it is
+    actor.enter(actor.SYSTEM_CALLER)  # until the credential check says who it is
 
 
 def _finish(response: Response) -> Response:

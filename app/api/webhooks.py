@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask.views import MethodView
 
-from app.api import Blueprint, document_errors, services
+from app.api import ADMIN_ONLY, Blueprint, document_errors, services
 from app.schemas.webhooks import (DeliveryQuerySchema, DeliverySchema, WebhookCreatedSchema,
                                   WebhookCreateSchema, WebhookSchema, WebhookUpdateSchema)
 
@@ -16,6 +16,7 @@ REASONS = {
     404: "Unknown webhook or delivery",
     409: "The delivery is being sent right now",
     429: "The most webhooks there may be (100) exist",
+    **ADMIN_ONLY,
 }
 
 
@@ -23,7 +24,7 @@ REASONS = {
 class Webhooks(MethodView):
     @blp.doc(operationId="listWebhooks")
     @blp.response(200, WebhookSchema(many=True))
-    @document_errors(blp)
+    @document_errors(blp, 403, reasons=REASONS)
     def get(self):
         """List webhooks (without their secrets)"""
         return services().webhooks.list()
@@ -31,7 +32,7 @@ class Webhooks(MethodView):
     @blp.doc(operationId="createWebhook")
     @blp.arguments(WebhookCreateSchema)
     @blp.response(201, WebhookCreatedSchema)
-    @document_errors(blp, 400, 429, reasons=REASONS)
+    @document_errors(blp, 400, 403, 429, reasons=REASONS)
     def post(self, body):
         """Create a webhook; the answer holds its secret, which is never shown again"""
         return services().webhooks.create(body["name"], body["url"], body["event_types"],
@@ -42,7 +43,7 @@ class Webhooks(MethodView):
 class WebhookById(MethodView):
     @blp.doc(operationId="getWebhook")
     @blp.response(200, WebhookSchema)
-    @document_errors(blp, 404, reasons=REASONS)
+    @document_errors(blp, 403, 404, reasons=REASONS)
     def get(self, webhook_id):
         """Get a webhook"""
         return services().webhooks.get(webhook_id)
@@ -50,7 +51,7 @@ class WebhookById(MethodView):
     @blp.doc(operationId="updateWebhook")
     @blp.arguments(WebhookUpdateSchema)
     @blp.response(200, WebhookSchema)
-    @document_errors(blp, 400, 404, reasons=REASONS)
+    @document_errors(blp, 400, 403, 404, reasons=REASONS)
     def patch(self, body, webhook_id):
         """Change a webhook's name, URL, event types or enabled flag
 
@@ -60,7 +61,7 @@ class WebhookById(MethodView):
 
     @blp.doc(operationId="deleteWebhook")
     @blp.response(204)
-    @document_errors(blp, 404, reasons=REASONS)
+    @document_errors(blp, 403, 404, reasons=REASONS)
     def delete(self, webhook_id):
         """Delete a webhook and its deliveries"""
         services().webhooks.delete(webhook_id)
@@ -71,7 +72,7 @@ class Deliveries(MethodView):
     @blp.doc(operationId="listWebhookDeliveries")
     @blp.arguments(DeliveryQuerySchema, location="query")
     @blp.response(200, DeliverySchema(many=True))
-    @document_errors(blp, 400, 404, reasons=REASONS)
+    @document_errors(blp, 400, 403, 404, reasons=REASONS)
     def get(self, query, webhook_id):
         """A webhook's deliveries, newest first: state, attempts, last answer, next try"""
         return services().webhooks.deliveries(webhook_id, query["limit"], set(query["state"]))
@@ -81,7 +82,7 @@ class Deliveries(MethodView):
 class Redeliver(MethodView):
     @blp.doc(operationId="redeliverWebhookDelivery")
     @blp.response(200, DeliverySchema)
-    @document_errors(blp, 404, 409, reasons=REASONS)
+    @document_errors(blp, 403, 404, 409, reasons=REASONS)
     def post(self, webhook_id, delivery_id):
         """Send a delivery again
 

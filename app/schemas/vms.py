@@ -206,6 +206,11 @@ class VmSchema(Schema):
                               attribute="expires_at",
                               metadata={"description": "when the VM is deleted, or null"})
     idleStopSeconds = fields.Integer(dump_only=True, required=True, attribute="idle_stop_s")
+    createdBy = fields.String(dump_only=True, required=True, allow_none=True,
+                              attribute="created_by", metadata={
+                                  "description": "who created it: 'key:<name>' (a managed API "
+                                                 "key), 'api-key' (the bootstrap key), "
+                                                 "'session:<email>'; null for older VMs"})
 
     def get_attribute(self, obj, attr, default):  # VmState enum -> its value
         value = super().get_attribute(obj, attr, default)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from app.config import Settings
 from app.guestssh import GuestSSH
+from app.services.api_keys import ApiKeys
 from app.services.auth import AuthService
 from app.services.commands import CommandService
 from app.services.console import ConsoleLogs
@@ -79,6 +80,7 @@ class Services:
     events: Events
     webhooks: Webhooks
     deliveries: DeliveryWorker
+    api_keys: ApiKeys
 
     def close(self) -> None:
         self.maintainer.stop()
@@ -154,4 +156,5 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                     images=ImageService(settings, custom, templates, parts, store,
                                         parts.seeds),
                     image_builder=builder, events=events, webhooks=webhooks,
-                    deliveries=deliveries)
+                    deliveries=deliveries,
+                    api_keys=ApiKeys(state, events, clock=adapters.clock))

@@ -19,6 +19,7 @@ from app.config import Settings
 from app.errors import AppError
 from app.models import ProvisionMode, Vm, VmPhase, VmRecord, VmRole, VmSpec
 from app.services.addresses import allocation_lock
+from app.services.ownership import check_quota
 from app.services.policy import EgressPolicy
 from app.services.provisioner import LOCK_TIMEOUT, CreatePlan, Provisioner
 from app.services.records import VmRecords, to_vm
@@ -58,6 +59,8 @@ class WarmPool:
             return None
         spec = plan.spec
         with allocation_lock(self.settings.lock_path, LOCK_TIMEOUT):
+            if spec.owner_max_vms is not None:  # the key's quota, as a cold create checks it
+                check_quota(spec, [record for record, _info in self.records.all()])
             candidates = sorted(
                 (record for record, state in self.vms()
                  if state == "running" and record.phase is VmPhase.READY

@@ -28,6 +28,7 @@ from app.services.addresses import allocation_lock, mac_for, pick_address
 from app.services.capacity import DiskBudget
 from app.services.guests import GuestClients
 from app.services.lifetimes import expires_at, lifetime_s
+from app.services.ownership import check_quota
 from app.services.policy import EgressPolicy
 from app.services.ports import VmPorts
 from app.services.records import VmRecords, to_vm
@@ -68,7 +69,8 @@ class CreatePlan:
         """What the caller asked for that a record carries besides the shape and policy:
         labels and lifetimes (the expiry starts now)."""
         return {"labels": dict(self.spec.labels), "ttl_s": self.ttl_s,
-                "expires_at": expires_at(self.ttl_s), "idle_stop_s": self.spec.idle_stop_s}
+                "expires_at": expires_at(self.ttl_s), "idle_stop_s": self.spec.idle_stop_s,
+                "created_by": self.spec.created_by, "owner_key": self.spec.owner_key}
 
 
 class Provisioner:
@@ -187,6 +189,7 @@ class Provisioner:
             deleting = sum(1 for other in others if other.phase is VmPhase.DELETING)
             if len(domains) - deleting >= settings.max_vms:
                 raise QuotaExceeded(f"VM quota reached ({settings.max_vms} VMs)")
+            check_quota(spec, others)
             self.budget.check_new_vm(others, disk_size_mb)
             address = pick_address(settings.network, settings.gateway_ip,
                                    [other.guest_ip for other in others])

@@ -13,6 +13,7 @@ import uuid
 
 from app.errors import VmNotFound
 from app.models import NAME_PREFIX, DomainInfo, Vm, VmPhase, VmRecord, VmRole, VmState
+from app.services.ownership import visible
 from app.virt.domain_xml import METADATA_NS, METADATA_PREFIX, metadata_xml, parse_metadata
 
 if t.TYPE_CHECKING:
@@ -42,7 +43,8 @@ def to_vm(record: VmRecord, domain_state: str) -> Vm:
               created_at=record.created_at, image_id=record.image_id,
               provision_mode=record.provision_mode, name=record.name,
               snapshot_id=record.snapshot_id or None, labels=dict(record.labels),
-              expires_at=record.expires_at or None, idle_stop_s=record.idle_stop_s)
+              expires_at=record.expires_at or None, idle_stop_s=record.idle_stop_s,
+              created_by=record.created_by or None, owner_key=record.owner_key)
 
 
 class VmRecords:
@@ -79,8 +81,8 @@ class VmRecords:
     def lookup(self, vm_id: str) -> tuple[VmRecord, DomainInfo]:
         """A caller's VM by id, with its domain.
 
-        :raises VmNotFound: unknown or malformed id, not a caller's VM (pool, seed), or
-            being deleted.
+        :raises VmNotFound: unknown or malformed id, not a caller's VM (pool, seed), being
+            deleted, or another API key's VM (for a ``vms``-only key, app.services.ownership).
         """
         try:
             uuid.UUID(vm_id)
@@ -92,7 +94,8 @@ class VmRecords:
             raise VmNotFound(f"VM {vm_id} not found") from None
         record = parse_metadata(info.xml)
         if record is None or record.role is not VmRole.SANDBOX or \
-                record.phase is VmPhase.DELETING or not info.name.startswith(NAME_PREFIX):
+                record.phase is VmPhase.DELETING or not info.name.startswith(NAME_PREFIX) or \
+                not visible(record.owner_key):
             raise VmNotFound(f"VM {vm_id} not found")
         return record, info
 

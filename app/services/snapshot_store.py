@@ -21,6 +21,7 @@ from pathlib import Path
 from app.errors import InvalidRequest, SnapshotNotFound
 from app.models import Snapshot, Template, VmSpec
 from app.persist import SNAPSHOT_FIELDS, snapshot_from_json, to_json
+from app.services.ownership import visible
 from app.services.templates import ImageBuild, TemplateCatalog
 from app.virt.qemu_access import share_with_qemu
 
@@ -73,12 +74,14 @@ class SnapshotStore:
         template, and the image build it was taken on (whose kernel matches the modules on that
         disk, even after the image was rebuilt).
 
-        :raises SnapshotNotFound: unknown snapshot.
+        :raises SnapshotNotFound: unknown snapshot, or another API key's.
         :raises InvalidRequest: ``imageId`` names another template, or ``diskSizeMb`` is
             smaller than the snapshot's disk.
         :raises ImageNotReady: the snapshot's image build is gone from this host.
         """
         snapshot = self.get(spec.snapshot_id or "")
+        if not visible(snapshot.owner_key):  # another API key's: it does not exist for us
+            raise SnapshotNotFound(f"snapshot {snapshot.id} not found")
         if spec.image_id not in (None, snapshot.image_id):
             raise InvalidRequest(f"imageId {spec.image_id!r} differs from the template of "
                                  f"snapshot {snapshot.id} ({snapshot.image_id!r}); leave "

@@ -25,14 +25,16 @@ import typing as t
 import uuid
 from pathlib import Path
 
+from app import actor
 from app.clock import now_iso
 from app.config import Settings
-from app.errors import (AppError, GuestUnreachable, HypervisorError, SnapshotInUse, VmNotFound,
-                        VmStateConflict)
+from app.errors import (AppError, GuestUnreachable, HypervisorError, SnapshotInUse,
+                        SnapshotNotFound, VmNotFound, VmStateConflict)
 from app.models import Snapshot, VmRecord, VmState
 from app.services.addresses import allocation_lock
 from app.services.events import Events
 from app.services.capacity import DiskBudget, allocated_mb
+from app.services.ownership import visible
 from app.services.snapshot_store import DISK, SnapshotStore
 from app.services.templates import TemplateCatalog
 from app.virt import disks
@@ -63,11 +65,15 @@ class SnapshotService:
         self.budget = DiskBudget(settings)
 
     def list(self) -> list[Snapshot]:
-        return self.store.list()
+        """The caller's snapshots (a ``vms``-only API key's own only)."""
+        return [snapshot for snapshot in self.store.list() if visible(snapshot.owner_key)]
 
     def get(self, snapshot_id: str) -> Snapshot:
-        """:raises SnapshotNotFound: for an unknown or malformed id."""
-        return self.store.get(snapshot_id)
+        """:raises SnapshotNotFound: for an unknown or malformed id, or another API key's."""
+        snapshot = self.store.get(snapshot_id)
+        if not visible(snapshot.owner_key):
+            raise SnapshotNotFound(f"snapshot {snapshot_id} not found")
+        return snapshot
 
     def take(self, vm_id: str) -> Snapshot:
         """Snapshot the disk of a RUNNING or STOPPED VM.
@@ -94,7 +100,8 @@ class SnapshotService:
                 id=snapshot_id, created_at=now_iso(), cpu=record.cpu, mem_mb=record.mem_mb,
                 image_id=record.image_id, source_vm_id=record.id, image_path=str(image),
                 disk_size_mb=record.disk_size_mb,
-                disk_path=str(self.store.disk_path(snapshot_id)))
+                disk_path=str(self.store.disk_path(snapshot_id)),
+                created_by=actor.current.get(), owner_key=actor.caller.get().key_id)
             with self.store.staging() as staging:
                 frozen_s = self._copy_overlay(record, state, staging / DISK)
                 self._require_state(vm_id, state)
@@ -112,13 +119,13 @@ class SnapshotService:
     def delete(self, snapshot_id: str) -> None:
         """Remove a snapshot.
 
-        :raises SnapshotNotFound: unknown snapshot.
+        :raises SnapshotNotFound: unknown snapshot, or another API key's.
         :raises SnapshotInUse: while a VM created from it exists (in any state).
         """
         # Creates look snapshots up under this lock, up to defining the VM's domain: no VM can
         # appear on top of the snapshot between the check and the removal.
         with allocation_lock(self.settings.lock_path, LOCK_TIMEOUT):
-            snapshot = self.store.get(snapshot_id)
+            snapshot = self.get(snapshot_id)
             users = self.users(snapshot.id)
             if users:
                 raise SnapshotInUse(

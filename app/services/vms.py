@@ -21,7 +21,7 @@ import typing as t
 
 from app import metrics
 from app.config import Settings
-from app.errors import AppError, QuotaExceeded, VmNotFound, VmStateConflict
+from app.errors import AppError, KeyQuotaExceeded, QuotaExceeded, VmNotFound, VmStateConflict
 from app.guestssh import GuestSSH
 from app.models import DomainInfo, ProvisionMode, Vm, VmRecord, VmSpec, VmState
 from app.services.capacity import DiskBudget
@@ -30,6 +30,7 @@ from app.services.lifecycle import Lifecycle
 from app.services.events import Events
 from app.services.lifetimes import Activity
 from app.services.listing import VmPage, VmQuery, select
+from app.services.ownership import stamp, visible
 from app.services.policy import EgressPolicy
 from app.services.pool import WarmPool
 from app.services.ports import VmPorts
@@ -122,11 +123,13 @@ class VmService:
         return self.parts.records.sandboxes()
 
     def query(self, query: VmQuery) -> VmPage:
-        """The callers' VMs that carry the labels and state asked for, a page at a time.
+        """The caller's VMs that carry the labels and state asked for, a page at a time (a
+        ``vms``-only API key's own VMs only).
 
         :raises InvalidRequest: a cursor this service did not hand out.
         """
-        return select(self.parts.records.sandboxes(), query)
+        return select([vm for vm in self.parts.records.sandboxes() if visible(vm.owner_key)],
+                      query)
 
     def get(self, vm_id: str) -> Vm:
         """:raises VmNotFound: for an unknown or malformed id."""
@@ -159,7 +162,8 @@ class VmService:
     # Changes ###############################################################################
 
     def create(self, spec: VmSpec) -> Vm:
-        """Create a VM; returns once a command ran in the guest.
+        """Create a VM for the current caller (its creator and owner); returns once a command
+        ran in the guest.
 
         ``spec.provision_mode``: ``auto`` and ``pool`` first claim a ready warm-pool VM of the
         shape; ``auto``, ``pool`` and ``snapshot`` then restore the shape's memory snapshot if
@@ -167,11 +171,12 @@ class VmService:
         At the quota, an idle pool VM is evicted to make room.
 
         :raises InvalidRequest: limits or unknown template.
-        :raises QuotaExceeded: at ``MAX_VMS``.
+        :raises QuotaExceeded: at ``MAX_VMS``, or at the caller's API key's ``maxVms``.
         :raises InsufficientStorage: the host's disk budget has no room for the VM's disk.
         :raises GuestUnreachable: the guest did not answer in time (nothing is left behind).
         """
         started = time.monotonic()
+        spec = stamp(spec)
         try:
             vm = self._create(spec)
         except AppError as exc:
@@ -198,6 +203,8 @@ class VmService:
                 return claimed
         try:
             return parts.provisioner.create(plan)
+        except KeyQuotaExceeded:
+            raise
         except QuotaExceeded:
             if not parts.pool.evict():
                 raise

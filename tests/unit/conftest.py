@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app import create_app
+from app import actor, create_app
 from app.models import VmSpec
 from app.services.container import Services
 from tests.unit import spec_check
@@ -28,6 +28,13 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def system_caller() -> None:
+    """Each test starts as the service itself (app.actor's context variables live on in the
+    test thread, and a request of an earlier test set them)."""
+    actor.enter(actor.SYSTEM_CALLER)
 
 
 @pytest.fixture

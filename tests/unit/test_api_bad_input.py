@@ -58,6 +58,8 @@ ROUTES = [
     ("/v1/images", {"name": "img", "from": "default", "setup": "true", "description": "d",
                     "allowIps": ["1.1.1.1"]},
      ["name", "from", "setup", "description", "allowIps.0"]),
+    ("/v1/admin/api-keys", {"name": "ci", "scopes": ["vms"], "expiresAt": "2999-01-01T00:00Z"},
+     ["name", "scopes.0", "expiresAt"]),
 ]
 
 

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from marshmallow import Schema, fields
 
 from app.models import VmSpec
+from app.schemas.api_keys import ApiKeyCreateSchema
 from app.schemas.auth import LoginSchema
 from app.schemas.commands import ExecSchema, RunJsSchema, RunTsSchema
 from app.schemas.fields import EnvVars
@@ -34,6 +35,7 @@ ROUTES: list[tuple[str, str, type[Schema]]] = [
     ("post", "/v1/vms/{vm}/run-ts", RunTsSchema),
     ("post", "/v1/vms/{vm}/run-js", RunJsSchema),
     ("post", "/v1/images", ImageCreateSchema),
+    ("post", "/v1/admin/api-keys", ApiKeyCreateSchema),
 ]
 ROUTE_IDS = [f"{method} {path}" for method, path, _schema in ROUTES]
 

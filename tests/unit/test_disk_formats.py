@@ -21,7 +21,14 @@ needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None,
 
 
 def qemu_img(*args: str) -> None:
-    subprocess.run(["qemu-img", *args], check=True, capture_output=True, timeout=30)
+    # A LUKS create times its key derivation first, and on a busy host qemu-img may fail that
+    # ("Unable to get accurate CPU usage"): such a create is tried again.
+    for attempt in range(5):
+        done = subprocess.run(["qemu-img", *args], capture_output=True, timeout=30)
+        if done.returncode == 0:
+            return
+        if b"accurate CPU usage" not in done.stderr or attempt == 4:
+            done.check_returncode()
 
 
 def header(path: Path) -> bytes:

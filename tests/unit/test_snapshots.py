@@ -51,7 +51,7 @@ def test_snapshot_fields_and_json(world):
                       "createdAt": snapshot.created_at, "cpu": 2, "memMb": 512,
                       "imageId": "default", "sourceVmId": record.id, "hasOverlay": True,
                       "imagePath": str(world.build(OLD_BUILD) / "disk.qcow2"),
-                      "diskSizeMb": 6144}
+                      "diskSizeMb": 6144, "createdBy": "system"}
     assert world.snapshots.list() == [snapshot]
     assert world.snapshots.get(snapshot.id) == snapshot
 
