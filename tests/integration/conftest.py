@@ -261,11 +261,13 @@ def stop_process(process: subprocess.Popen, grace: float) -> None:
 RDS_API_KEY = "rds-client-test-key"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def rds_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[tuple[str, str]]:
     """A live gunicorn, as ``make run`` starts it, for the SDK and ``rds`` CLI tests; yields
     its base URL and API key. Its output goes to a file (a pipe nobody reads would fill up
-    and stall it); the path is printed for a failing run."""
+    and stall it); the path is printed for a failing run. One per test module: it becomes the
+    host's maintainer (reaper, image builder, webhook deliveries), which the tests of other
+    modules must be able to be themselves."""
     log_path = tmp_path_factory.mktemp("rds-server") / "server.log"
     print(f"rds_server log: {log_path}")
     with log_path.open("w") as log, live_server({"API_KEY": RDS_API_KEY, "WEB_WORKERS": "2"},
