@@ -43,6 +43,7 @@ class Vm:
     labels: dict[str, str]
     expires_at: dt.datetime | None
     idle_stop_seconds: int
+    created_by: str | None  # who created it: "key:<name>", "api-key", "session:<email>"
     raw: dict[str, t.Any] = dataclasses.field(repr=False, compare=False)
 
     @classmethod
@@ -56,7 +57,8 @@ class Vm:
             provision_mode=data.get("provisionMode"), name=data.get("name"),
             snapshot_id=data.get("snapshotId"), labels=dict(data.get("labels") or {}),
             expires_at=parse_time(data.get("expiresAt")),
-            idle_stop_seconds=int(data.get("idleStopSeconds") or 0), raw=data)
+            idle_stop_seconds=int(data.get("idleStopSeconds") or 0),
+            created_by=data.get("createdBy"), raw=data)
 
 
 @dataclasses.dataclass(frozen=True)

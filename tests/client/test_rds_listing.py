@@ -77,9 +77,10 @@ def test_delete_by_label_never_sends_an_empty_filter(api: FakeApi, client: Clien
 
 def test_vm_fields_are_parsed(api: FakeApi, client: Client) -> None:
     api.on("GET", "/v1/vms", httpx.Response(200, json=[vm_json(
-        "a", labels={"k": "v"}, expiresAt="2025-01-01T12:10:00Z", idleStopSeconds=60)]))
+        "a", labels={"k": "v"}, expiresAt="2025-01-01T12:10:00Z", idleStopSeconds=60,
+        createdBy="key:ci")]))
     (vm,) = client.list_vms()
-    assert vm.labels == {"k": "v"} and vm.idle_stop_seconds == 60
+    assert vm.labels == {"k": "v"} and vm.idle_stop_seconds == 60 and vm.created_by == "key:ci"
     assert vm.expires_at is not None and vm.expires_at.isoformat() == "2025-01-01T12:10:00+00:00"
     assert vm.created_at is not None and vm.created_at.year == 2025
     assert vm.mem_mb == 256 and vm.guest_ip == "172.16.0.2" and vm.provision_mode == "snapshot"
@@ -91,3 +92,4 @@ def test_a_vm_of_an_older_server_reads_with_defaults(api: FakeApi, client: Clien
     api.on("GET", "/v1/vms", httpx.Response(200, json=[old]))
     (vm,) = client.list_vms()
     assert vm.labels == {} and vm.expires_at is None and vm.idle_stop_seconds == 0
+    assert vm.created_by is None
