@@ -64,6 +64,8 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
     limits.install(app, settings.long_call_limit)  # after the credential check
     register_error_handlers(app)
     add_doc_routes(app, api)
+    from app.api import console
+    app.register_blueprint(console.blp)  # /admin: static files, not part of the API document
     if settings.trusted_proxies > 0:  # behind nginx: trust its X-Forwarded-* headers only
         from werkzeug.middleware.proxy_fix import ProxyFix
         hops = settings.trusted_proxies
