@@ -128,7 +128,8 @@
     const rows = [
       ["ID", vm.id], ["State", vm.state], ["Image", vm.imageId],
       ["vCPUs / memory", `${vm.cpu} / ${vm.memMb} MiB`], ["Guest IP", vm.guestIp],
-      ["Created", when(vm.createdAt)], ["Expires", `${until(vm.expiresAt)} (${when(vm.expiresAt)})`],
+      ["Created", when(vm.createdAt)],
+      ["Expires", vm.expiresAt ? `${until(vm.expiresAt)} (${when(vm.expiresAt)})` : "never"],
       ["Labels", labelsText(vm.labels) || "—"],
       ["Network", vm.outboundInternet ? `out to ${(vm.allowIps || []).join(", ") || "nothing"}`
         : "no outbound traffic"],
