@@ -69,7 +69,10 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
     if settings.trusted_proxies > 0:  # behind nginx: trust its X-Forwarded-* headers only
         from werkzeug.middleware.proxy_fix import ProxyFix
         hops = settings.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+        # x_port: nginx's Host is $host (no port), and a browser's Origin names a port other
+        # than 443, which the CSRF check (app.api.auth.check_csrf) compares with.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops,
+                                x_port=hops)
     return app
 
 

@@ -19,10 +19,12 @@ import pytest
 from tests.integration.conftest import live_server, no_upkeep_config
 
 API_KEY = "console-browser-test-key"
-# The development defaults: allowed on loopback, and the same as any other local server on
-# this STORAGE_ROOT uses, so that no session of another server is ended by a new password.
-ADMIN_EMAIL = "admin@example.com"
-ADMIN_PASSWORD = "admin"
+ADMIN_EMAIL = "console-admin@example.com"
+ADMIN_PASSWORD = "console-browser-test-password"
+# Behind the shipped nginx site as well (TRUSTED_PROXIES=1), so no development defaults.
+SERVER_ENV = {"API_KEY": API_KEY, "ADMIN_EMAIL": ADMIN_EMAIL, "ADMIN_PASSWORD": ADMIN_PASSWORD,
+              "SESSION_SECRET": "console-browser-test-session-secret-0123456789",
+              "TRUSTED_PROXIES": "1", "WEB_WORKERS": "2"}
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 
 
@@ -57,11 +59,20 @@ def console_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[str]:
     directory = tmp_path_factory.mktemp("console-server")
     log_path = directory / "server.log"
     print(f"console_server log: {log_path}")
-    env = {"API_KEY": API_KEY, "ADMIN_EMAIL": ADMIN_EMAIL, "ADMIN_PASSWORD": ADMIN_PASSWORD,
-           "WEB_WORKERS": "2"}
     with log_path.open("w") as log, live_server(
-            env, "-c", str(no_upkeep_config(directory)), output=log) as (base, _process):
+            SERVER_ENV, "-c", str(no_upkeep_config(directory)), output=log) as (base, _process):
         yield base
+
+
+@pytest.fixture(scope="module")
+def nginx_base(console_server: str, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[str]:
+    """The shipped nginx site (TLS, a self-signed certificate, a random port) in front of
+    console_server; yields its base URL."""
+    from tests.integration.nginx_site import nginx_site
+
+    upstream = int(console_server.rsplit(":", 1)[1])
+    with nginx_site(upstream, tmp_path_factory.mktemp("nginx")) as (port, _context):
+        yield f"https://127.0.0.1:{port}"
 
 
 class KeyClient:

@@ -1,12 +1,14 @@
 """/admin: the console's page and assets (app/api/console.py, app/web/)."""
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
 
+from app import create_app
 from app.api.console import WEB_DIR
-from tests.unit.fakes import CSRF
+from tests.unit.fakes import ADMIN_EMAIL, ADMIN_PASSWORD, CSRF
 
 ASSETS = sorted(path.name for path in (WEB_DIR / "assets").iterdir())
 
@@ -93,3 +95,20 @@ def test_console_cookie_calls_pass_the_csrf_check(client, session):
     assert 'headers["X-Requested-With"]' in source
     response = client.post("/auth/logout", headers={**CSRF, "Origin": "http://localhost"})
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize(("port", "origin"), [("8443", "https://sandbox.example.com:8443"),
+                                              ("443", "https://sandbox.example.com")])
+def test_console_behind_nginx_on_any_port_passes_the_csrf_check(services, port, origin):
+    """The shipped nginx site sends Host and X-Forwarded-Host without the port (``$host``)
+    and the port in X-Forwarded-Port; the browser's Origin names the port unless it is the
+    default, so the service must take the port from the proxy too."""
+    settings = dataclasses.replace(services.settings, trusted_proxies=1)
+    client = create_app({"TESTING": True}, services=dataclasses.replace(
+        services, settings=settings)).test_client()
+    forwarded = {"X-Forwarded-For": "203.0.113.5", "X-Forwarded-Proto": "https",
+                 "X-Forwarded-Host": "sandbox.example.com", "X-Forwarded-Port": port}
+    assert client.post("/auth/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD},
+                       headers=forwarded).status_code == 200
+    response = client.post("/auth/logout", headers={**forwarded, **CSRF, "Origin": origin})
+    assert response.status_code == 200, response.get_json()

@@ -263,8 +263,9 @@ const RDS = (() => {
   async function logout() {
     try {
       await api("/auth/logout", {method: "POST"});
-    } finally {
       showLogin("Logged out.");
+    } catch (error) {
+      if (loggedIn) status(`Logging out failed: ${error.message}`, true);
     }
   }
 
