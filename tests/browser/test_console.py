@@ -58,7 +58,8 @@ def test_login_form_and_the_live_feed(page: t.Any) -> None:
     expect(page.get_by_role("alert")).to_have_text("Invalid email or password")
     log_in(page)
     expect(page.get_by_role("heading", name="Virtual machines")).to_be_visible()
-    expect(page.get_by_role("link", name="VMs")).to_have_attribute("aria-current", "page")
+    nav = page.get_by_role("navigation")
+    expect(nav.get_by_role("link", name="VMs")).to_have_attribute("aria-current", "page")
     expect(page.locator("#activity-state")).to_have_text("(live)")
     assert not page.problems
 
@@ -74,7 +75,7 @@ def test_create_run_stop_start_delete(page: t.Any, key_client: t.Any) -> None:
     expect(heading).to_be_visible(timeout=BOOT_MS)
     vm_id = page.url.rsplit("/", 1)[1]
     key_client.vm_ids.add(vm_id)
-    expect(page.locator("dl.details")).to_contain_text("team=console, job=browser")
+    expect(page.locator("dl.details")).to_contain_text("job=browser, team=console")
     expect(feed_item(page, "vm.created", vm_id)).to_have_count(1)
 
     # The command's first line shows while it still runs: the output streams in.
@@ -101,7 +102,7 @@ def test_create_run_stop_start_delete(page: t.Any, key_client: t.Any) -> None:
     expect(page.get_by_role("heading", name="Run a command")).to_be_visible(timeout=BOOT_MS)
     expect(feed_item(page, "vm.started", vm_id)).to_have_count(1)
 
-    page.get_by_role("link", name="VMs").click()
+    page.get_by_role("navigation").get_by_role("link", name="VMs").click()
     row = page.locator(f"tr[data-vm='{vm_id}']")
     expect(row).to_contain_text("RUNNING")
     expect(row).to_contain_text(re.compile(r"in \d+ min"))  # expiresAt, as a countdown
