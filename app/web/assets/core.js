@@ -214,6 +214,11 @@ const RDS = (() => {
     document.title = `${spec.title} · run-dat-sheesh admin`;
     const result = spec.render(main, rest.join("/") || null);
     if (typeof result === "function") leave = result;
+    // A new page: keyboard and screen-reader users start at its top, not on a button that
+    // is gone (the page was rebuilt).
+    if (document.activeElement === document.body || !main.contains(document.activeElement)) {
+      main.focus({preventScroll: true});
+    }
   }
 
   function go(hash) {
