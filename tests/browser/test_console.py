@@ -93,6 +93,7 @@ def test_create_run_stop_start_delete(page: t.Any, key_client: t.Any) -> None:
     expect(page.locator("#history-content")).to_contain_text("echo first-line")
     expect(page.locator("#console-content pre")).not_to_be_empty()
     if os.environ.get("RDS_CONSOLE_SCREENSHOT"):
+        page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=os.environ["RDS_CONSOLE_SCREENSHOT"])
 
     page.get_by_role("button", name=re.compile(r"^Stop rds-")).click()
