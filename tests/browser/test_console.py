@@ -72,7 +72,9 @@ def test_create_run_stop_start_delete(page: t.Any, key_client: t.Any) -> None:
     page.get_by_label("Lifetime (s)").fill("1800")
     page.get_by_role("button", name="Create VM").click()
     heading = page.get_by_role("heading", name=re.compile(r"^VM rds-"))
-    expect(heading).to_be_visible(timeout=BOOT_MS)
+    failed = page.locator("#status.error")  # the create's error, if it fails
+    expect(heading.or_(failed)).to_be_visible(timeout=BOOT_MS)
+    assert heading.is_visible(), failed.text_content()
     vm_id = page.url.rsplit("/", 1)[1]
     key_client.vm_ids.add(vm_id)
     expect(page.locator("dl.details")).to_contain_text("job=browser, team=console")
