@@ -33,7 +33,7 @@ unit:
 	$(PY) -m pytest -v tests/unit tests/client
 
 integration: image
-	$(PY) -m pytest -v -m integration tests/integration
+	$(PY) -m pytest -v -m integration tests/integration tests/browser
 
 ## make lint: import contracts, ruff, shellcheck (needs the virtualenv and shellcheck, not root)
 lint:

@@ -64,10 +64,15 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
     limits.install(app, settings.long_call_limit)  # after the credential check
     register_error_handlers(app)
     add_doc_routes(app, api)
+    from app.api import console
+    app.register_blueprint(console.blp)  # /admin: static files, not part of the API document
     if settings.trusted_proxies > 0:  # behind nginx: trust its X-Forwarded-* headers only
         from werkzeug.middleware.proxy_fix import ProxyFix
         hops = settings.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+        # x_port: nginx's Host is $host (no port), and a browser's Origin names a port other
+        # than 443, which the CSRF check (app.api.auth.check_csrf) compares with.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops,
+                                x_port=hops)
     return app
 
 

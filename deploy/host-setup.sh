@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 host for run-dat-sheesh. Idempotent; run as root.
-#   - installs the Debian packages (QEMU, libvirt, image build tools, nginx)
+#   - installs the Debian packages (QEMU, libvirt, image build tools, nginx, and chromium for
+#     the admin console's browser tests)
 #   - configures libvirt's QEMU driver and starts virtlogd + libvirtd
 #     (systemctl where systemd is PID 1, the daemons directly where it is not)
 #   - creates the project virtualenv (VENV, default .venv) with the app and the client
@@ -26,6 +27,7 @@ PACKAGES=(
     dnsmasq-base iptables ebtables nftables ipset iproute2
     debootstrap busybox-static cpio kmod e2fsprogs xz-utils wget ca-certificates
     openssh-client nginx make tini shellcheck
+    chromium
 )
 
 missing=()
