@@ -19,6 +19,7 @@ import base64
 import codecs
 import json
 import logging
+import os
 import select
 import typing as t
 
@@ -92,16 +93,21 @@ def _lines(stream: CommandStream, result_line: Schema,
 
 
 def client_gone(environ: t.Mapping[str, t.Any]) -> t.Callable[[], bool]:
-    """A check whether the client has closed its connection (never, when the server does not
-    say which socket it is): the server itself only notices when a write fails, and a
-    command that prints nothing for a minute writes nothing."""
+    """A check whether a long answer should end: the client has closed its connection (known
+    only when the server says which socket it is: the server itself only notices when a write
+    fails, and a command that prints nothing for a minute writes nothing), or the server
+    process that started it is gone (a gunicorn worker whose master died must not go on
+    streaming, and holding what it holds, such as the host's maintenance lock)."""
+    parent = os.getppid()
     sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
     if sock is None:
-        return lambda: False
+        return lambda: os.getppid() != parent
     poller = select.poll()
     poller.register(sock, POLLRDHUP)  # hang-ups and errors are always reported too
 
     def gone() -> bool:
+        if os.getppid() != parent:
+            return True
         try:
             return bool(poller.poll(0))
         except (OSError, ValueError):

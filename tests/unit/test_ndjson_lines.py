@@ -113,3 +113,17 @@ def test_client_gone_sees_the_peer_close_and_not_its_data():
     finally:
         ours.close()
     assert client_gone({})() is False  # no socket known (the test client): never
+
+
+def test_a_stream_ends_when_the_server_process_that_started_it_is_gone(monkeypatch):
+    """A gunicorn worker orphaned by its master (ppid changes to 1) ends its long answers,
+    instead of streaming on for minutes with the host's maintenance lock in hand."""
+    ours, theirs = socket.socketpair()
+    try:
+        with_socket, without = client_gone({"gunicorn.socket": ours}), client_gone({})
+        assert not with_socket() and not without()
+        monkeypatch.setattr("app.api.ndjson.os.getppid", lambda: 1)
+        assert with_socket() and without()
+    finally:
+        ours.close()
+        theirs.close()
