@@ -9,8 +9,21 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.integration.conftest import SEED_BODY
+
+
+OPEN: list[httpx.Response] = []  # the streams listening
+
+
+@pytest.fixture(autouse=True)
+def close_streams():
+    """A stream left open would keep a server worker streaming after its test."""
+    yield
+    for response in OPEN:
+        response.close()
+    OPEN.clear()
 
 
 def _listen(base: str, key: str, into: queue.Queue, stop: threading.Event,
@@ -20,19 +33,24 @@ def _listen(base: str, key: str, into: queue.Queue, stop: threading.Event,
         headers["Last-Event-ID"] = last_event_id
     with httpx.stream("GET", f"{base}/v1/admin/events", headers=headers,
                       timeout=httpx.Timeout(60, read=30)) as response:
+        OPEN.append(response)
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         fields: dict[str, str] = {}
-        for line in response.iter_lines():
-            if stop.is_set():
-                return
-            if not line:
-                if "data" in fields:
-                    into.put((int(fields["id"]), fields["event"], json.loads(fields["data"])))
-                fields = {}
-            elif not line.startswith(":") and ": " in line:
-                name, value = line.split(": ", 1)
-                fields[name] = value
+        try:
+            for line in response.iter_lines():
+                if stop.is_set():
+                    return
+                if not line:
+                    if "data" in fields:
+                        into.put((int(fields["id"]), fields["event"],
+                                  json.loads(fields["data"])))
+                    fields = {}
+                elif not line.startswith(":") and ": " in line:
+                    name, value = line.split(": ", 1)
+                    fields[name] = value
+        except (httpx.HTTPError, httpx.StreamError, RuntimeError, OSError):
+            return  # closed by close_streams
 
 
 def _next(into: queue.Queue, wanted: str, timeout: float = 60) -> tuple[int, str, dict]:
