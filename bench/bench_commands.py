@@ -111,6 +111,7 @@ def main() -> None:
             assert up.status_code == 204, up.json
             down = api.get(f"{vm_path}/files/download?path=/workspace/xfer/blob.bin", headers=H)
             assert down.status_code == 200 and len(down.data) > SIZE
+            down.close()  # a streamed answer holds a long-call slot until it is closed
 
         def raw_transfer(client=sftp):
             client.putfo(io.BytesIO(archive_bytes), "/workspace/raw.tar.gz")
@@ -138,8 +139,9 @@ def main() -> None:
         ssh.close()
         ssh_gcm.close()
     finally:
-        api.delete(f"/v1/vms/{vm['id']}", headers=H)
+        deleted = api.delete(f"/v1/vms/{vm['id']}?wait=true", headers=H)
         services.close()
+        assert deleted.status_code == 204, deleted.json
 
     print(f"\nmachine: {machine()}\naccelerator: "
           f"{'KVM' if services.domain_type == 'kvm' else 'TCG'}")
