@@ -33,7 +33,6 @@
       submit.disabled = false;
       if (!key) return;
       form.reset();
-      scopes.reset();
       secret.show(`Secret of API key ${key.name}`, key.key);
       refresh();
     });

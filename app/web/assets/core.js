@@ -178,18 +178,18 @@ const RDS = (() => {
       hint ? el("small", {class: "muted", text: hint}) : null);
   }
 
-  /** A fieldset of checkboxes, one per value (ids `<prefix>-<value>`); `checked()` lists
-   * the ticked values in order. */
+  /** A fieldset of checkboxes, one per value (ids `<prefix>-<value>`), `ticked` ones ticked
+   * (again when the form is reset); `checked()` lists the ticked values in order. */
   function checkboxes(legend, prefix, values, ticked = [], hint = "") {
     const boxes = values.map((value) => el("input", {
       type: "checkbox", id: `${prefix}-${value.replace(/\W/g, "-")}`, value,
-      checked: ticked.includes(value)}));
+      defaultChecked: ticked.includes(value)}));
     const set = el("fieldset", {class: "checks"}, el("legend", {text: legend}),
       boxes.map((box) => el("span", {class: "check"}, box,
                            el("label", {htmlFor: box.id, text: box.value}))),
       hint ? el("small", {class: "muted", text: hint}) : null);
-    return {node: set, checked: () => boxes.filter((box) => box.checked).map((box) => box.value),
-            reset: () => boxes.forEach((box) => { box.checked = ticked.includes(box.value); })};
+    return {node: set,
+            checked: () => boxes.filter((box) => box.checked).map((box) => box.value)};
   }
 
   /** A secret shown once (a new API key, a webhook's signing secret): hidden until `show`,

@@ -98,7 +98,7 @@
       el("td", {}, el("time", {dateTime: vm.expiresAt || "", title: when(vm.expiresAt),
                                text: until(vm.expiresAt)})),
       el("td", {text: when(vm.createdAt)}),
-      showCreator ? el("td", {text: vm.createdBy || "—"}) : null,
+      showCreator ? el("td", {class: "wrap", text: vm.createdBy || "—"}) : null,
       el("td", {class: "actions"}, lifecycleButtons(vm, refresh)));
   }
 

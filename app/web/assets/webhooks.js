@@ -41,7 +41,7 @@
     const name = el("input", {type: "text", required: true, maxLength: 100,
                               autocomplete: "off", placeholder: "ci-notifier"});
     const url = el("input", {type: "url", required: true, autocomplete: "off"});
-    const enabled = el("input", {type: "checkbox", id: "hook-enabled", checked: true});
+    const enabled = el("input", {type: "checkbox", id: "hook-enabled", defaultChecked: true});
     const types = checkboxes("Event types", "hook-type", EVENT_TYPES, [],
                              "none ticked: every type");
     const secret = secretBox("hook-secret");
@@ -66,7 +66,6 @@
       submit.disabled = false;
       if (!hook) return;
       form.reset();
-      types.reset();
       secret.show(`Signing secret of webhook ${hook.name}`, hook.secret);
       refresh();
     });
