@@ -21,9 +21,10 @@ from tests.integration.conftest import live_server, no_upkeep_config
 API_KEY = "console-browser-test-key"
 ADMIN_EMAIL = "console-admin@example.com"
 ADMIN_PASSWORD = "console-browser-test-password"
-# Behind the shipped nginx site as well (TRUSTED_PROXIES=1), so no development defaults. The
-# login lockout counts failures per address in the host's state file, across runs: 127.0.0.1
-# would be locked out by the wrong passwords earlier runs tried, so it is raised here.
+# Behind the shipped nginx site as well (TRUSTED_PROXIES=1), so no development defaults.
+# LOGIN_MAX_FAILURES: failed logins from 127.0.0.1 are counted in the host's state database
+# for 15 minutes, across runs and test modules (the wrong password of every run, the auth
+# tests); the login test must see "Invalid email or password", not a lockout.
 SERVER_ENV = {"API_KEY": API_KEY, "ADMIN_EMAIL": ADMIN_EMAIL, "ADMIN_PASSWORD": ADMIN_PASSWORD,
               "SESSION_SECRET": "console-browser-test-session-secret-0123456789",
               "TRUSTED_PROXIES": "1", "WEB_WORKERS": "2", "LOGIN_MAX_FAILURES": "1000"}

@@ -8,6 +8,7 @@ import pytest
 
 from app import create_app
 from app.api.console import WEB_DIR
+from app.services.events import EVENT_TYPES
 from tests.unit.fakes import ADMIN_EMAIL, ADMIN_PASSWORD, CSRF
 
 ASSETS = sorted(path.name for path in (WEB_DIR / "assets").iterdir())
@@ -86,6 +87,14 @@ def test_scripts_never_put_text_into_innerhtml():
         source = path.read_text()
         assert "innerHTML" not in source and "outerHTML" not in source, path.name
         assert "insertAdjacentHTML" not in source and "document.write" not in source
+
+
+def test_console_knows_every_event_type():
+    """The feed listens to, and the webhook form offers, the service's event types."""
+    source = (WEB_DIR / "assets" / "core.js").read_text()
+    listed = re.search(r"const EVENT_TYPES = \[([^\]]*)\]", source)
+    assert listed, "core.js has no EVENT_TYPES"
+    assert tuple(re.findall(r'"([^"]+)"', listed.group(1))) == EVENT_TYPES
 
 
 def test_console_cookie_calls_pass_the_csrf_check(client, session):

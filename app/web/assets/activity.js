@@ -5,7 +5,7 @@
 "use strict";
 
 (() => {
-  const {el, api, emit, on, when} = RDS;
+  const {el, api, emit, on, when, EVENT_TYPES} = RDS;
   const KEEP = 50;
   let source = null;
   let lastSeq = 0;
@@ -46,14 +46,10 @@
       }
     };
     // SSE frames are named after the event type; listen to each known family's types.
-    for (const type of TYPES) {
+    for (const type of EVENT_TYPES) {
       source.addEventListener(type, (message) => add(JSON.parse(message.data), true));
     }
   }
-
-  const TYPES = ["vm.created", "vm.started", "vm.stopped", "vm.deleted", "vm.expired",
-                 "vm.failed", "snapshot.created", "snapshot.deleted", "image.ready",
-                 "image.failed", "apikey.created", "apikey.revoked"];
 
   async function start() {
     stop();

@@ -171,6 +171,58 @@ const RDS = (() => {
     return () => { if (shownList === shown) shownList = null; };
   }
 
+  /** A labelled form field: the label, the input (given the id) and an optional hint. */
+  function field(id, label, input, hint) {
+    input.id = id;
+    return el("div", {class: "field"}, el("label", {htmlFor: id, text: label}), input,
+      hint ? el("small", {class: "muted", text: hint}) : null);
+  }
+
+  /** A fieldset of checkboxes, one per value (ids `<prefix>-<value>`), `ticked` ones ticked
+   * (again when the form is reset); `checked()` lists the ticked values in order. */
+  function checkboxes(legend, prefix, values, ticked = [], hint = "") {
+    const boxes = values.map((value) => el("input", {
+      type: "checkbox", id: `${prefix}-${value.replace(/\W/g, "-")}`, value,
+      defaultChecked: ticked.includes(value)}));
+    const set = el("fieldset", {class: "checks"}, el("legend", {text: legend}),
+      boxes.map((box) => el("span", {class: "check"}, box,
+                           el("label", {htmlFor: box.id, text: box.value}))),
+      hint ? el("small", {class: "muted", text: hint}) : null);
+    return {node: set,
+            checked: () => boxes.filter((box) => box.checked).map((box) => box.value)};
+  }
+
+  /** A secret shown once (a new API key, a webhook's signing secret): hidden until `show`,
+   * then a labelled read-only field, a Copy button, and a live region announcing it. */
+  function secretBox(id) {
+    const input = el("input", {type: "text", id, readOnly: true, class: "secret-value",
+                               autocomplete: "off", spellcheck: false});
+    const label = el("label", {htmlFor: id});
+    const said = el("p", {class: "secret-said", role: "status", "aria-live": "polite"});
+    const copy = el("button", {type: "button", text: "Copy", "aria-controls": id,
+      onclick: async () => {
+        input.select();
+        try {
+          await navigator.clipboard.writeText(input.value);
+          said.textContent = "Copied to the clipboard.";
+        } catch (_error) {
+          said.textContent = "Selected: press Ctrl+C (⌘C) to copy it.";
+        }
+      }});
+    const node = el("div", {class: "secret", hidden: true}, label,
+      el("div", {class: "secret-row"}, input, copy),
+      el("p", {class: "muted", text: "Copy it now and keep it safe: only a hash is kept, "
+                                     + "it is never shown again."}), said);
+    return {node, show(what, value) {
+      label.textContent = `${what} (shown only this once)`;
+      input.value = value;
+      node.hidden = false;
+      said.textContent = `${what} is shown below, only this once: copy it now.`;
+      input.focus();
+      input.select();
+    }};
+  }
+
   function section(spec) {
     sections.push(spec);
   }
@@ -288,6 +340,11 @@ const RDS = (() => {
 
   document.addEventListener("DOMContentLoaded", start);  // after every deferred section file
 
-  return {el, api, act, status, readText, readLines, section, listPage, on, emit, go, when,
-          until, ApiError};
+  // The event types of app/services/events.py EVENT_TYPES (the feed, webhooks' filters).
+  const EVENT_TYPES = ["vm.created", "vm.started", "vm.stopped", "vm.deleted", "vm.expired",
+                       "vm.failed", "snapshot.created", "snapshot.deleted", "image.ready",
+                       "image.failed", "apikey.created", "apikey.revoked"];
+
+  return {el, api, act, status, readText, readLines, section, listPage, field, checkboxes,
+          secretBox, on, emit, go, when, until, ApiError, EVENT_TYPES};
 })();

@@ -4,7 +4,7 @@
 "use strict";
 
 (() => {
-  const {el, api, act, listPage, go, when, until, readLines} = RDS;
+  const {el, api, act, listPage, field, go, when, until, readLines} = RDS;
 
   function labelsText(labels) {
     return Object.entries(labels || {}).map(([key, value]) => `${key}=${value}`).join(", ");
@@ -18,12 +18,6 @@
       else labels[part.slice(0, at).trim()] = part.slice(at + 1).trim();
     }
     return labels;
-  }
-
-  function field(id, label, input, hint) {
-    input.id = id;
-    return el("div", {class: "field"}, el("label", {htmlFor: id, text: label}), input,
-      hint ? el("small", {class: "muted", text: hint}) : null);
   }
 
   function lifecycleButtons(vm, after) {
@@ -104,7 +98,7 @@
       el("td", {}, el("time", {dateTime: vm.expiresAt || "", title: when(vm.expiresAt),
                                text: until(vm.expiresAt)})),
       el("td", {text: when(vm.createdAt)}),
-      showCreator ? el("td", {text: vm.createdBy || "—"}) : null,
+      showCreator ? el("td", {class: "wrap", text: vm.createdBy || "—"}) : null,
       el("td", {class: "actions"}, lifecycleButtons(vm, refresh)));
   }
 
