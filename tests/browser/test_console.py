@@ -38,6 +38,19 @@ def watched(tab: t.Any) -> t.Any:
     return tab
 
 
+def goto(tab: t.Any, path: str) -> t.Any:
+    """``tab.goto(path)``, once more if Chromium calls it off with ERR_NETWORK_CHANGED: it
+    watches the host's interfaces, and a VM's tap coming or going counts as a change."""
+    for attempt in range(3):
+        try:
+            return tab.goto(path)
+        except Exception as error:  # playwright's Error; imported lazily like the rest
+            if "ERR_NETWORK_CHANGED" not in str(error) or attempt == 2:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def page(browser: t.Any, console_server: str) -> t.Iterator[t.Any]:
     """One browser tab on the server itself for the module."""
@@ -61,7 +74,7 @@ def feed_item(page: t.Any, event_type: str, vm_id: str) -> t.Any:
 def test_login_form_and_the_live_feed(page: t.Any) -> None:
     from playwright.sync_api import expect
 
-    page.goto("/admin")
+    goto(page, "/admin")
     expect(page).to_have_url(re.compile(r"/admin/$"))
     expect(page.get_by_role("heading", name="Log in")).to_be_visible()
     log_in(page, password="wrong")
@@ -80,7 +93,7 @@ def test_api_key_created_shown_once_and_revoked(page: t.Any, console_server: str
     from playwright.sync_api import expect
 
     name = f"console-{uuid.uuid4().hex[:8]}"
-    page.goto("/admin/#keys")
+    goto(page, "/admin/#keys")
     expect(page.get_by_role("heading", name="API keys")).to_be_visible()
     form = page.locator("form.create")
     form.get_by_label("Name", exact=True).fill(name)
@@ -192,7 +205,7 @@ def test_webhook_created_delivered_redelivered_and_deleted(
     from playwright.sync_api import expect
 
     name = f"hook-{uuid.uuid4().hex[:8]}"
-    page.goto("/admin/#webhooks")
+    goto(page, "/admin/#webhooks")
     expect(page.get_by_role("heading", name="Webhooks")).to_be_visible()
     form = page.locator("form.create")
     form.get_by_label("Name", exact=True).fill(name)
@@ -263,7 +276,7 @@ def test_webhook_created_delivered_redelivered_and_deleted(
 def test_create_run_stop_start_delete(page: t.Any, key_client: t.Any) -> None:
     from playwright.sync_api import expect
 
-    page.goto("/admin/#vms")
+    goto(page, "/admin/#vms")
     page.get_by_label("Labels").fill("team=console, job=browser")
     page.get_by_label("Lifetime (s)").fill("1800")
     page.get_by_role("button", name="Create VM").click()
@@ -319,7 +332,7 @@ def test_through_the_shipped_nginx_site(browser: t.Any, nginx_base: str) -> None
 
     context = browser.new_context(base_url=nginx_base, ignore_https_errors=True)
     tab = watched(context.new_page())
-    response = tab.goto("/admin")
+    response = goto(tab, "/admin")
     assert response.ok
     assert response.headers["content-security-policy"].startswith("default-src 'none'")
     log_in(tab)
