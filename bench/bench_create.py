@@ -137,7 +137,7 @@ def api_create(client, mode: str, first_exec: bool = False) -> tuple[float, floa
                           headers={"X-API-Key": KEY})
         ready = time.monotonic() - started
         assert ran.status_code == 200 and ran.json["exitCode"] == 0, ran.json
-    deleted = client.delete(f"/v1/vms/{vm_id}", headers={"X-API-Key": KEY})
+    deleted = client.delete(f"/v1/vms/{vm_id}?wait=true", headers={"X-API-Key": KEY})
     assert deleted.status_code == 204
     return created, ready
 
@@ -173,7 +173,7 @@ def capacity(services, client, count: int) -> None:
               f"VMs of this shape fit in memory (CPU: idle guests use ~0 %)")
     finally:
         for vm_id in ids:
-            client.delete(f"/v1/vms/{vm_id}", headers={"X-API-Key": KEY})
+            client.delete(f"/v1/vms/{vm_id}?wait=true", headers={"X-API-Key": KEY})
 
 
 def main() -> None:
