@@ -248,6 +248,20 @@ def live_server(env: dict[str, str], *serve_args: str,
         stop_process(process, grace=30)
 
 
+def kill_service(process: subprocess.Popen, wait_s: float = 60) -> None:
+    """SIGKILL a live server's gunicorn master (a crash), then wait until its workers, orphans
+    now, have exited too (they notice within seconds; until then they hold what they hold,
+    such as the host's maintenance lock)."""
+    workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
+                             text=True, timeout=10).stdout.split()
+    process.kill()
+    process.wait(timeout=30)
+    deadline = time.monotonic() + wait_s
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < deadline, "the killed service's workers did not exit"
+        time.sleep(0.2)
+
+
 def stop_process(process: subprocess.Popen, grace: float) -> None:
     """SIGTERM, then SIGKILL if ``process`` has not ended after ``grace`` seconds."""
     process.terminate()

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from app.models import VmRole
-from tests.integration.conftest import API_KEY, BRIDGE_IP, exec_ok, live_server, virsh
+from tests.integration.conftest import API_KEY, BRIDGE_IP, exec_ok, kill_service, live_server, virsh
 
 PACKAGE = "rds-test-hello"
 GREETING = "greetings from an uploaded file\n"
@@ -273,12 +273,7 @@ def test_the_service_builds_in_the_background_and_a_restart_does_not_lose_the_bu
         assert status == 202, image
         wait_for("the setup script started", lambda: "running the setup script" in "\n".join(
             call(base, "GET", f"/v1/images/{name}/build-log")[1]["lines"]), 180)
-        workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
-                                 text=True, timeout=10).stdout.split()
-        process.kill()
-        process.wait(timeout=30)
-        wait_for("the workers exited", lambda: not any(
-            Path(f"/proc/{pid}").exists() for pid in workers), 60)
+        kill_service(process)
     assert images.get(name)["state"] == "BUILDING"
     with live_server(env) as (base, _process):
         wait_for("READY", lambda: call(base, "GET", f"/v1/images/{name}")[1]["state"]

@@ -8,32 +8,18 @@ delivery worker), so no other module's live server may run beside it.
 """
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import httpx
 
-from tests.integration.conftest import live_server
+from tests.integration.conftest import kill_service, live_server
 from tests.integration.test_webhooks_live import Receiver
 
 KEY = "webhooks-restart-test-key"
 ENV = {"API_KEY": KEY, "WEB_WORKERS": "2", "WEBHOOK_RETRY_BASE_S": "0.5",
        "WEBHOOK_RETRY_MAX_S": "1", "WEBHOOK_RETRY_FOR_S": "600"}
 HEADERS = {"X-API-Key": KEY}
-
-
-def _kill_service(process: subprocess.Popen) -> None:
-    """SIGKILL the master; wait until its workers (orphans now) have gone too."""
-    workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
-                             text=True, timeout=10).stdout.split()
-    process.kill()
-    process.wait(timeout=30)
-    deadline = time.monotonic() + 60
-    while any(Path(f"/proc/{pid}").exists() for pid in workers):
-        assert time.monotonic() < deadline, "the killed service's workers did not exit"
-        time.sleep(0.2)
 
 
 def test_a_crash_in_the_middle_of_retries_loses_no_delivery():
@@ -55,7 +41,7 @@ def test_a_crash_in_the_middle_of_retries_loses_no_delivery():
                 keys.append(key.json()["id"])
             # The first event is being retried (it failed twice): crash now.
             receiver.wait_for(lambda: len(receiver.posts) >= 2, 60, "no retry came")
-            _kill_service(process)
+            kill_service(process)
         failed_before = len(receiver.posts)
         assert receiver.accepted() == [], "nothing may have been accepted before the crash"
         with live_server(ENV) as (base, _process):
