@@ -111,16 +111,19 @@ else
         done
     }
     (close_inherited_fds; exec virtlogd -d) 2>/dev/null || true
+    # This host's daemons only: a second "host" of the test rig (tests/integration/
+    # two_host_rig.py) runs its own libvirtd in its own network namespace.
+    this_host=(--ns $$ --nslist net)
     under_tini() {
         local pid
-        pid=$(pgrep -x libvirtd | head -n 1) || return 1
+        pid=$(pgrep -x libvirtd "${this_host[@]}" | head -n 1) || return 1
         [ "$(ps -o comm= -p "$(ps -o ppid= -p "$pid" | tr -d ' ')")" = tini ]
     }
     if [ "${restart_libvirtd:-0}" = 1 ] || ! daemon_up || ! under_tini; then
-        pkill -x libvirtd 2>/dev/null || true
-        for _ in $(seq 1 100); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
-        pkill -9 -x libvirtd 2>/dev/null || true
-        for _ in $(seq 1 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
+        pkill -x libvirtd "${this_host[@]}" 2>/dev/null || true
+        for _ in $(seq 1 100); do pgrep -x libvirtd "${this_host[@]}" >/dev/null || break; sleep 0.1; done
+        pkill -9 -x libvirtd "${this_host[@]}" 2>/dev/null || true
+        for _ in $(seq 1 50); do pgrep -x libvirtd "${this_host[@]}" >/dev/null || break; sleep 0.1; done
         log "starting libvirtd (under tini -s)"
         (close_inherited_fds; exec setsid tini -s -- libvirtd) </dev/null \
             >>/var/log/libvirt/libvirtd-run.log 2>&1 &
