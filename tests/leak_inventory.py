@@ -53,7 +53,7 @@ def inventory() -> dict[str, set[str]]:
                               if line.split()[0].startswith(NAME_PREFIX)},
         "ipsets": {name for name in _lines("ipset", "list", "-n")
                    if name.startswith(NAME_PREFIX) and name not in FIXED_IPSETS},
-        "taps": {line.split(":")[1].strip().split("@")[0]
+        "taps (and veths)": {line.split(":")[1].strip().split("@")[0]
                  for line in _lines("ip", "-o", "link", "show")
                  if line.split(":")[1].strip().startswith(NAME_PREFIX)
                  and line.split(":")[1].strip() != BRIDGE},
@@ -64,6 +64,10 @@ def inventory() -> dict[str, set[str]]:
         "custom images": _entries(STORAGE_ROOT / "images" / "custom", frozenset({"build.lock"})),
         "image volumes": _entries(STORAGE_ROOT / "images" / "volumes",
                                   frozenset({"default.qcow2"})),
+        # The two-host rig's (tests/integration/two_host_rig.py); its veth is among "taps".
+        "network namespaces": {line.split()[0] for line in _lines("ip", "netns", "list")
+                               if line.startswith(NAME_PREFIX)},
+        "rig state": _entries(Path("/var/lib/rds-rig")),
     }
 
 
