@@ -134,6 +134,7 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
     snapshots = SnapshotService(settings, hypervisor, templates, vms, store, events)
     builder = ImageBuilder(settings, custom, templates, parts, seeds, events)
     images = ImageService(settings, custom, templates, parts, store, parts.seeds)
+    hosts = HostsView(settings, hypervisor, parts.records, images.list)
 
     def sweep() -> list[str]:
         removed = vms.remove_orphans() + snapshots.remove_orphans()
@@ -155,9 +156,9 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                     auth=AuthService(settings, state, clock=adapters.clock),
                     console=ConsoleLogs(settings, parts.records),
                     stats=VmStatsReader(hypervisor, parts.records),
-                    host_metrics=HostCollector(parts.records), history=history,
+                    host_metrics=HostCollector(parts.records, hosts), history=history,
                     images=images,
                     image_builder=builder, events=events, webhooks=webhooks,
                     deliveries=deliveries,
                     api_keys=ApiKeys(state, events, clock=adapters.clock),
-                    hosts=HostsView(settings, hypervisor, parts.records, images.list))
+                    hosts=hosts)

@@ -54,8 +54,10 @@ class HostsView:
         self.records = records
         self.images = images
 
-    def list(self) -> list[Host]:
-        return [self._local()]
+    def list(self, with_images: bool = True) -> list[Host]:
+        """:param with_images: False leaves ``images`` empty (a scrape of /metrics: reading
+            the images walks their files)."""
+        return [self._local(with_images)]
 
     def get(self, name: str) -> Host:
         """:raises HostNotFound: no host has this name."""
@@ -64,7 +66,7 @@ class HostsView:
                 return host
         raise HostNotFound(f"host {name!r} not found")
 
-    def _local(self) -> Host:
+    def _local(self, with_images: bool) -> Host:
         base = Host(name=LOCAL_HOST, uri=self.settings.libvirt_uri, state="DOWN",
                     guest_cidr=self.settings.network_cidr, max_vms=self.settings.max_vms)
         try:
@@ -76,7 +78,7 @@ class HostsView:
         vms = sum(1 for record, _info in found
                   if record.role is VmRole.SANDBOX and record.phase is not VmPhase.DELETING)
         images = [HostImage(image.id, image.snapshot_ready) for image in self.images()
-                  if image.state is ImageState.READY]
+                  if image.state is ImageState.READY] if with_images else []
         return dataclasses.replace(
             base, state="UP", hostname=node.hostname, hypervisor_version=node.hypervisor_version,
             cpus=node.cpus, memory_mb=node.memory_mb, free_memory_mb=node.free_memory_mb,

@@ -64,6 +64,10 @@ def test_metrics_count_creates(api):
     assert sample(after, "rds_vm_create_duration_seconds_count", provision_mode=mode) == \
         sample(before, "rds_vm_create_duration_seconds_count", provision_mode=mode) + 1
     assert sample(after, "rds_vms", state="RUNNING") >= 1
+    assert sample(after, "rds_host_up", host="local") == 1
+    assert sample(after, "rds_host_vms", host="local") >= 1
+    assert sample(after, "rds_host_cpus", host="local") == os.cpu_count()
+    assert sample(after, "rds_host_memory_available_bytes", host="local") > 0
     api.delete_vm(vm["id"])
 
 
