@@ -7,7 +7,8 @@ import typing as t
 from flask import Flask
 
 from app.api.jsonbody import StrictJSONProvider
-from app.api.openapi import Api, add_doc_routes, add_shared_schemas, secure_v1_paths
+from app.api.openapi import (Api, add_doc_routes, add_shared_schemas, document_limits,
+                             secure_v1_paths)
 from app.config import Settings, load_settings
 from app.errors import register_error_handlers
 from app.logs import configure_logging
@@ -58,6 +59,7 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
                       observe.blp, images.blp, admin.blp, api_keys.blp, webhooks.blp):
         api.register_blueprint(blueprint)
     secure_v1_paths(api)
+    document_limits(api, settings)
 
     telemetry.install(app)  # first: the request id and the clock
     app.before_request(auth.require_credentials)
