@@ -8,9 +8,13 @@ fuzz`` is its long run). Either fails on a 5xx or on any check's failure.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import threading
 import typing as t
+import urllib.parse
+import uuid
+import zlib
 
 import schemathesis
 from schemathesis.checks import CHECKS
@@ -46,6 +50,8 @@ NOT_EXPRESSIBLE = {
     "createApiKey": "expiresAt must be in the future",
     # the body must be a tar.gz archive (or a qcow2/raw disk image) of bounded size
     "uploadFiles": "the body must be a tar.gz archive",
+    # a path's ".." segments may not lead out of /workspace (no pattern says that simply)
+    "downloadFiles": "the path must stay inside /workspace",
     "uploadImageFiles": "the body must be a tar.gz archive",
     "uploadImageDisk": "the body must be a qcow2 or raw disk image",
     # a setup script, or disk: true (and then an uploaded disk); and the base's disk size
@@ -86,6 +92,106 @@ CONFIG = schemathesis.Config.from_dict(config_dict())
 def _raw_bytes(_ctx: t.Any, value: t.Any) -> bytes:
     """Upload bodies (``format: binary``): schemathesis generates bytes, sent as they are."""
     return value if isinstance(value, bytes) else str(value).encode()
+
+
+SHAPE = {"cpu": 1, "memMb": 256}  # the integration suite's memory snapshot's: a fast restore
+# Where a VM id goes (Guard): the operations that change a VM's policy or state get VM C.
+ON_VM_C = {"setVmNetwork", "stopVm", "startVm", "keepaliveVm", "updateVm"}
+IMAGE_OPS = {"deleteImage", "setDefaultImage", "uploadImageDisk", "uploadImageFiles",
+             "getImage", "getImageBuildLog"}
+
+
+class Guard:
+    """Rewrites each request before it is sent, in every phase (schemathesis's global
+    ``before_call`` hook, which acts only while a run has put its Guard in ACTIVE):
+
+    * operations on a VM get real VMs: exec, run-ts/js, files, snapshots, logs, stats go to VM
+      A or B (one in eight keeps its generated id: a 404); those that change a VM's policy or
+      state (network, stop, start, keepalive, labels) to VM C, so no command runs in a VM
+      whose egress the fuzzer opened; ``DELETE /v1/vms/{id}`` to an id no VM has, and the
+      label filters of ``DELETE /v1/vms`` get a key no VM but the fuzzer's own can have;
+    * images and snapshots that existed before the run are never deleted, made the default
+      or given a disk (their ids are swapped for ones that do not exist);
+    * a webhook URL's host (and port) becomes ``sink``, on 127.0.0.1: no name is resolved and
+      no delivery can leave the machine;
+    * a create the schema takes gets the shape of the suite's memory snapshot (a restore in a
+      second, not a cold boot of a random size).
+    """
+
+    def __init__(self, vms: list[str], images: set[str], snapshots: set[str],
+                 sink: str) -> None:
+        self.vms, self.images, self.snapshots, self.sink = vms, images, snapshots, sink
+
+    @contextlib.contextmanager
+    def active(self) -> t.Iterator[None]:
+        ACTIVE.append(self)
+        try:
+            yield
+        finally:
+            ACTIVE.remove(self)
+
+    def apply(self, case: schemathesis.Case) -> None:
+        operation_id = case.operation.definition.raw.get("operationId")
+        params = case.path_parameters or {}
+        if "vm_id" in params:
+            spread = zlib.crc32(case.id.encode())
+            if operation_id == "deleteVm":
+                params["vm_id"] = str(uuid.uuid4())
+            elif operation_id in ON_VM_C:
+                params["vm_id"] = self.vms[2]
+            elif spread % 8:  # most go to a real guest, a few keep their generated id (404s)
+                params["vm_id"] = self.vms[spread % 2]
+        if params.get("image_id") in self.images and operation_id in IMAGE_OPS - {
+                "getImage", "getImageBuildLog"}:
+            params["image_id"] = "fz-no-such-image"
+        if params.get("snapshot_id") in self.snapshots and operation_id == "deleteSnapshot":
+            params["snapshot_id"] = "fz-no-such-snapshot"
+        if operation_id == "deleteVms" and isinstance(case.query, dict):
+            labels = case.query.get("label")
+            if isinstance(labels, list):
+                case.query["label"] = [f"fz-{label}" if isinstance(label, str) and label
+                                       and not label.startswith("=") else label
+                                       for label in labels]
+            elif isinstance(labels, str) and labels and not labels.startswith("="):
+                case.query["label"] = f"fz-{labels}"
+        if operation_id in ("createWebhook", "updateWebhook") and isinstance(case.body, dict):
+            case.body["url"] = self._local_url(case.body.get("url"))
+        if operation_id == "createVm" and isinstance(case.body, dict):
+            self._seed_shape(case.body)
+
+    def _local_url(self, url: t.Any) -> t.Any:
+        """The same URL with its host (and port) made this test's sink on 127.0.0.1."""
+        if not isinstance(url, str):
+            return url
+        try:
+            parts = urllib.parse.urlsplit(url)
+            if not parts.netloc:
+                return url
+        except ValueError:
+            return url
+        return urllib.parse.urlunsplit(parts._replace(netloc=self.sink))
+
+    @staticmethod
+    def _seed_shape(body: dict[str, t.Any]) -> None:
+        """A create the schema takes gets the memory snapshot's shape: a restore in a second,
+        not a cold boot of a random size (the other fields are the fuzzer's)."""
+        for name, value in SHAPE.items():
+            if isinstance(body.get(name), int) and not isinstance(body.get(name), bool):
+                body[name] = value
+        if isinstance(body.get("diskSizeMb"), int):  # the snapshot's disk, not a new one
+            body["diskSizeMb"] = None
+        if body.get("provisionMode") == "boot":  # a cold boot: ~15 s of TCG each
+            body["provisionMode"] = "auto"
+
+
+ACTIVE: list[Guard] = []  # the running fuzz test's
+
+
+@schemathesis.hook
+def before_call(_context: schemathesis.HookContext, case: schemathesis.Case,
+                _kwargs: dict[str, t.Any]) -> None:
+    if ACTIVE:
+        ACTIVE[-1].apply(case)
 
 
 def excluded_checks(operation_id: str | None) -> list[t.Any]:

@@ -48,17 +48,17 @@ def validate_labels(labels: dict[str, str]) -> None:
 
 # What validate_labels takes of a value, as the OpenAPI document says it (the key's rule,
 # LABEL_KEY, is in the description: OpenAPI 3.0 has no propertyNames).
-LABEL_VALUE = {"type": "string", "maxLength": MAX_LABEL_VALUE,
+LABEL_VALUE = {"maxLength": MAX_LABEL_VALUE,
                "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*\\Z"}
 
 
 def labels_field(**kwargs) -> fields.Dict:
-    return fields.Dict(keys=fields.String(), values=fields.String(), validate=validate_labels,
+    return fields.Dict(keys=fields.String(), values=fields.String(metadata=LABEL_VALUE),
+                       validate=validate_labels,
                        metadata={"description": "labels: at most 32, keys [a-z0-9][a-z0-9_./-]"
                                                 "{0,62}, values up to 256 characters without "
                                                 "control characters",
-                                 "maxProperties": MAX_LABELS,
-                                 "additionalProperties": LABEL_VALUE},
+                                 "maxProperties": MAX_LABELS},
                        **kwargs)
 
 

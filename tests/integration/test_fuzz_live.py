@@ -7,19 +7,11 @@ memory snapshot), so the cases reach real guests rather than 404s. ``make fuzz``
 run of this same module (``FUZZ_MAX_EXAMPLES``, ``FUZZ_MIN_CASES``); by default it is bounded
 to ~200 cases in a few minutes.
 
-What the fuzzer is not let do (:class:`Guard`, applied to every request as it is sent, in
-every phase, so it sees what goes on the wire):
-
-* delete a shared VM: ``DELETE /v1/vms/{id}`` goes to an id no VM has, and the label filters
-  of ``DELETE /v1/vms`` get a key no VM but the fuzzer's own has (``fz-`` prefixed);
-* touch an image or snapshot that existed before the run (deleted, made the default, given a
-  disk): such ids are swapped for one that does not exist;
-* send a webhook anywhere but this machine: a URL's host becomes 127.0.0.1 (a sink of this
-  test's), so no name is resolved and no delivery leaves the host; the server also runs
-  without the maintainer (no deliveries at all from it, no sweeps of others' VMs);
-* run a command in a VM whose egress policy it changed: exec, run-ts/js and files go to VMs
-  A and B, whose policy (no egress) nothing changes; network, stop, start, keepalive and
-  labels go to VM C.
+What the fuzzer is not let do (tests.fuzzing.Guard, applied to every request as it is
+sent): delete the shared VMs, or an image or snapshot that existed before; send a webhook
+anywhere but a sink of this test's on 127.0.0.1 (no name is resolved, no delivery leaves the
+host; the server also runs without the maintainer, so it delivers nothing at all); run a
+command in a VM whose egress policy it changed.
 
 Every VM, image, snapshot, webhook and API key the run made is deleted (revoked) at the end:
 what is listed then and was not before.
@@ -35,22 +27,19 @@ import threading
 import time
 import typing as t
 import urllib.parse
-import uuid
-import zlib
 
 import httpx
 import pytest
 import schemathesis
 from schemathesis.engine import events as engine_events
 
-from tests.fuzzing import ALL_CHECKS, NOT_EXPRESSIBLE, Tally, config_dict
+from tests.fuzzing import SHAPE, Guard, Tally, config_dict
 from tests.integration.conftest import live_server, no_upkeep_config
 
 pytestmark = pytest.mark.integration
 
 API_KEY = "fuzz-test-key"
 HEADERS = {"X-API-Key": API_KEY}
-SHAPE = {"cpu": 1, "memMb": 256}  # the suite's memory snapshot's shape: a fast restore
 EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "3"))  # per operation and phase
 MIN_CASES = int(os.environ.get("FUZZ_MIN_CASES", "150"))
 SEED = int(os.environ.get("FUZZ_SEED", "16"))
@@ -58,10 +47,6 @@ SEED = int(os.environ.get("FUZZ_SEED", "16"))
 # every operation: ~1,500 cases alone; the unit run has it); make fuzz runs it.
 PHASES = os.environ.get("FUZZ_PHASES", "examples,fuzzing").split(",")
 LEFT_OUT = ("streamEvents",)
-# Where a VM id goes: the operations that change a VM's policy or state get VM C.
-ON_VM_C = {"setVmNetwork", "stopVm", "startVm", "keepaliveVm", "updateVm"}
-IMAGE_OPS = {"deleteImage", "setDefaultImage", "uploadImageDisk", "uploadImageFiles",
-             "getImage", "getImageBuildLog"}
 
 
 class _Sink(http.server.BaseHTTPRequestHandler):
@@ -72,78 +57,6 @@ class _Sink(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *_args: t.Any) -> None:
         pass
-
-
-class Guard:
-    """Rewrites each request before it is sent (a global ``before_call`` hook that acts only
-    while a live run is on; see the module docstring for what and why)."""
-
-    def __init__(self, vms: list[str], images: set[str], snapshots: set[str],
-                 sink: str) -> None:
-        self.vms, self.images, self.snapshots, self.sink = vms, images, snapshots, sink
-
-    def apply(self, case: schemathesis.Case) -> None:
-        operation_id = case.operation.definition.raw.get("operationId")
-        params = case.path_parameters or {}
-        if "vm_id" in params:
-            spread = zlib.crc32(case.id.encode())
-            if operation_id == "deleteVm":
-                params["vm_id"] = str(uuid.uuid4())
-            elif operation_id in ON_VM_C:
-                params["vm_id"] = self.vms[2]
-            elif spread % 8:  # most go to a real guest, a few keep their generated id (404s)
-                params["vm_id"] = self.vms[spread % 2]
-        if params.get("image_id") in self.images and operation_id in IMAGE_OPS - {
-                "getImage", "getImageBuildLog"}:
-            params["image_id"] = "fz-no-such-image"
-        if params.get("snapshot_id") in self.snapshots and operation_id == "deleteSnapshot":
-            params["snapshot_id"] = "fz-no-such-snapshot"
-        if operation_id == "deleteVms" and isinstance(case.query, dict):
-            labels = case.query.get("label")
-            if isinstance(labels, list):
-                case.query["label"] = [f"fz-{label}" if isinstance(label, str) and label
-                                       and not label.startswith("=") else label
-                                       for label in labels]
-            elif isinstance(labels, str) and labels and not labels.startswith("="):
-                case.query["label"] = f"fz-{labels}"
-        if operation_id in ("createWebhook", "updateWebhook") and isinstance(case.body, dict):
-            case.body["url"] = self._local_url(case.body.get("url"))
-        if operation_id == "createVm" and isinstance(case.body, dict):
-            self._seed_shape(case.body)
-
-    def _local_url(self, url: t.Any) -> t.Any:
-        """The same URL with its host (and port) made this test's sink on 127.0.0.1."""
-        if not isinstance(url, str):
-            return url
-        try:
-            parts = urllib.parse.urlsplit(url)
-            if not parts.netloc:
-                return url
-        except ValueError:
-            return url
-        return urllib.parse.urlunsplit(parts._replace(netloc=self.sink))
-
-    @staticmethod
-    def _seed_shape(body: dict[str, t.Any]) -> None:
-        """A create the schema takes gets the memory snapshot's shape: a restore in a second,
-        not a cold boot of a random size (the other fields are the fuzzer's)."""
-        for name, value in SHAPE.items():
-            if isinstance(body.get(name), int) and not isinstance(body.get(name), bool):
-                body[name] = value
-        if isinstance(body.get("diskSizeMb"), int):  # the snapshot's disk, not a new one
-            body["diskSizeMb"] = None
-        if body.get("provisionMode") == "boot":  # a cold boot: ~15 s of TCG each
-            body["provisionMode"] = "auto"
-
-
-GUARD: list[Guard] = []  # the live run's, while it runs
-
-
-@schemathesis.hook
-def before_call(_context: schemathesis.HookContext, case: schemathesis.Case,
-                _kwargs: dict[str, t.Any]) -> None:
-    if GUARD and case.operation.base_url and "127.0.0.1" in case.operation.base_url:
-        GUARD[0].apply(case)
 
 
 @pytest.fixture(scope="module")
@@ -245,11 +158,10 @@ def test_live_api_fuzz(fuzz_server, rest, shared_vms, sink):
     schema = schema.exclude(operation_id=list(LEFT_OUT))
     tally = Tally()
     started = time.monotonic()
-    GUARD.append(guard)
     try:
-        run_engine(schema, tally)
+        with guard.active():
+            run_engine(schema, tally)
     finally:
-        GUARD.clear()
         left = remove_new(rest, before)
     elapsed = time.monotonic() - started
     print(tally.summary(f"live fuzz (seed {SEED}, phases {','.join(PHASES)}, {EXAMPLES} "
@@ -260,4 +172,3 @@ def test_live_api_fuzz(fuzz_server, rest, shared_vms, sink):
     assert not tally.failures, "\n\n".join(tally.failures[:20])
     assert not tally.server_errors(), tally.summary("5xx")
     assert tally.cases >= MIN_CASES, tally.summary("too few cases")
-    assert ALL_CHECKS and NOT_EXPRESSIBLE  # what the config above was built from
