@@ -54,10 +54,10 @@ bench: image
 	$(PY) bench/bench_delete.py --rounds 10
 	$(PY) bench/bench_images.py --builds 3 --creates 7
 
-## make fuzz: schemathesis against a live server with real VMs, every phase but the stateful
-## one, >= 1000 cases, a summary at the end (RELIABILITY.md); its bounded run is in make test
-FUZZ_MAX_EXAMPLES ?= 8
+## make fuzz: schemathesis against a live server with real VMs, every phase, >= 1000 cases, a
+## summary at the end (RELIABILITY.md); its bounded run is in make test. Run it under the VM lock.
+FUZZ_MAX_EXAMPLES ?= 10
 fuzz: image
 	FUZZ_MAX_EXAMPLES=$(FUZZ_MAX_EXAMPLES) FUZZ_MIN_CASES=1000 \
-		FUZZ_PHASES=examples,coverage,fuzzing \
+		FUZZ_PHASES=examples,coverage,fuzzing,stateful \
 		$(PY) -m pytest -v -s -p no:cacheprovider tests/integration/test_fuzz_live.py
