@@ -20,7 +20,21 @@ import schemathesis
 from schemathesis.checks import CHECKS
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-# Every built-in check: not_a_server_error, status_code_conformance,
+@schemathesis.check
+def status_documented_explicitly(_ctx: t.Any, response: t.Any, case: schemathesis.Case) -> None:
+    """The status is one the operation lists itself. schemathesis's status_code_conformance
+    takes the ``default`` response, which flask-smorest gives every operation, so it would let
+    any status through; the document is to list each status a route can answer."""
+    if case.method.upper() != case.operation.method.upper():
+        return  # an undeclared method (405): unsupported_method judges it
+    listed = case.operation.definition.raw.get("responses", {})
+    if str(response.status_code) not in listed:
+        raise AssertionError(f"{case.method} {case.operation.path} answered "
+                             f"{response.status_code}, which its responses do not list "
+                             f"({', '.join(sorted(listed))})")
+
+
+# Every built-in check (and the one above): not_a_server_error, status_code_conformance,
 # content_type_conformance, response_headers_conformance, response_schema_conformance,
 # negative_data_rejection, positive_data_acceptance, missing_required_header,
 # unsupported_method (405 with Allow), use_after_free, ensure_resource_availability,
@@ -94,6 +108,9 @@ def _raw_bytes(_ctx: t.Any, value: t.Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
+# What each create operation makes (Guard.record).
+CREATES = {"createVm": "vms", "createSnapshot": "snapshots", "createImage": "images",
+           "createWebhook": "webhooks", "createApiKey": "keys"}
 SHAPE = {"cpu": 1, "memMb": 256}  # the integration suite's memory snapshot's: a fast restore
 # Where a VM id goes (Guard): the operations that change a VM's policy or state get VM C.
 ON_VM_C = {"setVmNetwork", "stopVm", "startVm", "keepaliveVm", "updateVm"}
@@ -121,6 +138,7 @@ class Guard:
     def __init__(self, vms: list[str], images: set[str], snapshots: set[str],
                  sink: str) -> None:
         self.vms, self.images, self.snapshots, self.sink = vms, images, snapshots, sink
+        self.created: dict[str, set[str]] = collections.defaultdict(set)
 
     @contextlib.contextmanager
     def active(self) -> t.Iterator[None]:
@@ -129,6 +147,17 @@ class Guard:
             yield
         finally:
             ACTIVE.remove(self)
+
+    def record(self, case: schemathesis.Case, response: t.Any) -> None:
+        """Remember what a create made (by kind: vms, snapshots, ...), to delete it after."""
+        kind = CREATES.get(case.operation.definition.raw.get("operationId"))
+        if kind and 200 <= response.status_code < 300 and case.method.upper() == "POST":
+            try:
+                made = response.json()
+            except ValueError:
+                return
+            if isinstance(made, dict) and isinstance(made.get("id"), str):
+                self.created[kind].add(made["id"])
 
     def apply(self, case: schemathesis.Case) -> None:
         operation_id = case.operation.definition.raw.get("operationId")
@@ -192,6 +221,13 @@ def before_call(_context: schemathesis.HookContext, case: schemathesis.Case,
                 _kwargs: dict[str, t.Any]) -> None:
     if ACTIVE:
         ACTIVE[-1].apply(case)
+
+
+@schemathesis.hook
+def after_call(_context: schemathesis.HookContext, case: schemathesis.Case,
+               response: t.Any) -> None:
+    if ACTIVE:
+        ACTIVE[-1].record(case, response)
 
 
 def excluded_checks(operation_id: str | None) -> list[t.Any]:

@@ -60,6 +60,20 @@ def secure_v1_paths(api: flask_smorest.Api) -> None:
                     operation["security"] = SECURITY
 
 
+def document_body_limit(api: flask_smorest.Api, max_bytes: int) -> None:
+    """The 413 of every operation that takes a JSON body (call after the blueprints are
+    registered): Flask refuses a body over ``MAX_CONTENT_LENGTH`` before the view runs, so no
+    view documents it itself."""
+    error = {"description": f"Body over {max_bytes // (1024 * 1024)} MiB",
+             "content": {"application/json": {
+                 "schema": {"$ref": "#/components/schemas/ApiError"}}}}
+    for operations in api.spec._paths.values():
+        for method, operation in operations.items():
+            body = operation.get("requestBody", {}) if method != "parameters" else {}
+            if "application/json" in body.get("content", {}):
+                operation["responses"].setdefault("413", error)
+
+
 def document_limits(api: flask_smorest.Api, settings: t.Any) -> None:
     """Put this host's configured limits into the request schemas (call after the blueprints
     are registered). The services check them (``MAX_CPU``, ``MAX_EXEC_TIMEOUT_MS``, ...), and
