@@ -9,7 +9,7 @@ SHELL_SCRIPTS := .ci/run deploy/host-setup.sh guest/initrd/init guest/rootfs/usr
 	$(addprefix guest/rootfs/etc/rds/,rc.boot rc.shutdown run-guest-agent run-sshd) \
 	$(addprefix guest/rootfs/usr/local/lib/rds/,deno-spare pack reidentify run-ts settle untar)
 
-.PHONY: run test setup image unit integration lint clean-vms bench
+.PHONY: run test setup image unit integration lint clean-vms bench fuzz
 
 ## make run: set up the host if needed, build the guest image if missing, serve on $PORT (3000)
 run: image
@@ -53,3 +53,11 @@ bench: image
 	$(PY) bench/bench_commands.py
 	$(PY) bench/bench_delete.py --rounds 10
 	$(PY) bench/bench_images.py --builds 3 --creates 7
+
+## make fuzz: schemathesis against a live server with real VMs, every phase, >= 1000 cases, a
+## summary at the end (RELIABILITY.md); its bounded run is in make test. Run it under the VM lock.
+FUZZ_MAX_EXAMPLES ?= 10
+fuzz: image
+	FUZZ_MAX_EXAMPLES=$(FUZZ_MAX_EXAMPLES) FUZZ_MIN_CASES=1000 \
+		FUZZ_PHASES=examples,coverage,fuzzing,stateful \
+		$(PY) -m pytest -v -s -p no:cacheprovider tests/integration/test_fuzz_live.py

@@ -7,7 +7,8 @@ import typing as t
 from flask import Flask
 
 from app.api.jsonbody import StrictJSONProvider
-from app.api.openapi import Api, add_doc_routes, add_shared_schemas, secure_v1_paths
+from app.api.openapi import (Api, add_doc_routes, add_shared_schemas, document_body_limit,
+                             document_limits, secure_v1_paths)
 from app.config import Settings, load_settings
 from app.errors import register_error_handlers
 from app.logs import configure_logging
@@ -59,6 +60,8 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
                       hosts.blp):
         api.register_blueprint(blueprint)
     secure_v1_paths(api)
+    document_limits(api, settings)
+    document_body_limit(api, app.config["MAX_CONTENT_LENGTH"])
 
     telemetry.install(app)  # first: the request id and the clock
     app.before_request(auth.require_credentials)

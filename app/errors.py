@@ -206,7 +206,7 @@ def status_of(error: AppError) -> int:
 def register_error_handlers(app: t.Any) -> None:
     """Every error leaves as ``{"message": ...}``; 422 from schema validation becomes 400."""
     from flask import jsonify, g
-    from werkzeug.exceptions import HTTPException
+    from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
     def _reply(status: int, body: dict[str, t.Any]):
         response = jsonify(body)
@@ -239,7 +239,11 @@ def register_error_handlers(app: t.Any) -> None:
             body["errors"] = _string_keys(messages)
         if isinstance(data, dict) and data.get("message"):
             body["message"] = data["message"]
-        return _reply(status, body)
+        response = _reply(status, body)
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            # RFC 9110 section 15.5.6: a 405 must list the methods the resource supports.
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
 
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception):

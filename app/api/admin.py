@@ -20,6 +20,13 @@ blp = Blueprint("admin", __name__, url_prefix="/v1/admin", description="Activity
 SSE = "text/event-stream"
 HEARTBEAT_S = 15.0  # a comment line at least this often keeps proxies and clients patient
 POLL_S = 0.5
+# One event of the stream, as an EventSource hands it over (the schema of each event, as
+# OpenAPI 3.2's itemSchema and schemathesis read a text/event-stream schema).
+SSE_EVENT = {"type": "object", "properties": {
+    "id": {"type": "string", "description": "the event's seq"},
+    "event": {"type": "string", "description": "the event's type"},
+    "data": {"type": "string", "description": "the event (Event) as JSON"},
+    "retry": {"type": "integer", "description": "reconnection delay in ms (the first)"}}}
 STREAM_MAX_S = 300.0  # then the stream ends and EventSource reconnects with Last-Event-ID
 
 
@@ -41,7 +48,7 @@ class EventStream(MethodView):
         "description": "Server-Sent Events: `id` is the event's seq, `event` its type, `data` "
                        "the event as JSON; a `: keepalive` comment every 15 s; the stream "
                        "ends after 5 minutes (EventSource reconnects with Last-Event-ID)",
-        "content": {SSE: {"schema": {"type": "string"}}}}})
+        "content": {SSE: {"schema": SSE_EVENT}}}})
     @blp.arguments(EventStreamQuerySchema, location="query")
     @document_errors(blp, 400, 403, reasons=ADMIN_ONLY)
     def get(self, query):

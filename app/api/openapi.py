@@ -60,6 +60,44 @@ def secure_v1_paths(api: flask_smorest.Api) -> None:
                     operation["security"] = SECURITY
 
 
+def document_body_limit(api: flask_smorest.Api, max_bytes: int) -> None:
+    """The 413 of every operation that takes a JSON body (call after the blueprints are
+    registered): Flask refuses a body over ``MAX_CONTENT_LENGTH`` before the view runs, so no
+    view documents it itself."""
+    error = {"description": f"Body over {max_bytes // (1024 * 1024)} MiB",
+             "content": {"application/json": {
+                 "schema": {"$ref": "#/components/schemas/ApiError"}}}}
+    for operations in api.spec._paths.values():
+        for method, operation in operations.items():
+            body = operation.get("requestBody", {}) if method != "parameters" else {}
+            if "application/json" in body.get("content", {}):
+                operation["responses"].setdefault("413", error)
+
+
+def document_limits(api: flask_smorest.Api, settings: t.Any) -> None:
+    """Put this host's configured limits into the request schemas (call after the blueprints
+    are registered). The services check them (``MAX_CPU``, ``MAX_EXEC_TIMEOUT_MS``, ...), and
+    a value the document allows must not be refused: a generated client, or schemathesis's
+    positive-data check, believes the document."""
+    bounds: dict[str, dict[str, int]] = {
+        "cpu": {"minimum": 1, "maximum": settings.max_cpu},
+        "memMb": {"minimum": 128, "maximum": settings.max_mem_mb},
+        "diskSizeMb": {"minimum": 1, "maximum": settings.max_disk_size_mb},
+        "timeoutMs": {"minimum": 1, "maximum": settings.max_exec_timeout_ms},
+        "allowIps": {"maxItems": settings.max_allow_ips}}
+    if settings.vm_max_ttl_s:  # every VM has a lifetime here: 0 (never) is refused
+        bounds["ttlSeconds"] = {"minimum": 1, "maximum": settings.vm_max_ttl_s}
+    targets = {"VmCreate": ("cpu", "memMb", "diskSizeMb", "ttlSeconds", "allowIps"),
+               "ImageCreate": ("cpu", "memMb", "diskSizeMb", "allowIps"),
+               "NetworkPolicy": ("allowIps",), "Keepalive": ("ttlSeconds",),
+               "Exec": ("timeoutMs",), "RunTs": ("timeoutMs",), "RunJs": ("timeoutMs",)}
+    schemas = api.spec.components.schemas
+    for schema_name, names in targets.items():
+        for name in names:
+            if name in bounds:
+                schemas[schema_name]["properties"][name].update(bounds[name])
+
+
 def add_doc_routes(app: Flask, api: flask_smorest.Api) -> None:
     """``/openapi.json`` (the contract's second spelling of the document), Swagger UI's assets
     under ``/docs/static/``, and the UI itself at ``/docs/`` and ``/docs/<anything>`` (the

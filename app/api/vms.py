@@ -6,7 +6,7 @@ import urllib.parse
 from flask import request
 from flask.views import MethodView
 
-from app.api import Blueprint, document_errors, services
+from app.api import Blueprint, document_errors, required_body, services
 from app.models import ProvisionMode, VmSpec, VmState
 from app.schemas.vms import (DeletedVmsSchema, KeepaliveSchema, NetworkPolicySchema,
                              VmCreateSchema, VmDeleteOneQuerySchema, VmDeleteQuerySchema,
@@ -96,7 +96,7 @@ class VmById(MethodView):
 @blp.route("/<vm_id>/keepalive")
 class VmKeepalive(MethodView):
     @blp.doc(operationId="keepaliveVm")
-    @blp.arguments(KeepaliveSchema)
+    @blp.arguments(KeepaliveSchema, required=False)  # no body: the VM's own ttlSeconds
     @blp.response(200, VmSchema)
     @document_errors(blp, 400, 404, 409)
     def post(self, body, vm_id):
@@ -127,7 +127,7 @@ class VmStart(MethodView):
 @blp.route("/<vm_id>/network")
 class VmNetwork(MethodView):
     @blp.doc(operationId="setVmNetwork")
-    @blp.arguments(NetworkPolicySchema)
+    @blp.arguments(required_body(NetworkPolicySchema))
     @blp.response(200, VmSchema)
     @document_errors(blp, 400, 404, 409, 429)
     def put(self, body, vm_id):

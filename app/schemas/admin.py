@@ -5,6 +5,10 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 
 from app.services.events import EVENT_TYPES
 
+# An event's seq is an SQLite INTEGER: a larger number in a query is refused (400) rather than
+# overflowing the driver (a 500 that schemathesis found on ?before=10**23).
+MAX_SEQ = 2**63 - 1
+
 
 class ActivityQuerySchema(Schema):
     class Meta:
@@ -13,7 +17,7 @@ class ActivityQuerySchema(Schema):
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
     type = fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)), load_default=list,
                        metadata={"description": "only these types (repeatable)"})
-    before = fields.Integer(load_default=None, validate=validate.Range(min=1),
+    before = fields.Integer(load_default=None, validate=validate.Range(min=1, max=MAX_SEQ),
                             metadata={"description": "only events older than this seq (the "
                                                      "next page: the last seq seen)"})
 
@@ -23,7 +27,8 @@ class EventStreamQuerySchema(Schema):
         unknown = EXCLUDE
 
     type = fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)), load_default=list)
-    after = fields.Integer(load_default=None, validate=validate.Range(min=0), metadata={
+    after = fields.Integer(load_default=None, validate=validate.Range(min=0, max=MAX_SEQ),
+                           metadata={
         "description": "start after this seq (as the Last-Event-ID header does); default: "
                        "only events from now on"})
 

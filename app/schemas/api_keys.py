@@ -29,7 +29,8 @@ class ApiKeyCreateSchema(Schema):
     scopes = fields.List(fields.String(validate=validate.OneOf(SCOPES)),
                          load_default=lambda: ["vms"],
                          validate=[validate.Length(min=1, max=len(SCOPES)), _unique],
-                         metadata={"description": "vms: VMs (only the key's own), their "
+                         metadata={"uniqueItems": True,
+                                   "description": "vms: VMs (only the key's own), their "
                                                   "commands, files and snapshots, reading "
                                                   "images; admin: everything, /v1/admin too"})
     maxVms = fields.Integer(strict=True, load_default=None, allow_none=True,

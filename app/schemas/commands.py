@@ -125,11 +125,18 @@ class RunResultLineSchema(RunResultSchema):
                          validate=validate.OneOf(["result"]))
 
 
+# What app.services.workspace.workspace_path refuses outright; that a path stays inside the
+# workspace once its ".." are resolved, the description says.
+GUEST_PATH = "^[^\\x00\\n\\r]*\\Z"
+
+
 class UploadQueryArgsSchema(Schema):
     dest = fields.String(required=True, metadata={
         "description": "directory inside the workspace: /workspace/..., relative, or "
-                       "/home/user/..."})
+                       "/home/user/... (.. may not lead out of it)", "pattern": GUEST_PATH})
 
 
 class DownloadQueryArgsSchema(Schema):
-    path = fields.String(required=True)
+    path = fields.String(required=True, metadata={
+        "description": "file or directory inside the workspace, as dest of the upload",
+        "pattern": GUEST_PATH})

@@ -22,15 +22,33 @@ class NulFreeString(fields.String):
         return text
 
 
+class StrictBoolean(fields.Boolean):
+    """``true`` or ``false`` only in a JSON body (marshmallow's Boolean also takes 1, "yes",
+    "on", ..., which the OpenAPI document's ``type: boolean`` does not allow)."""
+
+    def _deserialize(self, value: t.Any, attr: str | None, data: t.Any,
+                     **kwargs: t.Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("must be true or false")
+        return value
+
+
 MAX_ENV_ENTRIES = 256
 MAX_ENV_NAME = 256
 MAX_ENV_VALUE = 100_000  # as a command; the whole command line is capped by the guest's sshd
 ENV_FORMS = "an object {\"KEY\": \"VALUE\"} or a list [\"KEY=VALUE\"]"
 # The object form is one named schema in the OpenAPI document (app.api.openapi registers it),
-# so that a generated client has one type for it on all three routes.
+# so that a generated client has one type for it on all three routes. Names as the command
+# service takes them (app.services.commands.ENV_NAME, not RDS_EXEC_ID): an object's keys cannot
+# carry a pattern in OpenAPI 3.0, so the map says it in words and the list form by pattern.
 ENV_MAP = "EnvMap"
-ENV_MAP_SCHEMA = {"type": "object", "additionalProperties": {"type": "string"},
-                  "description": "environment variables by name"}
+ENV_MAP_SCHEMA = {"type": "object", "maxProperties": MAX_ENV_ENTRIES,
+                  "additionalProperties": {"type": "string", "maxLength": MAX_ENV_VALUE,
+                                           "pattern": "^[^\\x00]*\\Z"},
+                  "description": "environment variables by name: [A-Za-z_][A-Za-z0-9_]*, at "
+                                 f"most {MAX_ENV_NAME} characters, not RDS_EXEC_ID"}
+ENV_ENTRY = {"type": "string", "maxLength": MAX_ENV_NAME + 1 + MAX_ENV_VALUE,
+             "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,%d}=[^\\x00]*\\Z" % (MAX_ENV_NAME - 1)}
 
 
 class EnvVars(fields.Field):
@@ -47,7 +65,7 @@ class EnvVars(fields.Field):
         kwargs.setdefault("metadata", {}).update({
             "description": f"environment variables: {ENV_FORMS}",
             "oneOf": [{"$ref": f"#/components/schemas/{ENV_MAP}"},
-                      {"type": "array", "items": {"type": "string"}}]})
+                      {"type": "array", "items": ENV_ENTRY, "maxItems": MAX_ENV_ENTRIES}]})
         super().__init__(**kwargs)
 
     def _deserialize(self, value: t.Any, attr: str | None, data: t.Any,

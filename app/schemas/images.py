@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from app.schemas.fields import NulFreeString
+from app.schemas.fields import NulFreeString, StrictBoolean
 from app.schemas.vms import NetworkPolicySchema
 
 IMAGE_NAME = validate.Regexp(r"^[a-z0-9][a-z0-9._-]{0,62}\Z",
@@ -46,10 +46,10 @@ class ImageCreateSchema(NetworkPolicySchema):
                                 validate=validate.Range(min=1, max=1024 * 1024),
                                 metadata={"description": "the image's disk size (default and "
                                                          "minimum: the base's)"})
-    files = fields.Boolean(load_default=False, metadata={
+    files = StrictBoolean(load_default=False, metadata={
         "description": "a tar.gz of files follows (PUT /v1/images/{id}/files): the build "
                        "waits for it (state PENDING)"})
-    disk = fields.Boolean(load_default=False, metadata={
+    disk = StrictBoolean(load_default=False, metadata={
         "description": "the image's disk is uploaded (PUT /v1/images/{id}/disk) instead of "
                        "the base's; the build waits for it (state PENDING)"})
 

@@ -1,12 +1,13 @@
 """Schemas of the VM resource."""
 from __future__ import annotations
 
-import ipaddress
 import re
 
 from marshmallow import (EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields, post_load,
                          validate, validates)
 
+from app.schemas.addresses import IP_OR_CIDR, parse_ip_or_cidr
+from app.schemas.fields import StrictBoolean
 from app.schemas.snapshots import SnapshotRefSchema
 
 
@@ -45,10 +46,19 @@ def validate_labels(labels: dict[str, str]) -> None:
             raise ValidationError(f"label {key!r}: value has a control character")
 
 
+# What validate_labels takes of a value, as the OpenAPI document says it (the key's rule,
+# LABEL_KEY, is in the description: OpenAPI 3.0 has no propertyNames).
+LABEL_VALUE = {"maxLength": MAX_LABEL_VALUE,
+               "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*\\Z"}
+
+
 def labels_field(**kwargs) -> fields.Dict:
-    return fields.Dict(keys=fields.String(), values=fields.String(), validate=validate_labels,
+    return fields.Dict(keys=fields.String(), values=fields.String(metadata=LABEL_VALUE),
+                       validate=validate_labels,
                        metadata={"description": "labels: at most 32, keys [a-z0-9][a-z0-9_./-]"
-                                                "{0,62}, values up to 256 characters"},
+                                                "{0,62}, values up to 256 characters without "
+                                                "control characters",
+                                 "maxProperties": MAX_LABELS},
                        **kwargs)
 
 
@@ -63,16 +73,17 @@ class NetworkPolicySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    allowIps = fields.List(fields.String(), load_default=list,
+    allowIps = fields.List(fields.String(metadata={"pattern": IP_OR_CIDR}), load_default=list,
                            metadata={"description": "IPv4/IPv6 addresses or CIDRs the guest "
-                                                    "may reach when outboundInternet is true"})
-    outboundInternet = fields.Boolean(load_default=False)
+                                                    "may reach when outboundInternet is true "
+                                                    "(at most MAX_ALLOW_IPS entries)"})
+    outboundInternet = StrictBoolean(load_default=False)
 
     @validates("allowIps")
     def _validate_allow_ips(self, value: list[str], **_kwargs) -> None:
         for index, entry in enumerate(value):
             try:
-                ipaddress.ip_network(entry.strip(), strict=False)
+                parse_ip_or_cidr(entry)
             except ValueError:
                 raise ValidationError(
                     f"allowIps[{index}] {entry!r} is not an IPv4/IPv6 address or CIDR") from None
@@ -82,7 +93,7 @@ class NetworkPolicySchema(Schema):
         # Host bits are cleared (10.0.0.5/8 -> 10.0.0.0/8) and duplicates dropped, in order.
         seen: dict[str, None] = {}
         for entry in data["allowIps"]:
-            seen[str(ipaddress.ip_network(entry.strip(), strict=False))] = None
+            seen[parse_ip_or_cidr(entry)] = None
         data["allowIps"] = list(seen)
         return data
 
@@ -129,7 +140,8 @@ class KeepaliveSchema(Schema):
 
 
 STATES = ["STARTING", "RUNNING", "STOPPING", "STOPPED", "ERROR"]
-LABEL_FILTER = fields.String(metadata={"description": "KEY=VALUE, or KEY for any value"})
+LABEL_FILTER = fields.String(metadata={"description": "KEY=VALUE, or KEY for any value",
+                                       "pattern": "^[^=]"})  # a key: app.services.listing
 
 
 class VmListQuerySchema(Schema):

@@ -7,23 +7,15 @@ from marshmallow import (EXCLUDE, Schema, ValidationError, fields, validate,
                          validates_schema)
 
 from app.clock import iso_at
-from app.schemas.fields import NulFreeString
+from app.schemas.fields import NulFreeString, StrictBoolean
 from app.services.events import EVENT_TYPES
 from app.services.webhook_urls import MAX_URL_CHARS
 from app.services.webhooks import DELIVERY_STATES
 
 ALWAYS = {"dump_only": True, "required": True}  # an answer field every answer carries
 MAX_NAME_CHARS = 100
-
-
-class StrictBoolean(fields.Boolean):
-    """``true`` or ``false`` only (marshmallow's Boolean also takes 1, "yes", "on", ...)."""
-
-    def _deserialize(self, value: t.Any, attr: str | None, data: t.Any,
-                     **kwargs: t.Any) -> bool:
-        if not isinstance(value, bool):
-            raise ValidationError("must be true or false")
-        return value
+# The scheme app.services.webhook_urls.parse insists on (any case: urlsplit lowers it).
+URL_SCHEME = "^[Hh][Tt][Tt][Pp][Ss]?://"
 
 
 def _name(**kwargs: t.Any) -> NulFreeString:
@@ -33,7 +25,9 @@ def _name(**kwargs: t.Any) -> NulFreeString:
 def _url(**kwargs: t.Any) -> NulFreeString:
     return NulFreeString(validate=validate.Length(min=1, max=MAX_URL_CHARS), metadata={
         "description": "http(s) URL the deliveries are POSTed to; not in the guests' network "
-                       "(NETWORK_CIDR) nor link-local, by any address its host resolves to"},
+                       "(NETWORK_CIDR) nor link-local, by any address its host resolves to "
+                       "(a host that does not resolve is refused: 400)",
+        "pattern": URL_SCHEME},
         **kwargs)
 
 
