@@ -70,3 +70,36 @@ def test_libvirt_errors_come_out_translated(hypervisor):
 def test_the_version_and_networks_are_read(hypervisor):
     assert hypervisor.ping().count(".") == 2
     assert hypervisor.network_is_active("no-such-network") is False
+
+
+def test_a_lost_connection_waits_for_libvirtd_to_come_back(hypervisor, monkeypatch):
+    """libvirtd restarting is unreachable for a few seconds: within the reconnect window a call
+    waits for it (the undo of a create it interrupted must not fail); outside it, a dead
+    libvirtd fails the call at once."""
+    import libvirt
+
+    from app.virt import connection
+
+    real_open = libvirt.open
+    refusals = []
+
+    def restarting(uri):
+        if len(refusals) < 3:
+            refusals.append(uri)
+            raise libvirt.libvirtError("Failed to connect socket: No such file or directory")
+        return real_open(uri)
+
+    monkeypatch.setattr(connection, "RECONNECT_INTERVAL_S", 0.01)
+    monkeypatch.setattr(libvirt, "open", restarting)
+    with pytest.raises(HypervisorError):  # never connected: nothing to wait for
+        hypervisor.ping()
+    refusals.clear()
+    hypervisor._lost_at = connection.time.monotonic()  # as when a live connection died
+    assert hypervisor.ping()
+    assert len(refusals) == 3 and hypervisor._lost_at is None
+    refusals.clear()
+    hypervisor._conn = None
+    hypervisor._lost_at = connection.time.monotonic() - connection.RECONNECT_WINDOW_S - 1
+    with pytest.raises(HypervisorError):
+        hypervisor.ping()
+    assert len(refusals) == 1
