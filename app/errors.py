@@ -1,6 +1,7 @@
 """The AppError tree (each carries its HTTP status) and the one JSON error handler."""
 from __future__ import annotations
 
+import errno
 import logging
 import typing as t
 
@@ -239,9 +240,23 @@ def register_error_handlers(app: t.Any) -> None:
 
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception):
+        full = storage_full(error)
+        if full is not None:
+            return handle_app_error(full)
         request_id = getattr(g, "request_id", None)
         log.exception("unhandled error request_id=%s", request_id)
         return _reply(500, {"message": "Internal server error", "requestId": request_id})
+
+
+def storage_full(error: BaseException) -> InsufficientStorage | None:
+    """A write that found the host's filesystem full (ENOSPC, EDQUOT), as the 507 it is; None
+    for any other error. Whatever was being built has been undone by then (its Cleanup ran
+    while the error passed), so the caller can retry once room is made."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(
+            f"the host's storage is full ({error.strerror}); nothing was kept of this "
+            f"request: delete VMs, snapshots or images, or ask the operator for room")
+    return None
 
 
 def _string_keys(node: t.Any) -> t.Any:
