@@ -268,15 +268,23 @@ class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
 
     def destroy_domain(self, uuid: str) -> None:
         """Hard power-off; a domain that is not running is left as it is."""
-        def destroy(conn: t.Any) -> None:
+        def destroy(conn: t.Any, flags: int) -> None:
             dom = conn.lookupByUUIDString(uuid)
-            if dom.isActive():
-                dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+            if not dom.isActive():
+                return
+            try:
+                dom.destroyFlags(flags)
+            except libvirt.libvirtError as exc:
+                # It stopped between the two calls (QEMU died, or a libvirtd that restarted
+                # cleaned up a restore it interrupted): off is what was asked for.
+                if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID or \
+                        dom.isActive():
+                    raise
         try:
-            self._call("destroy domain", destroy)
+            self._call("destroy domain", destroy, libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
         except HypervisorError:
             # GRACEFUL gives up when qemu does not exit on SIGTERM; then SIGKILL.
-            self._call("destroy domain", lambda conn: conn.lookupByUUIDString(uuid).destroy())
+            self._call("destroy domain", destroy, libvirt.VIR_DOMAIN_DESTROY_DEFAULT)
 
     def request_shutdown(self, uuid: str) -> None:
         """Ask the guest to power off: guest agent first, ACPI as fallback."""

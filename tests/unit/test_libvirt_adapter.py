@@ -103,3 +103,38 @@ def test_a_lost_connection_waits_for_libvirtd_to_come_back(hypervisor, monkeypat
     with pytest.raises(HypervisorError):
         hypervisor.ping()
     assert len(refusals) == 1
+
+
+def test_a_domain_that_stops_while_being_destroyed_is_off(hypervisor, monkeypatch):
+    """isActive said yes, then destroy found it not running (QEMU died, or a restarted libvirtd
+    cleaned up a restore it interrupted): off is what was asked for, not an error that keeps
+    the create's undo from undefining the domain."""
+    import libvirt
+
+    class Stopping:
+        def __init__(self):
+            self.active = [True, False]
+
+        def isActive(self):
+            return self.active.pop(0) if self.active else False
+
+        def destroyFlags(self, _flags):
+            error = libvirt.libvirtError("Requested operation is not valid: domain is not "
+                                         "running")
+            error.err = (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_FROM_QEMU,
+                         error.args[0], 2, "", None, None, 0, 0)
+            raise error
+
+    class Conn:
+        def __init__(self):
+            self.dom = Stopping()
+
+        def lookupByUUIDString(self, _uuid):
+            return self.dom
+
+    conn = Conn()
+    monkeypatch.setattr(hypervisor, "_connection", lambda: conn)
+    hypervisor.destroy_domain("0b5c1a3e-2f4d-4c6b-9a8e-1d2c3b4a5f60")
+    conn.dom.active = [True, True, True, True]  # still running: the error stands
+    with pytest.raises(HypervisorError, match="not running"):
+        hypervisor.destroy_domain("0b5c1a3e-2f4d-4c6b-9a8e-1d2c3b4a5f60")
