@@ -21,22 +21,29 @@ close_inherited_fds() {
 
 # libvirtd runs under tini as a subreaper: QEMU daemonizes, and where PID 1 is slow to reap
 # orphans (as on this kind of host) libvirt waits for each exited QEMU's zombie.
+# The system libvirtd's pid, from its pid file (not by name: other libvirtd instances, e.g. a
+# test's private one in a network namespace, are none of our business).
+PID_FILE=/run/libvirtd.pid
+system_libvirtd() {
+    local pid
+    pid=$(cat "$PID_FILE" 2>/dev/null) || return 1
+    [ -n "$pid" ] && [ "$(ps -o comm= -p "$pid" 2>/dev/null)" = libvirtd ] || return 1
+    echo "$pid"
+}
+
 under_tini() {
     local pid
-    pid=$(pgrep -x libvirtd | head -n 1) || return 1
+    pid=$(system_libvirtd) || return 1
     [ "$(ps -o comm= -p "$(ps -o ppid= -p "$pid" | tr -d ' ')")" = tini ]
 }
 
 stop_libvirtd() {
-    local pids
-    pids=$(pgrep -x libvirtd || true)
-    [ -n "$pids" ] || return 0
-    # shellcheck disable=SC2086  # one pid per word
-    kill $pids 2>/dev/null || true
-    for _ in $(seq 1 100); do pgrep -x libvirtd >/dev/null || return 0; sleep 0.1; done
-    # shellcheck disable=SC2086
-    kill -9 $pids 2>/dev/null || true
-    for _ in $(seq 1 50); do pgrep -x libvirtd >/dev/null || return 0; sleep 0.1; done
+    local pid
+    pid=$(system_libvirtd) || return 0
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do [ -d "/proc/$pid" ] || return 0; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do [ -d "/proc/$pid" ] || return 0; sleep 0.1; done
 }
 
 start_libvirtd() {
