@@ -253,10 +253,20 @@ def storage_full(error: BaseException) -> InsufficientStorage | None:
     for any other error. Whatever was being built has been undone by then (its Cleanup ran
     while the error passed), so the caller can retry once room is made."""
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return InsufficientStorage(
-            f"the host's storage is full ({error.strerror}); nothing was kept of this "
-            f"request: delete VMs, snapshots or images, or ask the operator for room")
+        return disk_full(error.strerror or "No space left on device")
     return None
+
+
+# What qemu-img, cp and friends print when a write found the filesystem full.
+DISK_FULL_MESSAGES = ("No space left on device", "Disk quota exceeded")
+
+
+def disk_full(reason: str) -> InsufficientStorage:
+    """The 507 of a write that found the storage filesystem full (``reason``: the OS's
+    words), whatever wrote it."""
+    return InsufficientStorage(
+        f"the host's storage is full ({reason}); nothing was kept of this request: delete "
+        f"VMs, snapshots or images, or ask the operator for room")
 
 
 def _string_keys(node: t.Any) -> t.Any:

@@ -200,7 +200,7 @@ LIFECYCLE_ACTIONS = (("on_poweroff", "destroy"), ("on_reboot", "destroy"),
 
 
 def _set_lifecycle_actions(root: ET.Element) -> None:
-    for tag, action in LIFECYCLE_ACTIONS:
+    for tag, _action in LIFECYCLE_ACTIONS:
         for old in root.findall(tag):
             root.remove(old)
     anchor = "clock" if root.find("clock") is not None else "features"

@@ -83,12 +83,12 @@ def free_mb(root: Path) -> float:
 def filled(root: Path) -> t.Iterator[None]:
     """The filesystem full to the last block while the body runs."""
     filler = root / "filler"
-    run("fallocate", "-l", f"{int(free_mb(root) * 2**20)}", str(filler))
-    with open(root / "filler-tail", "wb") as tail:  # the blocks fallocate left
-        with contextlib.suppress(OSError):
-            while True:
-                tail.write(b"\0" * 4096)
-                tail.flush()
+    run("fallocate", "-l", f"{int(free_mb(root) - 2) * 2**20}", str(filler))
+    # The blocks fallocate left, written until the disk says no.
+    with open(root / "filler-tail", "wb") as tail, contextlib.suppress(OSError):
+        while True:
+            tail.write(b"\0" * 4096)
+            tail.flush()
     assert free_mb(root) < 0.1
     try:
         yield

@@ -115,10 +115,10 @@ def test_a_domain_that_stops_while_being_destroyed_is_off(hypervisor, monkeypatc
         def __init__(self):
             self.active = [True, False]
 
-        def isActive(self):
+        def isActive(self):  # noqa: N802 - libvirt's name
             return self.active.pop(0) if self.active else False
 
-        def destroyFlags(self, _flags):
+        def destroyFlags(self, _flags):  # noqa: N802
             error = libvirt.libvirtError("Requested operation is not valid: domain is not "
                                          "running")
             error.err = (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_FROM_QEMU,
@@ -129,7 +129,7 @@ def test_a_domain_that_stops_while_being_destroyed_is_off(hypervisor, monkeypatc
         def __init__(self):
             self.dom = Stopping()
 
-        def lookupByUUIDString(self, _uuid):
+        def lookupByUUIDString(self, _uuid):  # noqa: N802
             return self.dom
 
     conn = Conn()
