@@ -6,17 +6,15 @@ The images, memory snapshots, manager key and build cache stay where the host ke
 disk snapshots and the state database are on the small filesystem. ``DISK_BUDGET_MB`` is set
 far above its size, so the disk budget lets every request through and the writes themselves
 meet the full disk (as when something else filled the filesystem after the budget's check).
-Create, snapshot and upload must then fail with a JSON message that says so, and leave nothing
+Create and snapshot must then fail with a JSON message that says so, and leave nothing
 half-made.
 """
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import typing as t
 from pathlib import Path
@@ -134,20 +132,13 @@ def test_a_full_storage_filesystem_fails_cleanly(server, small_root):
                   f"{full_message(response)}")
             assert made(small_root) == before
             assert client.get("/v1/snapshots").json() == []
-
-            upload = io.BytesIO()
-            with tarfile.open(fileobj=upload, mode="w:gz", compresslevel=1) as tar:
-                member = tarfile.TarInfo("data.bin")
-                member.size = 32 * 1024 * 1024
-                tar.addfile(member, io.BytesIO(os.urandom(member.size)))
-            response, took = timed(lambda: client.post(
-                f"/v1/vms/{vm['id']}/files/upload", params={"dest": "up"},
-                content=upload.getvalue(), headers={"Content-Type": "application/gzip"}))
-            state = client.get(f"/v1/vms/{vm['id']}").json()["state"]
-            print(f"upload with the host's disk full: {response.status_code} in {took:.1f}s: "
-                  f"{response.text[:300]}; the VM is {state}")
-            assert response.status_code >= 400 and response.json()["message"]
-        # Room again: the VM goes on (or can at least be deleted), and a create works.
+            # The service keeps answering (a worker writing a new metrics series on the full
+            # disk used to die of SIGBUS here).
+            for _ in range(3):
+                assert client.get(f"/v1/vms/{vm['id']}").json()["state"] == "RUNNING"
+                assert client.get("/metrics").status_code == 200
+        # Room again: the VM goes on, and is deleted with nothing left.
+        assert client.post(f"/v1/vms/{vm['id']}/exec", json={"cmd": "true"}).status_code == 200
         response = client.delete(f"/v1/vms/{vm['id']}", params={"wait": "true"})
         assert response.status_code == 204, response.text
         vm = None
