@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # What shellcheck checks: every shell script (busybox's are checked as dash and the sourced
 # run-ts as bash, by their directives). kill-marked is Perl: perl -c.
-SHELL_SCRIPTS := .ci/run deploy/host-setup.sh guest/initrd/init guest/rootfs/usr/sbin/shutdown \
+SHELL_SCRIPTS := .ci/run deploy/host-setup.sh deploy/libvirt-daemons.sh guest/initrd/init guest/rootfs/usr/sbin/shutdown \
 	$(addprefix guest/rootfs/etc/rds/,rc.boot rc.shutdown run-guest-agent run-sshd) \
 	$(addprefix guest/rootfs/usr/local/lib/rds/,deno-spare pack reidentify run-ts settle untar)
 

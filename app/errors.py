@@ -1,6 +1,7 @@
 """The AppError tree (each carries its HTTP status) and the one JSON error handler."""
 from __future__ import annotations
 
+import errno
 import logging
 import typing as t
 
@@ -247,9 +248,33 @@ def register_error_handlers(app: t.Any) -> None:
 
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception):
+        full = storage_full(error)
+        if full is not None:
+            return handle_app_error(full)
         request_id = getattr(g, "request_id", None)
         log.exception("unhandled error request_id=%s", request_id)
         return _reply(500, {"message": "Internal server error", "requestId": request_id})
+
+
+def storage_full(error: BaseException) -> InsufficientStorage | None:
+    """A write that found the host's filesystem full (ENOSPC, EDQUOT), as the 507 it is; None
+    for any other error. Whatever was being built has been undone by then (its Cleanup ran
+    while the error passed), so the caller can retry once room is made."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return disk_full(error.strerror or "No space left on device")
+    return None
+
+
+# What qemu-img, cp and friends print when a write found the filesystem full.
+DISK_FULL_MESSAGES = ("No space left on device", "Disk quota exceeded")
+
+
+def disk_full(reason: str) -> InsufficientStorage:
+    """The 507 of a write that found the storage filesystem full (``reason``: the OS's
+    words), whatever wrote it."""
+    return InsufficientStorage(
+        f"the host's storage is full ({reason}); nothing was kept of this request: delete "
+        f"VMs, snapshots or images, or ask the operator for room")
 
 
 def _string_keys(node: t.Any) -> t.Any:

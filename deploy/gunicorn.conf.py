@@ -12,10 +12,14 @@ def _metrics_dir() -> str:
     """prometheus-client's multiprocess mode: every worker writes its series to files in one
     directory, and a scrape of any worker adds them up. One directory per master process (so
     counters start from zero with the service, and a reload keeps them); those of masters
-    that are gone are removed. Set before any worker imports the app."""
+    that are gone are removed. Set before any worker imports the app.
+
+    Under /run, not STORAGE_ROOT: the series are memory-mapped sparse files, and a worker
+    that writes a new series into one on a full filesystem dies of SIGBUS (seen with the
+    storage root full, tests/integration/test_faults_storage.py); they last one boot anyway."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    base = os.path.join(os.environ.get("STORAGE_ROOT", "/var/lib/run-dat-sheesh"), "metrics")
+    base = "/run/run-dat-sheesh/metrics"
     os.makedirs(base, mode=0o700, exist_ok=True)
     for name in os.listdir(base):
         if name.isdigit() and not os.path.exists(f"/proc/{name}"):

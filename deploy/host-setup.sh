@@ -95,38 +95,11 @@ if [ -d /run/systemd/system ]; then
     if [ "${restart_libvirtd:-0}" = 1 ]; then systemctl restart libvirtd; fi
     systemctl start libvirtd
 else
-    # No systemd: start the daemons directly. A session that ended may have left stale pid
-    # files or dead daemons behind; a daemon that does not answer is restarted.
-    # A second virtlogd exits at once on the held pid-file lock, so starting it is idempotent
-    # (and immune to a dead one still listed as a zombie).
-    # libvirtd runs under tini as a subreaper: QEMU daemonizes, and where PID 1 is slow to
-    # reap orphans (as on this kind of host) libvirt waits for each exited QEMU's zombie.
-    # The daemons outlive this script: they must not inherit its open files (a caller's
-    # `flock` on a lock file, say, would be held for as long as libvirtd runs).
-    close_inherited_fds() {
-        local fd
-        for fd in /proc/"$BASHPID"/fd/*; do
-            fd=${fd##*/}
-            if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
-        done
-    }
-    (close_inherited_fds; exec virtlogd -d) 2>/dev/null || true
-    # This host's daemons only: a second "host" of the test rig (tests/integration/
-    # two_host_rig.py) runs its own libvirtd in its own network namespace.
-    this_host=(--ns $$ --nslist net)
-    under_tini() {
-        local pid
-        pid=$(pgrep -x libvirtd "${this_host[@]}" | head -n 1) || return 1
-        [ "$(ps -o comm= -p "$(ps -o ppid= -p "$pid" | tr -d ' ')")" = tini ]
-    }
-    if [ "${restart_libvirtd:-0}" = 1 ] || ! daemon_up || ! under_tini; then
-        pkill -x libvirtd "${this_host[@]}" 2>/dev/null || true
-        for _ in $(seq 1 100); do pgrep -x libvirtd "${this_host[@]}" >/dev/null || break; sleep 0.1; done
-        pkill -9 -x libvirtd "${this_host[@]}" 2>/dev/null || true
-        for _ in $(seq 1 50); do pgrep -x libvirtd "${this_host[@]}" >/dev/null || break; sleep 0.1; done
-        log "starting libvirtd (under tini -s)"
-        (close_inherited_fds; exec setsid tini -s -- libvirtd) </dev/null \
-            >>/var/log/libvirt/libvirtd-run.log 2>&1 &
+    # No systemd: start the daemons directly (a dead or silent libvirtd is restarted).
+    if [ "${restart_libvirtd:-0}" = 1 ]; then
+        "$REPO_ROOT/deploy/libvirt-daemons.sh" restart
+    else
+        "$REPO_ROOT/deploy/libvirt-daemons.sh" start
     fi
 fi
 for _ in $(seq 1 100); do daemon_up && break; sleep 0.2; done

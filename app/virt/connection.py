@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import typing as t
 
 import libvirt
@@ -38,6 +39,13 @@ STATE_NAMES = {
     libvirt.VIR_DOMAIN_CRASHED: "crashed",
     libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
 }
+
+# After a connection was lost, how long a new one is tried for: libvirtd restarting (an upgrade,
+# deploy/libvirt-daemons.sh restart) is unreachable for a few seconds, and a call made then, such
+# as the undo of a create it interrupted, should wait for it rather than fail and leave its
+# half-made VM to the sweep. Outside that window a dead libvirtd fails calls at once (503).
+RECONNECT_WINDOW_S = 15.0
+RECONNECT_INTERVAL_S = 0.25
 
 _event_loop_pid: int | None = None  # the process whose thread runs libvirt's event loop
 _event_loop_lock = threading.Lock()
@@ -91,6 +99,7 @@ class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
         self.uri = uri
         self.timeout = timeout
         self._conn: t.Any = None
+        self._lost_at: float | None = None  # when a live connection was last lost
         self._lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8,
                                                            thread_name_prefix="libvirt")
@@ -121,14 +130,34 @@ class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
                     pass
                 log.warning("libvirt connection lost, reconnecting uri=%s", self.uri)
                 self._conn = None
+                self._lost_at = time.monotonic()
             _start_event_loop()
-            conn = libvirt.open(self.uri)
+            conn = self._open()
             try:
                 conn.setKeepAlive(5, 3)
             except libvirt.libvirtError as exc:  # a driver without RPC (test:///)
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
                     raise
             self._conn = conn
+            return conn
+
+    def _open(self) -> t.Any:
+        """``libvirt.open``; within :data:`RECONNECT_WINDOW_S` of a lost connection, retried
+        until libvirtd answers again (it is restarting). Called with ``_lock`` held."""
+        while True:
+            try:
+                conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                lost = self._lost_at
+                if lost is None or time.monotonic() - lost > RECONNECT_WINDOW_S:
+                    raise
+                log.info("libvirt not reachable yet, retrying: %s", exc.get_error_message())
+                time.sleep(RECONNECT_INTERVAL_S)
+                continue
+            if self._lost_at is not None:
+                log.warning("libvirt connection re-established after %.1fs uri=%s",
+                            time.monotonic() - self._lost_at, self.uri)
+                self._lost_at = None
             return conn
 
     def _call(self, what: str, fn: t.Callable[..., t.Any], *args: t.Any,
@@ -157,6 +186,7 @@ class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
                 log.warning("libvirt connection was closed, retrying on a new one: %s",
                             exc.get_error_message())
                 self._drop(conn)
+                self._lost_at = time.monotonic()
                 return fn(self._connection(), *args)
         except libvirt.libvirtError as exc:
             code = exc.get_error_code()
@@ -255,15 +285,23 @@ class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
 
     def destroy_domain(self, uuid: str) -> None:
         """Hard power-off; a domain that is not running is left as it is."""
-        def destroy(conn: t.Any) -> None:
+        def destroy(conn: t.Any, flags: int) -> None:
             dom = conn.lookupByUUIDString(uuid)
-            if dom.isActive():
-                dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+            if not dom.isActive():
+                return
+            try:
+                dom.destroyFlags(flags)
+            except libvirt.libvirtError as exc:
+                # It stopped between the two calls (QEMU died, or a libvirtd that restarted
+                # cleaned up a restore it interrupted): off is what was asked for.
+                if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID or \
+                        dom.isActive():
+                    raise
         try:
-            self._call("destroy domain", destroy)
+            self._call("destroy domain", destroy, libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
         except HypervisorError:
             # GRACEFUL gives up when qemu does not exit on SIGTERM; then SIGKILL.
-            self._call("destroy domain", lambda conn: conn.lookupByUUIDString(uuid).destroy())
+            self._call("destroy domain", destroy, libvirt.VIR_DOMAIN_DESTROY_DEFAULT)
 
     def request_shutdown(self, uuid: str) -> None:
         """Ask the guest to power off: guest agent first, ACPI as fallback."""

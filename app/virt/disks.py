@@ -11,7 +11,7 @@ import logging
 import subprocess
 from pathlib import Path
 
-from app.errors import HypervisorError
+from app.errors import DISK_FULL_MESSAGES, HypervisorError, disk_full
 
 log = logging.getLogger(__name__)
 QEMU_IMG_TIMEOUT = 60.0
@@ -25,6 +25,7 @@ def create_overlay(backing: Path, overlay: Path, size_mb: int,
     """Create ``overlay`` (qcow2) backed by ``backing`` with a virtual size of ``size_mb``.
 
     :raises HypervisorError: when qemu-img fails or times out.
+    :raises InsufficientStorage: the filesystem is full (so is every helper here).
     """
     _qemu_img(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing),
                str(overlay), f"{size_mb}M"], timeout)
@@ -109,5 +110,8 @@ def _run(argv: list[str], timeout: float) -> str:
     except OSError as exc:
         raise HypervisorError(f"{argv[0]} cannot run: {exc}") from exc
     if done.returncode != 0:
+        for full in DISK_FULL_MESSAGES:
+            if full in done.stderr:
+                raise disk_full(full)
         raise HypervisorError(f"{what} failed: {done.stderr.strip()}")
     return done.stdout

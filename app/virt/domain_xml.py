@@ -103,6 +103,7 @@ def build_domain_xml(template_xml: str, record: VmRecord, params: DomainParams) 
     _set_os(root, params.boot)
     _set_features(root, params.accelerator)
     _set_cpu(root, params.accelerator)
+    _set_lifecycle_actions(root)
     devices = _child(root, "devices")
     _set_disk(devices, params.overlay_path)
     _set_interface(devices, record, params)
@@ -186,6 +187,27 @@ def _set_cpu(root: ET.Element, accelerator: str) -> None:
         # TCG: emulate the richest CPU QEMU can (Deno/V8 needs SSE4 and friends).
         cpu = ET.Element("cpu", {"mode": "maximum", "check": "none"})
     _insert_after(root, cpu, "features")
+
+
+# What libvirt does when the guest powers off, resets or crashes. The guest never reboots
+# itself on purpose (the sandbox user is not root; stop/start go through the API), so a reset
+# means its kernel panicked (the templates boot with panic=-1: reset at once) or it
+# triple-faulted. Restarting in place would leave the API reporting RUNNING over a guest that
+# lost its memory and is booting again; instead QEMU exits (``-no-reboot``), libvirt reports
+# the domain shut off and the API STOPPED within a second, and POST /start boots it cleanly.
+LIFECYCLE_ACTIONS = (("on_poweroff", "destroy"), ("on_reboot", "destroy"),
+                     ("on_crash", "destroy"))
+
+
+def _set_lifecycle_actions(root: ET.Element) -> None:
+    for tag, _action in LIFECYCLE_ACTIONS:
+        for old in root.findall(tag):
+            root.remove(old)
+    anchor = "clock" if root.find("clock") is not None else "features"
+    for tag, action in reversed(LIFECYCLE_ACTIONS):
+        element = ET.Element(tag)
+        element.text = action
+        _insert_after(root, element, anchor)
 
 
 def _set_disk(devices: ET.Element, overlay_path: str) -> None:

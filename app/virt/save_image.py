@@ -19,8 +19,11 @@ Layout (libvirt ``src/qemu/qemu_saveimage.h``, native byte order)::
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import shutil
 import struct
+import typing as t
 from pathlib import Path
 
 MAGIC = b"LibvirtQemudSave"
@@ -92,7 +95,8 @@ def write_clone(source: Path, target: Path, xml: str) -> None:
     """Write ``target``: ``source``'s migration stream under a header carrying ``xml``.
 
     The stream is copied inside the kernel (``copy_file_range``), so a ~100 MiB image costs
-    well under a second when it is in the page cache.
+    well under a second when it is in the page cache. Where the kernel cannot copy between the
+    two files (the seeds and the VMs on different filesystems: EXDEV), it is read and written.
     """
     header = read_header(source)
     head = encode_header(header, xml)
@@ -101,14 +105,33 @@ def write_clone(source: Path, target: Path, xml: str) -> None:
     try:
         with open(source, "rb") as src:
             os.write(fd_out, head)
-            offset = header.stream_offset
-            while offset < size:
-                copied = os.copy_file_range(src.fileno(), fd_out, size - offset, offset)
-                if copied == 0:
-                    raise SaveImageError(f"{source}: shorter than expected while copying")
-                offset += copied
+            _copy_stream(src, fd_out, header.stream_offset, size, source)
     except BaseException:
         os.close(fd_out)
         target.unlink(missing_ok=True)
         raise
     os.close(fd_out)
+
+
+# copy_file_range cannot copy between these two files: fall back to read + write.
+_NO_KERNEL_COPY = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
+
+
+def _copy_stream(src: t.BinaryIO, fd_out: int, offset: int, size: int, source: Path) -> None:
+    """Copy ``src`` from ``offset`` to ``size`` to the end of ``fd_out``."""
+    try:
+        while offset < size:
+            copied = os.copy_file_range(src.fileno(), fd_out, size - offset, offset)
+            if copied == 0:
+                raise SaveImageError(f"{source}: shorter than expected while copying")
+            offset += copied
+        return
+    except OSError as exc:
+        if exc.errno not in _NO_KERNEL_COPY:
+            raise
+    src.seek(offset)
+    with os.fdopen(os.dup(fd_out), "wb", closefd=True) as out:
+        out.seek(0, os.SEEK_END)
+        shutil.copyfileobj(src, out, 1024 * 1024)
+    if os.fstat(fd_out).st_size != size:
+        raise SaveImageError(f"{source}: shorter than expected while copying")

@@ -146,6 +146,19 @@ def guest_sh(services: t.Any, vm_id: str, command: str, timeout: float = 60) -> 
     return result.stdout.decode(errors="replace")
 
 
+def rds_state() -> tuple[set[str], ...]:
+    """Domains, filters, filter bindings and taps of this service on the host."""
+    domains = {n for n in virsh("list", "--all", "--name").stdout.split() if n.startswith("rds-")}
+    filters = {line.split()[1] for line in virsh("nwfilter-list").stdout.splitlines()
+               if len(line.split()) > 1 and line.split()[1].startswith("rds-")}
+    bindings = {line.split()[0] for line in virsh("nwfilter-binding-list").stdout.splitlines()
+                if line.split() and line.split()[0].startswith("rds-")}
+    taps = {line.split(":")[1].strip() for line in subprocess.run(
+        ["ip", "-o", "link", "show", "type", "tun"], capture_output=True, text=True,
+        timeout=10).stdout.splitlines() if line.split(":")[1].strip().startswith("rds-")}
+    return domains, filters, bindings, taps
+
+
 def virsh(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True,
                           text=True, timeout=60, check=False)

@@ -2,26 +2,12 @@
 and a VM undefined by hand with virsh."""
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from app import create_app
 from app.errors import HypervisorError
 from tests.integration.conftest import API_KEY, HEADERS, SEED_BODY, virsh
-
-
-def _rds_state() -> tuple[set[str], ...]:
-    """Domains, filters, filter bindings and taps of this service on the host."""
-    domains = {n for n in virsh("list", "--all", "--name").stdout.split() if n.startswith("rds-")}
-    filters = {line.split()[1] for line in virsh("nwfilter-list").stdout.splitlines()
-               if len(line.split()) > 1 and line.split()[1].startswith("rds-")}
-    bindings = {line.split()[0] for line in virsh("nwfilter-binding-list").stdout.splitlines()
-                if line.split() and line.split()[0].startswith("rds-")}
-    taps = {line.split(":")[1].strip() for line in subprocess.run(
-        ["ip", "-o", "link", "show", "type", "tun"], capture_output=True, text=True,
-        timeout=10).stdout.splitlines() if line.split(":")[1].strip().startswith("rds-")}
-    return domains, filters, bindings, taps
+from tests.integration.conftest import rds_state as _rds_state
 
 
 def test_v1_needs_credentials(api):

@@ -153,6 +153,18 @@ def test_unexpected_exception_is_a_bare_500(client, auth, fakes):
     assert "secret detail" not in response.text
 
 
+def test_a_full_disk_is_507_and_leaves_nothing(client, auth, services, fakes):
+    """A write that finds the storage filesystem full (past the disk budget's estimate) is the
+    507 the budget would have answered, not a 500, and the create is undone."""
+    import errno
+    fakes.hypervisor.fail["define"] = OSError(errno.ENOSPC, "No space left on device")
+    response = create(client, auth)
+    assert response.status_code == 507, response.get_json()
+    assert "storage is full (No space left on device)" in response.get_json()["message"]
+    assert services.vms.list() == [] and fakes.hypervisor.domains == {}
+    assert not list(services.settings.vms_dir.iterdir())
+
+
 def test_oversized_body_is_413(client, auth):
     response = create(client, auth, allowIps=["1.1.1.1"] * 200_000)
     assert response.status_code == 413

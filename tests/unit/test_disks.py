@@ -83,3 +83,19 @@ def test_builds_named_by_snapshots_are_in_use(tmp_path):
     broken.mkdir()
     (broken / "snapshot.json").write_text("{")
     assert build_image.builds_in_use(tmp_path) == {build.resolve()}
+
+
+def test_a_full_filesystem_is_507_not_a_hypervisor_error(tmp_path, monkeypatch):
+    """qemu-img writing onto a full storage filesystem (its words, as seen with the storage
+    root full): the caller is told the host is out of room (507), not that the hypervisor
+    failed (503 with a host path in it)."""
+    from app.errors import InsufficientStorage
+
+    def full(argv, **_kwargs):
+        return subprocess.CompletedProcess(argv, 1, "", f"qemu-img: {argv[-2]}: Could not "
+                                           f"write qcow2 header: No space left on device\n")
+
+    monkeypatch.setattr(disks.subprocess, "run", full)
+    with pytest.raises(InsufficientStorage, match=r"storage is full \(No space left") as caught:
+        disks.create_overlay(tmp_path / "base.qcow2", tmp_path / "disk.qcow2", 64)
+    assert str(tmp_path) not in caught.value.message

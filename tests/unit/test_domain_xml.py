@@ -158,3 +158,19 @@ def test_golden_build_vm(golden):
     assert devices.findall("disk")[1].find("readonly") is not None
     assert devices.findall("channel")[-1].find("target").get("name") == BUILD_LOG_CHANNEL
     assert "run-dat-sheesh build default" in ET.fromstring(xml).findtext("title")
+
+
+def test_a_guest_reset_or_crash_powers_the_domain_off():
+    """A guest that resets itself (a kernel panic under panic=-1) must not come back behind the
+    API's back: every lifecycle event destroys the domain, in libvirt's element order, whatever
+    the template said (or did not say)."""
+    for template in (TEMPLATE.read_text(),
+                     "<domain><name>x</name><clock offset='utc'/><devices>"
+                     "<disk device='disk'/><interface/></devices></domain>"):
+        root = ET.fromstring(build_domain_xml(template, RECORD, params("qemu")))
+        tags = [child.tag for child in root]
+        events = ["on_poweroff", "on_reboot", "on_crash"]
+        assert [tag for tag in tags if tag.startswith("on_")] == events
+        assert tags.index("clock") + 1 == tags.index("on_poweroff")
+        assert tags.index("on_crash") < tags.index("devices")
+        assert {tag: root.findtext(tag) for tag in events} == dict.fromkeys(events, "destroy")

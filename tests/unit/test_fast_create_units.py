@@ -45,6 +45,40 @@ def test_clone_carries_the_new_xml_and_the_same_stream(tmp_path):
     assert (tmp_path / "clone.sav").stat().st_mode & 0o777 == 0o600
 
 
+def test_a_clone_across_filesystems_is_copied_by_hand(tmp_path, monkeypatch):
+    """copy_file_range refuses files on two filesystems (EXDEV: the seeds and the VMs on
+    different disks, seen with STORAGE_ROOT on its own filesystem): read and write instead."""
+    import errno
+    calls = []
+
+    def cross_device(*args):
+        calls.append(args)
+        if len(calls) == 1:  # the first chunk went through, then the kernel refused
+            return os_copy(args[0], args[1], 3, args[3])
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    os_copy = save_image.os.copy_file_range
+    monkeypatch.setattr(save_image.os, "copy_file_range", cross_device)
+    write_save_image(tmp_path / "seed.sav")
+    save_image.write_clone(tmp_path / "seed.sav", tmp_path / "clone.sav", XML)
+    header = save_image.read_header(tmp_path / "clone.sav")
+    assert (tmp_path / "clone.sav").read_bytes()[header.stream_offset:] == STREAM
+    assert len(calls) == 2
+
+
+def test_a_full_disk_leaves_no_partial_clone(tmp_path, monkeypatch):
+    import errno
+
+    def full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(save_image.os, "copy_file_range", full)
+    write_save_image(tmp_path / "seed.sav")
+    with pytest.raises(OSError, match="No space"):
+        save_image.write_clone(tmp_path / "seed.sav", tmp_path / "clone.sav", XML)
+    assert not (tmp_path / "clone.sav").exists()
+
+
 def test_xml_that_does_not_fit_is_refused_and_nothing_written(tmp_path):
     write_save_image(tmp_path / "seed.sav", data_len=200)
     with pytest.raises(save_image.SaveImageError, match="does not fit"):

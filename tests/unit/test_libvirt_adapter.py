@@ -70,3 +70,71 @@ def test_libvirt_errors_come_out_translated(hypervisor):
 def test_the_version_and_networks_are_read(hypervisor):
     assert hypervisor.ping().count(".") == 2
     assert hypervisor.network_is_active("no-such-network") is False
+
+
+def test_a_lost_connection_waits_for_libvirtd_to_come_back(hypervisor, monkeypatch):
+    """libvirtd restarting is unreachable for a few seconds: within the reconnect window a call
+    waits for it (the undo of a create it interrupted must not fail); outside it, a dead
+    libvirtd fails the call at once."""
+    import libvirt
+
+    from app.virt import connection
+
+    real_open = libvirt.open
+    refusals = []
+
+    def restarting(uri):
+        if len(refusals) < 3:
+            refusals.append(uri)
+            raise libvirt.libvirtError("Failed to connect socket: No such file or directory")
+        return real_open(uri)
+
+    monkeypatch.setattr(connection, "RECONNECT_INTERVAL_S", 0.01)
+    monkeypatch.setattr(libvirt, "open", restarting)
+    with pytest.raises(HypervisorError):  # never connected: nothing to wait for
+        hypervisor.ping()
+    refusals.clear()
+    hypervisor._lost_at = connection.time.monotonic()  # as when a live connection died
+    assert hypervisor.ping()
+    assert len(refusals) == 3 and hypervisor._lost_at is None
+    refusals.clear()
+    hypervisor._conn = None
+    hypervisor._lost_at = connection.time.monotonic() - connection.RECONNECT_WINDOW_S - 1
+    with pytest.raises(HypervisorError):
+        hypervisor.ping()
+    assert len(refusals) == 1
+
+
+def test_a_domain_that_stops_while_being_destroyed_is_off(hypervisor, monkeypatch):
+    """isActive said yes, then destroy found it not running (QEMU died, or a restarted libvirtd
+    cleaned up a restore it interrupted): off is what was asked for, not an error that keeps
+    the create's undo from undefining the domain."""
+    import libvirt
+
+    class Stopping:
+        def __init__(self):
+            self.active = [True, False]
+
+        def isActive(self):  # noqa: N802 - libvirt's name
+            return self.active.pop(0) if self.active else False
+
+        def destroyFlags(self, _flags):  # noqa: N802
+            error = libvirt.libvirtError("Requested operation is not valid: domain is not "
+                                         "running")
+            error.err = (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_FROM_QEMU,
+                         error.args[0], 2, "", None, None, 0, 0)
+            raise error
+
+    class Conn:
+        def __init__(self):
+            self.dom = Stopping()
+
+        def lookupByUUIDString(self, _uuid):  # noqa: N802
+            return self.dom
+
+    conn = Conn()
+    monkeypatch.setattr(hypervisor, "_connection", lambda: conn)
+    hypervisor.destroy_domain("0b5c1a3e-2f4d-4c6b-9a8e-1d2c3b4a5f60")
+    conn.dom.active = [True, True, True, True]  # still running: the error stands
+    with pytest.raises(HypervisorError, match="not running"):
+        hypervisor.destroy_domain("0b5c1a3e-2f4d-4c6b-9a8e-1d2c3b4a5f60")
