@@ -9,7 +9,7 @@ SHELL_SCRIPTS := .ci/run deploy/host-setup.sh guest/initrd/init guest/rootfs/usr
 	$(addprefix guest/rootfs/etc/rds/,rc.boot rc.shutdown run-guest-agent run-sshd) \
 	$(addprefix guest/rootfs/usr/local/lib/rds/,deno-spare pack reidentify run-ts settle untar)
 
-.PHONY: run test setup image unit integration lint clean-vms bench
+.PHONY: run test setup image unit integration lint clean-vms bench load density
 
 ## make run: set up the host if needed, build the guest image if missing, serve on $PORT (3000)
 run: image
@@ -53,3 +53,14 @@ bench: image
 	$(PY) bench/bench_commands.py
 	$(PY) bench/bench_delete.py --rounds 10
 	$(PY) bench/bench_images.py --builds 3 --creates 7
+
+## make load: a live server under mixed load (exec, run-ts, upload, download) for 3 minutes,
+## exec throughput against raw SSH, a burst of 20 creates against a raw restore loop; fails
+## on errors or growth (BENCHMARKS.md, RELIABILITY.md). LOAD_ARGS="--duration 600" for longer
+load: image
+	$(PY) bench/bench_load.py $(LOAD_ARGS)
+
+## make density: 200 idle VMs through the API (stops early at a 2 GiB MemAvailable floor),
+## memory and idle CPU per VM with and without KSM, exec under that load, all deleted
+density: image
+	$(PY) bench/bench_density.py $(DENSITY_ARGS)
