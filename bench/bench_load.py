@@ -162,6 +162,7 @@ def main() -> None:
             ids = [vm["id"] for vm in vms]
             print(f"{len(vms)} VMs; warm-up {args.warmup:.0f} s", flush=True)
             warm = loadgen.mixed_load(base, KEY, ids, args.warmup)
+            loadgen.reach_every_worker(base, KEY, ids)
             time.sleep(7)  # idle: keep-alive connections (5 s) closed
             before = loadgen.sample_workers(server.pid)
             print(f"before: {loadgen.describe(before)}", flush=True)
