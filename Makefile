@@ -9,7 +9,7 @@ SHELL_SCRIPTS := .ci/run deploy/host-setup.sh deploy/libvirt-daemons.sh guest/in
 	$(addprefix guest/rootfs/etc/rds/,rc.boot rc.shutdown run-guest-agent run-sshd) \
 	$(addprefix guest/rootfs/usr/local/lib/rds/,deno-spare pack reidentify run-ts settle untar)
 
-.PHONY: run test setup image unit integration lint clean-vms bench fuzz
+.PHONY: run test setup image unit integration lint clean-vms bench fuzz load density
 
 ## make run: set up the host if needed, build the guest image if missing, serve on $PORT (3000)
 run: image
@@ -61,3 +61,14 @@ fuzz: image
 	FUZZ_MAX_EXAMPLES=$(FUZZ_MAX_EXAMPLES) FUZZ_MIN_CASES=1000 \
 		FUZZ_PHASES=examples,coverage,fuzzing,stateful \
 		$(PY) -m pytest -v -s -p no:cacheprovider tests/integration/test_fuzz_live.py
+
+## make load: a live server under mixed load (exec, run-ts, upload, download) for 3 minutes,
+## exec throughput against raw SSH, a burst of 20 creates against a raw restore loop; fails
+## on errors or growth (BENCHMARKS.md, RELIABILITY.md). LOAD_ARGS="--duration 600" for longer
+load: image
+	$(PY) bench/bench_load.py $(LOAD_ARGS)
+
+## make density: 200 idle VMs through the API (stops early at a 2 GiB MemAvailable floor),
+## memory and idle CPU per VM with and without KSM, exec under that load, all deleted
+density: image
+	$(PY) bench/bench_density.py $(DENSITY_ARGS)

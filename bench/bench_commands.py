@@ -14,43 +14,19 @@ import argparse
 import io
 import os
 import pathlib
-import socket
 import sys
 import tarfile
 import time
 
-import paramiko
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from app import create_app
-from app.guestssh import GuestTransport, parse_public_key
-from bench.common import fmt, machine, stats
+from app.guestssh import GuestTransport
+from bench.common import fmt, machine, raw_client, raw_run, stats
 
 KEY = "bench-key"
 H = {"X-API-Key": KEY}
 SIZE = 20 * 1024 * 1024
-
-
-def raw_client(services, vm: dict, **connect: object) -> paramiko.SSHClient:
-    record, _info = services.vms.parts.records.lookup(vm["id"])
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    pinned = parse_public_key(record.host_key)
-    client.get_host_keys().add(vm["guestIp"], pinned.get_name(), pinned)
-    key = paramiko.Ed25519Key.from_private_key(io.StringIO(
-        services.vms.manager_key().private_openssh))
-    client.connect(vm["guestIp"], username="user", pkey=key, timeout=10, look_for_keys=False,
-                   allow_agent=False, sock=socket.create_connection((vm["guestIp"], 22), 10),
-                   **connect)
-    return client
-
-
-def raw_run(client: paramiko.SSHClient, command: str) -> bytes:
-    _stdin, stdout, _stderr = client.exec_command(command, timeout=120)
-    data = stdout.read()
-    assert stdout.channel.recv_exit_status() == 0
-    return data
 
 
 def timed(fn) -> float:

@@ -42,16 +42,18 @@ BODY = {"cpu": 1, "memMb": 256, "allowIps": ["172.16.0.1/32"], "outboundInternet
 RAW_IP = "172.16.0.250"
 
 
-def plain_libvirt_nic(xml: str, network: str, guest_ip: str) -> str:
+def plain_libvirt_nic(xml: str, network: str, guest_ip: str | None) -> str:
     """The NIC as a plain libvirt user writes it: on the network, with libvirt's own
-    clean-traffic filter (libvirt makes, filters and plugs in the tap before the boot)."""
+    clean-traffic filter for ``guest_ip`` (libvirt makes, filters and plugs in the tap before
+    the boot); no filter when ``guest_ip`` is None."""
     root = ET.fromstring(xml)
     nic = root.find("devices/interface")
     nic.set("type", "network")
     nic.remove(nic.find("target"))
     nic.insert(1, ET.Element("source", {"network": network}))
-    filterref = ET.SubElement(nic, "filterref", {"filter": "clean-traffic"})
-    ET.SubElement(filterref, "parameter", {"name": "IP", "value": guest_ip})
+    if guest_ip is not None:
+        filterref = ET.SubElement(nic, "filterref", {"filter": "clean-traffic"})
+        ET.SubElement(filterref, "parameter", {"name": "IP", "value": guest_ip})
     return ET.tostring(root, encoding="unicode")
 
 

@@ -1,10 +1,17 @@
-"""Shared bits of the benchmark scripts: timing stats and the machine description."""
+"""Shared bits of the benchmark scripts: timing stats, the machine description, and raw
+paramiko clients to a VM's guest (the manager's key, the VM's pinned host key)."""
 from __future__ import annotations
 
+import io
 import os
 import platform
+import socket
 import statistics
 import subprocess
+
+import paramiko
+
+from app.guestssh import parse_public_key
 
 
 def stats(samples: list[float]) -> dict[str, float]:
@@ -32,3 +39,24 @@ def machine() -> str:
                           timeout=10).stdout.splitlines()[0]
     return (f"{platform.node()}: {model}, {cores} cores, {mem_kb / 1024 / 1024:.0f} GiB, "
             f"{platform.system()} {platform.release()}, {qemu}")
+
+
+def raw_client(services, vm: dict, **connect: object) -> paramiko.SSHClient:
+    record, _info = services.vms.parts.records.lookup(vm["id"])
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    pinned = parse_public_key(record.host_key)
+    client.get_host_keys().add(vm["guestIp"], pinned.get_name(), pinned)
+    key = paramiko.Ed25519Key.from_private_key(io.StringIO(
+        services.vms.manager_key().private_openssh))
+    client.connect(vm["guestIp"], username="user", pkey=key, timeout=10, look_for_keys=False,
+                   allow_agent=False, sock=socket.create_connection((vm["guestIp"], 22), 10),
+                   **connect)
+    return client
+
+
+def raw_run(client: paramiko.SSHClient, command: str) -> bytes:
+    _stdin, stdout, _stderr = client.exec_command(command, timeout=120)
+    data = stdout.read()
+    assert stdout.channel.recv_exit_status() == 0
+    return data

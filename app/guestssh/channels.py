@@ -170,9 +170,17 @@ class RunningCommand:
                 if stop():
                     self.stopped = True
                     return
-            if not progressed:
-                # Readable on stdout data and on EOF (which follows the exit status); stderr
-                # and the exit status alone are picked up by the short poll.
+            if progressed:
+                continue
+            if channel.eof_received:
+                # No more output: only the exit status (or the close) is still to come. The
+                # channel stays readable from its EOF on, so select() would return at once,
+                # again and again (sshd often sends the EOF before the exit status, which under
+                # emulation can come tens of ms later): wait for the status itself.
+                channel.status_event.wait(min(STOP_CHECK_S, max(0.0, self.deadline - now)))
+            else:
+                # Readable on stdout data and on EOF; stderr alone is picked up by the short
+                # poll.
                 select.select([channel], [], [], 0.05)
 
     def exit_code(self) -> int:

@@ -9,7 +9,8 @@ with libvirt. VMs restored from it skip the boot. On disk, ``<storage_root>/seed
 - ``seed.json``: what the seed is, written last: a directory without it is not a seed.
 
 The key contains a digest of everything the saved guest depends on (image build, template
-XML and kernel command line, accelerator, QEMU version, format version), so a rebuilt image or
+XML and kernel command line, the devices :mod:`app.virt.domain_xml` gives a VM, accelerator,
+QEMU version, format version), so a rebuilt image or
 an edited template simply has no seed yet: VMs cold-boot until the new one is saved, and the
 old one is removed once no VM uses its disk any more.
 """
@@ -29,6 +30,7 @@ from app.clock import now_iso
 from app.models import Template
 from app.persist import SEED_FIELDS, from_json, to_json
 from app.services.addresses import allocation_lock
+from app.virt.domain_xml import device_fingerprint
 from app.virt.qemu_access import share_with_qemu
 from app.services.templates import ImageBuild
 
@@ -75,6 +77,7 @@ class SeedStore:
             self._version = self._emulator_version()
         digest = hashlib.sha256("\0".join([
             SEED_FORMAT, self.domain_type, self._version, str(build.path), template.domain_xml,
+            device_fingerprint(template.domain_xml, self.domain_type),
             template.kernel_cmdline, str(disk_size_mb)]).encode()).hexdigest()[:10]
         return f"{template.id}-{cpu}c-{mem_mb}m-{digest}"
 

@@ -2,8 +2,9 @@
 
 Like virt-manager's Cloner, start from the template and change only what a clone needs: name,
 uuid, title, metadata, memory, vcpus, boot files, disk, NIC (MAC, the manager's tap), fw_cfg
-entries, console log and the accelerator. The VM's API fields live in ``<metadata>`` under
-:data:`METADATA_NS`, which makes libvirt the only store of VM state.
+entries, console log and the accelerator; every VM also gets a virtio balloon with free page
+reporting (memory the guest frees goes back to the host). The VM's API fields live in
+``<metadata>`` under :data:`METADATA_NS`, which makes libvirt the only store of VM state.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import dataclasses
 import hashlib
 import xml.etree.ElementTree as ET
 
-from app.models import NAME_PREFIX, VmRecord, VmRole
+from app.models import NAME_PREFIX, ProvisionMode, VmRecord, VmRole
 from app.persist import VM_FIELDS, to_xml, vm_record_from_xml
 
 METADATA_NS = "https://run-dat-sheesh.dev/xmlns/vm/1"
@@ -109,10 +110,37 @@ def build_domain_xml(template_xml: str, record: VmRecord, params: DomainParams) 
     _set_interface(devices, record, params)
     _set_console_log(devices, params.console_log)
     _set_identity_channel(devices, params.identity_socket)
+    _set_memballoon(devices)
     if params.build is not None:
         _add_build_devices(devices, params.build)
     ET.indent(root, space="  ")
     return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def device_fingerprint(template_xml: str, accelerator: str) -> str:
+    """A digest of what :func:`build_domain_xml` makes of ``template_xml`` apart from a VM's
+    identity (name, uuid, metadata, paths, MAC): machine, CPU and devices.
+
+    A memory snapshot restores only into a domain with the devices it was saved with, so its
+    key includes this (:class:`app.services.seeds.SeedStore`): when this module starts giving
+    VMs other devices, the old snapshots are no longer found and new ones are saved, instead of
+    every restore failing. "" for a template this module cannot build (no disk or NIC).
+    """
+    record = VmRecord(id="00000000-0000-4000-8000-000000000000", name="rds-fingerprint",
+                      cpu=1, mem_mb=256, guest_ip="", mac="52:54:00:00:00:00", allow_ips=(),
+                      outbound_internet=False, image_id="", image_path="", disk_size_mb=0,
+                      created_at="", provision_mode=ProvisionMode.BOOT, host_key="")
+    params = DomainParams(accelerator=accelerator, boot=BootFiles("kernel", "initrd", ""),
+                          overlay_path="disk", port="port", console_log="log",
+                          identity_socket="identity", fwcfg_files=(("key", "file"),))
+    try:
+        root = ET.fromstring(build_domain_xml(template_xml, record, params))
+    except (ValueError, ET.ParseError):
+        return ""
+    for tag in ("title", "description", "metadata"):  # words for people and the record
+        for element in root.findall(tag):
+            root.remove(element)
+    return hashlib.sha256(ET.tostring(root)).hexdigest()[:16]
 
 
 # Metadata #################################################################################
@@ -260,6 +288,20 @@ def _set_identity_channel(devices: ET.Element, socket_path: str) -> None:
     children = list(devices)
     last = max((i for i, child in enumerate(children) if child.tag == "channel"), default=None)
     devices.insert(len(children) if last is None else last + 1, channel)
+
+
+def _set_memballoon(devices: ET.Element) -> None:
+    """A virtio balloon with free page reporting: the guest's driver (virtio_balloon) reports
+    pages it freed, and QEMU discards them, so an idle guest gives back what it no longer
+    uses. Nothing is ever inflated. A seed's saved balloon keeps its PCI address."""
+    balloon = devices.find("memballoon")
+    if balloon is None:
+        balloon = ET.SubElement(devices, "memballoon")
+    if balloon.get("model") != "virtio":
+        for child in list(balloon):
+            balloon.remove(child)
+    balloon.set("model", "virtio")
+    balloon.set("freePageReporting", "on")
 
 
 def _add_build_devices(devices: ET.Element, build: BuildDevices) -> None:

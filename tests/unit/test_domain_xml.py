@@ -9,9 +9,10 @@ import pytest
 
 from app.config import REPO_ROOT
 from app.models import VmPhase, VmRecord, VmRole
+from app.virt import domain_xml
 from app.virt.domain_xml import (BUILD_LOG_CHANNEL, METADATA_NS, BootFiles, BuildDevices,
-                                 DomainParams, build_domain_xml, kernel_cmdline, metadata_xml,
-                                 parse_metadata, port_name)
+                                 DomainParams, build_domain_xml, device_fingerprint,
+                                 kernel_cmdline, metadata_xml, parse_metadata, port_name)
 
 XML_DIR = Path(__file__).parent / "data" / "xml"
 TEMPLATE = REPO_ROOT / "vm-templates" / "default" / "domain.xml"
@@ -174,3 +175,32 @@ def test_a_guest_reset_or_crash_powers_the_domain_off():
         assert tags.index("clock") + 1 == tags.index("on_poweroff")
         assert tags.index("on_crash") < tags.index("devices")
         assert {tag: root.findtext(tag) for tag in events} == dict.fromkeys(events, "destroy")
+
+def test_every_vm_gets_a_balloon_with_free_page_reporting():
+    xml = build_domain_xml((XML_DIR / "domain-tcg-in.xml").read_text(), RECORD, params("qemu"))
+    balloons = ET.fromstring(xml).findall("devices/memballoon")
+    assert [b.attrib for b in balloons] == [{"model": "virtio", "freePageReporting": "on"}]
+
+
+def test_a_saved_balloon_keeps_its_address():
+    """A seed's saved XML carries the balloon's PCI address; the clone must keep it."""
+    saved = ET.fromstring(build_domain_xml(TEMPLATE.read_text(), RECORD, params("qemu")))
+    balloon = saved.find("devices/memballoon")
+    ET.SubElement(balloon, "address", {"type": "pci", "bus": "0x00", "slot": "0x07"})
+    clone = ET.fromstring(build_domain_xml(ET.tostring(saved, encoding="unicode"), RECORD,
+                                           params("qemu")))
+    assert clone.find("devices/memballoon/address").get("slot") == "0x07"
+
+
+def test_device_fingerprint_follows_the_devices_not_the_identity(monkeypatch):
+    template = TEMPLATE.read_text()
+    before = device_fingerprint(template, "qemu")
+    assert before and before == device_fingerprint(template, "qemu")
+    assert device_fingerprint(template, "kvm") != before
+    assert device_fingerprint("<domain/>", "qemu") == ""  # nothing this module can build
+    monkeypatch.setattr(domain_xml, "_set_memballoon", drop_balloon)
+    assert device_fingerprint(template, "qemu") != before  # other devices: other snapshots
+
+
+def drop_balloon(devices):
+    devices.remove(devices.find("memballoon"))

@@ -7,11 +7,11 @@ import struct
 
 import pytest
 
-from app.config import ConfigError, load_settings, parse_shapes
+from app.config import REPO_ROOT, ConfigError, load_settings, parse_shapes
 from app.models import Template
 from app.services.seeds import SeedStore
 from app.services.templates import ImageBuild
-from app.virt import save_image
+from app.virt import domain_xml, save_image
 
 XML = "<domain type='qemu'><name>rds-seed</name></domain>\n"
 COOKIE = b"<cookie>\n  <slirpHelper/>\n</cookie>\n"
@@ -125,6 +125,17 @@ def test_seed_key_changes_with_everything_the_saved_guest_depends_on(tmp_path):
     assert key not in others and len(others) == 6
 
 
+def test_seed_key_changes_with_the_devices_a_vm_gets(tmp_path, monkeypatch):
+    """A memory snapshot saved with other devices cannot be restored: when the domain XML
+    builder changes them, the old snapshot is simply not found (a new one is saved)."""
+    template = dataclasses.replace(TEMPLATE, domain_xml=(
+        REPO_ROOT / "vm-templates" / "default" / "domain.xml").read_text())
+    store = SeedStore(tmp_path, "qemu", lambda: "7.2.0")
+    key = store.key(template, build_at(tmp_path / "a"), 1, 256, 4096)
+    monkeypatch.setattr(domain_xml, "_set_memballoon", drop_balloon)
+    assert store.key(template, build_at(tmp_path / "a"), 1, 256, 4096) != key
+
+
 def test_seed_is_found_only_when_complete_and_pruned_only_when_unused(tmp_path):
     store = SeedStore(tmp_path, "qemu", lambda: "7.2.0")
     build = build_at(tmp_path / "image")
@@ -154,3 +165,7 @@ def test_shapes_parse_and_bad_ones_stop_the_service():
     with pytest.raises(ConfigError, match="ENABLE_WARM_POOL"):
         load_settings({}, {"ENABLE_WARM_POOL": "maybe"})
     assert load_settings({}, {"ENABLE_WARM_POOL": "true"}).warm_pool_enabled
+
+
+def drop_balloon(devices):
+    devices.remove(devices.find("memballoon"))

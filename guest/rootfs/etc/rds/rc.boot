@@ -27,7 +27,9 @@ done
 mkdir -m 700 /run/rds-deno
 chown 1000:1000 /run/rds-deno
 
-for module in virtio_net qemu_fw_cfg virtio_console virtio_rng; do
+# virtio_balloon: free page reporting (the host reclaims the memory the guest frees; the
+# domain's <memballoon freePageReporting='on'>, app/virt/domain_xml.py).
+for module in virtio_net qemu_fw_cfg virtio_console virtio_rng virtio_balloon; do
     modprobe -q "$module"
 done
 

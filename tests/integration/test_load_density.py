@@ -1,0 +1,116 @@
+"""Load and density, bounded (issue 16; `make load` and `make density` run the long versions):
+a live server (gunicorn, as `make run` serves it) under a short mixed load with zero errors,
+no growth of its workers' fds and threads, and /healthz answering quickly all along; and 20 VMs
+created at once through its API, all restored from the memory snapshot, all answering, all
+deleted with nothing left on the host.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from bench import loadgen
+from bench.bench_density import leftovers
+from tests.integration.conftest import live_server, virsh
+
+KEY = "load-density-test-key"
+LOAD_S = 40.0
+BURST = 20
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A live server with room for the burst (MAX_VMS, and a disk budget that overcommits:
+    the VMs write a few MiB of their 4 GiB); yields its base URL and master process."""
+    log_path = tmp_path_factory.mktemp("load-server") / "server.log"
+    print(f"server log: {log_path}")
+    env = {"API_KEY": KEY, "MAX_VMS": str(BURST + 20), "ENABLE_WARM_POOL": "false",
+           "DISK_BUDGET_MB": str((BURST + 20) * 4096 + 200_000), "WEB_WORKERS": "2"}
+    with log_path.open("w") as log, live_server(env, output=log) as (base, process):
+        yield base, process
+
+
+@pytest.fixture()
+def http(server):
+    with loadgen.client(server[0], KEY) as client:
+        yield client
+
+
+def test_a_short_mixed_load_has_no_errors_and_the_workers_do_not_grow(server, http):
+    base, process = server
+    vms = loadgen.create_vms(http, 2)
+    try:
+        ids = [vm["id"] for vm in vms]
+        assert {vm["provisionMode"] for vm in vms} == {"snapshot"}
+        with loadgen.HealthProbe(base):  # warm-up: the same load, the same connections
+            warm = loadgen.mixed_load(base, KEY, ids, 20)
+        loadgen.saturate(base, KEY, ids)
+        time.sleep(7)  # idle: the keep-alive connections (5 s) are closed
+        before = loadgen.sample_workers(process.pid)
+        with loadgen.HealthProbe(base) as health:
+            load = loadgen.mixed_load(base, KEY, ids, LOAD_S)
+        time.sleep(7)
+        after = loadgen.sample_workers(process.pid)
+        assert warm.errors + load.errors == []
+        assert set(load.latencies) == {"exec", "run-ts", "upload", "download"}, load.latencies
+        problems = loadgen.growth_problems(before, after)
+        assert not problems, (problems, loadgen.describe(before), loadgen.describe(after))
+        assert health.failures == []
+        assert loadgen.percentile(health.latencies, 99) < 0.2, sorted(health.latencies)[-5:]
+    finally:
+        assert loadgen.delete_vms(http, [vm["id"] for vm in vms]) == []
+
+
+def test_guests_report_free_pages_to_the_host(server, http):
+    """The domain carries a virtio balloon with free page reporting, and the guest restored
+    from the memory snapshot runs its driver."""
+    vm = loadgen.create_vms(http, 1)[0]
+    try:
+        xml = virsh("dumpxml", "rds-" + vm["id"].split("-")[0]).stdout
+        assert "<memballoon model='virtio' freePageReporting='on'>" in xml, xml
+        ran = http.post(f"/v1/vms/{vm['id']}/exec",
+                        json={"cmd": "grep -c '^virtio_balloon ' /proc/modules"}).json()
+        assert ran["exitCode"] == 0 and ran["stdout"].strip() == "1", ran
+    finally:
+        assert loadgen.delete_vms(http, [vm["id"]]) == []
+
+
+def test_twenty_creates_at_once_all_answer_and_leave_nothing(server, http, services):
+    results, last, retried = loadgen.burst_create(server[0], KEY, BURST)
+    made = [body for _s, status, body in results if status == 201]
+    names = {"rds-" + vm["id"].split("-")[0] for vm in made}
+    try:
+        print(f"{BURST} creates at once: last 201 after {last:.1f} s, {retried} 429s retried")
+        assert [(status, body.get("message")) for _s, status, body in results
+                if status != 201] == []
+        assert {vm["provisionMode"] for vm in made} == {"snapshot"}
+        errors: list[str] = []
+        lock = threading.Lock()
+        pending = [vm["id"] for vm in made]
+
+        def answer() -> None:
+            with loadgen.client(server[0], KEY) as client:
+                while True:
+                    with lock:
+                        if not pending:
+                            return
+                        vm_id = pending.pop()
+                    try:
+                        loadgen.exec_once(client, vm_id)
+                    except (AssertionError, httpx.HTTPError) as exc:
+                        with lock:
+                            errors.append(f"{vm_id}: {exc}")
+
+        threads = [threading.Thread(target=answer) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+    finally:
+        assert loadgen.delete_vms(http, [vm["id"] for vm in made]) == []
+    assert http.get("/v1/vms").json() == []
+    assert leftovers(services, names) == []
