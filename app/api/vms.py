@@ -41,7 +41,8 @@ class Vms(MethodView):
     @blp.doc(operationId="createVm")
     @blp.arguments(VmCreateSchema)
     @blp.response(201, VmSchema)
-    @document_errors(blp, 400, 404, 429, 504, 507)
+    @document_errors(blp, 400, 404, 409, 429, 504, 507, reasons={
+        409: "The image (imageId) is not READY: still being built, or its build failed"})
     def post(self, body):
         """Create a VM and boot it; answers once commands can run in it"""
         spec = VmSpec(cpu=body["cpu"], mem_mb=body["memMb"], allow_ips=tuple(body["allowIps"]),

@@ -11,7 +11,7 @@ from app.errors import HypervisorError
 # The error responses each /v1 operation must document, besides 401.
 DOCUMENTED_ERRORS = {
     ("/v1/vms", "get"): {"400", "503"},
-    ("/v1/vms", "post"): {"400", "404", "429", "503", "504"},
+    ("/v1/vms", "post"): {"400", "404", "409", "429", "503", "504"},
     ("/v1/vms", "delete"): {"400", "503"},
     ("/v1/vms/{vm_id}", "get"): {"404"},
     ("/v1/vms/{vm_id}", "patch"): {"400", "404"},

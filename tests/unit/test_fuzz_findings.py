@@ -181,3 +181,14 @@ def test_the_event_stream_documents_each_event(document):
     schema = stream["content"]["text/event-stream"]["schema"]
     assert schema["type"] == "object"
     assert set(schema["properties"]) == {"id", "event", "data", "retry"}
+
+
+def test_a_vm_of_an_image_that_is_not_ready_is_a_documented_409(client, auth, document):
+    """The live fuzz run's explicit-status check: POST /v1/vms with an image still building
+    (or failed) answers 409, which only the ``default`` response covered."""
+    assert client.post("/v1/images", headers=auth, json={
+        "name": "node", "setup": "true"}).status_code == 202
+    response = client.post("/v1/vms", json={"cpu": 1, "memMb": 256, "imageId": "node"},
+                           headers=auth)
+    assert response.status_code == 409
+    assert "409" in document["paths"]["/v1/vms"]["post"]["responses"]
