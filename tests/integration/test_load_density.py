@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -64,16 +65,36 @@ def test_a_short_mixed_load_has_no_errors_and_the_workers_do_not_grow(server, ht
         assert loadgen.delete_vms(http, [vm["id"] for vm in vms]) == []
 
 
+def qemu_rss_mib(name: str) -> float:
+    pid = Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip()
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
 def test_guests_report_free_pages_to_the_host(server, http):
-    """The domain carries a virtio balloon with free page reporting, and the guest restored
-    from the memory snapshot runs its driver."""
+    """The domain carries a virtio balloon with free page reporting, the guest restored from
+    the memory snapshot runs its driver, and memory the guest used and freed goes back to the
+    host (QEMU's RSS falls again)."""
     vm = loadgen.create_vms(http, 1)[0]
+    name = "rds-" + vm["id"].split("-")[0]
     try:
-        xml = virsh("dumpxml", "rds-" + vm["id"].split("-")[0]).stdout
+        xml = virsh("dumpxml", name).stdout
         assert "<memballoon model='virtio' freePageReporting='on'>" in xml, xml
         ran = http.post(f"/v1/vms/{vm['id']}/exec",
                         json={"cmd": "grep -c '^virtio_balloon ' /proc/modules"}).json()
         assert ran["exitCode"] == 0 and ran["stdout"].strip() == "1", ran
+        idle = qemu_rss_mib(name)
+        ran = http.post(f"/v1/vms/{vm['id']}/exec", json={
+            "cmd": "head -c 100M /dev/urandom > /dev/shm/fill && sync"}).json()
+        assert ran["exitCode"] == 0, ran
+        used = qemu_rss_mib(name)
+        assert used > idle + 80, (idle, used)
+        ran = http.post(f"/v1/vms/{vm['id']}/exec", json={"cmd": "rm /dev/shm/fill"}).json()
+        assert ran["exitCode"] == 0, ran
+        deadline = time.monotonic() + 30
+        while qemu_rss_mib(name) > idle + 30:  # reported after ~2 s, then discarded
+            assert time.monotonic() < deadline, (idle, used, qemu_rss_mib(name))
+            time.sleep(1)
     finally:
         assert loadgen.delete_vms(http, [vm["id"]]) == []
 
