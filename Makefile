@@ -17,7 +17,7 @@ run: image
 
 ## make test: the whole suite, real-VM integration tests included
 test: image
-	$(PY) -m pytest -v $(PYTEST_ARGS) tests
+	$(PY) -m pytest -v --durations=30 $(PYTEST_ARGS) tests
 
 setup:
 	bash deploy/host-setup.sh

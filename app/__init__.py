@@ -52,10 +52,11 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
 
     api = Api(app, spec_kwargs={"info": {"description": "Disposable Linux sandboxes."}})
     add_shared_schemas(api)
-    from app.api import (admin, api_keys, auth, commands, files, health, images, limits,
+    from app.api import (admin, api_keys, auth, commands, files, health, hosts, images, limits,
                          observe, snapshots, telemetry, vms, webhooks)
     for blueprint in (health.blp, auth.blp, vms.blp, commands.blp, files.blp, snapshots.blp,
-                      observe.blp, images.blp, admin.blp, api_keys.blp, webhooks.blp):
+                      observe.blp, images.blp, admin.blp, api_keys.blp, webhooks.blp,
+                      hosts.blp):
         api.register_blueprint(blueprint)
     secure_v1_paths(api)
 

@@ -76,6 +76,10 @@ class WebhookNotFound(NotFound):
     """A webhook, or a delivery of it."""
 
 
+class HostNotFound(NotFound):
+    pass
+
+
 class Conflict(AppError):
     """The thing exists but is in the wrong state for the operation."""
 

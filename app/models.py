@@ -116,6 +116,17 @@ class DomainInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class NodeInfo:
+    """What libvirt says about the machine it runs on."""
+
+    hostname: str
+    cpus: int
+    memory_mb: int
+    free_memory_mb: int
+    hypervisor_version: str  # QEMU's
+
+
+@dataclasses.dataclass(frozen=True)
 class Vm:
     """A VM as the API shows it."""
 

@@ -79,9 +79,10 @@ def _key_caller(key: str) -> actor.Caller | None:
 
 
 def required_scope(method: str, path: str) -> str:
-    """``admin`` for /v1/admin/*, /metrics and changes to images; ``vms`` for the rest (VMs,
-    their commands, files and snapshots, and reading images)."""
-    if path == "/v1/admin" or path.startswith("/v1/admin/") or path == "/metrics":
+    """``admin`` for /v1/admin/*, /v1/hosts*, /metrics and changes to images; ``vms`` for the
+    rest (VMs, their commands, files and snapshots, and reading images)."""
+    if path == "/v1/admin" or path.startswith(("/v1/admin/", "/v1/hosts/")) or \
+            path in ("/metrics", "/v1/hosts"):
         return "admin"
     if (path == "/v1/images" or path.startswith("/v1/images/")) and \
             method not in ("GET", "HEAD", "OPTIONS"):

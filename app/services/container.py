@@ -22,6 +22,7 @@ from app.services.health import HealthService
 from app.services.host_metrics import HostCollector
 from app.services.image_builder import ImageBuilder
 from app.services.image_store import ImageStore
+from app.services.hosts import HostsView
 from app.services.images import ImageService
 from app.services.maintenance import Maintainer
 from app.services.seed_builder import SeedBuilder
@@ -81,6 +82,7 @@ class Services:
     webhooks: Webhooks
     deliveries: DeliveryWorker
     api_keys: ApiKeys
+    hosts: HostsView
 
     def close(self) -> None:
         self.maintainer.stop()
@@ -131,6 +133,8 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                         parts.files, parts.ports, parts.teardown)
     snapshots = SnapshotService(settings, hypervisor, templates, vms, store, events)
     builder = ImageBuilder(settings, custom, templates, parts, seeds, events)
+    images = ImageService(settings, custom, templates, parts, store, parts.seeds)
+    hosts = HostsView(settings, hypervisor, parts.records, images.list)
 
     def sweep() -> list[str]:
         removed = vms.remove_orphans() + snapshots.remove_orphans()
@@ -152,9 +156,9 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                     auth=AuthService(settings, state, clock=adapters.clock),
                     console=ConsoleLogs(settings, parts.records),
                     stats=VmStatsReader(hypervisor, parts.records),
-                    host_metrics=HostCollector(parts.records), history=history,
-                    images=ImageService(settings, custom, templates, parts, store,
-                                        parts.seeds),
+                    host_metrics=HostCollector(parts.records, hosts), history=history,
+                    images=images,
                     image_builder=builder, events=events, webhooks=webhooks,
                     deliveries=deliveries,
-                    api_keys=ApiKeys(state, events, clock=adapters.clock))
+                    api_keys=ApiKeys(state, events, clock=adapters.clock),
+                    hosts=hosts)

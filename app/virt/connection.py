@@ -20,7 +20,7 @@ import libvirt
 
 from app import metrics
 from app.errors import FilterNotFound, HypervisorError, VmNotFound
-from app.models import NAME_PREFIX, DomainInfo
+from app.models import NAME_PREFIX, DomainInfo, NodeInfo
 from app.virt.libvirt_agent import GuestAgentCalls
 from app.virt.libvirt_network import FilterAndNetworkCalls
 from app.virt.libvirt_storage import StoragePoolCalls
@@ -212,6 +212,23 @@ class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
             number = conn.getVersion()
             return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
         return self._call("hypervisor version", version)
+
+    def node_info(self) -> NodeInfo:
+        """The host's name, CPUs, memory and memory available for guests (free, buffers and
+        page cache), as libvirt sees them. Memory comes from the node's memory statistics (the
+        host's /proc/meminfo): ``virNodeGetInfo`` and ``virNodeGetFreeMemory`` sum the NUMA
+        cells, which on some virtualised hosts (this CI machine) cover half the memory."""
+        def read(conn: t.Any) -> NodeInfo:
+            _model, _cells_memory_mb, cpus, *_topology = conn.getInfo()
+            memory = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)  # KiB
+            available = memory["free"] + memory.get("buffers", 0) + memory.get("cached", 0)
+            number = conn.getVersion()
+            return NodeInfo(hostname=conn.getHostname(), cpus=cpus,
+                            memory_mb=memory["total"] // 1024,
+                            free_memory_mb=available // 1024,
+                            hypervisor_version=f"{number // 1000000}.{number // 1000 % 1000}."
+                                               f"{number % 1000}")
+        return self._call("node info", read)
 
     def list_domains(self) -> list[DomainInfo]:
         """All domains whose name starts with ``rds-``, with state and XML."""

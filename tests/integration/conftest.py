@@ -16,10 +16,12 @@ import threading
 import time
 import typing as t
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+import leak_inventory
 from app import create_app
 from app.errors import VmNotFound
 from app.models import VmPhase, VmRole
@@ -298,5 +300,49 @@ def rds_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[tuple[str
     log_path = tmp_path_factory.mktemp("rds-server") / "server.log"
     print(f"rds_server log: {log_path}")
     with log_path.open("w") as log, live_server({"API_KEY": RDS_API_KEY, "WEB_WORKERS": "2"},
-                                               output=log) as (base, _process):
+                                               output=log) as (base, process):
+        baseline = warmed_up_worker_fds(base, RDS_API_KEY, process)
         yield base, RDS_API_KEY
+        assert_worker_fds_back_to(baseline, process)
+
+
+# What a worker may hold open beyond its warmed-up count when idle: descriptors it opens
+# once, on first use, that no warm-up request reaches (an exec's or a download's).
+WORKER_FD_SLACK = 4
+
+
+def warmed_up_worker_fds(base: str, api_key: str, process: subprocess.Popen) -> dict[int, int]:
+    """Send every worker a few reads (health, list, stats: libvirt, the store, the metrics
+    files are open after that), then count each worker's open descriptors."""
+    request = urllib.request.Request(base + "/v1/vms", headers={"X-API-Key": api_key})
+
+    def read(_n: int) -> None:
+        for url in (base + "/healthz", request, base + "/readyz"):
+            with urllib.request.urlopen(url, timeout=30) as answer:
+                answer.read()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(read, range(32)))
+    time.sleep(6)  # past gunicorn's keep-alive: the warm-up's connections are closed
+    return {pid: len(leak_inventory.countable_fds(pid))
+            for pid in leak_inventory.worker_pids(process.pid)}
+
+
+def assert_worker_fds_back_to(baseline: dict[int, int], process: subprocess.Popen,
+                              settle_s: float = 20) -> None:
+    """Once a module's VMs are gone and its clients closed, each worker that was there at
+    the start holds about as many descriptors as after its warm-up: SSH sessions, sockets,
+    files and pipes of finished calls are closed (a leak would grow with every call)."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        grown = {pid: (count, len(leak_inventory.countable_fds(pid)))
+                 for pid, count in baseline.items() if Path(f"/proc/{pid}").exists()}
+        grown = {pid: counts for pid, counts in grown.items()
+                 if counts[1] > counts[0] + WORKER_FD_SLACK}
+        if not grown:
+            return
+        if time.monotonic() > deadline:
+            details = {pid: leak_inventory.countable_fds(pid) for pid in grown}
+            raise AssertionError(f"workers' descriptors grew (before, after): {grown}; "
+                                 f"now open: {details}")
+        time.sleep(1)

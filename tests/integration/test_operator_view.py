@@ -4,6 +4,7 @@ and LOG_FORMAT=json writes one JSON object per line."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
 from pathlib import Path
@@ -63,6 +64,10 @@ def test_metrics_count_creates(api):
     assert sample(after, "rds_vm_create_duration_seconds_count", provision_mode=mode) == \
         sample(before, "rds_vm_create_duration_seconds_count", provision_mode=mode) + 1
     assert sample(after, "rds_vms", state="RUNNING") >= 1
+    assert sample(after, "rds_host_up", host="local") == 1
+    assert sample(after, "rds_host_vms", host="local") >= 1
+    assert sample(after, "rds_host_cpus", host="local") == os.cpu_count()
+    assert sample(after, "rds_host_memory_available_bytes", host="local") > 0
     api.delete_vm(vm["id"])
 
 
@@ -118,3 +123,18 @@ def test_exec_logs_list_the_last_calls_and_survive_a_restart(api, shared_vm):
         assert again.status_code == 200 and again.json == entries
     finally:
         restarted.extensions["rds"].close()
+
+
+def test_the_hosts_view_is_what_libvirt_and_the_machine_say(api, shared_vm, services):
+    [host] = api.request("GET", "/v1/hosts").json
+    assert host["name"] == "local" and host["state"] == "UP" and host["reason"] is None
+    assert host["uri"] == services.settings.libvirt_uri
+    assert host["cpus"] == os.cpu_count()
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    total_mb = int(meminfo["MemTotal"].split()[0]) // 1024
+    assert abs(host["memoryMb"] - total_mb) <= total_mb * 0.05
+    assert 0 < host["freeMemoryMb"] <= host["memoryMb"]
+    callers = [vm for vm in api.request("GET", "/v1/vms").json if vm["state"] != "DELETING"]
+    assert host["vms"] == len(callers) >= 1  # shared_vm at least
+    assert {"id": "default", "snapshotReady": True} in host["images"]  # the suite's seed
+    assert api.request("GET", "/v1/hosts/local").json["hostname"] == host["hostname"]

@@ -19,7 +19,7 @@ from app.config import REPO_ROOT, Settings, load_settings
 from app.errors import FilterNotFound, GuestUnreachable, HypervisorError, VmNotFound
 from app.guestssh import SshTimeouts, check_command_line
 from app.guestssh.channels import collect
-from app.models import CommandResult, DomainInfo, ProvisionMode, VmPhase, VmRecord
+from app.models import CommandResult, DomainInfo, NodeInfo, ProvisionMode, VmPhase, VmRecord
 from app.services.auth import AuthService
 from app.services.container import Adapters, Services, build_services
 from app.services.prelude import started_mark
@@ -93,6 +93,11 @@ class FakeHypervisor:
     def emulator_version(self) -> str:
         self._call("emulator_version", read=True)
         return "7.2.0"
+
+    def node_info(self) -> NodeInfo:
+        self._call("node_info", read=True)
+        return NodeInfo(hostname="fake-host", cpus=2, memory_mb=24000, free_memory_mb=20000,
+                        hypervisor_version="7.2.0")
 
     def list_domains(self) -> list[DomainInfo]:
         self._call("list_domains", read=True)

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from app.api.auth import required_scope
 from app.errors import HypervisorError
 
 # The error responses each /v1 operation must document, besides 401.
@@ -21,6 +22,8 @@ DOCUMENTED_ERRORS = {
     ("/v1/vms/{vm_id}/exec-logs", "get"): {"400", "404"},
     ("/v1/admin/activity", "get"): {"400", "403"},
     ("/v1/admin/events", "get"): {"400", "403"},
+    ("/v1/hosts", "get"): {"403"},
+    ("/v1/hosts/{name}", "get"): {"403", "404"},
     ("/v1/admin/api-keys", "get"): {"403"},
     ("/v1/admin/api-keys", "post"): {"400", "403", "409"},
     ("/v1/admin/api-keys/{key_id}", "get"): {"403", "404"},
@@ -156,7 +159,8 @@ def test_state_changing_v1_operations_document_the_csrf_403(client):
     for (path, method) in DOCUMENTED_ERRORS:
         responses = paths[path][method]["responses"]
         assert ("403" in responses) == (method in ("post", "put", "patch", "delete")
-                                        or path.startswith("/v1/admin/")), (path, method)
+                                        or required_scope(method.upper(), path) == "admin"), \
+            (path, method)
 
 
 def test_auth_routes_document_rate_limit_and_csrf(client):

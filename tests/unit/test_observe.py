@@ -57,6 +57,10 @@ def test_metrics_move_when_vms_are_made_and_used(client, auth, services):
     after = scrape(client, auth)
     assert sample(after, "rds_vms", state="RUNNING") == 1
     assert sample(after, "rds_libvirt_up") == 1
+    assert sample(after, "rds_host_up", host="local") == 1
+    assert sample(after, "rds_host_vms", host="local") == 1
+    assert sample(after, "rds_host_cpus", host="local") == 2
+    assert sample(after, "rds_host_memory_available_bytes", host="local") == 20000 * 1024 ** 2
     for text, delta in ((before, 0), (after, 1)):
         assert sample(text, "rds_vm_create_duration_seconds_count",
                       provision_mode="boot") - sample(before,
@@ -79,6 +83,8 @@ def test_metrics_answer_while_libvirt_is_down(client, auth, services):
     services.hypervisor.down = HypervisorError("libvirt is gone")
     text = scrape(client, auth)
     assert sample(text, "rds_libvirt_up") == 0
+    assert "rds_host_up{host=\"local\"} 0.0" in text
+    assert sample(text, "rds_host_vms", host="local") == 0
     assert "rds_http_requests_total" in text
 
 

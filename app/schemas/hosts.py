@@ -1,0 +1,42 @@
+"""Schemas of the hosts view (/v1/hosts)."""
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+
+class HostImageSchema(Schema):
+    id = fields.String(dump_only=True, required=True)
+    snapshotReady = fields.Boolean(dump_only=True, required=True, attribute="snapshot_ready",
+                                   metadata={"description": "a memory snapshot of every "
+                                                            "SNAPSHOT_SHAPES shape is saved "
+                                                            "there (creates restore it)"})
+
+
+class HostSchema(Schema):
+    """A libvirt host as operators see it, read live from libvirt."""
+
+    name = fields.String(dump_only=True, required=True,
+                         metadata={"description": "the host's label (`local`: LIBVIRT_URI)"})
+    uri = fields.String(dump_only=True, required=True, metadata={"description": "libvirt URI"})
+    state = fields.String(dump_only=True, required=True,
+                          validate=validate.OneOf(["UP", "DOWN"]),
+                          metadata={"description": "UP: libvirt answered this call"})
+    reason = fields.String(dump_only=True, required=True, allow_none=True,
+                           metadata={"description": "why DOWN (null when UP)"})
+    guestCidr = fields.String(dump_only=True, required=True, attribute="guest_cidr")
+    maxVms = fields.Integer(dump_only=True, required=True, attribute="max_vms")
+    hostname = fields.String(dump_only=True, required=True, allow_none=True)
+    hypervisorVersion = fields.String(dump_only=True, required=True, allow_none=True,
+                                      attribute="hypervisor_version",
+                                      metadata={"description": "QEMU's version"})
+    cpus = fields.Integer(dump_only=True, required=True, allow_none=True)
+    memoryMb = fields.Integer(dump_only=True, required=True, allow_none=True,
+                              attribute="memory_mb")
+    freeMemoryMb = fields.Integer(dump_only=True, required=True, allow_none=True,
+                                  attribute="free_memory_mb", metadata={
+                                      "description": "free, buffers and page cache: what "
+                                                     "guests can still get"})
+    vms = fields.Integer(dump_only=True, required=True, allow_none=True, metadata={
+        "description": "callers' VMs there (not warm-pool VMs or VMs being deleted)"})
+    images = fields.List(fields.Nested(HostImageSchema), dump_only=True, required=True,
+                         metadata={"description": "images built there"})
