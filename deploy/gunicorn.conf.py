@@ -35,7 +35,8 @@ METRICS_DIR = _metrics_dir()
 bind = f"{os.environ.get('BIND_HOST', '127.0.0.1')}:{os.environ.get('PORT', '3000')}"
 workers = int(os.environ.get("WEB_WORKERS", "2"))
 worker_class = "gthread"
-threads = int(os.environ.get("WEB_THREADS", "16"))
+# 32: one worker may get most of the connections (app/config/settings.py web_threads).
+threads = int(os.environ.get("WEB_THREADS", "32"))
 # Longer than the longest call: a boot (BOOT_TIMEOUT_S, 240 s) or an exec (120 s max).
 timeout = int(os.environ.get("WEB_TIMEOUT_S", "300"))
 graceful_timeout = 30

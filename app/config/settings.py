@@ -94,8 +94,10 @@ class Settings:
     metrics_public: str = "false"  # GET /metrics without a key
     trusted_proxies: int = 0
     # gunicorn threads per worker (deploy/gunicorn.conf.py reads the same variable) and how
-    # many of them may run long calls at once (0: all but 4); see app/api/limits.py.
-    web_threads: int = 16
+    # many of them may run long calls at once (0: all but 4); see app/api/limits.py. 32: a
+    # client's connections stay with the worker that accepted them and the kernel spreads
+    # them unevenly, so one worker must take all of 16 concurrent long calls (RELIABILITY.md).
+    web_threads: int = 32
     long_call_slots: int = 0
     # Admin sessions (server-side, app.store) and login rate limits.
     session_idle_timeout_s: int = 12 * 3600

@@ -31,6 +31,11 @@ GUEST_USER = "user"
 MAX_COMMAND_BYTES = 32 * 4096 - 1
 # What a channel raises when its connection breaks.
 CHANNEL_ERRORS = (paramiko.SSHException, OSError, EOFError)
+# Connection errors that another attempt cannot mend: the guest is not who it should be, or
+# refuses the manager's key.
+FINAL_CONNECT_ERRORS = (paramiko.BadHostKeyException, paramiko.AuthenticationException)
+CONNECT_RETRY_PAUSES_S = (0.1, 0.25, 0.5, 1.0)  # then 1 s between attempts
+MIN_CONNECT_ATTEMPT_S = 0.5  # no new attempt with less time than this left
 
 
 class GuestTransport(paramiko.Transport):
@@ -137,7 +142,36 @@ class GuestSSH:
         return client
 
     def _transport(self, deadline: float) -> paramiko.Transport:
-        with self._lock:
+        """The VM's connection, made if there is none: a failed attempt is retried until
+        ``deadline``. On a saturated host one attempt's phase can run out (the guest's ARP
+        reply, the banner or the auth answer late) while the call still has time, and a
+        guest whose sshd cannot fork for a moment (its process limit reached) refuses a
+        connection that works a second later. A pinned key that does not match, or a key
+        the guest refuses, fails at once.
+
+        :raises GuestUnreachable: no connection by ``deadline`` (the last attempt's error).
+        """
+        attempt = 0
+        while True:
+            try:
+                return self._current_or_new(deadline)
+            except GuestUnreachable as exc:
+                if isinstance(exc.__cause__, FINAL_CONNECT_ERRORS):
+                    raise
+                pause = CONNECT_RETRY_PAUSES_S[min(attempt, len(CONNECT_RETRY_PAUSES_S) - 1)]
+                if deadline - time.monotonic() < pause + MIN_CONNECT_ATTEMPT_S:
+                    raise
+                log.info("guest %s: connection attempt %d failed (%s); retrying",
+                         self.host, attempt + 1, exc.message)
+                attempt += 1
+                time.sleep(pause)
+
+    def _current_or_new(self, deadline: float) -> paramiko.Transport:
+        """One attempt. Callers on the same VM wait for each other's attempt, each no
+        longer than its own deadline."""
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise GuestUnreachable(f"guest {self.host}: still connecting at the deadline")
+        try:
             transport = self._client.get_transport() if self._client else None
             if transport is None or not transport.is_active():
                 if self._client is not None:
@@ -147,6 +181,8 @@ class GuestSSH:
                 transport = self._client.get_transport()
             assert transport is not None
             return transport
+        finally:
+            self._lock.release()
 
     def _drop(self, transport: paramiko.Transport) -> None:
         """Close ``transport`` if it is still the current one (it stalled): the next command

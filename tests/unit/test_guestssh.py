@@ -87,7 +87,11 @@ class NullServer(paramiko.ServerInterface):
 class SshServer:
     """Listens on 127.0.0.1:<ephemeral>; one paramiko Transport per connection."""
 
-    def __init__(self, host_key: KeyPair, client_key: KeyPair) -> None:
+    def __init__(self, host_key: KeyPair, client_key: KeyPair, refuse_first: int = 0) -> None:
+        """:param refuse_first: close this many connections at once, as an sshd that cannot
+            fork (its guest's process limit reached) does."""
+        self.refuse_first = refuse_first
+        self.refused = 0
         self.host_key = load_private_key(host_key.private_openssh)
         self.client_key = load_private_key(client_key.private_openssh)
         self.transports: list[paramiko.Transport] = []
@@ -103,6 +107,10 @@ class SshServer:
             try:
                 conn, _ = self.sock.accept()
             except TimeoutError:
+                continue
+            if self.refused < self.refuse_first:
+                self.refused += 1
+                conn.close()
                 continue
             transport = paramiko.Transport(conn)
             transport.add_server_key(self.host_key)
@@ -254,6 +262,47 @@ def test_host_key_mismatch_is_refused(ssh_server, client_key):
     with pytest.raises(GuestUnreachable, match="does not match"):
         impostor.run("id -u", timeout=5)
     impostor.close()
+
+
+def test_a_guest_that_is_not_the_pinned_one_gets_one_attempt_only(ssh_server, client_key):
+    impostor = GuestSSH("127.0.0.1", generate_keypair().public_openssh,
+                        load_private_key(client_key.private_openssh), TIMEOUTS,
+                        port=ssh_server.port)
+    before = len(ssh_server.transports)
+    with pytest.raises(GuestUnreachable, match="does not match"):
+        impostor.run("id -u", timeout=10)
+    impostor.close()
+    assert len(ssh_server.transports) == before + 1
+
+
+def test_refused_connections_are_retried_within_the_call(host_key, client_key):
+    """A guest whose sshd cannot fork for a moment closes new connections at once; the call
+    connects again while its deadline allows (RELIABILITY.md, density: first execs on a
+    saturated host)."""
+    server = SshServer(host_key, client_key, refuse_first=3)
+    client = GuestSSH("127.0.0.1", host_key.public_openssh,
+                      load_private_key(client_key.private_openssh), TIMEOUTS, port=server.port)
+    try:
+        assert client.run("id -u", timeout=10).stdout == b"1000\n"
+        assert server.refused == 3
+    finally:
+        client.close()
+        server.close()
+
+
+def test_connection_retries_stop_before_the_deadline(host_key, client_key):
+    server = SshServer(host_key, client_key, refuse_first=1000)
+    client = GuestSSH("127.0.0.1", host_key.public_openssh,
+                      load_private_key(client_key.private_openssh), TIMEOUTS, port=server.port)
+    try:
+        started = time.monotonic()
+        with pytest.raises(GuestUnreachable, match="SSH to guest 127.0.0.1 failed"):
+            client.run("id -u", timeout=2.0)
+        assert time.monotonic() - started < 2.0  # an error, not a command timed out
+        assert server.refused > 3
+    finally:
+        client.close()
+        server.close()
 
 
 def test_unknown_client_key_is_refused(ssh_server, host_key):

@@ -94,3 +94,12 @@ def test_orphan_ports_and_bindings_go_but_a_vm_keeps_its_own(tmp_path, monkeypat
     assert "nwfilter binding rds-feedf00d" in removed and "tap rds-feedf00d" not in removed
     assert world.taps.names() == {vm.name}
     assert world.hypervisor.bindings == {vm.name}
+
+
+def test_the_identity_wait_follows_the_host_load():
+    from app.services.provisioner import (IDENTITY_TIMEOUT_MAX_S, IDENTITY_TIMEOUT_S,
+                                          identity_timeout)
+    assert identity_timeout(load=0.3, cpus=2) == IDENTITY_TIMEOUT_S  # an idle host
+    assert identity_timeout(load=6.0, cpus=2) == 3 * IDENTITY_TIMEOUT_S  # 3 runnable per core
+    assert identity_timeout(load=400.0, cpus=2) == IDENTITY_TIMEOUT_MAX_S
+    assert IDENTITY_TIMEOUT_S <= identity_timeout() <= IDENTITY_TIMEOUT_MAX_S  # this host

@@ -72,5 +72,8 @@ def test_cheap_calls_answer_while_every_long_slot_is_busy(busy_app):
 def test_slots_default_to_all_threads_but_four():
     from app.config import load_settings
     assert load_settings({}, {"WEB_THREADS": "16"}).long_call_limit == 12
+    # The default: one worker takes 16 concurrent long calls with threads to spare.
+    assert load_settings({}, {}).web_threads == 32
+    assert load_settings({}, {}).long_call_limit == 28
     assert load_settings({}, {"WEB_THREADS": "2"}).long_call_limit == 1
     assert load_settings({}, {"WEB_THREADS": "8", "LONG_CALL_SLOTS": "3"}).long_call_limit == 3
