@@ -4,13 +4,18 @@ The command runs in the login shell (bash, started by sshd as `bash -c LINE`), a
 prelude of builtins only: every extra process costs 50-100 ms on an emulated (TCG) guest,
 and even builtins cost a few ms each. The guest's sshd provides the fixed part: the session
 starts in HOME=/workspace with the sandbox's PATH, TMPDIR and DENO_DIR (sshd_config SetEnv)
-and inherits the process and open-file limits (/etc/rds/run-sshd). The prelude confines the
-working directory to the workspace, drops what sshd adds (SSH_*, MAIL) and exports the
-caller's variables. RDS_EXEC_ID marks the command: it is in this shell's command line and
+and inherits the process and open-file limits (/etc/rds/run-sshd). The prelude confines a
+caller's working directory to the workspace, drops what sshd adds (SSH_*, MAIL) and exports
+the caller's variables. RDS_EXEC_ID marks the command: it is in this shell's command line and
 in the environment of every process the command starts, so kill-marked can end the whole
 tree on timeout. Exit 210/211 with an "rds-exec:" message mean the command was not started.
-No LANG: assigning one makes bash load the locale (~20 ms under TCG). Commands run in the
-POSIX locale, as in a plain SSH session; callers who want UTF-8 pass LANG=C.UTF-8 in env.
+
+What each line costs shows under load (RELIABILITY.md, "Load"): under TCG a new bash
+translates every code path it touches afresh, so the prelude names the variables sshd sets
+(`${!SSH_@}` walks every variable: ~10 % of an exec's throughput) and checks the directory
+only after a `cd` (the session starts in /workspace). No LANG: assigning one makes bash load
+the locale (~20 ms under TCG). Commands run in the POSIX locale, as in a plain SSH session;
+callers who want UTF-8 pass LANG=C.UTF-8 in env.
 """
 from __future__ import annotations
 
@@ -19,6 +24,11 @@ import shlex
 from app.models import CommandResult
 
 WORKSPACE = "/workspace"
+# What OpenSSH's sshd (UsePAM no) puts in a session's environment besides the login basics:
+# SSH_CLIENT and SSH_CONNECTION always, the others with a pty, a forced command, agent
+# forwarding or ExposeAuthInfo (none of which the guest's sshd_config allows).
+SSHD_VARIABLES = ("SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY", "SSH_ORIGINAL_COMMAND",
+                  "SSH_AUTH_SOCK", "SSH_USER_AUTH", "MAIL")
 NOT_STARTED_CODES = {210, 211}
 NOT_STARTED_PREFIX = b"rds-exec:"
 
@@ -35,14 +45,14 @@ def sandbox_command_line(command: str, cwd: str, env_pairs: list[str], marker: s
     outside = shlex.quote(f"rds-exec: cwd {cwd} resolves outside /workspace")
     lines = []
     if cwd != WORKSPACE:  # the session already starts in the workspace (sshd: HOME)
-        lines.append(f"cd -P -- {shlex.quote(cwd)} 2>/dev/null || "
-                     f"{{ echo {missing} >&2; exit 210; }}")
+        lines += [f"cd -P -- {shlex.quote(cwd)} 2>/dev/null || "
+                  f"{{ echo {missing} >&2; exit 210; }}",
+                  f"case $PWD/ in /workspace/*) ;; *) echo {outside} >&2; exit 211 ;; esac"]
     # printf is a builtin: no extra process.
     announced = [f"printf %s {started_mark(marker).decode()}"] if announce else []
     return "\n".join([
         *lines,
-        f"case $PWD/ in /workspace/*) ;; *) echo {outside} >&2; exit 211 ;; esac",
-        "unset ${!SSH_@} MAIL",
+        "unset " + " ".join(SSHD_VARIABLES),
         "export " + " ".join(shlex.quote(item) for item in exports),
         *announced,
         # The caller's script starts on a line of its own, so that a syntax error in it cannot
