@@ -23,20 +23,17 @@ answer, a create failed for another reason than the memory floor, or something w
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import pathlib
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from app import create_app
 from app.virt.domain_xml import port_name
 from bench import loadgen
-from bench.common import machine
+from bench.common import live_server_services, machine
 
 KEY = "bench-density-key"
 KSM = pathlib.Path("/sys/kernel/mm/ksm")
@@ -202,20 +199,15 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
 
-    app = create_app({"API_KEY": KEY})
-    services = app.extensions["rds"]
-    services.seeds.ensure(1, 256)
+    services = live_server_services(KEY)
     ksm_before = ksm_read()
     ksm_set(run=0)
     failures: list[str] = []
     report: dict = {"machine": machine(), "args": vars(args)}
-    log_path = pathlib.Path(tempfile.mkdtemp(prefix="bench-density-")) / "server.log"
-    print(f"server log: {log_path}", flush=True)
-    env = {"API_KEY": KEY, "MAX_VMS": str(args.count + 5), "ENABLE_WARM_POOL": "false",
-           "DISK_BUDGET_MB": str((args.count + 5) * 4096 + 200_000)}
+    log_path = loadgen.server_log("bench-density-")
     creator = None
     try:
-        with loadgen.serve(env, log_path) as (base, _server):
+        with loadgen.serve(loadgen.server_env(KEY, args.count + 5), log_path) as (base, _server):
             time.sleep(5)
             base_available = available_mib()
             report["base_available_mib"] = base_available
@@ -266,24 +258,7 @@ def main() -> None:
                                   "ksm_run": ksm_read()["run"]}
             print(f"idle CPU: {report['idle_cpu']}", flush=True)
             # Every VM answers.
-            recorder = loadgen.Recorder()
-            pending = [vm["id"] for vm in creator.vms]
-            lock = threading.Lock()
-
-            def answer() -> None:
-                with loadgen.client(base, KEY) as http:
-                    while True:
-                        with lock:
-                            if not pending:
-                                return
-                            vm_id = pending.pop()
-                        recorder.timed("exec", functools.partial(loadgen.exec_once, http, vm_id))
-
-            threads = [threading.Thread(target=answer) for _ in range(4)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            recorder = loadgen.exec_each(base, KEY, [vm["id"] for vm in creator.vms])
             latencies = recorder.latencies.get("exec", [])
             report["exec"] = {"answered": len(latencies), "of": len(creator.vms),
                               "p50": loadgen.percentile(latencies, 50),

@@ -35,24 +35,17 @@ import uuid
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from app import create_app
 from app.models import ProvisionMode, VmRecord
 from app.sshkeys import generate_keypair
 from app.virt import disks, save_image
 from app.virt.qemu_access import prepare_vm_dir, share_with_qemu
 from bench import loadgen
 from bench.bench_create import plain_libvirt_nic
-from bench.common import machine, raw_client, raw_run
+from bench.common import live_server_services, machine, raw_client, raw_run
 
 KEY = "bench-load-key"
 HEALTHZ_P99_S = 0.200
 MIN_RATIO = 0.9
-
-
-def server_env(max_vms: int) -> dict[str, str]:
-    # The disk budget is overcommitted on purpose: idle VMs write a few MiB of their 4 GiB.
-    return {"API_KEY": KEY, "MAX_VMS": str(max_vms), "ENABLE_WARM_POOL": "false",
-            "DISK_BUDGET_MB": str(max_vms * 4096 + 200_000)}
 
 
 def ms(seconds: float) -> str:
@@ -149,14 +142,12 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
 
-    app = create_app({"API_KEY": KEY})
-    services = app.extensions["rds"]
-    services.seeds.ensure(1, 256)  # saved before anything is timed
+    services = live_server_services(KEY)
     failures: list[str] = []
     report: dict = {"machine": machine(), "args": vars(args)}
-    log_path = pathlib.Path(tempfile.mkdtemp(prefix="bench-load-")) / "server.log"
-    print(f"server log: {log_path}", flush=True)
-    with loadgen.serve(server_env(max(args.vms, args.burst) + 4), log_path) as (base, server):
+    log_path = loadgen.server_log("bench-load-")
+    env = loadgen.server_env(KEY, max(args.vms, args.burst) + 4)
+    with loadgen.serve(env, log_path) as (base, server):
         http = loadgen.client(base, KEY)
         vms: list[dict] = []
         try:

@@ -1,5 +1,6 @@
-"""Shared bits of the benchmark scripts: timing stats, the machine description, and raw
-paramiko clients to a VM's guest (the manager's key, the VM's pinned host key)."""
+"""Shared bits of the benchmark scripts: timing stats, the machine description, the app's
+services beside a live server, and raw paramiko clients to a VM's guest (the manager's key,
+the VM's pinned host key)."""
 from __future__ import annotations
 
 import io
@@ -11,7 +12,9 @@ import subprocess
 
 import paramiko
 
+from app import create_app
 from app.guestssh import parse_public_key
+from app.services.container import Services
 
 
 def stats(samples: list[float]) -> dict[str, float]:
@@ -39,6 +42,15 @@ def machine() -> str:
                           timeout=10).stdout.splitlines()[0]
     return (f"{platform.node()}: {model}, {cores} cores, {mem_kb / 1024 / 1024:.0f} GiB, "
             f"{platform.system()} {platform.release()}, {qemu}")
+
+
+def live_server_services(key: str) -> Services:
+    """The app's services in this process, for a bench that drives a live server
+    (:func:`bench.loadgen.serve`) and looks at the host: the memory snapshot of the 1 vCPU,
+    256 MiB shape the server's creates restore from is saved before anything is timed."""
+    services = create_app({"API_KEY": key}).extensions["rds"]
+    services.seeds.ensure(1, 256)
+    return services
 
 
 def raw_client(services, vm: dict, **connect: object) -> paramiko.SSHClient:

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 import typing as t
@@ -29,6 +30,8 @@ BLOB_BYTES = 256 * 1024
 # host's cores: a call's latency is mostly its guest's CPU share, so commands get the longest
 # timeout the API allows (MAX_EXEC_TIMEOUT_MS' default) rather than the 30 s default.
 COMMAND_TIMEOUT_MS = 120_000
+State = t.TypeVar("State")
+Item = t.TypeVar("Item")
 
 
 def percentile(samples: t.Sequence[float], q: float) -> float:
@@ -41,6 +44,22 @@ def percentile(samples: t.Sequence[float], q: float) -> float:
 
 
 # The server ###############################################################################
+
+def server_env(key: str, max_vms: int) -> dict[str, str]:
+    """A live server's settings for load: room for ``max_vms`` VMs, all restored from the
+    memory snapshot (warm pool off). The disk budget is overcommitted on purpose: idle VMs
+    write a few MiB of their 4 GiB."""
+    return {"API_KEY": key, "MAX_VMS": str(max_vms), "ENABLE_WARM_POOL": "false",
+            "DISK_BUDGET_MB": str(max_vms * 4096 + 200_000)}
+
+
+def server_log(prefix: str) -> Path:
+    """Where the live server's output goes: ``server.log`` in a new temporary directory (said
+    on stdout)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix)) / "server.log"
+    print(f"server log: {path}", flush=True)
+    return path
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -171,33 +190,48 @@ def create_vms(http: httpx.Client, count: int, body: dict | None = None) -> list
     return made
 
 
+def each_in_threads(items: t.Iterable[Item], threads: int,
+                    session: t.Callable[[], t.ContextManager[State]],
+                    work: t.Callable[[State, Item], None]) -> None:
+    """``work(state, item)`` for every item, from ``threads`` threads that each take the next
+    item until none is left; ``state`` is what the thread's own ``session()`` yields (its
+    HTTP client, say)."""
+    pending = list(items)
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with session() as state:
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    item = pending.pop()
+                work(state, item)
+
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+
+
 def delete_vms(http: httpx.Client, ids: t.Iterable[str], parallel: int = 4) -> list[str]:
     """DELETE ?wait=true each (``parallel`` at a time); returns the failures."""
     failures: list[str] = []
     lock = threading.Lock()
-    pending = list(ids)
 
-    def worker() -> None:
-        while True:
+    def delete(http: httpx.Client, vm_id: str) -> None:
+        try:
+            response = http.delete(f"/v1/vms/{vm_id}?wait=true")
+            ok = response.status_code in (204, 404)
+            text = f"{response.status_code} {response.text}"
+        except httpx.HTTPError as exc:
+            ok, text = False, repr(exc)
+        if not ok:
             with lock:
-                if not pending:
-                    return
-                vm_id = pending.pop()
-            try:
-                response = http.delete(f"/v1/vms/{vm_id}?wait=true")
-                ok = response.status_code in (204, 404)
-                text = f"{response.status_code} {response.text}"
-            except httpx.HTTPError as exc:
-                ok, text = False, repr(exc)
-            if not ok:
-                with lock:
-                    failures.append(f"delete {vm_id}: {text}")
+                failures.append(f"delete {vm_id}: {text}")
 
-    threads = [threading.Thread(target=worker) for _ in range(parallel)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    each_in_threads(ids, parallel, lambda: contextlib.nullcontext(http), delete)
     return failures
 
 
@@ -284,6 +318,18 @@ def exec_once(http: httpx.Client, vm_id: str, cmd: str = "true") -> None:
     body = _expect(http.post(f"/v1/vms/{vm_id}/exec", json={
         "cmd": f"{cmd} && echo {token}", "timeoutMs": COMMAND_TIMEOUT_MS}), 200).json()
     assert body["exitCode"] == 0 and body["stdout"] == f"{token}\n", body
+
+
+def exec_each(base: str, key: str, vm_ids: t.Iterable[str], threads: int = 4) -> Recorder:
+    """One :func:`exec_once` on every VM, ``threads`` at a time, each thread on its own
+    connection: does every VM answer, and how fast (latencies under ``exec``)."""
+    recorder = Recorder()
+
+    def answer(http: httpx.Client, vm_id: str) -> None:
+        recorder.timed("exec", functools.partial(exec_once, http, vm_id))
+
+    each_in_threads(vm_ids, threads, lambda: client(base, key), answer)
+    return recorder
 
 
 def run_ts_once(http: httpx.Client, vm_id: str) -> None:

@@ -40,7 +40,7 @@ from app.services.templates import ImageBuild, TemplateCatalog, default_disk_siz
 from app.services.vm_files import DISK, HOST_KEY, IDENTITY_SOCKET, VmFiles
 from app.sshkeys import generate_keypair
 from app.virt import disks, identity, save_image
-from app.virt.domain_xml import parse_metadata
+from app.virt.metadata_xml import parse_metadata
 from app.virt.qemu_access import prepare_vm_dir
 
 if t.TYPE_CHECKING:

@@ -14,7 +14,7 @@ import uuid
 from app.errors import VmNotFound
 from app.models import NAME_PREFIX, DomainInfo, Vm, VmPhase, VmRecord, VmRole, VmState
 from app.services.ownership import visible
-from app.virt.domain_xml import METADATA_NS, METADATA_PREFIX, metadata_xml, parse_metadata
+from app.virt.metadata_xml import METADATA_NS, METADATA_PREFIX, metadata_xml, parse_metadata
 
 if t.TYPE_CHECKING:
     from app.virt.connection import Hypervisor

@@ -38,7 +38,7 @@ from app.services.ownership import visible
 from app.services.snapshot_store import DISK, SnapshotStore
 from app.services.templates import TemplateCatalog
 from app.virt import disks
-from app.virt.domain_xml import parse_metadata
+from app.virt.metadata_xml import parse_metadata
 
 if t.TYPE_CHECKING:
     from app.services.vms import VmService

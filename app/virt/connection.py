@@ -20,9 +20,10 @@ import libvirt
 
 from app import metrics
 from app.errors import FilterNotFound, HypervisorError, VmNotFound
-from app.models import NAME_PREFIX, DomainInfo, NodeInfo
+from app.models import NAME_PREFIX, DomainInfo
 from app.virt.libvirt_agent import GuestAgentCalls
 from app.virt.libvirt_network import FilterAndNetworkCalls
+from app.virt.libvirt_node import NodeCalls
 from app.virt.libvirt_storage import StoragePoolCalls
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def _never_sent(exc: libvirt.libvirtError) -> bool:
     return "client socket is closed" in message or "Cannot write data" in message
 
 
-class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
+class Hypervisor(NodeCalls, GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
     """A libvirt connection with timeouts; one per worker process, reopened when it dies.
 
     :param uri: libvirt URI, e.g. ``qemu:///system``.
@@ -196,39 +197,7 @@ class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
                 raise FilterNotFound(exc.get_error_message() or "no such nwfilter") from exc
             raise HypervisorError(f"libvirt: {exc.get_error_message() or exc}") from exc
 
-    # Queries ###############################################################################
-
-    def ping(self) -> str:
-        """libvirt's version string; raises HypervisorError when unreachable."""
-        def version(conn: t.Any) -> str:
-            number = conn.getLibVersion()
-            return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
-        return self._call("ping", version)
-
-    def emulator_version(self) -> str:
-        """The hypervisor's (QEMU's) version: saved guests only restore on the one that saved
-        them."""
-        def version(conn: t.Any) -> str:
-            number = conn.getVersion()
-            return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
-        return self._call("hypervisor version", version)
-
-    def node_info(self) -> NodeInfo:
-        """The host's name, CPUs, memory and memory available for guests (free, buffers and
-        page cache), as libvirt sees them. Memory comes from the node's memory statistics (the
-        host's /proc/meminfo): ``virNodeGetInfo`` and ``virNodeGetFreeMemory`` sum the NUMA
-        cells, which on some virtualised hosts (this CI machine) cover half the memory."""
-        def read(conn: t.Any) -> NodeInfo:
-            _model, _cells_memory_mb, cpus, *_topology = conn.getInfo()
-            memory = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)  # KiB
-            available = memory["free"] + memory.get("buffers", 0) + memory.get("cached", 0)
-            number = conn.getVersion()
-            return NodeInfo(hostname=conn.getHostname(), cpus=cpus,
-                            memory_mb=memory["total"] // 1024,
-                            free_memory_mb=available // 1024,
-                            hypervisor_version=f"{number // 1000000}.{number // 1000 % 1000}."
-                                               f"{number % 1000}")
-        return self._call("node info", read)
+    # Domain queries ########################################################################
 
     def list_domains(self) -> list[DomainInfo]:
         """All domains whose name starts with ``rds-``, with state and XML."""

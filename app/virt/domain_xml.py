@@ -4,7 +4,7 @@ Like virt-manager's Cloner, start from the template and change only what a clone
 uuid, title, metadata, memory, vcpus, boot files, disk, NIC (MAC, the manager's tap), fw_cfg
 entries, console log and the accelerator; every VM also gets a virtio balloon with free page
 reporting (memory the guest frees goes back to the host). The VM's API fields live in
-``<metadata>`` under :data:`METADATA_NS`, which makes libvirt the only store of VM state.
+``<metadata>`` (:mod:`app.virt.metadata_xml`), which makes libvirt the only store of VM state.
 """
 from __future__ import annotations
 
@@ -13,15 +13,12 @@ import hashlib
 import xml.etree.ElementTree as ET
 
 from app.models import NAME_PREFIX, ProvisionMode, VmRecord, VmRole
-from app.persist import VM_FIELDS, to_xml, vm_record_from_xml
+from app.virt.metadata_xml import replace_metadata
 
-METADATA_NS = "https://run-dat-sheesh.dev/xmlns/vm/1"
-METADATA_PREFIX = "rds"
 FWCFG_PREFIX = "opt/org.rundatsheesh/"
 IFNAMSIZ = 16  # Linux interface names: 15 characters and the NUL
 IDENTITY_CHANNEL = "org.rundatsheesh.identity"  # virtio-serial port, see app.virt.identity
 BUILD_LOG_CHANNEL = "org.rundatsheesh.build-log"  # an image build's output (build VMs only)
-ET.register_namespace(METADATA_PREFIX, METADATA_NS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,11 +86,7 @@ def build_domain_xml(template_xml: str, record: VmRecord, params: DomainParams) 
     _child(root, "description", after="title").text = (
         f"run-dat-sheesh sandbox {record.id} created {record.created_at}; "
         f"managed by the service: delete it through the API")
-    metadata = _child(root, "metadata", after="description")
-    for old in list(metadata):
-        if old.tag == _q("vm"):
-            metadata.remove(old)
-    metadata.append(metadata_element(record))
+    replace_metadata(_child(root, "metadata", after="description"), record)
     memory = _child(root, "memory")
     memory.set("unit", "MiB")
     memory.text = str(record.mem_mb)
@@ -141,36 +134,6 @@ def device_fingerprint(template_xml: str, accelerator: str) -> str:
         for element in root.findall(tag):
             root.remove(element)
     return hashlib.sha256(ET.tostring(root)).hexdigest()[:16]
-
-
-# Metadata #################################################################################
-
-def metadata_element(record: VmRecord, namespaced: bool = True) -> ET.Element:
-    """``<vm>`` with the record's fields (:data:`app.persist.VM_FIELDS`)."""
-    return to_xml(record, VM_FIELDS, _q if namespaced else str)
-
-
-def metadata_xml(record: VmRecord) -> str:
-    """The metadata element alone, as ``virDomainSetMetadata`` wants it: without a namespace
-    (libvirt adds :data:`METADATA_NS` with the prefix it is given)."""
-    element = metadata_element(record, namespaced=False)
-    ET.indent(element, space="  ")
-    return ET.tostring(element, encoding="unicode")
-
-
-def parse_metadata(xml: str) -> VmRecord | None:
-    """The VM record inside a domain's XML or a bare metadata element; None if absent/invalid."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return None
-    vm = root if root.tag == _q("vm") else root.find(f"metadata/{_q('vm')}")
-    if vm is None:
-        return None
-    try:
-        return vm_record_from_xml(vm, _q)
-    except ValueError:
-        return None
 
 
 # Builders #################################################################################
@@ -337,10 +300,6 @@ def _set_console_log(devices: ET.Element, path: str) -> None:
 
 
 # Helpers ##################################################################################
-
-def _q(tag: str) -> str:
-    return f"{{{METADATA_NS}}}{tag}"
-
 
 def _child(root: ET.Element, tag: str, after: str | None = None) -> ET.Element:
     element = root.find(tag)

@@ -25,7 +25,8 @@ import leak_inventory
 from app import create_app
 from app.errors import VmNotFound
 from app.models import VmPhase, VmRole
-from app.virt.domain_xml import parse_metadata, port_name
+from app.virt.domain_xml import port_name
+from app.virt.metadata_xml import parse_metadata
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "integration-test-key"

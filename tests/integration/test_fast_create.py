@@ -14,7 +14,7 @@ import pytest
 from app import create_app
 from app.errors import HypervisorError
 from app.models import VmRole
-from app.virt.domain_xml import parse_metadata
+from app.virt.metadata_xml import parse_metadata
 from tests.integration.conftest import (API_KEY, BRIDGE_IP, SEED_BODY, Api, connects, exec_ok,
                                         virsh)
 

@@ -92,15 +92,22 @@ def exec_in(api: t.Any, vm: dict, cmd: str, timeout_ms: int) -> tuple[t.Any, flo
                                      json={"cmd": cmd, "timeoutMs": timeout_ms}))
 
 
+def run_fault(api: t.Any, vm: dict, what: str, cmd: str, timeout_ms: int) -> tuple[dict, float]:
+    """Run the fault's command in ``vm``: however it went in the guest, exec answers 200.
+    Returns the answer's body and the seconds it took."""
+    answer, took = exec_in(api, vm, cmd, timeout_ms)
+    print(f"{what}: exec answered {answer.status_code} in {took:.1f}s "
+          f"(timedOut={answer.json.get('timedOut')}) {answer.json.get('stdout', '')[-200:]!r}")
+    assert answer.status_code == 200, answer.json
+    return answer.json, took
+
+
 def test_a_fork_bomb_times_out_and_leaves_the_rest_alone(api, bystander, victim):
     # `exec sleep` needs no fork: the command lives until its timeout whatever the bomb does.
     bomb = "bomb() { bomb | bomb & }; bomb; exec sleep 120"
     with Watcher(api, bystander) as watcher:
-        answer, took = exec_in(api, victim, bomb, 8000)
-        print(f"fork bomb: exec answered {answer.status_code} in {took:.1f}s "
-              f"(timedOut={answer.json.get('timedOut')})")
-        assert answer.status_code == 200, answer.json
-        assert answer.json["timedOut"] is True and took < 8 + 20
+        result, took = run_fault(api, victim, "fork bomb", bomb, 8000)
+        assert result["timedOut"] is True and took < 8 + 20
         # The answer leaves within its deadline + 2 s; the kill may go on a moment longer (as
         # root through the guest agent when the exhausted process limit stops sshd from
         # forking). Meanwhile an exec fails fast (a JSON 504), never hangs; then it works.
@@ -121,12 +128,9 @@ def test_a_memory_hog_meets_the_guest_oom_killer(api, bystander, victim):
     # tail keeps the last line, here all of it: 1 GiB in a 256 MiB guest
     hog = "set -o pipefail; head -c 1G /dev/zero | tail > /dev/null; echo exit=$?"
     with Watcher(api, bystander) as watcher:
-        answer, took = exec_in(api, victim, hog, 60000)
-        print(f"memory hog: exec answered {answer.status_code} in {took:.1f}s "
-              f"{answer.json.get('stdout', '').strip()}")
-        assert answer.status_code == 200, answer.json
-        assert answer.json["stdout"] == "exit=137\n", answer.json  # SIGKILLed by the OOM killer
-        assert answer.json["timedOut"] is False
+        result, _took = run_fault(api, victim, "memory hog", hog, 60000)
+        assert result["stdout"] == "exit=137\n", result  # SIGKILLed by the OOM killer
+        assert result["timedOut"] is False
         assert exec_ok(api, victim["id"], "echo survived")["stdout"] == "survived\n"
     watcher.check("memory hog")
 
@@ -136,9 +140,8 @@ def test_a_full_guest_disk_fails_writes_cleanly(api, bystander, victim):
             "/workspace/fill; dd if=/dev/zero of=/workspace/more bs=1M count=8 2>&1; "
             "df --output=avail -B1 /tmp /workspace | tail -2")
     with Watcher(api, bystander) as watcher:
-        answer, _took = exec_in(api, victim, fill, 60000)
-        assert answer.status_code == 200, answer.json
-        assert "No space left on device" in answer.json["stdout"], answer.json
+        result, _took = run_fault(api, victim, "disk filler", fill, 60000)
+        assert "No space left on device" in result["stdout"], result
         upload = io.BytesIO()
         with tarfile.open(fileobj=upload, mode="w:gz") as tar:
             member = tarfile.TarInfo("data.bin")

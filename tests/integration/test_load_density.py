@@ -6,11 +6,9 @@ deleted with nothing left on the host.
 """
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from bench import loadgen
@@ -28,8 +26,7 @@ def server(tmp_path_factory):
     the VMs write a few MiB of their 4 GiB); yields its base URL and master process."""
     log_path = tmp_path_factory.mktemp("load-server") / "server.log"
     print(f"server log: {log_path}")
-    env = {"API_KEY": KEY, "MAX_VMS": str(BURST + 20), "ENABLE_WARM_POOL": "false",
-           "DISK_BUDGET_MB": str((BURST + 20) * 4096 + 200_000), "WEB_WORKERS": "2"}
+    env = {**loadgen.server_env(KEY, BURST + 20), "WEB_WORKERS": "2"}
     with log_path.open("w") as log, live_server(env, output=log) as (base, process):
         yield base, process
 
@@ -108,29 +105,7 @@ def test_twenty_creates_at_once_all_answer_and_leave_nothing(server, http, servi
         assert [(status, body.get("message")) for _s, status, body in results
                 if status != 201] == []
         assert {vm["provisionMode"] for vm in made} == {"snapshot"}
-        errors: list[str] = []
-        lock = threading.Lock()
-        pending = [vm["id"] for vm in made]
-
-        def answer() -> None:
-            with loadgen.client(server[0], KEY) as client:
-                while True:
-                    with lock:
-                        if not pending:
-                            return
-                        vm_id = pending.pop()
-                    try:
-                        loadgen.exec_once(client, vm_id)
-                    except (AssertionError, httpx.HTTPError) as exc:
-                        with lock:
-                            errors.append(f"{vm_id}: {exc}")
-
-        threads = [threading.Thread(target=answer) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
+        assert loadgen.exec_each(server[0], KEY, [vm["id"] for vm in made]).errors == []
     finally:
         assert loadgen.delete_vms(http, [vm["id"] for vm in made]) == []
     # Only the burst's VMs: the session's shared VMs (other modules') may be listed too.

@@ -15,7 +15,7 @@ import pytest
 from app import create_app
 from app.services.lifecycle import VM_LOCK_FILE
 from app.services.maintenance import REAP_INTERVAL_S
-from app.virt.domain_xml import parse_metadata
+from app.virt.metadata_xml import parse_metadata
 from tests.integration.conftest import API_KEY, SEED_BODY, Api, exec_ok, virsh
 
 TTL_S = 20

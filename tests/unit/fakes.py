@@ -24,7 +24,7 @@ from app.services.auth import AuthService
 from app.services.container import Adapters, Services, build_services
 from app.services.prelude import started_mark
 from app.store.db import Store
-from app.virt.domain_xml import metadata_element, parse_metadata
+from app.virt.metadata_xml import metadata_element, parse_metadata
 
 API_KEY = "unit-test-key"
 ADMIN_EMAIL = "admin@test.example"

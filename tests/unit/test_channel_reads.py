@@ -6,6 +6,7 @@ import threading
 import time
 
 from app.guestssh.channels import RunningCommand, collect
+from app.models import CommandResult
 
 
 class EofFirstChannel:
@@ -42,24 +43,28 @@ class EofFirstChannel:
         os.close(self._read_end)
 
 
-def test_after_the_eof_the_exit_status_is_awaited_not_polled():
-    channel = EofFirstChannel(delay=0.3)
+def collect_from(channel: EofFirstChannel, deadline_s: float) -> tuple[CommandResult, float]:
+    """``collect`` over ``channel`` with the command's deadline ``deadline_s`` away; returns
+    the result and the seconds it took."""
     started = time.monotonic()
-    running = RunningCommand(channel, started, started + 10)
+    running = RunningCommand(channel, started, started + deadline_s)
     result = collect(running, 1000)
     running.close()
+    return result, time.monotonic() - started
+
+
+def test_after_the_eof_the_exit_status_is_awaited_not_polled():
+    channel = EofFirstChannel(delay=0.3)
+    result, took = collect_from(channel, 10)
     assert result.exit_code == 0 and not result.timed_out
-    assert time.monotonic() - started < 0.5  # answered as soon as the status came
+    assert took < 0.5  # answered as soon as the status came
     assert channel.polls < 10, f"{channel.polls} polls: a busy loop"
 
 
 def test_a_status_that_never_comes_ends_at_the_deadline():
     channel = EofFirstChannel(delay=5)
-    started = time.monotonic()
-    running = RunningCommand(channel, started, started + 0.5)
-    result = collect(running, 1000)
-    running.close()
+    result, took = collect_from(channel, 0.5)
     channel.status_event.set()
     assert result.timed_out and result.exit_code == -1
-    assert 0.5 <= time.monotonic() - started < 1.0
+    assert 0.5 <= took < 1.0
     assert channel.polls < 20

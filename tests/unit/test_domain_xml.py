@@ -10,9 +10,9 @@ import pytest
 from app.config import REPO_ROOT
 from app.models import VmPhase, VmRecord, VmRole
 from app.virt import domain_xml
-from app.virt.domain_xml import (BUILD_LOG_CHANNEL, METADATA_NS, BootFiles, BuildDevices,
-                                 DomainParams, build_domain_xml, device_fingerprint,
-                                 kernel_cmdline, metadata_xml, parse_metadata, port_name)
+from app.virt.domain_xml import (BUILD_LOG_CHANNEL, BootFiles, BuildDevices, DomainParams,
+                                 build_domain_xml, device_fingerprint, kernel_cmdline, port_name)
+from app.virt.metadata_xml import METADATA_NS, metadata_xml, parse_metadata
 
 XML_DIR = Path(__file__).parent / "data" / "xml"
 TEMPLATE = REPO_ROOT / "vm-templates" / "default" / "domain.xml"

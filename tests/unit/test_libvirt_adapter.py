@@ -9,8 +9,7 @@ pytest.importorskip("libvirt", reason="libvirt-python is not installed here")
 
 from app.errors import HypervisorError, VmNotFound
 from app.virt.connection import Hypervisor
-from app.virt.domain_xml import (METADATA_NS, METADATA_PREFIX, metadata_xml,
-                                 parse_metadata)
+from app.virt.metadata_xml import METADATA_NS, METADATA_PREFIX, metadata_xml, parse_metadata
 from tests.unit.fakes import record
 
 NODE = """<node>

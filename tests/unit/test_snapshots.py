@@ -18,7 +18,7 @@ from app.errors import (GuestUnreachable, HypervisorError, InvalidRequest, Snaps
                         SnapshotInUse, VmNotFound, VmStateConflict)
 from app.models import VmPhase, VmSpec, VmState
 from app.services import snapshots as snapshots_module
-from app.virt.domain_xml import METADATA_NS, parse_metadata
+from app.virt.metadata_xml import METADATA_NS, parse_metadata
 from tests.unit.fakes import NEW_BUILD, OLD_BUILD
 
 # Taking ###################################################################################
