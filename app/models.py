@@ -112,6 +112,9 @@ class DomainInfo:
     uuid: str
     name: str
     state: str  # libvirt's run state: running, paused, shutdown, shutoff, crashed, nostate
+    # The domain's service metadata element (``<rds:vm>``, app.virt.domain_xml) as XML, "" for
+    # a domain without one: read alone (virDomainGetMetadata), not in the whole domain XML,
+    # which libvirtd would format and the manager parse on every call about a VM.
     xml: str
 
 

@@ -25,6 +25,7 @@ from app.virt.libvirt_agent import GuestAgentCalls
 from app.virt.libvirt_network import FilterAndNetworkCalls
 from app.virt.libvirt_node import NodeCalls
 from app.virt.libvirt_storage import StoragePoolCalls
+from app.virt.metadata_xml import METADATA_NS
 
 log = logging.getLogger(__name__)
 
@@ -320,4 +321,14 @@ class Hypervisor(NodeCalls, GuestAgentCalls, FilterAndNetworkCalls, StoragePoolC
 def _info(dom: t.Any) -> DomainInfo:
     state, _reason = dom.state()
     return DomainInfo(uuid=dom.UUIDString(), name=dom.name(),
-                      state=STATE_NAMES.get(state, "nostate"), xml=dom.XMLDesc(0))
+                      state=STATE_NAMES.get(state, "nostate"), xml=_service_metadata(dom))
+
+
+def _service_metadata(dom: t.Any) -> str:
+    """The domain's ``<rds:vm>`` element, "" when it has none (a domain made by hand)."""
+    try:
+        return dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, 0)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+            return ""
+        raise

@@ -40,16 +40,22 @@ def replace_metadata(metadata: ET.Element, record: VmRecord) -> None:
 
 
 def parse_metadata(xml: str) -> VmRecord | None:
-    """The VM record inside a domain's XML or a bare metadata element; None if absent/invalid."""
+    """The VM record inside a domain's XML, in a bare metadata element, or in the element
+    ``virDomainGetMetadata`` gives for :data:`METADATA_NS` (without a namespace, like
+    :func:`metadata_xml`); None if absent or invalid."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
         return None
-    vm = root if root.tag == _q("vm") else root.find(f"metadata/{_q('vm')}")
+    qualify = _q
+    if root.tag == "vm":
+        vm, qualify = root, str
+    else:
+        vm = root if root.tag == _q("vm") else root.find(f"metadata/{_q('vm')}")
     if vm is None:
         return None
     try:
-        return vm_record_from_xml(vm, _q)
+        return vm_record_from_xml(vm, qualify)
     except ValueError:
         return None
 
