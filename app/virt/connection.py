@@ -93,11 +93,18 @@ class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
 
     :param uri: libvirt URI, e.g. ``qemu:///system``.
     :param timeout: seconds any single libvirt call may take.
+    :param keepalive: libvirt keepalive (interval s, missed answers) after which a silent
+        connection is closed; a remote host's is shorter (app.services.host_registry).
+    :param reconnect_window_s: how long after a lost connection a new one is retried for.
     """
 
-    def __init__(self, uri: str, timeout: float) -> None:
+    def __init__(self, uri: str, timeout: float, keepalive: tuple[int, int] = (5, 3),
+                 reconnect_window_s: float | None = None) -> None:
         self.uri = uri
         self.timeout = timeout
+        self.keepalive = keepalive
+        self.reconnect_window_s = (RECONNECT_WINDOW_S if reconnect_window_s is None
+                                   else reconnect_window_s)
         self._conn: t.Any = None
         self._lost_at: float | None = None  # when a live connection was last lost
         self._lock = threading.Lock()
@@ -134,7 +141,7 @@ class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
             _start_event_loop()
             conn = self._open()
             try:
-                conn.setKeepAlive(5, 3)
+                conn.setKeepAlive(*self.keepalive)
             except libvirt.libvirtError as exc:  # a driver without RPC (test:///)
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
                     raise
@@ -149,7 +156,7 @@ class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
                 conn = libvirt.open(self.uri)
             except libvirt.libvirtError as exc:
                 lost = self._lost_at
-                if lost is None or time.monotonic() - lost > RECONNECT_WINDOW_S:
+                if lost is None or time.monotonic() - lost > self.reconnect_window_s:
                     raise
                 log.info("libvirt not reachable yet, retrying: %s", exc.get_error_message())
                 time.sleep(RECONNECT_INTERVAL_S)
