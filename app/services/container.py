@@ -142,7 +142,7 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
     builder = ImageBuilder(settings, custom, templates, parts, seeds, events)
     images = ImageService(settings, custom, templates, parts, store, parts.seeds)
     registry = HostRegistry(settings, adapters.open_host or _no_remote_hosts)
-    shipper = ImageShipper(settings, registry, templates)
+    shipper = ImageShipper(settings, registry, templates, images.local_list)
     if registry.hosts:
         images.readiness = shipper.readiness
     hosts = HostsView(settings, hypervisor, parts.records, images.local_list, registry,
@@ -162,7 +162,9 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                     maintainer=Maintainer(settings, parts.pool, seeds, templates, parts.ipsets,
                                           sweep=sweep, reap=vms.reap,
                                           build=builder.run_pending,
-                                          deliver=deliveries.run_once),
+                                          deliver=deliveries.run_once,
+                                          ship=shipper.ship_missing if registry.hosts
+                                          else None),
                     health=HealthService(settings, hypervisor, adapters.domain_type,
                                          adapters.bridge_nf, templates),
                     auth=AuthService(settings, state, clock=adapters.clock),

@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import logging
-import threading
 import time
 import typing as t
 from pathlib import Path
@@ -33,6 +32,7 @@ from app.config.hosts import LOCAL_HOST
 from app.errors import (AppError, HostNotFound, HypervisorError, ImageNotFound,
                         ImageNotReady, ImageStateConflict, InvalidRequest)
 from app.models import HostReadiness, Image, ImageState
+from app.services.locks import host_lock
 from app.virt.pool_xml import POOL_NAME, build_pool_xml
 
 if t.TYPE_CHECKING:
@@ -101,12 +101,12 @@ class ImageShipper:
     """Ships images to the ``HOSTS`` and says where each is ready. Thread-safe."""
 
     def __init__(self, settings: Settings, registry: HostRegistry,
-                 templates: TemplateCatalog) -> None:
+                 templates: TemplateCatalog, images: t.Callable[[], list[Image]]) -> None:
+        """:param images: the local images (ImageService.local_list)."""
         self.settings = settings
         self.registry = registry
         self.templates = templates
-        self._busy: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
+        self.images = images
 
     def build_of(self, image_id: str) -> str | None:
         """The image's current local build (``<image dir>/<build>``), None when not built."""
@@ -138,8 +138,7 @@ class ImageShipper:
         :raises ImageNotFound: unknown image.
         :raises ImageStateConflict: a custom image that is not READY.
         :raises ImageNotReady: the image is not built here.
-        :raises ImageStateConflict: the same image is being shipped to that host already
-            (by this process).
+        :raises ImageStateConflict: the same image is being shipped to that host already.
         :raises HypervisorError: the host does not answer, or a checksum did not match.
         """
         if self.registry.host(host_name) is None:
@@ -149,17 +148,36 @@ class ImageShipper:
         except InvalidRequest as exc:
             raise ImageNotFound(exc.message) from None
         build = self.templates.current_build(template)
-        key = (host_name, image_id)
-        with self._lock:
-            if key in self._busy:
-                raise ImageStateConflict(f"image {image_id!r} is being shipped to {host_name} "
-                                         "already")
-            self._busy.add(key)
-        try:
+        with host_lock(self.lock_path(host_name, image_id), timeout=0,
+                       busy=lambda: ImageStateConflict(
+                           f"image {image_id!r} is being shipped to {host_name} already")):
             return self._ship(host_name, image_id, build)
-        finally:
-            with self._lock:
-                self._busy.discard(key)
+
+    def lock_path(self, host_name: str, image_id: str) -> Path:
+        """Held while the image is shipped to the host (by any process of this manager)."""
+        return Path(self.settings.storage_root) / "shipping" / f"{host_name}.{image_id}.lock"
+
+    def ship_missing(self) -> list[str]:
+        """Ship every READY image to every UP host where it is not ready (the maintainer's,
+        every SHIP_INTERVAL_S); returns what was shipped. A failure is logged, the others go
+        on."""
+        if not self.registry.hosts:
+            return []
+        shipped = []
+        for image in self.readiness(self.images()):
+            for host in image.hosts[1:]:
+                if host.ready or image.state is not ImageState.READY:
+                    continue
+                if not self.registry.probe([host.name])[host.name].up:
+                    continue
+                try:
+                    self.ship(host.name, image.id)
+                except AppError as exc:
+                    log.warning("image %s not shipped to %s: %s", image.id, host.name,
+                                exc.message)
+                    continue
+                shipped.append(f"image {image.id} to {host.name}")
+        return shipped
 
     def _ship(self, host_name: str, image_id: str, build: t.Any) -> Shipment:
         started = time.monotonic()

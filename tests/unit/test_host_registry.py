@@ -106,3 +106,4 @@ def test_without_hosts_there_is_the_local_host_alone(tmp_path, monkeypatch, cloc
     world = World(tmp_path, monkeypatch, clock)
     assert world.services.registry.names() == [] and world.fakes.remotes == {}
     assert [host.name for host in world.services.hosts.list()] == ["local"]
+    assert world.services.maintainer.ship is None  # nothing to ship images to

@@ -3,6 +3,7 @@ volume verified by reading it back, the manifest last; readiness in GET /v1/imag
 /v1/hosts follows the current local build; a bad copy is refused and never ready."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -10,6 +11,7 @@ import pytest
 
 from app import create_app
 from app.errors import HypervisorError
+from app.services.locks import host_lock
 from tests.unit.fakes import API_KEY, NEW_BUILD, OLD_BUILD, World
 
 H2 = {"name": "h2", "uri": "qemu+tcp://10.210.0.2/system", "guestCidr": "172.16.1.0/24"}
@@ -113,9 +115,27 @@ def test_unknown_hosts_and_images_are_404(client, path, named):
 
 
 def test_the_same_shipment_twice_at_once_is_409(client, world):
-    world.services.shipper._busy.add(("h2", "default"))
-    answer = client.put("/v1/hosts/h2/images/default", headers=AUTH)
+    """Held by another worker (a flock: any process of this manager)."""
+    path = world.services.shipper.lock_path("h2", "default")
+    with host_lock(path, timeout=0, busy=AssertionError):
+        answer = client.put("/v1/hosts/h2/images/default", headers=AUTH)
     assert answer.status_code == 409 and "being shipped" in answer.get_json()["message"]
+    assert client.put("/v1/hosts/h2/images/default", headers=AUTH).status_code == 200
+
+
+def test_the_maintainer_ships_what_an_up_host_lacks(client, world, h2):
+    world.fakes.remotes["h3"] = h3 = type(h2)()
+    h3.down = HypervisorError("libvirt: Connection refused")
+    shipper = world.services.shipper
+    shipper.registry._hypervisors["h3"] = h3  # a second host, down
+    shipper.registry.hosts = (*shipper.registry.hosts,
+                              dataclasses.replace(shipper.registry.hosts[0], name="h3"))
+    assert shipper.ship_missing() == ["image default to h2"]
+    assert readiness(client) == {"local": True, "h2": True, "h3": False}
+    uploads = h2.calls.count("upload_volume")
+    assert shipper.ship_missing() == []  # nothing missing: nothing sent again
+    assert h2.calls.count("upload_volume") == uploads
+    assert world.services.maintainer.ship == shipper.ship_missing
 
 
 def test_shipping_needs_the_admin_scope(client):
