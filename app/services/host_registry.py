@@ -22,7 +22,7 @@ import typing as t
 from app.config import Settings
 from app.config.hosts import RemoteHost
 from app.errors import AppError
-from app.models import NodeInfo, VmPhase, VmRole
+from app.models import NodeInfo, VmPhase, VmRecord, VmRole
 from app.services.image_shipping import read_shipped
 from app.services.records import VmRecords
 
@@ -117,9 +117,13 @@ class HostRegistry:
         except AppError as exc:
             log.warning("host %s does not answer: %s", name, exc.message)
             return Probe(reason=exc.message)
-        vms = sum(1 for record, _info in found
-                  if record.role is VmRole.SANDBOX and record.phase is not VmPhase.DELETING)
-        return Probe(node=node, vms=vms, images=images)
+        return Probe(node=node, vms=callers_vms(found), images=images)
+
+
+def callers_vms(found: t.Iterable[tuple[VmRecord, t.Any]]) -> int:
+    """The callers' VMs among a host's records: not pool VMs or seeds, not being deleted."""
+    return sum(1 for record, _info in found
+               if record.role is VmRole.SANDBOX and record.phase is not VmPhase.DELETING)
 
 
 def open_remote(settings: Settings) -> t.Callable[[RemoteHost], Hypervisor]:

@@ -17,8 +17,8 @@ import typing as t
 from app.config import Settings
 from app.config.hosts import LOCAL_HOST
 from app.errors import AppError, HostNotFound
-from app.models import Image, ImageState, NodeInfo, VmPhase, VmRole
-from app.services.host_registry import HostRegistry
+from app.models import Image, ImageState, NodeInfo
+from app.services.host_registry import HostRegistry, callers_vms
 from app.services.records import VmRecords
 
 if t.TYPE_CHECKING:
@@ -109,8 +109,7 @@ class HostsView:
         except AppError as exc:
             log.warning("host %s does not answer: %s", LOCAL_HOST, exc.message)
             return dataclasses.replace(base, reason=exc.message)
-        vms = sum(1 for record, _info in found
-                  if record.role is VmRole.SANDBOX and record.phase is not VmPhase.DELETING)
+        vms = callers_vms(found)
         images = [HostImage(image.id, image.snapshot_ready) for image in self.images()
                   if image.state is ImageState.READY] if with_images else []
         return dataclasses.replace(
