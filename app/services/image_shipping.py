@@ -148,6 +148,9 @@ class ImageShipper:
         except InvalidRequest as exc:
             raise ImageNotFound(exc.message) from None
         build = self.templates.current_build(template)
+        probe = self.registry.probe([host_name])[host_name]
+        if not probe.up:  # answered within HOST_PROBE_TIMEOUT_S, not after LIBVIRT_TIMEOUT_S
+            raise HypervisorError(f"host {host_name} is DOWN: {probe.reason}")
         with host_lock(self.lock_path(host_name, image_id), timeout=0,
                        busy=lambda: ImageStateConflict(
                            f"image {image_id!r} is being shipped to {host_name} already")):
@@ -164,12 +167,11 @@ class ImageShipper:
         if not self.registry.hosts:
             return []
         shipped = []
+        up = {name for name, probe in self.registry.probe().items() if probe.up}
         for image in self.readiness(self.images()):
             for host in image.hosts[1:]:
-                if host.ready or image.state is not ImageState.READY:
-                    continue
-                if not self.registry.probe([host.name])[host.name].up:
-                    continue
+                if host.ready or host.name not in up or image.state is not ImageState.READY:
+                    continue  # a host DOWN is logged by the registry
                 try:
                     self.ship(host.name, image.id)
                 except AppError as exc:
