@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from app import create_app
 from tests.integration.conftest import live_server, no_upkeep_config
 from tests.integration.two_host_rig import SecondHost
 
@@ -168,3 +169,25 @@ def test_an_image_shipped_to_the_second_host_arrives_intact(rig, server):
                                 {"name": "h2", "ready": True}]
     _took, hosts = timed_hosts(server)
     assert {"id": "default", "snapshotReady": False} in hosts["h2"]["images"]
+
+
+def test_what_the_second_host_lacks_is_shipped_by_the_maintainers_round(rig, server):
+    """The maintainer's round (ImageShipper.ship_missing, run here in-process on services
+    built with the same HOSTS) ships the image again once the host lost it."""
+    remote_virsh(rig, "vol-delete", "--pool", "rds-images", "default.manifest.json")
+    status, images = call(server, "GET", "/v1/images", timeout=30)
+    default = next(image for image in images if image["id"] == "default")
+    assert {"name": "h2", "ready": False} in default["hosts"]
+    app = create_app({"TESTING": True, "API_KEY": API_KEY, "HOST_PROBE_TIMEOUT_S": PROBE_S,
+                      "HOSTS": json.dumps([{"name": "h2", "uri": rig.uri,
+                                            "guestCidr": rig.guest_cidr}])})
+    services = app.extensions["rds"]
+    try:
+        assert services.maintainer.ship == services.shipper.ship_missing
+        assert services.shipper.ship_missing() == ["image default to h2"]
+        assert services.shipper.ship_missing() == []  # nothing lacking any more
+    finally:
+        services.close()
+    status, images = call(server, "GET", "/v1/images", timeout=30)
+    default = next(image for image in images if image["id"] == "default")
+    assert {"name": "h2", "ready": True} in default["hosts"]
