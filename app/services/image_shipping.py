@@ -18,6 +18,7 @@ shipment is never ready. Readiness trusts the manifest (reading gigabytes back a
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -81,8 +82,34 @@ def read_volume(hypervisor: Hypervisor, name: str, limit: int = MAX_MANIFEST_BYT
         data.extend(chunk)
         if len(data) > limit:
             raise HypervisorError(f"volume {name} is larger than {limit} bytes")
-    hypervisor.download_volume(POOL_NAME, name, keep, timeout=hypervisor.timeout)
+
+    def sink() -> t.Callable[[bytes], None]:
+        data.clear()
+        return keep
+    hypervisor.download_volume(POOL_NAME, name, sink, timeout=hypervisor.timeout)
     return bytes(data)
+
+
+class Digest:
+    """SHA-256 and size of the bytes a stream moved; :meth:`start` again when libvirt sends a
+    transfer again on a new connection."""
+
+    def __init__(self) -> None:
+        self.start()
+
+    def start(self) -> Digest:
+        self._hash = hashlib.sha256()
+        self.bytes = 0
+        return self
+
+    def add(self, data: bytes) -> bytes:
+        self._hash.update(data)
+        self.bytes += len(data)
+        return data
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
 
 
 def _parse(data: bytes) -> dict[str, t.Any] | None:
@@ -218,28 +245,22 @@ class ImageShipper:
         """Upload ``path`` as ``volume``, hashing what is sent; read it back and compare."""
         size = path.stat().st_size
         timeout = max(hypervisor.timeout, size / MIN_RATE_BYTES_S)
-        sent = hashlib.sha256()
-        with path.open("rb") as source:
-            def read(n: int) -> bytes:
-                data = source.read(min(n, CHUNK))
-                sent.update(data)
-                return data
-            hypervisor.upload_volume(POOL_NAME, volume, size, read, timeout=timeout)
-        received = hashlib.sha256()
-        count = [0]
-
-        def take(data: bytes) -> None:
-            received.update(data)
-            count[0] += len(data)
-        hypervisor.download_volume(POOL_NAME, volume, take, timeout=timeout)
-        if received.hexdigest() != sent.hexdigest() or count[0] != size:
+        sent, received = Digest(), Digest()
+        with contextlib.ExitStack() as files:
+            def source() -> t.Callable[[int], bytes]:
+                handle = files.enter_context(path.open("rb"))
+                digest = sent.start()
+                return lambda n: digest.add(handle.read(min(n, CHUNK)))
+            hypervisor.upload_volume(POOL_NAME, volume, size, source, timeout=timeout)
+        hypervisor.download_volume(POOL_NAME, volume, lambda: received.start().add,
+                                   timeout=timeout)
+        if (received.sha256, received.bytes) != (sent.sha256, size):
             hypervisor.delete_volume(POOL_NAME, volume)
             raise HypervisorError(
-                f"{volume} did not arrive intact: sent {size} bytes sha256 {sent.hexdigest()}, "
-                f"the host has {count[0]} bytes sha256 {received.hexdigest()}")
-        return {"sha256": sent.hexdigest(), "bytes": size}
+                f"{volume} did not arrive intact: sent {sent.bytes} bytes sha256 "
+                f"{sent.sha256}, the host has {received.bytes} bytes sha256 {received.sha256}")
+        return {"sha256": sent.sha256, "bytes": size}
 
     def _send_bytes(self, hypervisor: Hypervisor, volume: str, data: bytes) -> None:
-        source = io.BytesIO(data)
-        hypervisor.upload_volume(POOL_NAME, volume, len(data), source.read,
+        hypervisor.upload_volume(POOL_NAME, volume, len(data), lambda: io.BytesIO(data).read,
                                  timeout=hypervisor.timeout)

@@ -85,9 +85,12 @@ class StoragePoolCalls:
         self._call("delete volume", delete)
 
     def upload_volume(self, pool: str, name: str, size: int,
-                      read: t.Callable[[int], bytes], timeout: float) -> None:
+                      source: t.Callable[[], t.Callable[[int], bytes]], timeout: float) -> None:
         """(Re)create volume ``name`` of ``size`` bytes and stream ``read(n)``'s bytes into it
         until it returns b"" (``virStorageVolUpload``). On failure the volume is deleted.
+
+        :param source: returns ``read``, reading from the first byte; called again when the
+            call is sent again on a new connection (see ``Hypervisor._run``).
 
         :raises HypervisorError: libvirt failed, or the upload took more than ``timeout``.
         """
@@ -104,6 +107,7 @@ class StoragePoolCalls:
             stream = conn.newStream(0)
             try:
                 volume.upload(stream, 0, size, 0)
+                read = source()
                 stream.sendAll(lambda _stream, n, _opaque: _in_time(deadline, read, n), None)
                 stream.finish()
             except BaseException:
@@ -112,9 +116,13 @@ class StoragePoolCalls:
                 raise
         self._call("upload volume", upload, timeout=timeout + 5)
 
-    def download_volume(self, pool: str, name: str, write: t.Callable[[bytes], t.Any],
+    def download_volume(self, pool: str, name: str,
+                        sink: t.Callable[[], t.Callable[[bytes], t.Any]],
                         timeout: float) -> None:
         """Stream the volume's bytes to ``write`` (``virStorageVolDownload``).
+
+        :param sink: returns ``write``, taking the bytes from the first; called again when the
+            call is sent again on a new connection.
 
         :raises HypervisorError: no such volume, libvirt failed, or it took more than
             ``timeout``.
@@ -128,6 +136,7 @@ class StoragePoolCalls:
             stream = conn.newStream(0)
             try:
                 volume.download(stream, 0, 0, 0)
+                write = sink()
                 stream.recvAll(lambda _stream, data, _opaque: _in_time(deadline, write, data),
                                None)
                 stream.finish()

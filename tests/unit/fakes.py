@@ -58,6 +58,7 @@ class FakeHypervisor:
         self.volumes: dict[tuple[str, str], bytes] = {}  # (pool, volume) -> its bytes
         self.corrupt: set[str] = set()  # volumes whose stored bytes differ from those sent
         self.timeout = 1.0
+        self.stream_attempts = 1  # 2: a stream is broken half-way and sent again
         self.hang: threading.Event | None = None  # set: node_info waits for it (a hung host)
         self.version = "10.0.0"
         self.cpu_time_ns = 0  # a running domain's CPU time grows by 0.1 s per stats call
@@ -262,10 +263,13 @@ class FakeHypervisor:
         self.volumes.pop((pool, name), None)
 
     def upload_volume(self, pool: str, name: str, size: int,
-                      read: t.Callable[[int], bytes], timeout: float) -> None:
+                      source: t.Callable[[], t.Callable[[int], bytes]], timeout: float) -> None:
         self._call("upload_volume")
         assert pool in self.pools, "the pool is ensured before an upload"
+        for _attempt in range(self.stream_attempts - 1):  # broken half-way, sent again
+            source()(size // 2 + 1)
         data = bytearray()
+        read = source()
         while chunk := read(65536):
             data.extend(chunk)
         assert len(data) == size
@@ -273,12 +277,17 @@ class FakeHypervisor:
             data[0:1] = b"X"
         self.volumes[(pool, name)] = bytes(data)
 
-    def download_volume(self, pool: str, name: str, write: t.Callable[[bytes], t.Any],
+    def download_volume(self, pool: str, name: str,
+                        sink: t.Callable[[], t.Callable[[bytes], t.Any]],
                         timeout: float) -> None:
         self._call("download_volume", read=True)
         if (pool, name) not in self.volumes:
             raise HypervisorError(f"no volume {name!r} in storage pool {pool!r}")
-        write(self.volumes[(pool, name)])
+        for _attempt in range(self.stream_attempts):  # sent again on a new connection
+            write = sink()
+            data = self.volumes[(pool, name)]
+            write(data[:len(data) // 2])
+        write(data[len(data) // 2:])
 
     def network_is_active(self, name: str) -> bool:
         self._call("network_is_active", read=True)

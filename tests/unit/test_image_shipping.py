@@ -89,6 +89,18 @@ def test_what_did_not_arrive_intact_is_refused_and_never_ready(client, h2):
     assert readiness(client) == {"local": True, "h2": False}
 
 
+def test_a_transfer_sent_again_on_a_new_connection_starts_over(client, world, h2):
+    """libvirt's connection broke mid-stream and the call was sent again (Hypervisor._run):
+    the checksums are of the second transfer, from the first byte."""
+    h2.stream_attempts = 2
+    answer = client.put("/v1/hosts/h2/images/default", headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    disk = world.build(NEW_BUILD) / "disk.qcow2"
+    assert answer.get_json()["volumes"]["default.qcow2"] == {
+        "sha256": hashlib.sha256(disk.read_bytes()).hexdigest(), "bytes": disk.stat().st_size}
+    assert readiness(client) == {"local": True, "h2": True}
+
+
 def test_shipping_again_is_not_ready_while_it_runs(client, h2):
     """The manifest goes first: a shipment that fails half-way leaves no ready image."""
     assert client.put("/v1/hosts/h2/images/default", headers=AUTH).status_code == 200
