@@ -173,6 +173,7 @@ class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
         try:
             return future.result(timeout=timeout or self.timeout)
         except concurrent.futures.TimeoutError:
+            future.cancel()  # still queued behind a hung call: never run it (the caller gave up)
             metrics.LIBVIRT_ERRORS.labels(what).inc()
             raise HypervisorError(f"libvirt did not answer {what} within "
                                   f"{timeout or self.timeout:.0f}s") from None

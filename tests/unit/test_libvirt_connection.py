@@ -2,6 +2,8 @@
 connection is reopened within its reconnect window only."""
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 import time
 
 import pytest
@@ -73,3 +75,19 @@ def test_a_lost_connection_is_retried_for_its_window_only(monkeypatch, window, a
         assert len(tries) == 1
     else:
         assert hypervisor._open() == "connection" and len(tries) == 5
+
+
+def test_a_call_that_timed_out_while_queued_never_runs(monkeypatch):
+    """Behind a hung call (a remote host that does not answer), calls whose callers gave up are
+    dropped instead of piling up and running minutes later."""
+    hypervisor = Hypervisor("qemu+tcp://10.210.0.2/system", timeout=10)
+    hypervisor._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    monkeypatch.setattr(hypervisor, "_run", lambda fn, *args: fn(None, *args))
+    hung, ran = threading.Event(), []
+    with pytest.raises(HypervisorError, match="did not answer hung within"):
+        hypervisor._call("hung", lambda _conn: hung.wait(10), timeout=0.1)
+    with pytest.raises(HypervisorError, match="did not answer queued within"):
+        hypervisor._call("queued", lambda _conn: ran.append(True), timeout=0.1)
+    hung.set()
+    hypervisor._pool.shutdown(wait=True)
+    assert ran == []
