@@ -132,5 +132,5 @@ def open_remote(settings: Settings) -> t.Callable[[RemoteHost], Hypervisor]:
 
     def open_host(host: RemoteHost) -> Hypervisor:
         return Hypervisor(host.uri, settings.libvirt_timeout_s, keepalive=REMOTE_KEEPALIVE,
-                          reconnect_window_s=0)
+                          reconnect_window_s=0, drop_late_calls=True)
     return open_host

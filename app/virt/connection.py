@@ -96,15 +96,20 @@ class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
     :param keepalive: libvirt keepalive (interval s, missed answers) after which a silent
         connection is closed; a remote host's is shorter (app.services.host_registry).
     :param reconnect_window_s: how long after a lost connection a new one is retried for.
+    :param drop_late_calls: a call whose caller timed out while it was still queued (behind a
+        hung call) is never run; else it runs when its turn comes (the local host's: a
+        timed-out undo still happens once libvirtd answers again).
     """
 
     def __init__(self, uri: str, timeout: float, keepalive: tuple[int, int] = (5, 3),
-                 reconnect_window_s: float | None = None) -> None:
+                 reconnect_window_s: float | None = None,
+                 drop_late_calls: bool = False) -> None:
         self.uri = uri
         self.timeout = timeout
         self.keepalive = keepalive
         self.reconnect_window_s = (RECONNECT_WINDOW_S if reconnect_window_s is None
                                    else reconnect_window_s)
+        self.drop_late_calls = drop_late_calls
         self._conn: t.Any = None
         self._lost_at: float | None = None  # when a live connection was last lost
         self._lock = threading.Lock()
@@ -173,7 +178,8 @@ class Hypervisor(GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
         try:
             return future.result(timeout=timeout or self.timeout)
         except concurrent.futures.TimeoutError:
-            future.cancel()  # still queued behind a hung call: never run it (the caller gave up)
+            if self.drop_late_calls:
+                future.cancel()  # still queued behind a hung call: the caller gave up
             metrics.LIBVIRT_ERRORS.labels(what).inc()
             raise HypervisorError(f"libvirt did not answer {what} within "
                                   f"{timeout or self.timeout:.0f}s") from None
