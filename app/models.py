@@ -255,6 +255,14 @@ class ImageRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class HostReadiness:
+    """Whether an image can be used on a host (app.services.image_shipping)."""
+
+    name: str
+    ready: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class Image:
     """An image as the API shows it: a built-in template or a custom image."""
 
@@ -275,6 +283,7 @@ class Image:
     allow_ips: tuple[str, ...] = ()
     outbound_internet: bool = False
     timeout_s: int | None = None
+    hosts: tuple[HostReadiness, ...] = ()  # filled where answers are made (ImageService)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ LONG_CALLS = {
     ("commands.Exec", "POST"), ("commands.RunTs", "POST"), ("commands.RunJs", "POST"),
     ("files.Upload", "POST"), ("files.Download", "GET"),
     ("snapshots.VmSnapshots", "POST"), ("images.ImageFiles", "PUT"),
-    ("images.ImageDisk", "PUT"), ("admin.EventStream", "GET"),
+    ("images.ImageDisk", "PUT"), ("admin.EventStream", "GET"), ("hosts.HostImage", "PUT"),
 }
 # ... and calls that are long only with a query flag set (a followed build log streams for as
 # long as the build runs; its tail is a quick read).

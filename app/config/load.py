@@ -5,6 +5,7 @@ import ipaddress
 import os
 import typing as t
 
+from app.config.hosts import HostsError, parse_hosts
 from app.config.settings import (ENV_NAMES, FIELD_FOR_KEY, MIN_SECRET_LENGTH, ConfigError,
                                  Settings, parse_shapes)
 
@@ -84,6 +85,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError("MAX_MEM_MB must be at least 128")
     _validate_host(settings)
     _validate_webhooks(settings)
+    _validate_hosts(settings)
 
 
 def _validate_webhooks(settings: Settings) -> None:
@@ -95,6 +97,16 @@ def _validate_webhooks(settings: Settings) -> None:
         raise ConfigError("WEBHOOK_RETRY_MAX_S must not be below WEBHOOK_RETRY_BASE_S")
     if not 1 <= settings.webhook_parallel <= 64:
         raise ConfigError("WEBHOOK_PARALLEL must be between 1 and 64")
+
+
+def _validate_hosts(settings: Settings) -> None:
+    """HOSTS (the libvirt hosts besides the local one) and how long they are waited for."""
+    if not 0 < settings.host_probe_timeout_s <= 60:
+        raise ConfigError("HOST_PROBE_TIMEOUT_S must be positive and at most 60")
+    try:
+        parse_hosts(settings.hosts, settings.libvirt_uri, settings.network_cidr)
+    except HostsError as exc:
+        raise ConfigError(f"HOSTS: {exc}") from None
 
 
 def _validate_host(settings: Settings) -> None:

@@ -9,6 +9,8 @@ import dataclasses
 import ipaddress
 from pathlib import Path
 
+from app.config.hosts import RemoteHost, parse_hosts
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEV_API_KEY = "dev-key"
 DEV_SECRET = "dev-secret-change-me"
@@ -113,6 +115,12 @@ class Settings:
     warm_pool_target: int = 1  # ready VMs kept per pooled shape
     warm_pool_max_vms: int = 4  # pool VMs at most, all shapes together
     warm_pool_shapes: str = "1x256"
+    # Several hosts (issue 17, app/config/hosts.py, docs/multihost.md) -----------------------
+    # HOSTS: a JSON list of the libvirt hosts besides LIBVIRT_URI's ("local"); empty: none.
+    # HOST_PROBE_TIMEOUT_S: how long GET /v1/hosts and /metrics wait for a remote host's
+    # libvirt before listing it DOWN.
+    hosts: str = ""
+    host_probe_timeout_s: float = 3.0
 
     # Derived paths ------------------------------------------------------------------------
     @property
@@ -196,6 +204,11 @@ class Settings:
     def long_call_limit(self) -> int:
         """Long calls a worker runs at once: LONG_CALL_SLOTS, or all threads but 4."""
         return self.long_call_slots or max(1, self.web_threads - 4)
+
+    @property
+    def remote_hosts(self) -> tuple[RemoteHost, ...]:
+        """The ``HOSTS`` entries (validated at load: see app/config/hosts.py)."""
+        return parse_hosts(self.hosts, self.libvirt_uri, self.network_cidr)
 
     @property
     def is_production(self) -> bool:
@@ -294,6 +307,9 @@ ENV_NAMES: dict[str, str] = {
     "WARM_POOL_TARGET": "warm_pool_target",
     "WARM_POOL_MAX_VMS": "warm_pool_max_vms",
     "WARM_POOL_SHAPES": "warm_pool_shapes",
+    # Several hosts
+    "HOSTS": "hosts",
+    "HOST_PROBE_TIMEOUT_S": "host_probe_timeout_s",
 }
 FIELD_FOR_KEY = {field.name: field for field in dataclasses.fields(Settings)}
 

@@ -16,7 +16,8 @@ class HostSchema(Schema):
     """A libvirt host as operators see it, read live from libvirt."""
 
     name = fields.String(dump_only=True, required=True,
-                         metadata={"description": "the host's label (`local`: LIBVIRT_URI)"})
+                         metadata={"description": "the host's label (`local`: LIBVIRT_URI; "
+                                                  "the others: HOSTS)"})
     uri = fields.String(dump_only=True, required=True, metadata={"description": "libvirt URI"})
     state = fields.String(dump_only=True, required=True,
                           validate=validate.OneOf(["UP", "DOWN"]),
@@ -39,4 +40,20 @@ class HostSchema(Schema):
     vms = fields.Integer(dump_only=True, required=True, allow_none=True, metadata={
         "description": "callers' VMs there (not warm-pool VMs or VMs being deleted)"})
     images = fields.List(fields.Nested(HostImageSchema), dump_only=True, required=True,
-                         metadata={"description": "images built there"})
+                         metadata={"description": "images ready there (local: built; a "
+                                                  "remote host: shipped and verified)"})
+
+
+class ShipmentSchema(Schema):
+    """An image shipped to a remote host and verified there (SHA-256 of what was sent against
+    what the host's libvirt reads back)."""
+
+    imageId = fields.String(dump_only=True, required=True, attribute="image_id")
+    host = fields.String(dump_only=True, required=True)
+    build = fields.String(dump_only=True, required=True,
+                          metadata={"description": "the local build shipped"})
+    volumes = fields.Dict(keys=fields.String(), values=fields.Dict(), dump_only=True,
+                          required=True, attribute="files", metadata={
+                              "description": "volume name (in the host's rds-images pool) "
+                                             "-> {sha256, bytes}"})
+    seconds = fields.Float(dump_only=True, required=True)

@@ -54,6 +54,14 @@ class ImageCreateSchema(NetworkPolicySchema):
                        "the base's; the build waits for it (state PENDING)"})
 
 
+class ImageHostSchema(Schema):
+    name = fields.String(metadata={"description": "the host (`local`, or a HOSTS name)"},
+                         **ALWAYS)
+    ready = fields.Boolean(metadata={
+        "description": "creates can use it there: built (local), or its current build "
+                       "shipped and verified (a remote host)"}, **ALWAYS)
+
+
 class ImageSchema(Schema):
     """An image as every answer shows it: all fields always present (``required``), null
     where they do not apply (``nullable``)."""
@@ -83,6 +91,9 @@ class ImageSchema(Schema):
     allowIps = fields.List(fields.String(), attribute="allow_ips", **ALWAYS)
     outboundInternet = fields.Boolean(attribute="outbound_internet", **ALWAYS)
     timeoutSeconds = fields.Integer(allow_none=True, attribute="timeout_s", **ALWAYS)
+    hosts = fields.List(fields.Nested(ImageHostSchema), metadata={
+        "description": "where it is ready: the local host, then each of HOSTS (a host that "
+                       "does not answer: not ready)"}, **ALWAYS)
 
     def get_attribute(self, obj, attr, default):  # ImageState enum -> its value
         value = super().get_attribute(obj, attr, default)

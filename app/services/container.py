@@ -20,9 +20,11 @@ from app.services.exec_history import ExecHistory
 from app.services.files import FileService
 from app.services.health import HealthService
 from app.services.host_metrics import HostCollector
+from app.services.host_registry import HostRegistry, open_remote
 from app.services.image_builder import ImageBuilder
 from app.services.image_store import ImageStore
 from app.services.hosts import HostsView
+from app.services.image_shipping import ImageShipper
 from app.services.images import ImageService
 from app.services.maintenance import Maintainer
 from app.services.seed_builder import SeedBuilder
@@ -39,6 +41,7 @@ from app.virt.ipsets import IpSets
 from app.virt.taps import Taps
 
 if t.TYPE_CHECKING:
+    from app.config.hosts import RemoteHost
     from app.virt.connection import Hypervisor
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,7 @@ class Adapters:
     bridge_nf: Path = BRIDGE_NF_IPTABLES
     clock: t.Callable[[], float] = time.time
     run_later: t.Callable[..., t.Any] | None = None  # background work (None: thread pools)
+    open_host: t.Callable[[RemoteHost], Hypervisor] | None = None  # a HOSTS entry's libvirt
 
 
 @dataclasses.dataclass
@@ -83,11 +87,14 @@ class Services:
     deliveries: DeliveryWorker
     api_keys: ApiKeys
     hosts: HostsView
+    registry: HostRegistry
+    shipper: ImageShipper
 
     def close(self) -> None:
         self.maintainer.stop()
         self.deliveries.close()
         self.vms.close()
+        self.registry.close()
 
     def remove_orphans(self, min_age_s: float | None = None) -> list[str]:
         """What crashed creates and snapshots left behind (see the services' own sweeps)."""
@@ -105,7 +112,7 @@ def host_adapters(settings: Settings) -> Adapters:
              "kvm" if domain_type == "kvm" else "tcg", domain_type, settings.accelerator)
     return Adapters(hypervisor=Hypervisor(settings.libvirt_uri, settings.libvirt_timeout_s),
                     ipsets=IpSets(settings.egress_never_list), taps=Taps(),
-                    domain_type=domain_type)
+                    domain_type=domain_type, open_host=open_remote(settings))
 
 
 def build_services(settings: Settings, adapters: Adapters | None = None) -> Services:
@@ -134,7 +141,12 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
     snapshots = SnapshotService(settings, hypervisor, templates, vms, store, events)
     builder = ImageBuilder(settings, custom, templates, parts, seeds, events)
     images = ImageService(settings, custom, templates, parts, store, parts.seeds)
-    hosts = HostsView(settings, hypervisor, parts.records, images.list)
+    registry = HostRegistry(settings, adapters.open_host or _no_remote_hosts)
+    shipper = ImageShipper(settings, registry, templates, images.local_list)
+    if registry.hosts:
+        images.readiness = shipper.readiness
+    hosts = HostsView(settings, hypervisor, parts.records, images.local_list, registry,
+                      shipper.build_of)
 
     def sweep() -> list[str]:
         removed = vms.remove_orphans() + snapshots.remove_orphans()
@@ -150,7 +162,9 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                     maintainer=Maintainer(settings, parts.pool, seeds, templates, parts.ipsets,
                                           sweep=sweep, reap=vms.reap,
                                           build=builder.run_pending,
-                                          deliver=deliveries.run_once),
+                                          deliver=deliveries.run_once,
+                                          ship=shipper.ship_missing if registry.hosts
+                                          else None),
                     health=HealthService(settings, hypervisor, adapters.domain_type,
                                          adapters.bridge_nf, templates),
                     auth=AuthService(settings, state, clock=adapters.clock),
@@ -161,4 +175,8 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                     image_builder=builder, events=events, webhooks=webhooks,
                     deliveries=deliveries,
                     api_keys=ApiKeys(state, events, clock=adapters.clock),
-                    hosts=hosts)
+                    hosts=hosts, registry=registry, shipper=shipper)
+
+
+def _no_remote_hosts(host: RemoteHost) -> Hypervisor:
+    raise AssertionError(f"HOSTS names {host.name} but these adapters reach no remote host")

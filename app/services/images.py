@@ -18,10 +18,11 @@ from pathlib import Path
 
 from app.clock import now_iso
 from app.config import Settings
+from app.config.hosts import LOCAL_HOST
 from app.errors import (ImageInUse, ImageNotFound, ImageStateConflict, InvalidRequest,
                         PayloadTooLarge, QuotaExceeded)
-from app.models import (BuildLogView, Image, ImageRecord, ImageRequest, ImageState, Template,
-                        VmRecord, VmRole)
+from app.models import (BuildLogView, HostReadiness, Image, ImageRecord, ImageRequest,
+                        ImageState, Template, VmRecord, VmRole)
 from app.services.addresses import allocation_lock
 from app.services.image_store import FILES, LOG, UPLOAD, BuildLog, ImageStore
 from app.services.image_uploads import accept_disk, accept_files
@@ -56,19 +57,30 @@ class ImageService:
         self.snapshots = snapshots
         self.seeds = seeds
         self.views = ImageViews(settings, store, templates, seeds)
+        # Where each answered image is ready (``hosts``): the local host only, unless the
+        # container wires in the remote hosts' (app.services.image_shipping).
+        self.readiness: t.Callable[[list[Image]], list[Image]] = local_readiness
 
     # Queries ##############################################################################
 
     def list(self) -> list[Image]:
-        """Built-in images first, then custom ones, oldest first."""
+        """Built-in images first, then custom ones, oldest first; with ``hosts``."""
+        return self.readiness(self.local_list())
+
+    def local_list(self) -> list[Image]:
+        """:meth:`list` without ``hosts`` (no remote host is asked)."""
         return [*(self.views.builtin(i) for i in self.templates.builtin_ids()),
                 *(self.views.custom(record) for record in self.store.all())]
 
     def get(self, image_id: str) -> Image:
         """:raises ImageNotFound: unknown image."""
         if self.templates.is_builtin(image_id):
-            return self.views.builtin(image_id)
-        return self.views.custom(self.store.get(image_id))
+            return self._shown(self.views.builtin(image_id))
+        return self._shown(self.views.custom(self.store.get(image_id)))
+
+    def _shown(self, image: Image) -> Image:
+        [shown] = self.readiness([image])
+        return shown
 
     def build_log(self, image_id: str, tail: int) -> BuildLogView:
         """The last ``tail`` lines of a custom image's build log.
@@ -134,7 +146,7 @@ class ImageService:
              "queued for building"))
         log.info("image created image=%s base=%s state=%s", record.id, record.base,
                  record.state.value)
-        return self.views.custom(record)
+        return self._shown(self.views.custom(record))
 
     def _plan(self, request: ImageRequest, base: Template, build: ImageBuild) -> ImageRecord:
         """The record of a new image, every limit checked.
@@ -233,7 +245,7 @@ class ImageService:
             checked.unlink(missing_ok=True)
         BuildLog(self.store.path(image_id, LOG)).line(
             f"{what} received" + ("" if record.awaiting else "; queued for building"))
-        return self.views.custom(record)
+        return self._shown(self.views.custom(record))
 
     def _took(self, record: ImageRecord, what: str, has_files: bool, disk_format: str,
               size_mb: int) -> ImageRecord:
@@ -315,3 +327,10 @@ class ImageService:
             raise ImageNotFound(f"image {image_id} is built in: it has no build log or "
                                 f"uploads here")
         return self.store.get(image_id)
+
+
+def local_readiness(images: list[Image]) -> list[Image]:
+    """``hosts`` with the local host alone: ready when the image is READY."""
+    return [dataclasses.replace(image, hosts=(HostReadiness(LOCAL_HOST,
+                                                            image.state is ImageState.READY),))
+            for image in images]

@@ -20,6 +20,9 @@ others wait to take over. The owner, every few seconds:
 - in a third thread, every :data:`DELIVER_INTERVAL_S`, sends due webhook deliveries
   (:class:`~app.services.webhook_delivery.DeliveryWorker`, which sends on a pool of its own,
   so a slow receiver delays neither the loops nor other webhooks);
+- in a fourth thread, every :data:`SHIP_INTERVAL_S`, when ``HOSTS`` names remote hosts, ships
+  every READY image to every UP host where it is not ready
+  (:meth:`~app.services.image_shipping.ImageShipper.ship_missing`);
 - every :data:`SWEEP_INTERVAL_S`, sweeps what crashed creates left behind (a worker killed
   mid-create leaves a domain that counts against ``MAX_VMS``), with the usual 10-minute age
   guard (:meth:`VmService.remove_orphans`).
@@ -50,6 +53,7 @@ REAP_INTERVAL_S = 2.0
 BUILD_INTERVAL_S = 2.0
 DELIVER_INTERVAL_S = 0.5
 SWEEP_INTERVAL_S = 60.0
+SHIP_INTERVAL_S = 30.0
 
 
 class Maintainer:
@@ -58,13 +62,16 @@ class Maintainer:
                  sweep: t.Callable[[], list[str]],
                  reap: t.Callable[[], list[str]] | None = None,
                  build: t.Callable[[threading.Event], list[str]] | None = None,
-                 deliver: t.Callable[[], int] | None = None) -> None:
+                 deliver: t.Callable[[], int] | None = None,
+                 ship: t.Callable[[], list[str]] | None = None) -> None:
         """:param sweep: removes what crashed creates and snapshots left behind.
         :param reap: enforces lifetimes (:meth:`app.services.reaper.Reaper.run_once`).
         :param build: builds queued images until none is left or the event is set
             (:meth:`app.services.image_builder.ImageBuilder.run_pending`).
         :param deliver: starts sending the due webhook deliveries
-            (:meth:`app.services.webhook_delivery.DeliveryWorker.run_once`)."""
+            (:meth:`app.services.webhook_delivery.DeliveryWorker.run_once`).
+        :param ship: ships images to the remote hosts that lack them
+            (:meth:`app.services.image_shipping.ImageShipper.ship_missing`)."""
         self.settings = settings
         self.pool = pool
         self.seeds = seeds
@@ -74,12 +81,14 @@ class Maintainer:
         self.reap = reap
         self.build = build
         self.deliver = deliver
+        self.ship = ship
         self._swept_at: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reaper_thread: threading.Thread | None = None
         self._builder_thread: threading.Thread | None = None
         self._deliver_thread: threading.Thread | None = None
+        self._shipper_thread: threading.Thread | None = None
         self._lock_file: t.IO[str] | None = None
 
     # Ownership #############################################################################
@@ -94,7 +103,9 @@ class Maintainer:
                       ("_builder_thread", "rds-image-builder", BUILD_INTERVAL_S,
                        self.build and (lambda: self.build(self._stop)), "image build"),
                       ("_deliver_thread", "rds-webhooks", DELIVER_INTERVAL_S, self.deliver,
-                       "webhook delivery"))
+                       "webhook delivery"),
+                      ("_shipper_thread", "rds-image-shipper", SHIP_INTERVAL_S,
+                       self.ship and self._ship_round, "image shipping"))
         for attribute, name, interval, work, what in side_loops:
             if getattr(self, attribute) is None and work is not None:
                 thread = threading.Thread(target=self._owner_loop, name=name, daemon=True,
@@ -107,7 +118,8 @@ class Maintainer:
         ownership, so another instance in this process can take over (tests)."""
         self._stop.set()
         threads = [thread for thread in (self._thread, self._reaper_thread,
-                                         self._builder_thread, self._deliver_thread) if thread]
+                                         self._builder_thread, self._deliver_thread,
+                                         self._shipper_thread) if thread]
         if not wait_s:
             return
         deadline = time.monotonic() + wait_s
@@ -152,6 +164,11 @@ class Maintainer:
                 log.exception("%s round failed", what)
 
     # Work ##################################################################################
+
+    def _ship_round(self) -> None:
+        assert self.ship is not None
+        for item in self.ship():
+            log.info("shipped %s", item)
 
     def run_once(self) -> None:
         self.ipsets.refresh_host_sets()

@@ -95,11 +95,23 @@ class Hypervisor(NodeCalls, GuestAgentCalls, FilterAndNetworkCalls, StoragePoolC
 
     :param uri: libvirt URI, e.g. ``qemu:///system``.
     :param timeout: seconds any single libvirt call may take.
+    :param keepalive: libvirt keepalive (interval s, missed answers) after which a silent
+        connection is closed; a remote host's is shorter (app.services.host_registry).
+    :param reconnect_window_s: how long after a lost connection a new one is retried for.
+    :param drop_late_calls: a call whose caller timed out while it was still queued (behind a
+        hung call) is never run; else it runs when its turn comes (the local host's: a
+        timed-out undo still happens once libvirtd answers again).
     """
 
-    def __init__(self, uri: str, timeout: float) -> None:
+    def __init__(self, uri: str, timeout: float, keepalive: tuple[int, int] = (5, 3),
+                 reconnect_window_s: float | None = None,
+                 drop_late_calls: bool = False) -> None:
         self.uri = uri
         self.timeout = timeout
+        self.keepalive = keepalive
+        self.reconnect_window_s = (RECONNECT_WINDOW_S if reconnect_window_s is None
+                                   else reconnect_window_s)
+        self.drop_late_calls = drop_late_calls
         self._conn: t.Any = None
         self._lost_at: float | None = None  # when a live connection was last lost
         self._lock = threading.Lock()
@@ -136,7 +148,7 @@ class Hypervisor(NodeCalls, GuestAgentCalls, FilterAndNetworkCalls, StoragePoolC
             _start_event_loop()
             conn = self._open()
             try:
-                conn.setKeepAlive(5, 3)
+                conn.setKeepAlive(*self.keepalive)
             except libvirt.libvirtError as exc:  # a driver without RPC (test:///)
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
                     raise
@@ -151,7 +163,7 @@ class Hypervisor(NodeCalls, GuestAgentCalls, FilterAndNetworkCalls, StoragePoolC
                 conn = libvirt.open(self.uri)
             except libvirt.libvirtError as exc:
                 lost = self._lost_at
-                if lost is None or time.monotonic() - lost > RECONNECT_WINDOW_S:
+                if lost is None or time.monotonic() - lost > self.reconnect_window_s:
                     raise
                 log.info("libvirt not reachable yet, retrying: %s", exc.get_error_message())
                 time.sleep(RECONNECT_INTERVAL_S)
@@ -168,6 +180,8 @@ class Hypervisor(NodeCalls, GuestAgentCalls, FilterAndNetworkCalls, StoragePoolC
         try:
             return future.result(timeout=timeout or self.timeout)
         except concurrent.futures.TimeoutError:
+            if self.drop_late_calls:
+                future.cancel()  # still queued behind a hung call: the caller gave up
             metrics.LIBVIRT_ERRORS.labels(what).inc()
             raise HypervisorError(f"libvirt did not answer {what} within "
                                   f"{timeout or self.timeout:.0f}s") from None

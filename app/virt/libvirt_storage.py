@@ -1,14 +1,20 @@
 """Storage pool calls of :class:`app.virt.connection.Hypervisor` (a mixin).
 
-The service's only pool is a read-only view of its images for ``virsh vol-list``
-(:mod:`app.virt.pool_xml`); nothing here creates or deletes a volume.
+On the local host the images' pool is a read-only view of its images for ``virsh vol-list``
+(:mod:`app.virt.pool_xml`). On a remote host (issue 17) images are shipped into that host's
+pool as volumes, through libvirt's streams (``virStorageVolUpload``/``Download``): the volume
+calls below. A stream call blocks, so each checks its own deadline between chunks.
 """
 from __future__ import annotations
 
 import logging
+import time
 import typing as t
 
 import libvirt
+
+from app.errors import HypervisorError
+from app.virt.pool_xml import build_volume_xml
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +24,12 @@ class StoragePoolCalls:
 
     _call: t.Callable[..., t.Any]
 
-    def ensure_storage_pool(self, name: str, xml: str) -> bool:
-        """Define (if missing), start and autostart a pool; True if it was defined now."""
+    def ensure_storage_pool(self, name: str, xml: str, build: bool = False) -> bool:
+        """Define (if missing), start and autostart a pool; True if it was defined now.
+
+        :param build: have libvirt make the pool's directory when it defines the pool (a
+            remote host's pool, whose directory this process cannot make).
+        """
         def ensure(conn: t.Any) -> bool:
             created = False
             try:
@@ -30,6 +40,8 @@ class StoragePoolCalls:
                 log.debug("defining storage pool xml=%s", xml)
                 pool = conn.storagePoolDefineXML(xml, 0)
                 created = True
+                if build:
+                    pool.build(0)
             if not pool.isActive():
                 pool.create(0)
             if not pool.autostart():
@@ -50,3 +62,120 @@ class StoragePoolCalls:
             if pool.isActive():
                 pool.refresh(0)
         self._call("refresh storage pool", refresh)
+
+    # Volumes (a remote host's shipped images) ##############################################
+
+    def list_volumes(self, pool: str) -> list[str]:
+        """The pool's volume names (after a refresh); none when the pool is missing or
+        inactive."""
+        def names(conn: t.Any) -> list[str]:
+            found = _pool(conn, pool)
+            if found is None or not found.isActive():
+                return []
+            found.refresh(0)
+            return sorted(volume.name() for volume in found.listAllVolumes(0))
+        return self._call("list volumes", names)
+
+    def delete_volume(self, pool: str, name: str) -> None:
+        """Delete a volume; a missing one (or pool) is fine."""
+        def delete(conn: t.Any) -> None:
+            volume = _volume(conn, pool, name)
+            if volume is not None:
+                volume.delete(0)
+        self._call("delete volume", delete)
+
+    def upload_volume(self, pool: str, name: str, size: int,
+                      source: t.Callable[[], t.Callable[[int], bytes]], timeout: float) -> None:
+        """(Re)create volume ``name`` of ``size`` bytes and stream ``read(n)``'s bytes into it
+        until it returns b"" (``virStorageVolUpload``). On failure the volume is deleted.
+
+        :param source: returns ``read``, reading from the first byte; called again when the
+            call is sent again on a new connection (see ``Hypervisor._run``).
+
+        :raises HypervisorError: libvirt failed, or the upload took more than ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+
+        def upload(conn: t.Any) -> None:
+            old = _volume(conn, pool, name)
+            if old is not None:
+                old.delete(0)
+            found = _pool(conn, pool)
+            if found is None:
+                raise HypervisorError(f"storage pool {pool!r} is not defined")
+            volume = found.createXML(build_volume_xml(name, size), 0)
+            stream = conn.newStream(0)
+            try:
+                volume.upload(stream, 0, size, 0)
+                read = source()
+                stream.sendAll(lambda _stream, n, _opaque: _in_time(deadline, read, n), None)
+                stream.finish()
+            except BaseException:
+                _quietly(stream.abort)
+                _quietly(volume.delete, 0)
+                raise
+        self._call("upload volume", upload, timeout=timeout + 5)
+
+    def download_volume(self, pool: str, name: str,
+                        sink: t.Callable[[], t.Callable[[bytes], t.Any]],
+                        timeout: float) -> None:
+        """Stream the volume's bytes to ``write`` (``virStorageVolDownload``).
+
+        :param sink: returns ``write``, taking the bytes from the first; called again when the
+            call is sent again on a new connection.
+
+        :raises HypervisorError: no such volume, libvirt failed, or it took more than
+            ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+
+        def download(conn: t.Any) -> None:
+            volume = _volume(conn, pool, name)
+            if volume is None:
+                raise HypervisorError(f"no volume {name!r} in storage pool {pool!r}")
+            stream = conn.newStream(0)
+            try:
+                volume.download(stream, 0, 0, 0)
+                write = sink()
+                stream.recvAll(lambda _stream, data, _opaque: _in_time(deadline, write, data),
+                               None)
+                stream.finish()
+            except BaseException:
+                _quietly(stream.abort)
+                raise
+        self._call("download volume", download, timeout=timeout + 5)
+
+
+def _pool(conn: t.Any, name: str) -> t.Any:
+    try:
+        return conn.storagePoolLookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+            return None
+        raise
+
+
+def _volume(conn: t.Any, pool: str, name: str) -> t.Any:
+    found = _pool(conn, pool)
+    if found is None or not found.isActive():
+        return None
+    try:
+        return found.storageVolLookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+            return None
+        raise
+
+
+def _in_time(deadline: float, fn: t.Callable[[t.Any], t.Any], arg: t.Any) -> t.Any:
+    """A stream handler's step, refused past the deadline (which aborts the stream)."""
+    if time.monotonic() > deadline:
+        raise HypervisorError("the volume transfer did not finish in time")
+    return fn(arg)
+
+
+def _quietly(fn: t.Callable[..., t.Any], *args: t.Any) -> None:
+    try:
+        fn(*args)
+    except libvirt.libvirtError as exc:
+        log.debug("ignored while cleaning up a stream: %s", exc)

@@ -19,3 +19,16 @@ def build_pool_xml(name: str, path: str) -> str:
     ET.SubElement(target, "path").text = path
     ET.indent(root, space="  ")
     return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def build_volume_xml(name: str, size: int) -> str:
+    """A raw file volume of ``size`` bytes, allocated as it is written (an upload's target:
+    ``virStorageVolUpload`` writes the bytes, whatever their format)."""
+    root = ET.Element("volume")
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(root, "capacity", {"unit": "bytes"}).text = str(size)
+    ET.SubElement(root, "allocation", {"unit": "bytes"}).text = "0"
+    target = ET.SubElement(root, "target")
+    ET.SubElement(target, "format", {"type": "raw"})
+    ET.indent(root, space="  ")
+    return ET.tostring(root, encoding="unicode") + "\n"

@@ -104,9 +104,7 @@ class SecondHost:
         # daemonizes, and its zombies must be reaped at once). Their descriptors: none of
         # ours (a pipe held open would keep the call below waiting).
         script = (f"set -e; {mounts}; "
-                  f"virtlogd -d -p {self.root}/virtlogd.pid; "
-                  f"setsid tini -s -- libvirtd -l -p {self.root}/libvirtd.pid "
-                  f">{self.root}/libvirtd.log 2>&1 &")
+                  f"virtlogd -d -p {self.root}/virtlogd.pid; {self._libvirtd_command()}")
         subprocess.run(self.in_namespace("unshare", "--mount", "--propagation", "private",
                                          "bash", "-c", script),
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -114,6 +112,34 @@ class SecondHost:
                        close_fds=True)
         self._wait_until_answering()
         return self
+
+    def stop_libvirtd(self) -> None:
+        """Stop the second host's libvirtd alone (a host whose libvirt stops answering); its
+        namespaces, virtlogd and state stay for :meth:`start_libvirtd`."""
+        _kill_pidfile(self.root / "libvirtd.pid")
+        (self.root / "libvirtd.pid").unlink(missing_ok=True)
+
+    def start_libvirtd(self) -> None:
+        """Start it again in the rig's namespaces (entered through its virtlogd's)."""
+        anchor = self.daemon_pid("virtlogd")
+        assert anchor is not None, "the rig is not running"
+        subprocess.run(["nsenter", "-t", str(anchor), "-m", "-n", "bash", "-c",
+                        self._libvirtd_command()],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=TIMEOUT_S, check=True,
+                       close_fds=True)
+        self._wait_until_answering()
+
+    def freeze_libvirtd(self, frozen: bool = True) -> None:
+        """SIGSTOP (or SIGCONT) its libvirtd: a host that accepts connections and then never
+        answers, as a hung or overloaded one does."""
+        pid = self.daemon_pid("libvirtd")
+        assert pid is not None, "the second libvirtd is not running"
+        os.kill(pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
+    def _libvirtd_command(self) -> str:
+        return (f"setsid tini -s -- libvirtd -l -p {self.root}/libvirtd.pid "
+                f">>{self.root}/libvirtd.log 2>&1 &")
 
     def stop(self) -> None:
         """Power off its guests, stop its daemons, remove namespace, veth, route and state."""
@@ -139,6 +165,14 @@ class SecondHost:
 
     def __exit__(self, *_exc: t.Any) -> None:
         self.stop()
+
+    def path_here(self, path: str) -> Path:
+        """Where a file the second host sees at ``path`` (under one of LIBVIRT_DIRS) is on
+        this host."""
+        for directory in LIBVIRT_DIRS:
+            if path == directory or path.startswith(directory + "/"):
+                return self._state_dir(directory) / path.removeprefix(directory).lstrip("/")
+        raise ValueError(f"{path} is not in the second host's own directories")
 
     def _state_dir(self, path: str) -> Path:
         return self.root / path.strip("/").replace("/", "_")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 import time
 import typing as t
 import xml.etree.ElementTree as ET
@@ -54,6 +55,11 @@ class FakeHypervisor:
         self.agent_statuses: list[int | None] = []  # guest_agent_status answers, then agent_exit
         self.agent_scripts: list[str] = []  # what guest_agent_spawn ran (bash -c SCRIPT)
         self.pools: dict[str, int] = {}  # storage pool -> refreshes
+        self.volumes: dict[tuple[str, str], bytes] = {}  # (pool, volume) -> its bytes
+        self.corrupt: set[str] = set()  # volumes whose stored bytes differ from those sent
+        self.timeout = 1.0
+        self.stream_attempts = 1  # 2: a stream is broken half-way and sent again
+        self.hang: threading.Event | None = None  # set: node_info waits for it (a hung host)
         self.version = "10.0.0"
         self.cpu_time_ns = 0  # a running domain's CPU time grows by 0.1 s per stats call
 
@@ -96,6 +102,8 @@ class FakeHypervisor:
 
     def node_info(self) -> NodeInfo:
         self._call("node_info", read=True)
+        if self.hang is not None:
+            self.hang.wait(timeout=30)
         return NodeInfo(hostname="fake-host", cpus=2, memory_mb=24000, free_memory_mb=20000,
                         hypervisor_version="7.2.0")
 
@@ -235,7 +243,7 @@ class FakeHypervisor:
         self._call("ensure_network")
         return False
 
-    def ensure_storage_pool(self, name: str, xml: str) -> bool:
+    def ensure_storage_pool(self, name: str, xml: str, build: bool = False) -> bool:
         self._call("ensure_storage_pool")
         created = name not in self.pools
         self.pools.setdefault(name, 0)
@@ -245,6 +253,41 @@ class FakeHypervisor:
         self._call("refresh_storage_pool")
         if name in self.pools:
             self.pools[name] += 1
+
+    def list_volumes(self, pool: str) -> list[str]:
+        self._call("list_volumes", read=True)
+        return sorted(name for (where, name) in self.volumes if where == pool)
+
+    def delete_volume(self, pool: str, name: str) -> None:
+        self._call("delete_volume")
+        self.volumes.pop((pool, name), None)
+
+    def upload_volume(self, pool: str, name: str, size: int,
+                      source: t.Callable[[], t.Callable[[int], bytes]], timeout: float) -> None:
+        self._call("upload_volume")
+        assert pool in self.pools, "the pool is ensured before an upload"
+        for _attempt in range(self.stream_attempts - 1):  # broken half-way, sent again
+            source()(size // 2 + 1)
+        data = bytearray()
+        read = source()
+        while chunk := read(65536):
+            data.extend(chunk)
+        assert len(data) == size
+        if name in self.corrupt:
+            data[0:1] = b"X"
+        self.volumes[(pool, name)] = bytes(data)
+
+    def download_volume(self, pool: str, name: str,
+                        sink: t.Callable[[], t.Callable[[bytes], t.Any]],
+                        timeout: float) -> None:
+        self._call("download_volume", read=True)
+        if (pool, name) not in self.volumes:
+            raise HypervisorError(f"no volume {name!r} in storage pool {pool!r}")
+        for _attempt in range(self.stream_attempts):  # sent again on a new connection
+            write = sink()
+            data = self.volumes[(pool, name)]
+            write(data[:len(data) // 2])
+        write(data[len(data) // 2:])
 
     def network_is_active(self, name: str) -> bool:
         self._call("network_is_active", read=True)
@@ -499,6 +542,7 @@ class Fakes:
     disks: FakeDisks
     guests: FakeGuests
     bridge_nf: Path
+    remotes: dict[str, FakeHypervisor] = dataclasses.field(default_factory=dict)  # HOSTS'
 
 
 def unit_settings(storage_root: Path, **overrides: t.Any) -> Settings:
@@ -557,7 +601,9 @@ def make_services(root: Path, monkeypatch: pytest.MonkeyPatch,
         monkeypatch.setattr(f"app.virt.disks.{name}", getattr(fakes.disks, name))
     adapters = Adapters(hypervisor=hypervisor, ipsets=fakes.ipsets, taps=fakes.taps,
                         domain_type="qemu", connect=fakes.guests, bridge_nf=fakes.bridge_nf,
-                        clock=clock, run_later=run_at_once)
+                        clock=clock, run_later=run_at_once,
+                        open_host=lambda host: fakes.remotes.setdefault(host.name,
+                                                                        FakeHypervisor()))
     return build_services(settings, adapters), fakes
 
 

@@ -24,6 +24,7 @@ DOCUMENTED_ERRORS = {
     ("/v1/admin/events", "get"): {"400", "403"},
     ("/v1/hosts", "get"): {"403"},
     ("/v1/hosts/{name}", "get"): {"403", "404"},
+    ("/v1/hosts/{name}/images/{image_id}", "put"): {"403", "404", "409", "503"},
     ("/v1/admin/api-keys", "get"): {"403"},
     ("/v1/admin/api-keys", "post"): {"400", "403", "409"},
     ("/v1/admin/api-keys/{key_id}", "get"): {"403", "404"},

@@ -14,7 +14,8 @@ from tests.unit.fakes import World
 
 IMAGE_FIELDS = {"id", "name", "description", "state", "reason", "builtIn", "isDefault", "base",
                 "snapshotReady", "sizeMb", "diskSizeMb", "createdAt", "buildStartedAt",
-                "buildFinishedAt", "awaiting", "allowIps", "outboundInternet", "timeoutSeconds"}
+                "buildFinishedAt", "awaiting", "allowIps", "outboundInternet", "timeoutSeconds",
+                "hosts"}
 BODY = {"name": "node", "setup": "echo hi > /etc/hi"}
 
 
@@ -80,6 +81,7 @@ def test_the_built_in_image_is_listed_ready_and_default(client, auth):
     default = images[0]
     assert set(default) == IMAGE_FIELDS
     assert (default["state"], default["builtIn"], default["isDefault"]) == ("READY", True, True)
+    assert default["hosts"] == [{"name": "local", "ready": True}]  # no HOSTS: this host
     assert default["diskSizeMb"] == 4096 and default["base"] is None
 
 

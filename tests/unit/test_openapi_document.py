@@ -48,6 +48,7 @@ OPERATION_IDS = {
     ("/v1/images/{image_id}/disk", "put"): "uploadImageDisk",
     ("/v1/images/{image_id}/build-log", "get"): "getImageBuildLog",
     ("/v1/hosts", "get"): "listHosts", ("/v1/hosts/{name}", "get"): "getHost",
+    ("/v1/hosts/{name}/images/{image_id}", "put"): "shipImage",
     ("/v1/admin/webhooks", "get"): "listWebhooks",
     ("/v1/admin/webhooks", "post"): "createWebhook",
     ("/v1/admin/webhooks/{webhook_id}", "get"): "getWebhook",
