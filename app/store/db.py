@@ -96,8 +96,7 @@ class Store:
         """
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Sessions and login attempts are nobody else's business.
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            _create_private(self.path)
             self._connection().execute("PRAGMA journal_mode = WAL")
             return self._migrate(_read_migrations(migrations_dir))
         except (OSError, sqlite3.Error) as exc:
@@ -122,6 +121,22 @@ class Store:
             log.info("state database migrated path=%s applied=%s", self.path,
                      ",".join(applied_now))
         return applied_now
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only (sessions and login attempts are
+    nobody else's business); SQLite gives its -wal and -shm files the same mode.
+
+    Never opens a file that exists: closing any descriptor of a file drops every POSIX lock
+    this process holds on it, those of its open SQLite connections too. Another process then
+    takes itself for the last user, removes the WAL index under them, and their next
+    statement fails with "disk I/O error" (seen when a second app in one process opened the
+    store, then a server process sharing the file stopped)."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
 
 
 def _read_migrations(directory: Path) -> list[tuple[int, str, str]]:

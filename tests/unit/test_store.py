@@ -4,6 +4,8 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,33 @@ def test_sqlite_errors_become_store_unavailable(tmp_path):
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(StoreUnavailable):
         Store(tmp_path / "dir.db").open()
+
+
+def test_a_second_store_in_one_process_keeps_the_first_ones_locks(tmp_path):
+    """Opening the store again in a process whose connections are open must not close a
+    descriptor of the file (that drops the process's POSIX locks): another process closing
+    its last connection would then remove the WAL index under them ("disk I/O error")."""
+    path = tmp_path / "state.db"
+    first = Store(path)
+    first.open()
+    with first.transaction() as conn:
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("INSERT INTO t VALUES (1)")
+    Store(path).open()  # a second app in this process (a restart in a test)
+    subprocess.run([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+                    "c.execute('SELECT count(*) FROM t').fetchall(); c.close()", str(path)],
+                   check=True, timeout=30)
+    assert (tmp_path / "state.db-wal").exists()  # the other process knew it was not last
+    with first.transaction(write=False) as conn:
+        assert conn.execute("SELECT x FROM t").fetchall()[0][0] == 1
+    fresh = Store(path)
+    with fresh.transaction(write=False) as conn:
+        assert conn.execute("SELECT x FROM t").fetchall()[0][0] == 1
+
+
+def test_an_existing_database_left_readable_by_others_is_made_private(tmp_path):
+    path = tmp_path / "state.db"
+    sqlite3.connect(path).close()
+    path.chmod(0o644)
+    Store(path).open()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
