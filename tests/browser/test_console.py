@@ -1,7 +1,8 @@
 """The admin console in a real headless Chromium: log in, create a VM, watch a command's
 output stream in and the activity feed follow, stop, start and delete it; create an API key
 (its secret shown once, working against the API) and revoke it; create a webhook to a local
-receiver and see its deliveries, redeliver, disable and delete it.
+receiver and see its deliveries, redeliver, disable and delete it; make a custom image the
+default and back, and delete it.
 
 ``RDS_CONSOLE_SCREENSHOT=docs/console.png`` also saves the screenshot of the README.
 """
@@ -322,6 +323,58 @@ def test_create_run_stop_start_delete(page: t.Any, key_client: t.Any) -> None:
     expect(row).to_have_count(0, timeout=120_000)
     expect(feed_item(page, "vm.deleted", vm_id)).to_have_count(1)
     assert not page.problems
+
+
+def test_an_image_made_the_default_and_back_then_deleted(page: t.Any,
+                                                       console_server: str) -> None:
+    """The Images page offers Set default on a READY image that is not the default and
+    Delete on a custom image that is not; the built-in default offers neither."""
+    from playwright.sync_api import expect
+
+    from app import create_app
+
+    api = httpx.Client(base_url=console_server, headers={"X-API-Key": API_KEY}, timeout=120)
+    default = next(image["id"] for image in api.get("/v1/images").json() if image["isDefault"])
+    created = api.post("/v1/images", json={"name": f"console-{uuid.uuid4().hex[:8]}",
+                                           "setup": "true"})
+    assert created.status_code == 202, created.text
+    image_id = created.json()["id"]
+    try:
+        # The console's server runs without its upkeep (no maintainer): build the image here,
+        # as the service's maintaining worker would.
+        builder = create_app({"API_KEY": API_KEY})
+        try:
+            builder.extensions["rds"].image_builder.run_pending()
+        finally:
+            builder.extensions["rds"].close()
+        assert api.get(f"/v1/images/{image_id}").json()["state"] == "READY"
+
+        goto(page, "/admin/#images")
+        custom = page.locator(f"tr[data-image='{image_id}']")
+        builtin = page.locator(f"tr[data-image='{default}']")
+        make_custom_default = custom.get_by_role("button",
+                                                 name=f"Make {image_id} the default image")
+        delete_custom = custom.get_by_role("button", name=f"Delete image {image_id}")
+        expect(make_custom_default).to_be_visible()
+        expect(delete_custom).to_be_visible()
+        expect(builtin.get_by_role("button")).to_have_count(0)
+
+        make_custom_default.click()
+        expect(custom.locator("td").nth(1)).to_have_text("yes")  # the Default column
+        expect(delete_custom).to_have_count(0)  # the default cannot be deleted
+        assert api.get(f"/v1/images/{image_id}").json()["isDefault"] is True
+        builtin.get_by_role("button", name=f"Make {default} the default image").click()
+        expect(builtin.locator("td").nth(1)).to_have_text("yes")
+        expect(custom.locator("td").nth(1)).to_have_text("")
+
+        delete_custom.click()  # confirmed by watched()
+        expect(custom).to_have_count(0, timeout=60_000)
+        assert api.get(f"/v1/images/{image_id}").status_code == 404
+        assert not page.problems
+    finally:
+        api.post(f"/v1/images/{default}/set-default")
+        api.delete(f"/v1/images/{image_id}")
+        api.close()
 
 
 def test_through_the_shipped_nginx_site(browser: t.Any, nginx_base: str) -> None:

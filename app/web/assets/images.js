@@ -3,10 +3,33 @@
 "use strict";
 
 (() => {
-  const {el, api, listPage, go, when, readText} = RDS;
+  const {el, api, act, listPage, go, when, readText} = RDS;
 
-  function row(image) {
-    return el("tr", {},
+  /** Set default (a READY image that is not) and Delete (a custom image that is not the
+   * default); the server has the last word (409: in use, being built, ...). */
+  function actions(image, refresh) {
+    const path = `/v1/images/${encodeURIComponent(image.id)}`;
+    const makeDefault = async () => {
+      await act(`Making ${image.id} the default image`, () =>
+        api(`${path}/set-default`, {method: "POST"}));
+      refresh();
+    };
+    const remove = async () => {
+      if (!window.confirm(`Delete image ${image.id} with its memory snapshots?`)) return;
+      await act(`Deleting image ${image.id}`, () => api(path, {method: "DELETE"}));
+      refresh();
+    };
+    return [
+      image.state === "READY" && !image.isDefault ? el("button", {
+        type: "button", text: "Set default", "aria-label": `Make ${image.id} the default image`,
+        onclick: makeDefault}) : null,
+      !image.builtIn && !image.isDefault ? el("button", {
+        type: "button", class: "danger", text: "Delete", "aria-label": `Delete image ${image.id}`,
+        onclick: remove}) : null];
+  }
+
+  function row(image, refresh) {
+    return el("tr", {"data-image": image.id},
       el("th", {scope: "row"}, el("a", {href: `#images/${image.id}`, text: image.id})),
       el("td", {}, el("span", {class: `state state-${image.state}`, text: image.state})),
       el("td", {text: image.isDefault ? "yes" : ""}),
@@ -14,13 +37,15 @@
       el("td", {text: image.sizeMb === null || image.sizeMb === undefined ? "—"
         : `${image.sizeMb} MiB`}),
       el("td", {text: when(image.createdAt)}),
-      el("td", {text: image.description || ""}));
+      el("td", {text: image.description || ""}),
+      el("td", {class: "actions"}, ...actions(image, refresh)));
   }
 
   function renderList(main) {
     return listPage(main, {
       title: "Images", caption: "Images VMs start from",
-      columns: () => ["Image", "State", "Default", "Base", "Size", "Created", "Description"],
+      columns: () => ["Image", "State", "Default", "Base", "Size", "Created", "Description",
+                      "Actions"],
       load: () => api("/v1/images"), row, empty: "No images.", events: "image."});
   }
 
