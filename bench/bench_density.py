@@ -7,6 +7,8 @@ VMs of 1 vCPU and 256 MiB, restored from the memory snapshot (warm pool off), ``
 creates at a time, on a server with ``MAX_VMS`` raised (and the disk budget overcommitted:
 idle VMs write a few MiB of their 4 GiB). Creating stops early, and says so, when the host's
 MemAvailable would fall below ``--floor-mib`` (2 GiB): the host must never run out of memory.
+With KSM on, the floor first pauses the creates, up to ``--ksm-wait-s`` in all, while KSM
+merges the newest VMs' pages (it scans minutes behind creates made a second apart).
 
 1. The first ``--ksm-at`` VMs (40) are made with KSM stopped: host memory per VM *without*
    KSM (MemAvailable before minus after, and the QEMU processes' PSS). Then KSM runs (as
@@ -136,6 +138,10 @@ class Creator:
     """Creates VMs ``parallel`` at a time while the memory floor allows."""
 
     def __init__(self, base: str, parallel: int, floor_mib: float, reserve_mib: float) -> None:
+        self.wait_s = 0.0  # how long to wait at the floor for KSM to merge the newest VMs
+        self.waited_s = 0.0
+        self._deadline = 0.0
+        self._wait_lock = threading.Lock()  # one worker waits, the other waits for it
         self.base = base
         self.parallel = parallel
         self.floor_mib = floor_mib
@@ -155,13 +161,18 @@ class Creator:
                         if (len(self.vms) + self._in_flight >= target or self.errors
                                 or self.stopped):
                             return
-                        free = available_mib() - self.reserve_mib * (self._in_flight + 1)
-                        if free < self.floor_mib:
-                            self.stopped = (f"stopped at {len(self.vms)} VMs: MemAvailable "
-                                            f"{available_mib():.0f} MiB, floor "
-                                            f"{self.floor_mib:.0f} MiB")
-                            return
-                        self._in_flight += 1
+                        room = self._room()
+                        if room:
+                            self._in_flight += 1
+                    if not room:
+                        if self._wait_for_room():
+                            continue
+                        with self._lock:
+                            self.stopped = self.stopped or (
+                                f"stopped at {len(self.vms)} VMs: MemAvailable "
+                                f"{available_mib():.0f} MiB, floor {self.floor_mib:.0f} MiB "
+                                f"(waited {self.waited_s:.0f} s for KSM)")
+                        return
                     started = time.monotonic()
                     try:
                         response = http.post("/v1/vms", json=loadgen.CREATE_BODY)
@@ -180,10 +191,31 @@ class Creator:
                             self.errors.append(f"create: {status} {body.get('message')}")
 
         threads = [threading.Thread(target=worker) for _ in range(self.parallel)]
+        self._deadline = time.monotonic() + self.wait_s
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+
+    def _room(self) -> bool:
+        """Another create fits above the floor (call with the lock held)."""
+        return available_mib() - self.reserve_mib * (self._in_flight + 1) >= self.floor_mib
+
+    def _wait_for_room(self) -> bool:
+        """At the floor: KSM merges a new VM's pages minutes after its create (VMs are made
+        faster than it scans), so wait, at most ``wait_s`` in all, for the memory it frees."""
+        with self._wait_lock:
+            while True:
+                with self._lock:
+                    if self.stopped or self.errors:
+                        return False
+                    if self._room():
+                        return True
+                if time.monotonic() >= self._deadline:
+                    return False
+                started = time.monotonic()
+                time.sleep(5)
+                self.waited_s += time.monotonic() - started
 
 
 def main() -> None:
@@ -194,6 +226,8 @@ def main() -> None:
     parser.add_argument("--ksm", choices=("on", "off"), default="on")
     parser.add_argument("--ksm-at", type=int, default=40,
                         help="VMs made before KSM is switched on (figures without KSM)")
+    parser.add_argument("--ksm-wait-s", type=float, default=600.0,
+                        help="at the memory floor with KSM on: wait this long in all for it")
     parser.add_argument("--idle-s", type=float, default=60.0)
     parser.add_argument("--settle-s", type=float, default=30.0)
     parser.add_argument("--json", help="write the figures here")
@@ -224,11 +258,13 @@ def main() -> None:
                 report["with_ksm_same"] = memory_figures(base_available, len(creator.vms))
                 report["with_ksm_same"]["waited_s"] = waited
                 print(f"with KSM:    {report['with_ksm_same']}", flush=True)
+                creator.wait_s = args.ksm_wait_s
                 creator.run(args.count)
             report["create"] = {"n": len(creator.vms), "seconds": time.monotonic() - started,
                                 "p50_s": loadgen.percentile(creator.seconds, 50),
                                 "p99_s": loadgen.percentile(creator.seconds, 99),
-                                "stopped": creator.stopped}
+                                "stopped": creator.stopped,
+                                "waited_for_ksm_s": creator.waited_s}
             failures += creator.errors[:10]
             print(f"created {len(creator.vms)} in {report['create']['seconds']:.0f} s; "
                   f"{creator.stopped or 'all made'}", flush=True)

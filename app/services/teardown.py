@@ -32,6 +32,7 @@ if t.TYPE_CHECKING:
     from app.virt.connection import Hypervisor
 
 log = logging.getLogger(__name__)
+FILES_ATTEMPTS = 3
 
 
 class Cleanup:
@@ -113,7 +114,16 @@ class VmTeardown:
         self.ipsets.destroy(name)
 
     def files(self, name: str) -> None:
-        shutil.rmtree(self.settings.vms_dir / name, ignore_errors=True)
+        """The VM's directory. Another process finishing the same delete (the reaper) may
+        create the VM's lock file in it between the removal of its files and of the
+        directory itself (the lock is taken by opening that file): the removal runs again
+        then, or an empty directory would be left behind (seen in `make density`)."""
+        directory = self.settings.vms_dir / name
+        for _ in range(FILES_ATTEMPTS):
+            shutil.rmtree(directory, ignore_errors=True)
+            if not directory.exists():
+                return
+        log.warning("the directory of vm %s could not be removed: %s", name, directory)
 
     # Everything ###########################################################################
 
