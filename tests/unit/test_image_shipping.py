@@ -156,3 +156,30 @@ def test_shipping_needs_the_admin_scope(client):
                       headers=AUTH).get_json()["key"]
     assert client.put("/v1/hosts/h2/images/default",
                       headers={"X-API-Key": key}).status_code == 403
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/hosts/h2%00/images/default", "/v1/hosts/h2/images/default%00",
+    "/v1/hosts/%ED%A0%80/images/default", "/v1/hosts/h2/images/%ED%A0%80",
+    "/v1/hosts/" + "h" * 5000 + "/images/default", "/v1/hosts/h2/images/" + "d" * 5000,
+    "/v1/hosts/h2/images/..%2F..%2Fetc%2Fpasswd", "/v1/hosts/..%2Flocal/images/default",
+    "/v1/hosts/local/images/default",  # the manager's own host is not shipped to
+])
+def test_hostile_host_and_image_names_are_a_clear_4xx(client, h2, path):
+    answer = client.put(path, headers=AUTH)
+    assert 400 <= answer.status_code < 500, (answer.status_code, answer.data[:200])
+    assert isinstance(answer.get_json()["message"], str)
+    assert h2.volumes == {}  # nothing was sent anywhere
+
+
+@pytest.mark.parametrize("body", [b"\x00" * 10, b'{"a": ' * 5000, b"[" * 100000, b"\xed\xa0\x80"])
+def test_a_body_the_route_does_not_take_changes_nothing(client, h2, body):
+    answer = client.put("/v1/hosts/h2/images/no-such-image", headers=AUTH, data=body,
+                        content_type="application/json")
+    assert 400 <= answer.status_code < 500 and answer.get_json()["message"]
+    assert h2.volumes == {}
+
+
+def test_the_other_methods_are_405_with_allow(client):
+    answer = client.post("/v1/hosts/h2/images/default", headers=AUTH)
+    assert answer.status_code == 405 and "PUT" in answer.headers["Allow"]
