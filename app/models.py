@@ -72,6 +72,7 @@ class VmSpec:
     created_by: str = ""  # the actor that asked (filled in by the VM service)
     owner_key: str = ""  # the managed API key's id that asked; "" for others
     owner_max_vms: int | None = None  # that key's own VM quota
+    host: str = ""  # placement: a HOSTS name, or "" / "local" for the local host (issue 17)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +104,7 @@ class VmRecord:
     started_at: str = ""  # when the guest was last booted or restored; "" for older records
     created_by: str = ""  # the actor that created it ("key:<name>", "api-key", "session:...")
     owner_key: str = ""  # the id of the managed API key that created it; "" for others
+    host: str = ""  # the HOSTS name of the host it runs on; "" for the local host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +152,7 @@ class Vm:
     idle_stop_s: int = 0
     created_by: str | None = None  # None for VMs older than the record field
     owner_key: str = ""
+    host: str = "local"  # the host it runs on (LOCAL_HOST or a HOSTS name)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -112,6 +112,7 @@ VM_FIELDS: Table = (
     Field("startedAt", "started_at", default="", omit_default=True),
     Field("createdBy", "created_by", default="", omit_default=True),
     Field("ownerKey", "owner_key", default="", omit_default=True),
+    Field("host", "host", default="", omit_default=True),
 )
 
 SNAPSHOT_FIELDS: Table = (

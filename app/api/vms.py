@@ -42,7 +42,8 @@ class Vms(MethodView):
     @blp.arguments(VmCreateSchema)
     @blp.response(201, VmSchema)
     @document_errors(blp, 400, 404, 409, 429, 504, 507, reasons={
-        409: "The image (imageId) is not READY: still being built, or its build failed"})
+        409: "The image (imageId) is not READY: still being built, or its build failed; or "
+             "its current build is not shipped to the placement host"})
     def post(self, body):
         """Create a VM and boot it; answers once commands can run in it"""
         spec = VmSpec(cpu=body["cpu"], mem_mb=body["memMb"], allow_ips=tuple(body["allowIps"]),
@@ -50,7 +51,8 @@ class Vms(MethodView):
                       disk_size_mb=body["diskSizeMb"], snapshot_id=body["snapshotId"],
                       provision_mode=ProvisionMode(body["provisionMode"]),
                       labels=body["labels"], ttl_s=body["ttlSeconds"],
-                      idle_stop_s=body["idleStopSeconds"])
+                      idle_stop_s=body["idleStopSeconds"],
+                      host=(body["placement"] or {}).get("host"))
         return services().vms.create(spec)
 
     @blp.doc(operationId="deleteVms")

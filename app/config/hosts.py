@@ -15,14 +15,18 @@ A JSON list, one object per host::
   one so far): the guest subnet is routed to the manager.
 - ``maxVms`` (optional, default ``MAX_VMS``): VMs at most on that host.
 - ``imagesDir`` (optional, default :data:`DEFAULT_IMAGES_DIR`): the directory on that host
-  of its ``rds-images`` storage pool, where images are shipped.
+  of its ``rds-images`` storage pool, where images are shipped. The VMs' volumes (overlay
+  disks, key files, console logs) are in the ``rds-vms`` pool, the directory ``rds-vms``
+  beside it (:attr:`RemoteHost.vms_dir`).
 
 An empty ``HOSTS`` (the default) means the local host only: the service as it always was.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
+import posixpath
 import json
 import re
 import typing as t
@@ -49,6 +53,33 @@ class RemoteHost:
     reach: str = "route"
     max_vms: int | None = None  # None: MAX_VMS
     images_dir: str = DEFAULT_IMAGES_DIR
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.guest_cidr)
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        """The host's address on its guest bridge (the guests' default route)."""
+        return next(self.network.hosts())
+
+    @property
+    def network_name(self) -> str:
+        """Its guests' libvirt network there (``rds-net-<name>``: an operator tells whose)."""
+        return f"rds-net-{self.name}"
+
+    @property
+    def bridge(self) -> str:
+        """That network's bridge: ``rds-br-<name>`` where it fits an interface name (15
+        characters), else ``rds-br-`` and a digest of the name."""
+        bridge = f"rds-br-{self.name}"
+        return bridge if len(bridge) <= 15 else \
+            "rds-br-" + hashlib.sha256(self.name.encode()).hexdigest()[:8]
+
+    @property
+    def vms_dir(self) -> str:
+        """The directory of its ``rds-vms`` pool: ``rds-vms`` beside ``imagesDir``."""
+        return posixpath.join(posixpath.dirname(self.images_dir.rstrip("/")), "rds-vms")
 
 
 def parse_hosts(text: str, local_uri: str = "", local_cidr: str = "") -> tuple[RemoteHost, ...]:

@@ -98,6 +98,22 @@ class NetworkPolicySchema(Schema):
         return data
 
 
+class PlacementSchema(Schema):
+    """Where a VM is made (issue 17, docs/multihost.md)."""
+
+    class Meta:
+        unknown = RAISE
+
+    host = fields.String(required=True, validate=validate.Regexp(r"^[a-z][a-z0-9-]{0,31}\Z"),
+                         metadata={"description": "the host's name: 'local' (LIBVIRT_URI's) or "
+                                                  "one of HOSTS (GET /v1/hosts). A remote "
+                                                  "host's VM is booted cold (no memory "
+                                                  "snapshot or warm pool there yet) from the "
+                                                  "image shipped there; an unknown host is "
+                                                  "400, a host that does not answer 503, an "
+                                                  "image not shipped there 409"})
+
+
 class VmCreateSchema(NetworkPolicySchema, SnapshotRefSchema):
     cpu = fields.Integer(required=True, strict=True, validate=validate.Range(min=1),
                          metadata={"description": "vCPUs, 1..MAX_CPU"})
@@ -119,6 +135,9 @@ class VmCreateSchema(NetworkPolicySchema, SnapshotRefSchema):
     ttlSeconds = seconds_field("lifetime: the VM is deleted this long after it is created "
                                "(0: never; default VM_DEFAULT_TTL_S, at most VM_MAX_TTL_S); "
                                "POST .../keepalive renews it", load_default=None)
+    placement = fields.Nested(PlacementSchema, load_default=None, allow_none=True,
+                              metadata={"description": "where to make the VM (default: the "
+                                                       "local host)"})
     idleStopSeconds = seconds_field("stop the VM (disk kept) after this long without "
                                     "exec, run-ts/js, files, start, keepalive or label "
                                     "changes (0: never)", load_default=0)
@@ -223,6 +242,10 @@ class VmSchema(Schema):
                                   "description": "who created it: 'key:<name>' (a managed API "
                                                  "key), 'api-key' (the bootstrap key), "
                                                  "'session:<email>'; null for older VMs"})
+
+    host = fields.String(dump_only=True, required=True,
+                         metadata={"description": "the host it runs on: 'local' or one of "
+                                                  "HOSTS"})
 
     def get_attribute(self, obj, attr, default):  # VmState enum -> its value
         value = super().get_attribute(obj, attr, default)

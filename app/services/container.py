@@ -131,17 +131,17 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
     webhooks = Webhooks(settings, state, clock=adapters.clock)
     events.subscribe(webhooks.enqueue)
     deliveries = DeliveryWorker(settings, state, clock=adapters.clock)
+    registry = HostRegistry(settings, adapters.open_host or _no_remote_hosts)
     parts = build_vm_parts(settings, hypervisor, templates, adapters.domain_type,
                            adapters.ipsets, adapters.taps, snapshots=store,
                            connect=adapters.connect, run_later=adapters.run_later,
-                           forget=history.forget, events=events)
+                           forget=history.forget, events=events, registry=registry)
     vms = VmService(parts)
     seeds = SeedBuilder(settings, hypervisor, templates, parts.seeds, parts.records,
                         parts.files, parts.ports, parts.teardown)
     snapshots = SnapshotService(settings, hypervisor, templates, vms, store, events)
     builder = ImageBuilder(settings, custom, templates, parts, seeds, events)
     images = ImageService(settings, custom, templates, parts, store, parts.seeds)
-    registry = HostRegistry(settings, adapters.open_host or _no_remote_hosts)
     shipper = ImageShipper(settings, registry, templates, images.local_list)
     if registry.hosts:
         images.readiness = shipper.readiness

@@ -41,6 +41,8 @@ class Probe:
     vms: int | None = None  # callers' VMs there, from its domains' metadata
     reason: str | None = None
     images: dict[str, str] | None = None  # shipped there: image id -> its build (when asked)
+    # Every domain of this service there with its record (the VMs found on that host).
+    records: tuple[tuple[VmRecord, t.Any], ...] = ()
 
     @property
     def up(self) -> bool:
@@ -117,7 +119,7 @@ class HostRegistry:
         except AppError as exc:
             log.warning("host %s does not answer: %s", name, exc.message)
             return Probe(reason=exc.message)
-        return Probe(node=node, vms=callers_vms(found), images=images)
+        return Probe(node=node, vms=callers_vms(found), images=images, records=tuple(found))
 
 
 def callers_vms(found: t.Iterable[tuple[VmRecord, t.Any]]) -> int:

@@ -59,6 +59,16 @@ class Shipment:
     seconds: float
 
 
+def build_of(settings: Settings, templates: TemplateCatalog, image_id: str) -> str | None:
+    """The image's current local build (``<image dir>/<build>``, what a manifest names), None
+    when it is not built."""
+    try:
+        build = templates.current_build(templates.get(image_id))
+    except AppError:
+        return None
+    return str(build.path.relative_to(settings.images_dir.resolve()))
+
+
 def read_shipped(hypervisor: Hypervisor) -> dict[str, str]:
     """The images whose shipment to that host completed: image id -> its build (from the
     manifests whose volumes are all there). Manifests that do not parse are skipped."""
@@ -137,11 +147,7 @@ class ImageShipper:
 
     def build_of(self, image_id: str) -> str | None:
         """The image's current local build (``<image dir>/<build>``), None when not built."""
-        try:
-            build = self.templates.current_build(self.templates.get(image_id))
-        except AppError:
-            return None
-        return str(build.path.relative_to(self.settings.images_dir.resolve()))
+        return build_of(self.settings, self.templates, image_id)
 
     def readiness(self, images: list[Image]) -> list[Image]:
         """``images`` with ``hosts``: local (READY) then each remote host (shipped, current

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from app.clock import now_iso
 from app.config import Settings
+from app.config.hosts import LOCAL_HOST
 from app.errors import GuestUnreachable, HypervisorError, InvalidRequest, QuotaExceeded
 from app.models import (ProvisionMode, Template, Vm, VmPhase, VmRecord, VmRole, VmSpec,
                         vm_name)
@@ -44,6 +45,7 @@ from app.virt.metadata_xml import parse_metadata
 from app.virt.qemu_access import prepare_vm_dir
 
 if t.TYPE_CHECKING:
+    from app.services.remote_vms import RemoteVms
     from app.virt.connection import Hypervisor
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class CreatePlan:
     ttl_s: int = 0  # the lifetime it gets (the default applied)
     backing: Path | None = None  # the disk's backing file when not the build's disk
     inputs: Path | None = None  # an image build VM's inputs (app.services.image_builder)
+    host: str = LOCAL_HOST  # where it is made: the local host or a HOSTS name (issue 17)
 
     def caller_fields(self) -> dict[str, t.Any]:
         """What the caller asked for that a record carries besides the shape and policy:
@@ -92,8 +95,11 @@ class Provisioner:
     def __init__(self, settings: Settings, hypervisor: Hypervisor, templates: TemplateCatalog,
                  seeds: SeedStore, snapshots: SnapshotStore | None, records: VmRecords,
                  files: VmFiles, ports: VmPorts, policy: EgressPolicy, guests: GuestClients,
-                 teardown: VmTeardown, budget: DiskBudget) -> None:
+                 teardown: VmTeardown, budget: DiskBudget,
+                 remote: RemoteVms | None = None) -> None:
+        """:param remote: makes the VMs of a plan for a remote host (``HOSTS``)."""
         self.settings = settings
+        self.remote = remote
         self.hypervisor = hypervisor
         self.templates = templates
         self.seeds = seeds
@@ -112,10 +118,20 @@ class Provisioner:
     def plan(self, spec: VmSpec) -> CreatePlan:
         """Check a request against the limits and find its template and image build.
 
-        :raises InvalidRequest: limits or unknown template.
+        :raises InvalidRequest: limits, unknown template or host, or what a remote host does
+            not do yet (a disk snapshot).
         :raises ImageNotReady: the template's image is not built on this host.
         """
         limits = self.settings
+        host = spec.host or LOCAL_HOST
+        if host != LOCAL_HOST:
+            if self.remote is None:
+                raise InvalidRequest(f"placement.host {host!r} is not a host (known: "
+                                     f"{LOCAL_HOST}; HOSTS names the others)")
+            self.remote.host(host)
+            if spec.snapshot_id:
+                raise InvalidRequest(f"a VM from a disk snapshot is made on the local host "
+                                     f"only (not on {host} yet)")
         if not 1 <= spec.cpu <= limits.max_cpu:
             raise InvalidRequest(f"cpu must be between 1 and {limits.max_cpu}")
         if not 128 <= spec.mem_mb <= limits.max_mem_mb:
@@ -129,7 +145,7 @@ class Provisioner:
             raise InvalidRequest(f"diskSizeMb must be at least {build.disk_size_mb} for "
                                  f"template {template.id!r}")
         return CreatePlan(spec, template, build, disk_size_mb,
-                          lifetime_s(self.settings, spec.ttl_s))
+                          lifetime_s(self.settings, spec.ttl_s), host=host)
 
     def create(self, plan: CreatePlan, role: VmRole = VmRole.SANDBOX) -> Vm:
         """A new VM, restored from the shape's memory snapshot if there is one (and the mode
@@ -139,7 +155,11 @@ class Provisioner:
         :raises QuotaExceeded: at ``MAX_VMS``.
         :raises InsufficientStorage: the host's disk budget has no room for the VM's disk.
         :raises GuestUnreachable: the guest did not answer in time (nothing is left behind).
+
+        A plan for a remote host is made there, booted (:mod:`app.services.remote_vms`).
         """
+        if plan.host != LOCAL_HOST and self.remote is not None:
+            return self.remote.create(plan)
         spec = plan.spec
         if spec.provision_mode is not ProvisionMode.BOOT and not spec.snapshot_id:
             seed = self.seeds.find(plan.template, plan.build, spec.cpu, spec.mem_mb,

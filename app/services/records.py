@@ -11,6 +11,7 @@ import dataclasses
 import typing as t
 import uuid
 
+from app.config.hosts import LOCAL_HOST
 from app.errors import VmNotFound
 from app.models import NAME_PREFIX, DomainInfo, Vm, VmPhase, VmRecord, VmRole, VmState
 from app.services.ownership import visible
@@ -44,7 +45,8 @@ def to_vm(record: VmRecord, domain_state: str) -> Vm:
               provision_mode=record.provision_mode, name=record.name,
               snapshot_id=record.snapshot_id or None, labels=dict(record.labels),
               expires_at=record.expires_at or None, idle_stop_s=record.idle_stop_s,
-              created_by=record.created_by or None, owner_key=record.owner_key)
+              created_by=record.created_by or None, owner_key=record.owner_key,
+              host=record.host or LOCAL_HOST)
 
 
 class VmRecords:

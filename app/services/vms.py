@@ -21,7 +21,9 @@ import typing as t
 
 from app import metrics
 from app.config import Settings
-from app.errors import AppError, KeyQuotaExceeded, QuotaExceeded, VmNotFound, VmStateConflict
+from app.config.hosts import LOCAL_HOST
+from app.errors import (AppError, InvalidRequest, KeyQuotaExceeded, QuotaExceeded, VmNotFound,
+                        VmStateConflict)
 from app.guestssh import GuestSSH
 from app.models import DomainInfo, ProvisionMode, Vm, VmRecord, VmSpec, VmState
 from app.services.capacity import DiskBudget
@@ -35,6 +37,7 @@ from app.services.policy import EgressPolicy
 from app.services.pool import WarmPool
 from app.services.ports import VmPorts
 from app.services.provisioner import Provisioner
+from app.services.remote_vms import RemoteVms
 from app.services.reaper import Reaper
 from app.services.records import VmRecords, to_vm
 from app.services.seeds import SeedStore
@@ -47,7 +50,10 @@ from app.sshkeys import KeyPair
 from app.virt.ipsets import IpSets
 from app.virt.taps import Taps
 
+T = t.TypeVar("T")
+
 if t.TYPE_CHECKING:
+    from app.services.host_registry import HostRegistry
     from app.virt.connection import Hypervisor
 
 
@@ -74,6 +80,7 @@ class VmParts:
     activity: Activity
     reaper: Reaper
     events: Events | None = None
+    remote: RemoteVms | None = None  # the VMs of the HOSTS (None without HOSTS)
 
 
 def build_vm_parts(settings: Settings, hypervisor: Hypervisor, templates: TemplateCatalog,
@@ -82,7 +89,8 @@ def build_vm_parts(settings: Settings, hypervisor: Hypervisor, templates: Templa
                    connect: t.Callable[..., GuestSSH] = GuestSSH,
                    run_later: t.Callable[..., t.Any] | None = None,
                    forget: t.Callable[[str], None] | None = None,
-                   events: Events | None = None) -> VmParts:
+                   events: Events | None = None,
+                   registry: HostRegistry | None = None) -> VmParts:
     """Wire the parts over the host adapters (unit tests pass fakes)."""
     seeds = SeedStore(settings.seeds_dir, domain_type, lambda: hypervisor.emulator_version())
     records = VmRecords(hypervisor)
@@ -93,8 +101,10 @@ def build_vm_parts(settings: Settings, hypervisor: Hypervisor, templates: Templa
     activity = Activity(settings.vms_dir)
     files = VmFiles(settings, templates, domain_type, manager_key)
     teardown = VmTeardown(settings, hypervisor, ports, ipsets, guests, forget)
+    remote = RemoteVms(settings, registry, templates, guests, manager_key, domain_type) \
+        if registry is not None and registry.hosts else None
     provisioner = Provisioner(settings, hypervisor, templates, seeds, snapshots, records, files,
-                              ports, policy, guests, teardown, DiskBudget(settings))
+                              ports, policy, guests, teardown, DiskBudget(settings), remote)
     lifecycle = Lifecycle(settings, hypervisor, records, policy, ports, guests, teardown,
                           activity, run_later)
     return VmParts(
@@ -105,7 +115,7 @@ def build_vm_parts(settings: Settings, hypervisor: Hypervisor, templates: Templa
         lifecycle=lifecycle,
         sweeper=Sweeper(settings, hypervisor, records, ports, ipsets, teardown),
         activity=activity, reaper=Reaper(records, lifecycle, activity, events),
-        events=events)
+        events=events, remote=remote)
 
 
 class VmService:
@@ -120,7 +130,14 @@ class VmService:
     # Queries ###############################################################################
 
     def list(self) -> list[Vm]:
-        return self.parts.records.sandboxes()
+        return self._sandboxes()
+
+    def _sandboxes(self) -> list[Vm]:
+        """The callers' VMs here, then those of the remote hosts that answer."""
+        vms = self.parts.records.sandboxes()
+        if self.parts.remote is not None:
+            vms += self.parts.remote.sandboxes()
+        return vms
 
     def query(self, query: VmQuery) -> VmPage:
         """The caller's VMs that carry the labels and state asked for, a page at a time (a
@@ -128,12 +145,33 @@ class VmService:
 
         :raises InvalidRequest: a cursor this service did not hand out.
         """
-        return select([vm for vm in self.parts.records.sandboxes() if visible(vm.owner_key)],
-                      query)
+        vms = self._sandboxes()
+        if self.parts.remote is not None:
+            vms.sort(key=lambda vm: (vm.created_at, vm.id))
+        return select([vm for vm in vms if visible(vm.owner_key)], query)
 
     def get(self, vm_id: str) -> Vm:
-        """:raises VmNotFound: for an unknown or malformed id."""
-        return self.parts.records.get(vm_id)
+        """:raises VmNotFound: for an unknown or malformed id.
+        :raises HypervisorError: not here nor on a host that answers, and a host is DOWN."""
+        return self._here_or_remote(vm_id, lambda: self.parts.records.get(vm_id),
+                                    lambda remote: remote.get(vm_id))
+
+    def _here_or_remote(self, vm_id: str, here: t.Callable[[], T],
+                        remote: t.Callable[[RemoteVms], T]) -> T:
+        """``here()`` on a local VM; on one that is not here, ``remote()`` (with HOSTS)."""
+        try:
+            return here()
+        except VmNotFound:
+            if self.parts.remote is None:
+                raise
+        return remote(self.parts.remote)
+
+    def _local_only(self, vm_id: str, what: str, here: t.Callable[[], T]) -> T:
+        def refuse(remote: RemoteVms) -> T:
+            found = remote.find(vm_id)
+            raise InvalidRequest(f"VM {vm_id} is on host {found.host.name}: {what} a VM of a "
+                                 f"remote host is not supported yet")
+        return self._here_or_remote(vm_id, here, refuse)
 
     def records(self) -> list[tuple[VmRecord, DomainInfo]]:
         """Every domain of this service with its record (sandboxes, pool VMs, seeds)."""
@@ -149,7 +187,12 @@ class VmService:
         :raises VmNotFound: unknown VM.
         :raises VmStateConflict: unless RUNNING.
         """
-        record, info = self.parts.records.lookup(vm_id)
+        try:
+            record, info = self.parts.records.lookup(vm_id)
+        except VmNotFound:
+            if self.parts.remote is None:
+                raise
+            return self.parts.remote.guest(vm_id)
         state = to_vm(record, info.state).state
         if state is not VmState.RUNNING:
             raise VmStateConflict(f"VM {vm_id} is {state.value}; it must be RUNNING")
@@ -196,6 +239,8 @@ class VmService:
     def _create(self, spec: VmSpec) -> Vm:
         parts = self.parts
         plan = parts.provisioner.plan(spec)
+        if plan.host != LOCAL_HOST:
+            return parts.provisioner.create(plan)
         if spec.provision_mode in (ProvisionMode.AUTO, ProvisionMode.POOL) and \
                 not spec.snapshot_id:
             claimed = parts.pool.claim(plan)
@@ -212,14 +257,17 @@ class VmService:
 
     def update_network(self, vm_id: str, allow_ips: tuple[str, ...],
                        outbound_internet: bool) -> Vm:
-        return self.parts.lifecycle.update_network(vm_id, allow_ips, outbound_internet)
+        return self._here_or_remote(
+            vm_id, lambda: self.parts.lifecycle.update_network(vm_id, allow_ips,
+                                                               outbound_internet),
+            lambda remote: remote.update_network(vm_id, allow_ips, outbound_internet))
 
     def stop(self, vm_id: str) -> None:
-        self.parts.lifecycle.stop(vm_id)
+        self._local_only(vm_id, "stopping", lambda: self.parts.lifecycle.stop(vm_id))
         self._emit("vm.stopped", vm_id, {"reason": "api"})
 
     def start(self, vm_id: str) -> None:
-        self.parts.lifecycle.start(vm_id)
+        self._local_only(vm_id, "starting", lambda: self.parts.lifecycle.start(vm_id))
         self._emit("vm.started", vm_id)
 
     def delete(self, vm_id: str, wait: bool = False) -> None:
@@ -228,7 +276,8 @@ class VmService:
 
         :raises VmNotFound: unknown or already deleted.
         """
-        self.parts.lifecycle.delete(vm_id, wait=wait)
+        self._here_or_remote(vm_id, lambda: self.parts.lifecycle.delete(vm_id, wait=wait),
+                             lambda remote: remote.delete(vm_id))
         metrics.VMS_DELETED.labels("api").inc()
         self._emit("vm.deleted", vm_id, {"reason": "api"})
 
@@ -241,7 +290,8 @@ class VmService:
         deleted, failed = [], []
         for vm in self.query(VmQuery(labels=labels)).vms:
             try:
-                self.parts.lifecycle.delete(vm.id)
+                self._here_or_remote(vm.id, lambda vm_id=vm.id: self.parts.lifecycle.delete(vm_id),
+                                     lambda remote, vm_id=vm.id: remote.delete(vm_id))
                 metrics.VMS_DELETED.labels("label").inc()
                 self._emit("vm.deleted", vm.id, {"reason": "label", "name": vm.name})
                 deleted.append(vm.id)
@@ -252,10 +302,12 @@ class VmService:
         return deleted, failed
 
     def set_labels(self, vm_id: str, labels: dict[str, str]) -> Vm:
-        return self.parts.lifecycle.set_labels(vm_id, labels)
+        return self._local_only(vm_id, "labelling",
+                                lambda: self.parts.lifecycle.set_labels(vm_id, labels))
 
     def keepalive(self, vm_id: str, ttl_s: int | None) -> Vm:
-        return self.parts.lifecycle.keepalive(vm_id, ttl_s)
+        return self._local_only(vm_id, "keeping alive",
+                                lambda: self.parts.lifecycle.keepalive(vm_id, ttl_s))
 
     def reap(self) -> list[str]:
         """Enforce lifetimes once (the maintaining process calls it every few seconds)."""

@@ -41,6 +41,11 @@ class DomainParams:
     fwcfg_files: tuple[tuple[str, str], ...]  # (entry name below FWCFG_PREFIX, host file)
     genid: str = ""  # VM generation ID; "" lets libvirt pick one (a clone needs a new one)
     build: BuildDevices | None = None  # what an image's build VM has besides (None: a VM)
+    # A remote host's VM (issue 17): its NIC is on this libvirt network, made and filtered by
+    # that host's libvirt (a ``<filterref>`` to the VM's filter with these parameters), and
+    # ``port`` names the tap libvirt makes. "" (the local host's): the manager's own tap.
+    network: str = ""
+    filter_params: tuple[tuple[str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,31 +227,42 @@ def port_name(domain_name: str) -> str:
 def _set_interface(devices: ET.Element, record: VmRecord, params: DomainParams) -> None:
     """The NIC uses the manager's pre-created tap as it is (``managed='no'``): the manager
     filters it and plugs it into the bridge, so the domain carries no ``<source>`` or
-    ``<filterref>`` (see :mod:`app.virt.taps`)."""
+    ``<filterref>`` (see :mod:`app.virt.taps`). On a remote host (``params.network``) that
+    host's libvirt makes the tap on its network and instantiates the VM's filter on it."""
     nic = devices.find("interface")
     if nic is None:
         raise ValueError("template domain.xml has no <interface>")
-    nic.set("type", "ethernet")
+    nic.set("type", "network" if params.network else "ethernet")
     for tag in ("mac", "source", "target", "filterref"):
         for old in nic.findall(tag):
             nic.remove(old)
     nic.insert(0, ET.Element("mac", {"address": record.mac}))
-    nic.insert(1, ET.Element("target", {"dev": params.port, "managed": "no"}))
+    if not params.network:
+        nic.insert(1, ET.Element("target", {"dev": params.port, "managed": "no"}))
+        return
+    nic.insert(1, ET.Element("source", {"network": params.network}))
+    nic.insert(2, ET.Element("target", {"dev": params.port}))
+    filterref = ET.Element("filterref", {"filter": record.name})
+    for name, value in params.filter_params:
+        ET.SubElement(filterref, "parameter", {"name": name, "value": value})
+    nic.append(filterref)
 
 
 def _set_identity_channel(devices: ET.Element, socket_path: str) -> None:
     """The virtio-serial port through which a guest restored from a memory snapshot gets its
     identity (:mod:`app.virt.identity`). Every VM has it, so seeds and their clones have the
     same devices; in a seed's saved XML only the socket path changes (the port keeps its
-    address), else it goes after the last channel."""
+    address), else it goes after the last channel. Without a path (a remote host's VM, whose
+    socket the manager cannot reach) libvirt picks one there (virDomainOpenChannel reaches it)."""
+    source = {"mode": "bind", "path": socket_path} if socket_path else {"mode": "bind"}
     for channel in devices.findall("channel"):
         if channel.find(f"target[@name='{IDENTITY_CHANNEL}']") is not None:
             for old in channel.findall("source"):
                 channel.remove(old)
-            channel.insert(0, ET.Element("source", {"mode": "bind", "path": socket_path}))
+            channel.insert(0, ET.Element("source", source))
             return
     channel = ET.Element("channel", {"type": "unix"})
-    ET.SubElement(channel, "source", {"mode": "bind", "path": socket_path})
+    ET.SubElement(channel, "source", source)
     ET.SubElement(channel, "target", {"type": "virtio", "name": IDENTITY_CHANNEL})
     children = list(devices)
     last = max((i for i, child in enumerate(children) if child.tag == "channel"), default=None)

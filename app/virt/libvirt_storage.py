@@ -76,6 +76,24 @@ class StoragePoolCalls:
             return sorted(volume.name() for volume in found.listAllVolumes(0))
         return self._call("list volumes", names)
 
+    def create_volume(self, pool: str, xml: str) -> str:
+        """Create a volume from its XML (an overlay disk whose ``backingStore`` is another
+        volume there: libvirt runs qemu-img on that host); returns its path there."""
+        def create(conn: t.Any) -> str:
+            found = _pool(conn, pool)
+            if found is None:
+                raise HypervisorError(f"storage pool {pool!r} is not defined")
+            log.debug("creating volume xml=%s", xml)
+            return found.createXML(xml, 0).path()
+        return self._call("create volume", create)
+
+    def volume_path(self, pool: str, name: str) -> str | None:
+        """Where a volume is on its host; None when there is no such volume (or pool)."""
+        def path(conn: t.Any) -> str | None:
+            volume = _volume(conn, pool, name)
+            return None if volume is None else volume.path()
+        return self._call("volume path", path)
+
     def delete_volume(self, pool: str, name: str) -> None:
         """Delete a volume; a missing one (or pool) is fine."""
         def delete(conn: t.Any) -> None:

@@ -152,3 +152,67 @@ def _manager_ssh(root: ET.Element) -> None:
           state="ESTABLISHED")
     _rule(root, "accept", "in", PRIO_MANAGER, "tcp", srcipaddr="$GATEWAY", dstportstart="22",
           state="NEW,ESTABLISHED")
+
+
+def build_remote_filter_xml(name: str, uuid: str, guest_network: str, allow_ips: tuple[str, ...],
+                            outbound_internet: bool, never: tuple[str, ...] = ()) -> str:
+    """Filter XML for a VM on a remote host (issue 17), referenced from its NIC with ``IP`` and
+    ``GATEWAY`` (that host's bridge address).
+
+    The manager's ipsets live in the manager's kernel, not there, so the policy is written
+    into the rules themselves (changing it redefines the filter; libvirt re-instantiates it on
+    the running VM). The same order as :func:`build_filter_xml`: never link-local and
+    ``never``; DNS to the bridge when ``outboundInternet``; the bridge only when ``allowIps``
+    names it exactly; other guests never; ``allowIps`` (IPv4: the layer-2 rules pass no other)
+    when ``outboundInternet``; everything else dropped. The manager's SSH comes in routed
+    from outside the guest subnet (its address there is not known to the filter), so port 22
+    is open from any address outside the guest subnet. Not covered yet: that host's own other
+    addresses inside a wide ``allowIps`` range (the local filter's host set).
+    """
+    network = ipaddress.IPv4Network(guest_network)
+    subnet = {"srcipaddr": str(network.network_address), "srcipmask": str(network.prefixlen)}
+    root = ET.Element("filter", {"name": name, "chain": "root"})
+    ET.SubElement(root, "uuid").text = uuid
+    _anti_spoofing(root)
+    root.append(ET.Comment(" the manager's SSH connection, routed from outside the guest "
+                           "subnet "))
+    _rule(root, "drop", "in", PRIO_MANAGER - 10, "tcp", dstportstart="22", **subnet)
+    _rule(root, "accept", "in", PRIO_MANAGER, "tcp", dstportstart="22", state="NEW,ESTABLISHED")
+    _rule(root, "accept", "out", PRIO_MANAGER, "tcp", srcportstart="22", state="ESTABLISHED")
+    root.append(ET.Comment(" never, whatever the policy: link-local (cloud metadata) and the "
+                           "operator's EGRESS_NEVER_CIDRS "))
+    for cidr in ("169.254.0.0/16", *(entry for entry in never if ":" not in entry)):
+        _ip_rule(root, "drop", PRIO_NEVER, cidr)
+    allowed = [ipaddress.ip_network(entry, strict=False) for entry in allow_ips]
+    allowed = [entry for entry in allowed if entry.version == 4] if outbound_internet else []
+    if outbound_internet:
+        root.append(ET.Comment(" DNS to the resolver on the host bridge (outboundInternet) "))
+        for protocol in ("udp", "tcp"):
+            _rule(root, "accept", "out", PRIO_DNS, protocol, dstipaddr="$GATEWAY",
+                  dstportstart="53", state=NEW_OR_REPLY)
+    if any(entry.prefixlen == 32 and entry.network_address == next(network.hosts())
+           for entry in allowed):
+        root.append(ET.Comment(" the host bridge: allowIps names it exactly "))
+        _rule(root, "accept", "out", PRIO_GATEWAY_PINNED, "all", dstipaddr="$GATEWAY",
+              state=NEW_OR_REPLY)
+    root.append(ET.Comment(" other guests and the host bridge: never, even with 0.0.0.0/0 "
+                           "allowed "))
+    _rule(root, "drop", "out", PRIO_BLOCK_GUESTS, "all", dstipaddr="$GATEWAY")
+    _ip_rule(root, "drop", PRIO_BLOCK_GUESTS, str(network))
+    if allowed:
+        root.append(ET.Comment(" allowIps (outboundInternet) "))
+    for entry in allowed:
+        _ip_rule(root, "accept", PRIO_ALLOW, str(entry), state=NEW_OR_REPLY)
+    root.append(ET.Comment(" replies to connections the guest was allowed to open "))
+    _rule(root, "accept", "in", PRIO_ESTABLISHED, "all", state="ESTABLISHED,RELATED")
+    root.append(ET.Comment(" everything else, both ways "))
+    _rule(root, "drop", "inout", PRIO_DROP_ALL, "all")
+    ET.indent(root, space="  ")
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _ip_rule(root: ET.Element, action: str, priority: int, cidr: str, **attrs: str) -> None:
+    """An 'out' rule on the destinations in ``cidr``."""
+    network = ipaddress.IPv4Network(cidr, strict=False)
+    _rule(root, action, "out", priority, "all", dstipaddr=str(network.network_address),
+          dstipmask=str(network.prefixlen), **attrs)

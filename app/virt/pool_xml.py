@@ -32,3 +32,22 @@ def build_volume_xml(name: str, size: int) -> str:
     ET.SubElement(target, "format", {"type": "raw"})
     ET.indent(root, space="  ")
     return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def build_overlay_volume_xml(name: str, size_mb: int, backing_path: str) -> str:
+    """A qcow2 volume of ``size_mb`` MiB on top of the (qcow2) volume at ``backing_path``: a
+    remote host's VM disk (issue 17), made there by libvirt. Only root reads it until libvirt
+    hands it to QEMU for the VM's run."""
+    root = ET.Element("volume")
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(root, "capacity", {"unit": "MiB"}).text = str(size_mb)
+    ET.SubElement(root, "allocation", {"unit": "bytes"}).text = "0"
+    target = ET.SubElement(root, "target")
+    ET.SubElement(target, "format", {"type": "qcow2"})
+    permissions = ET.SubElement(target, "permissions")
+    ET.SubElement(permissions, "mode").text = "0600"
+    backing = ET.SubElement(root, "backingStore")
+    ET.SubElement(backing, "path").text = backing_path
+    ET.SubElement(backing, "format", {"type": "qcow2"})
+    ET.indent(root, space="  ")
+    return ET.tostring(root, encoding="unicode") + "\n"

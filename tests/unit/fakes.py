@@ -50,6 +50,7 @@ class FakeHypervisor:
         self.down: Exception | None = None
         self.fail: dict[str, Exception] = {}
         self.network_active = True
+        self.networks: dict[str, str] = {}  # ensured networks: name -> XML
         self.frozen = False
         self.agent_exit = 0
         self.agent_statuses: list[int | None] = []  # guest_agent_status answers, then agent_exit
@@ -241,7 +242,9 @@ class FakeHypervisor:
     def ensure_network(self, name: str, xml: str, bridge_present: t.Callable[[], bool],
                        remove_stale_bridge: t.Callable[[], None]) -> bool:
         self._call("ensure_network")
-        return False
+        created = name not in self.networks
+        self.networks[name] = xml
+        return created
 
     def ensure_storage_pool(self, name: str, xml: str, build: bool = False) -> bool:
         self._call("ensure_storage_pool")
@@ -257,6 +260,17 @@ class FakeHypervisor:
     def list_volumes(self, pool: str) -> list[str]:
         self._call("list_volumes", read=True)
         return sorted(name for (where, name) in self.volumes if where == pool)
+
+    def create_volume(self, pool: str, xml: str) -> str:
+        self._call("create_volume")
+        assert pool in self.pools, "the pool is ensured before a volume is made in it"
+        name = ET.fromstring(xml).findtext("name")
+        self.volumes[(pool, name)] = xml.encode()
+        return f"/pools/{pool}/{name}"
+
+    def volume_path(self, pool: str, name: str) -> str | None:
+        self._call("volume_path", read=True)
+        return f"/pools/{pool}/{name}" if (pool, name) in self.volumes else None
 
     def delete_volume(self, pool: str, name: str) -> None:
         self._call("delete_volume")

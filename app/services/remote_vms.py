@@ -1,0 +1,339 @@
+"""VMs on the remote hosts of ``HOSTS`` (issue 17): made, found, used and deleted through that
+host's libvirt connection only — a real second host shares no file system with the manager.
+
+What a remote VM is made of, all on its host, all named after the VM (``rds-<short id>``):
+
+- its disk: a qcow2 volume ``<name>.qcow2`` in the host's ``rds-vms`` pool whose backing store
+  is the shipped image's volume in ``rds-images`` (``virStorageVolCreateXML``: that host's
+  libvirt runs qemu-img);
+- its SSH host key and the manager's public key: volumes ``<name>.ssh_host_ed25519_key`` and
+  ``<name>.authorized_keys`` there, uploaded with ``virStorageVolUpload`` and served to the
+  guest by fw_cfg ``file=`` entries, as on the local host (not inline fw_cfg values: those
+  would put the private key into the domain XML, which any read-only connection can dump);
+- its console log ``<name>.console.log`` there (virtlogd writes it; removed as a volume);
+- its nwfilter ``<name>``, the policy written into the rules (the manager's ipsets and taps
+  are in the manager's kernel, not there; :func:`~app.virt.nwfilter_xml.build_remote_filter_xml`),
+  referenced from its NIC on the host's routed network ``rds-net-<host>``;
+- its domain, whose metadata record names the host (``host``).
+
+It boots cold (no memory snapshot is made on a remote host yet) and gets its identity from its
+kernel command line and fw_cfg, as a cold-booted local VM does; the identity channel is there
+(libvirt picks its socket path on that host) but unused. Its address is the lowest free one of
+the host's ``guestCidr`` among the addresses its domains' records hold, picked under a lock of
+this manager (``STORAGE_ROOT/hosts/<host>.alloc.lock``): safe for the worker processes of one
+manager, not yet for several managers at once (a later step: something that host's libvirt
+makes atomic).
+
+A remote VM is found by asking the hosts (:meth:`HostRegistry.probe`, answered within
+``HOST_PROBE_TIMEOUT_S`` or the host is DOWN): a VM that is on no host that answered, while a
+host is DOWN, may be on that one, so the call is refused with 503 naming the host, not 404.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import posixpath
+import time
+import typing as t
+import uuid
+from pathlib import Path
+
+from app.clock import now_iso
+from app.config import Settings
+from app.config.hosts import LOCAL_HOST, RemoteHost
+from app.errors import (HypervisorError, ImageStateConflict, InvalidRequest, QuotaExceeded,
+                        VmNotFound, VmStateConflict)
+from app.guestssh import GuestSSH
+from app.models import (ProvisionMode, Vm, VmPhase, VmRecord, VmRole, VmState, vm_name)
+from app.services.addresses import allocation_lock, mac_for, pick_address
+from app.services.guests import GuestClients, ManagerKey
+from app.services.image_shipping import build_of
+from app.services.ownership import check_quota, visible
+from app.services.records import VmRecords, to_vm
+from app.services.teardown import Cleanup
+from app.services.templates import TemplateCatalog
+from app.services.vm_files import AUTHORIZED_KEYS, HOST_KEY
+from app.sshkeys import generate_keypair
+from app.virt.domain_xml import BootFiles, DomainParams, build_domain_xml, kernel_cmdline, \
+    port_name
+from app.virt.network_xml import build_network_xml
+from app.virt.nwfilter_xml import build_remote_filter_xml
+from app.virt.pool_xml import POOL_NAME, build_overlay_volume_xml, build_pool_xml
+
+if t.TYPE_CHECKING:
+    from app.services.host_registry import HostRegistry
+    from app.services.provisioner import CreatePlan
+    from app.virt.connection import Hypervisor
+
+log = logging.getLogger(__name__)
+VMS_POOL = "rds-vms"
+LOCK_TIMEOUT = 60.0
+VOLUME_SUFFIXES = ("qcow2", HOST_KEY, AUTHORIZED_KEYS, "console.log")
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """A remote VM as its host's libvirt has it."""
+
+    host: RemoteHost
+    hypervisor: Hypervisor
+    record: VmRecord
+    state: str  # libvirt's run state
+
+
+class RemoteVms:
+    """Thread-safe; one per worker process."""
+
+    def __init__(self, settings: Settings, registry: HostRegistry, templates: TemplateCatalog,
+                 guests: GuestClients, manager_key: ManagerKey, domain_type: str) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.templates = templates
+        self.guests = guests
+        self.manager_key = manager_key
+        self.domain_type = domain_type
+
+    def host(self, name: str) -> RemoteHost:
+        """:raises InvalidRequest: not a ``HOSTS`` name."""
+        host = self.registry.host(name)
+        if host is None:
+            known = ", ".join([LOCAL_HOST, *self.registry.names()])
+            raise InvalidRequest(f"placement.host {name!r} is not a host (known: {known})")
+        return host
+
+    # Queries ###############################################################################
+
+    def sandboxes(self) -> list[Vm]:
+        """The callers' VMs on every remote host that answers (a DOWN host's are left out)."""
+        vms = []
+        for probe in self.registry.probe().values():
+            vms += [to_vm(record, info.state) for record, info in probe.records
+                    if _callers(record)]
+        return vms
+
+    def find(self, vm_id: str, deleting: bool = False) -> Found:
+        """A caller's VM on a remote host.
+
+        :param deleting: also one whose delete did not finish.
+        :raises VmNotFound: on no host, and every host answered.
+        :raises HypervisorError: on no host that answered, and a host is DOWN (it may be
+            there): 503 naming it.
+        """
+        probes = self.registry.probe()
+        for name, probe in probes.items():
+            for record, info in probe.records:
+                if record.id == vm_id and _callers(record, deleting):
+                    return Found(self.registry.host(name), self.registry.hypervisor(name),
+                                 record, info.state)
+        down = {name: probe.reason for name, probe in probes.items() if not probe.up}
+        if down:
+            hosts = "; ".join(f"{name}: {reason}" for name, reason in down.items())
+            raise HypervisorError(f"VM {vm_id} is not on any host that answers, and "
+                                  f"{len(down)} host(s) do not answer (it may be there): "
+                                  f"{hosts}")
+        raise VmNotFound(f"VM {vm_id} not found")
+
+    def get(self, vm_id: str) -> Vm:
+        found = self.find(vm_id)
+        return to_vm(found.record, found.state)
+
+    def guest(self, vm_id: str) -> GuestSSH:
+        """The SSH client of a RUNNING remote VM (reached through the host's route)."""
+        found = self.find(vm_id)
+        state = to_vm(found.record, found.state).state
+        if state is not VmState.RUNNING:
+            raise VmStateConflict(f"VM {vm_id} is {state.value}; it must be RUNNING")
+        return self.guests.client(found.record)
+
+    # Changes ###############################################################################
+
+    def create(self, plan: CreatePlan) -> Vm:
+        """A new VM on ``plan.host``, booted; returns once a command ran in it. A failure
+        anywhere removes what was made there.
+
+        :raises HypervisorError: the host is DOWN (503).
+        :raises ImageStateConflict: the image is not shipped there (its current build).
+        :raises QuotaExceeded: at the host's ``maxVms``.
+        :raises GuestUnreachable: the guest did not answer in time.
+        """
+        started = time.monotonic()
+        host = self.host(plan.host)
+        image_id = plan.template.id
+        probe = self.registry.probe([host.name], with_images=True)[host.name]
+        if not probe.up:
+            raise HypervisorError(f"host {host.name} is DOWN: {probe.reason}")
+        build = build_of(self.settings, self.templates, image_id)
+        if build is None or (probe.images or {}).get(image_id) != build:
+            raise ImageStateConflict(
+                f"image {image_id!r} is not ready on host {host.name} (its current build is "
+                f"not shipped there): PUT /v1/hosts/{host.name}/images/{image_id}")
+        hypervisor = self.registry.hypervisor(host.name)
+        self._ensure_host(host, hypervisor)
+        with Cleanup(f"create of a VM on {host.name}") as cleanup:
+            record = self._provision(plan, host, hypervisor, cleanup)
+            log.info("vm defined vm=%s name=%s host=%s ip=%s mode=boot", record.id,
+                     record.name, host.name, record.guest_ip)
+            cleanup.add("ssh client", self.guests.forget, record.id)
+            hypervisor.start_domain(record.id)
+            self.guests.wait_ready(record)
+            record = VmRecords(hypervisor).set_phase(record, VmPhase.READY,
+                                                     started_at=now_iso())
+            cleanup.keep()
+        log.info("vm ready vm=%s name=%s host=%s mode=boot seconds=%.2f", record.id,
+                 record.name, host.name, time.monotonic() - started)
+        return to_vm(record, "running")
+
+    def update_network(self, vm_id: str, allow_ips: tuple[str, ...],
+                       outbound_internet: bool) -> Vm:
+        """Replace the VM's policy: its filter is defined again (libvirt re-instantiates it
+        on the running VM), then its record."""
+        found = self.find(vm_id)
+        updated = dataclasses.replace(found.record, allow_ips=allow_ips,
+                                      outbound_internet=outbound_internet)
+        found.hypervisor.define_filter(self._filter_xml(updated, found.host))
+        VmRecords(found.hypervisor).save(updated)
+        log.info("vm network policy changed vm=%s host=%s outbound=%s entries=%s", vm_id,
+                 found.host.name, outbound_internet, len(allow_ips))
+        return to_vm(updated, found.state)
+
+    def delete(self, vm_id: str) -> None:
+        """Power the VM off, mark it deleting, then remove its volumes, filter and domain
+        (undefined last). A failure half-way leaves it marked: deleting it again finishes.
+
+        :raises VmNotFound: on no remote host.
+        :raises HypervisorError: its host does not answer (or failed half-way).
+        """
+        found = self.find(vm_id, deleting=True)
+        hypervisor, record = found.hypervisor, found.record
+        self.guests.forget(vm_id)
+        with contextlib.suppress(VmNotFound):
+            hypervisor.destroy_domain(vm_id)
+        if record.phase is not VmPhase.DELETING:
+            record = VmRecords(hypervisor).set_phase(record, VmPhase.DELETING)
+        self._remove_volumes(hypervisor, record.name)
+        hypervisor.undefine_filter(record.name)
+        with contextlib.suppress(VmNotFound):
+            hypervisor.undefine_domain(vm_id)
+        log.info("vm deleted vm=%s name=%s host=%s", vm_id, record.name, found.host.name)
+
+    # Parts #################################################################################
+
+    def lock_path(self, host_name: str) -> Path:
+        """Held by this manager's processes while they allocate on that host."""
+        return Path(self.settings.storage_root) / "hosts" / f"{host_name}.alloc.lock"
+
+    def _ensure_host(self, host: RemoteHost, hypervisor: Hypervisor) -> None:
+        """The host's VM pool and its guests' routed network (defined, started, autostarted
+        once; checked at each create)."""
+        hypervisor.ensure_storage_pool(VMS_POOL, build_pool_xml(VMS_POOL, host.vms_dir),
+                                       build=True)
+        hypervisor.ensure_network(host.network_name,
+                                  build_network_xml(host.network_name, host.bridge,
+                                                    host.guest_cidr, "route"),
+                                  bridge_present=lambda: True, remove_stale_bridge=_nothing)
+
+    def _provision(self, plan: CreatePlan, host: RemoteHost, hypervisor: Hypervisor,
+                   cleanup: Cleanup) -> VmRecord:
+        spec, template = plan.spec, plan.template
+        shipped = set(hypervisor.list_volumes(POOL_NAME))
+        boot = {suffix: f"{template.id}.{suffix}" for suffix in ("qcow2", "vmlinuz",
+                                                                 "initrd.img")}
+        if not set(boot.values()) <= shipped:
+            raise ImageStateConflict(f"image {template.id!r} has no kernel of its own to ship "
+                                     f"(a custom image): not available on {host.name} yet")
+        host_key = generate_keypair()
+        with allocation_lock(self.lock_path(host.name), LOCK_TIMEOUT,
+                             busy=f"host {host.name} is busy allocating VMs; retry"):
+            others = [record for record, _info in VmRecords(hypervisor).all()]
+            deleting = sum(1 for other in others if other.phase is VmPhase.DELETING)
+            limit = host.max_vms or self.settings.max_vms
+            if len(others) - deleting >= limit:
+                raise QuotaExceeded(f"VM quota of host {host.name} reached ({limit} VMs)")
+            check_quota(spec, others)
+            address = pick_address(host.network, host.gateway,
+                                   [other.guest_ip for other in others])
+            vm_id, name = self._new_identity(hypervisor)
+            record = VmRecord(
+                id=vm_id, name=name, cpu=spec.cpu, mem_mb=spec.mem_mb, guest_ip=str(address),
+                mac=mac_for(address), allow_ips=spec.allow_ips,
+                outbound_internet=spec.outbound_internet, image_id=template.id,
+                image_path=posixpath.join(host.images_dir, boot["qcow2"]),
+                disk_size_mb=plan.disk_size_mb, created_at=now_iso(),
+                provision_mode=ProvisionMode.BOOT, host_key=host_key.public_openssh,
+                phase=VmPhase.CREATING, role=VmRole.SANDBOX, host=host.name,
+                **plan.caller_fields())
+            cleanup.add("filter", hypervisor.undefine_filter, name)
+            hypervisor.define_filter(self._filter_xml(record, host))
+            cleanup.add("volumes", self._remove_volumes, hypervisor, name)
+            for suffix, data in ((HOST_KEY, host_key.private_openssh.encode()),
+                                 (AUTHORIZED_KEYS,
+                                  (self.manager_key.pair().public_openssh + "\n").encode())):
+                hypervisor.upload_volume(VMS_POOL, f"{name}.{suffix}", len(data),
+                                         lambda data=data: io.BytesIO(data).read,
+                                         timeout=hypervisor.timeout)
+            disk = hypervisor.create_volume(VMS_POOL, build_overlay_volume_xml(
+                f"{name}.qcow2", plan.disk_size_mb, record.image_path))
+            xml = build_domain_xml(template.domain_xml, record,
+                                   self._params(record, host, disk, boot))
+            cleanup.add("domain", self._remove_domain, hypervisor, vm_id)
+            hypervisor.define_domain(xml)
+        return record
+
+    def _params(self, record: VmRecord, host: RemoteHost, disk: str,
+                boot: dict[str, str]) -> DomainParams:
+        images, vms = host.images_dir, host.vms_dir
+        identity = (f"rds.hostname={record.name} rds.ip={record.guest_ip}/"
+                    f"{host.network.prefixlen} rds.gw={host.gateway}")
+        template = self.templates.get(record.image_id)
+        return DomainParams(
+            accelerator=self.domain_type,
+            boot=BootFiles(kernel=posixpath.join(images, boot["vmlinuz"]),
+                           initrd=posixpath.join(images, boot["initrd.img"]),
+                           cmdline=kernel_cmdline(template.kernel_cmdline, self.domain_type,
+                                                  identity)),
+            overlay_path=disk, port=port_name(record.name),
+            console_log=posixpath.join(vms, f"{record.name}.console.log"),
+            identity_socket="",
+            fwcfg_files=tuple((suffix, posixpath.join(vms, f"{record.name}.{suffix}"))
+                              for suffix in (HOST_KEY, AUTHORIZED_KEYS)),
+            network=host.network_name,
+            filter_params=(("IP", record.guest_ip), ("GATEWAY", str(host.gateway))))
+
+    def _filter_xml(self, record: VmRecord, host: RemoteHost) -> str:
+        return build_remote_filter_xml(record.name, record.id, host.guest_cidr,
+                                       record.allow_ips, record.outbound_internet,
+                                       self.settings.egress_never_list)
+
+    @staticmethod
+    def _remove_volumes(hypervisor: Hypervisor, name: str) -> None:
+        hypervisor.refresh_storage_pool(VMS_POOL)  # the console log virtlogd made
+        for suffix in VOLUME_SUFFIXES:
+            hypervisor.delete_volume(VMS_POOL, f"{name}.{suffix}")
+
+    @staticmethod
+    def _remove_domain(hypervisor: Hypervisor, vm_id: str) -> None:
+        with contextlib.suppress(VmNotFound):
+            hypervisor.destroy_domain(vm_id)
+        with contextlib.suppress(VmNotFound):
+            hypervisor.undefine_domain(vm_id)
+
+    @staticmethod
+    def _new_identity(hypervisor: Hypervisor) -> tuple[str, str]:
+        for _ in range(10):
+            vm_id = str(uuid.uuid4())
+            name = vm_name(vm_id)
+            if not hypervisor.domain_name_exists(name):
+                return vm_id, name
+        raise HypervisorError("could not find a free VM name")
+
+
+def _callers(record: VmRecord, deleting: bool = False) -> bool:
+    """A caller's VM (not a pool VM or seed), visible to the caller, not being deleted."""
+    return record.role is VmRole.SANDBOX and visible(record.owner_key) and \
+        (deleting or record.phase is not VmPhase.DELETING)
+
+
+def _nothing() -> None:
+    """A remote host's bridge is its libvirt's business."""

@@ -1,0 +1,155 @@
+"""VMs on a remote host (HOSTS, issue 17) over fakes: made through that host's libvirt only
+(volumes, filter, network, domain), found and used there, deleted leaving nothing; an unknown
+host is 400, a host DOWN 503, an image not shipped there 409; a failure half-way leaves nothing;
+the local host's VMs are unaffected."""
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from app import create_app
+from app.errors import HypervisorError
+from app.virt.metadata_xml import parse_metadata
+from tests.unit.fakes import API_KEY, World
+
+H2 = {"name": "h2", "uri": "qemu+tcp://10.210.0.2/system", "guestCidr": "172.16.1.0/24",
+      "maxVms": 2}
+AUTH = {"X-API-Key": API_KEY}
+ON_H2 = {"cpu": 1, "memMb": 256, "placement": {"host": "h2"}}
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch, clock):
+    return World(tmp_path, monkeypatch, clock, HOSTS=json.dumps([H2]),
+                 HOST_PROBE_TIMEOUT_S=0.5)
+
+
+@pytest.fixture
+def client(world):
+    app = create_app({"TESTING": True}, services=world.services)
+    yield app.test_client()
+    world.services.close()
+
+
+@pytest.fixture
+def h2(world):
+    world.services.shipper.ship("h2", "default")
+    return world.fakes.remotes["h2"]
+
+
+def create(client, body=ON_H2):
+    return client.post("/v1/vms", json=body, headers=AUTH)
+
+
+def test_a_vm_is_made_on_the_named_host_through_its_libvirt_only(client, world, h2):
+    answer = create(client, {**ON_H2, "allowIps": ["10.9.0.0/16"], "outboundInternet": True})
+    assert answer.status_code == 201, answer.text
+    vm = answer.get_json()
+    assert vm["host"] == "h2" and vm["state"] == "RUNNING" and vm["provisionMode"] == "boot"
+    assert vm["guestIp"] == "172.16.1.2"  # the host's guestCidr; .1 is its bridge
+    name = vm["name"]
+    # Nothing of it here: no local domain, directory, tap, ipsets or filter.
+    assert world.hypervisor.domains == {} and not world.taps.names()
+    assert not (world.settings.vms_dir / name).exists() and not world.ipsets.vm_names()
+    assert world.hypervisor.filters == set()
+    # There: its volumes, filter, the routed network and the domain, which records the host.
+    assert {("rds-vms", f"{name}.{suffix}") for suffix in
+            ("qcow2", "ssh_host_ed25519_key", "authorized_keys")} <= set(h2.volumes)
+    assert h2.filters == {name}
+    network = ET.fromstring(h2.networks["rds-net-h2"])
+    assert network.find("forward").get("mode") == "route"
+    assert network.find("bridge").get("name") == "rds-br-h2"
+    domain = ET.fromstring(h2.defined[-1])
+    assert parse_metadata(h2.defined[-1]).host == "h2"
+    nic = domain.find("devices/interface")
+    assert nic.get("type") == "network" and nic.find("source").get("network") == "rds-net-h2"
+    assert nic.find("filterref").get("filter") == name
+    params = {p.get("name"): p.get("value") for p in nic.findall("filterref/parameter")}
+    assert params == {"IP": "172.16.1.2", "GATEWAY": "172.16.1.1"}
+    assert domain.find("devices/disk/source").get("file") == f"/pools/rds-vms/{name}.qcow2"
+    assert domain.findtext("os/kernel") == "/var/lib/libvirt/images/rds-images/default.vmlinuz"
+    assert "rds.ip=172.16.1.2/24 rds.gw=172.16.1.1" in domain.findtext("os/cmdline")
+    entries = {e.get("name"): e.get("file") for e in domain.findall("sysinfo/entry")}
+    assert entries["opt/org.rundatsheesh/ssh_host_ed25519_key"] == \
+        f"/var/lib/libvirt/images/rds-vms/{name}.ssh_host_ed25519_key"
+    assert all(source.get("path") is None  # libvirt picks the channel's path there
+               for source in domain.findall("devices/channel/source"))
+    overlay = ET.fromstring(h2.volumes[("rds-vms", f"{name}.qcow2")])
+    assert overlay.findtext("backingStore/path") == \
+        "/var/lib/libvirt/images/rds-images/default.qcow2"
+    # The guest is reached at its address on that host's subnet.
+    assert "172.16.1.2" in world.fakes.guests.by_host
+
+
+def test_a_remote_vm_is_found_used_and_deleted_leaving_nothing_there(client, world, h2):
+    local = create(client, {"cpu": 1, "memMb": 256}).get_json()
+    vm = create(client).get_json()
+    assert client.get(f"/v1/vms/{vm['id']}", headers=AUTH).get_json()["host"] == "h2"
+    listed = client.get("/v1/vms", headers=AUTH).get_json()
+    assert [(v["id"], v["host"]) for v in listed] == [(local["id"], "local"), (vm["id"], "h2")]
+    answer = client.post(f"/v1/vms/{vm['id']}/exec", json={"cmd": "id -u"}, headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    changed = client.put(f"/v1/vms/{vm['id']}/network", headers=AUTH,
+                         json={"allowIps": ["10.210.0.1/32"], "outboundInternet": True})
+    assert changed.status_code == 200 and changed.get_json()["allowIps"] == ["10.210.0.1/32"]
+    assert client.post(f"/v1/vms/{vm['id']}/stop", headers=AUTH).status_code == 400
+    assert client.delete(f"/v1/vms/{vm['id']}", headers=AUTH).status_code == 204
+    assert h2.domains == {} and h2.filters == set()
+    assert [name for pool, name in h2.volumes if pool == "rds-vms"] == []
+    assert client.get(f"/v1/vms/{vm['id']}", headers=AUTH).status_code == 404
+    assert client.get(f"/v1/vms/{local['id']}", headers=AUTH).get_json()["host"] == "local"
+
+
+def test_placement_errors_are_clear_and_make_nothing(client, world, h2):
+    answer = create(client, {**ON_H2, "placement": {"host": "h9"}})
+    assert answer.status_code == 400 and "'h9' is not a host" in answer.get_json()["message"]
+    assert create(client, {**ON_H2, "placement": {"host": "No!"}}).status_code == 400
+    assert create(client, {**ON_H2, "placement": {}}).status_code == 400
+    h2.down = HypervisorError("libvirt: unable to connect: Connection refused")
+    answer = create(client)
+    assert answer.status_code == 503 and "host h2 is DOWN" in answer.get_json()["message"]
+    h2.down = None
+    h2.volumes.pop(("rds-images", "default.manifest.json"))
+    answer = create(client)
+    assert answer.status_code == 409, answer.text
+    assert "PUT /v1/hosts/h2/images/default" in answer.get_json()["message"]
+    assert h2.domains == {} and h2.filters == set()
+    # Without placement (or with 'local') the local host as always.
+    assert create(client, {**ON_H2, "placement": {"host": "local"}}).get_json()["host"] == \
+        "local"
+
+
+def test_a_failure_half_way_leaves_nothing_on_either_host(client, world, h2):
+    h2.fail["start"] = HypervisorError("libvirt: cannot start")
+    answer = create(client)
+    assert answer.status_code == 503
+    assert h2.domains == {} and h2.filters == set()
+    assert [name for pool, name in h2.volumes if pool == "rds-vms"] == []
+    assert world.hypervisor.domains == {} and world.hypervisor.filters == set()
+    assert not world.settings.vms_dir.exists() or not list(world.settings.vms_dir.iterdir())
+
+
+def test_the_host_quota_is_its_max_vms(client, h2):
+    for _ in range(2):
+        assert create(client).status_code == 201
+    answer = create(client)
+    assert answer.status_code == 429 and "host h2" in answer.get_json()["message"]
+
+
+def test_a_vm_of_a_host_that_does_not_answer_is_503_and_local_vms_work(client, world, h2):
+    local = create(client, {"cpu": 1, "memMb": 256}).get_json()
+    vm = create(client).get_json()
+    h2.down = HypervisorError("libvirt: unable to connect: Connection refused")
+    for method, path in (("get", ""), ("post", "/exec"), ("delete", "")):
+        answer = getattr(client, method)(f"/v1/vms/{vm['id']}{path}", headers=AUTH,
+                                         **({"json": {"cmd": "true"}} if path else {}))
+        assert answer.status_code == 503, answer.text
+        assert "h2: libvirt: unable to connect" in answer.get_json()["message"]
+    listed = client.get("/v1/vms", headers=AUTH).get_json()
+    assert [v["id"] for v in listed] == [local["id"]]  # its VMs are left out
+    assert client.post(f"/v1/vms/{local['id']}/exec", json={"cmd": "true"},
+                       headers=AUTH).status_code == 200
+    h2.down = None
+    assert client.get(f"/v1/vms/{vm['id']}", headers=AUTH).status_code == 200
