@@ -71,6 +71,25 @@ def inventory() -> dict[str, set[str]]:
     }
 
 
+def remote_inventory(uri: str) -> dict[str, set[str]]:
+    """What the service made on a remote host (issue 17), read with ``virsh -c uri``: its
+    domains, nwfilters and the VMs' volumes (the ``rds-vms`` pool; shipped images in
+    ``rds-images`` and the guest network are the host's cache, not leaks)."""
+    def virsh(*args: str) -> list[str]:
+        return _lines("virsh", "-c", uri, "-q", *args)
+    pools = set(virsh("pool-list", "--all", "--name"))
+    if "rds-vms" in pools:
+        virsh("pool-refresh", "rds-vms")  # files made there since (a console log)
+    return {
+        "domains": {name for name in virsh("list", "--all", "--name")
+                    if name.startswith(NAME_PREFIX)},
+        "nwfilters": {line.split()[1] for line in virsh("nwfilter-list")
+                      if len(line.split()) > 1 and line.split()[1].startswith(NAME_PREFIX)},
+        "vm volumes": {line.split()[0] for line in virsh("vol-list", "rds-vms")}
+        if "rds-vms" in pools else set(),
+    }
+
+
 def new_since(before: dict[str, set[str]], after: dict[str, set[str]]) -> dict[str, set[str]]:
     """What ``after`` holds that ``before`` did not, by kind (kinds with nothing new left out)."""
     return {kind: items - before.get(kind, set()) for kind, items in after.items()

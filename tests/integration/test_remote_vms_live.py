@@ -1,0 +1,203 @@
+"""VMs on the two-host rig's second libvirtd (tests/integration/two_host_rig.py) through the API
+with HOSTS naming it (issue 17): made there through its libvirt only, used (exec, run-ts, files)
+through the route to its guest subnet, its filter holding there, deleted leaving nothing on the
+rig; calls on its VMs answer 503 fast while its libvirtd is down, the local host's VMs are
+unaffected, and the VM is found again once it is back."""
+from __future__ import annotations
+
+import contextlib
+import io
+import ipaddress
+import json
+import socket
+import subprocess
+import tarfile
+import threading
+import time
+
+import pytest
+
+import leak_inventory
+from app import create_app
+from tests.integration.conftest import API_KEY, Api, connects, free_port
+from tests.integration.two_host_rig import SecondHost
+
+PROBE_S = 3.0
+ON_RIG = {"cpu": 1, "memMb": 256, "provisionMode": "boot", "placement": {"host": "h2"}}
+
+
+@pytest.fixture(scope="module")
+def rig():
+    with SecondHost() as host:
+        yield host
+
+
+@pytest.fixture(scope="module")
+def remote_api(rig):
+    application = create_app({"TESTING": True, "API_KEY": API_KEY,
+                              "HOST_PROBE_TIMEOUT_S": PROBE_S,
+                              "HOSTS": json.dumps([{"name": "h2", "uri": rig.uri,
+                                                    "guestCidr": rig.guest_cidr}])})
+    client = Api(application)
+    shipped = client.request("PUT", "/v1/hosts/h2/images/default")
+    assert shipped.status_code == 200, shipped.json
+    yield client
+    client.cleanup()
+    application.extensions["rds"].close()
+
+
+@pytest.fixture(scope="module")
+def rig_vm(rig, remote_api):
+    before = leak_inventory.remote_inventory(rig.uri)
+    assert before == {"domains": set(), "nwfilters": set(), "vm volumes": set()}, before
+    vm = remote_api.create_vm(ON_RIG)
+    yield vm
+    remote_api.delete_vm(vm["id"])
+
+
+def rig_virsh(rig: SecondHost, *args: str) -> str:
+    return subprocess.run(["virsh", "-c", rig.uri, *args], capture_output=True, text=True,
+                          timeout=60, check=True).stdout
+
+
+def exec_on(api: Api, vm_id: str, cmd: str):
+    return api.request("POST", f"/v1/vms/{vm_id}/exec", json={"cmd": cmd})
+
+
+@contextlib.contextmanager
+def listener(address: str, in_namespace: list[str] | None = None):
+    """A TCP listener on ``address`` (here, or inside the rig's namespace); yields its port."""
+    if in_namespace is None:
+        server = socket.create_server((address, 0))
+        stop = threading.Event()
+
+        def accept() -> None:
+            server.settimeout(0.2)
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    server.accept()[0].close()
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        try:
+            yield server.getsockname()[1]
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            server.close()
+        return
+    port = free_port()
+    process = subprocess.Popen([*in_namespace, "python3", "-m", "http.server", "--bind",
+                                address, str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run([*in_namespace, "ss", "-Hltn", f"sport = :{port}"],
+                             capture_output=True, text=True, timeout=10).stdout.strip() == "":
+            assert time.monotonic() < deadline, "the rig's listener did not start"
+            time.sleep(0.1)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_a_vm_made_on_the_rig_runs_there_and_not_here(rig, remote_api, rig_vm):
+    assert rig_vm["host"] == "h2" and rig_vm["state"] == "RUNNING"
+    assert ipaddress.ip_address(rig_vm["guestIp"]) in ipaddress.ip_network(rig.guest_cidr)
+    listed = rig_virsh(rig, "list", "--title")
+    assert rig_vm["name"] in listed and "run-dat-sheesh default 1 vCPU 256 MiB" in listed
+    here = subprocess.run(["virsh", "list", "--all", "--name"], capture_output=True, text=True,
+                          timeout=60, check=True).stdout.split()
+    assert rig_vm["name"] not in here
+    assert leak_inventory.remote_inventory(rig.uri) == {
+        "domains": {rig_vm["name"]}, "nwfilters": {rig_vm["name"]},
+        "vm volumes": {f"{rig_vm['name']}.{suffix}" for suffix in
+                       ("qcow2", "ssh_host_ed25519_key", "authorized_keys", "console.log")}}
+    assert "rds-net-h2" in rig_virsh(rig, "net-list", "--name").split()
+    got = remote_api.request("GET", f"/v1/vms/{rig_vm['id']}")
+    assert got.status_code == 200 and got.json["host"] == "h2"
+    listed = remote_api.request("GET", "/v1/vms").json
+    assert rig_vm["id"] in [vm["id"] for vm in listed]
+
+
+def test_exec_run_ts_and_files_on_the_rig_vm(remote_api, rig_vm):
+    done = exec_on(remote_api, rig_vm["id"], "id -u; pwd")
+    assert done.status_code == 200, done.json
+    assert done.json["stdout"].split() == ["1000", "/workspace"], done.json
+    ran = remote_api.request("POST", f"/v1/vms/{rig_vm['id']}/run-ts",
+                             json={"code": "console.log(6 * 7)"})
+    assert ran.status_code == 200 and ran.json["stdout"] == "42\n", ran.json
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        data = b"across hosts\n"
+        info = tarfile.TarInfo("remote/a.txt")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    sent = remote_api.request("POST", f"/v1/vms/{rig_vm['id']}/files/upload?dest=/workspace",
+                              data=buffer.getvalue(), content_type="application/gzip")
+    assert sent.status_code == 204, sent.json
+    got = remote_api.request("GET", f"/v1/vms/{rig_vm['id']}/files/download?path=remote/a.txt")
+    assert got.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(got.data), mode="r:gz") as archive:
+        assert archive.extractfile("a.txt").read() == b"across hosts\n"
+
+
+def test_the_filter_holds_on_the_rig(rig, remote_api, rig_vm):
+    """Without outboundInternet the guest reaches nothing: not this host's end of the veth
+    (routed by the rig), not the rig's bridge; allowing this host's veth address opens it
+    alone, the bridge stays closed."""
+    vm_id = rig_vm["id"]
+    with listener(rig.host_address) as here, \
+            listener(str(next(ipaddress.ip_network(rig.guest_cidr).hosts())),
+                     rig.in_namespace()) as bridge:
+        gateway = str(next(ipaddress.ip_network(rig.guest_cidr).hosts()))
+        assert not connects(remote_api, rig_vm, rig.host_address, here)
+        assert not connects(remote_api, rig_vm, gateway, bridge)
+        changed = remote_api.request("PUT", f"/v1/vms/{vm_id}/network", json={
+            "allowIps": [f"{rig.host_address}/32"], "outboundInternet": True})
+        assert changed.status_code == 200, changed.json
+        try:
+            assert connects(remote_api, rig_vm, rig.host_address, here)
+            assert not connects(remote_api, rig_vm, gateway, bridge)
+        finally:
+            remote_api.request("PUT", f"/v1/vms/{vm_id}/network",
+                               json={"allowIps": [], "outboundInternet": False})
+        assert not connects(remote_api, rig_vm, rig.host_address, here)
+
+
+def test_calls_on_a_vm_of_a_stopped_libvirtd_are_503_fast_and_local_vms_work(
+        rig, remote_api, rig_vm):
+    local = remote_api.create_vm({"cpu": 1, "memMb": 256})
+    assert local["host"] == "local"
+    rig.stop_libvirtd()
+    try:
+        for method, path, body in (("GET", "", None), ("POST", "/exec", {"cmd": "true"})):
+            started = time.monotonic()
+            answer = remote_api.request(method, f"/v1/vms/{rig_vm['id']}{path}", json=body)
+            took = time.monotonic() - started
+            assert answer.status_code == 503, answer.json
+            assert "h2" in answer.json["message"], answer.json
+            assert took < PROBE_S + 2, took
+        listed = remote_api.request("GET", "/v1/vms")
+        assert listed.status_code == 200
+        assert [vm["id"] for vm in listed.json] == [local["id"]]
+        assert exec_on(remote_api, local["id"], "id -u").json["stdout"] == "1000\n"
+        nothing = remote_api.request("POST", "/v1/vms", json=ON_RIG)
+        assert nothing.status_code == 503 and "DOWN" in nothing.json["message"]
+    finally:
+        rig.start_libvirtd()
+    deadline = time.monotonic() + 30
+    while remote_api.request("GET", f"/v1/vms/{rig_vm['id']}").status_code != 200:
+        assert time.monotonic() < deadline, "the VM was not found again"
+        time.sleep(0.5)
+    assert exec_on(remote_api, rig_vm["id"], "id -u").json["stdout"] == "1000\n"
+    remote_api.delete_vm(local["id"])
+
+
+def test_delete_leaves_nothing_on_the_rig(rig, remote_api):
+    before = leak_inventory.remote_inventory(rig.uri)
+    vm = remote_api.create_vm(ON_RIG)
+    assert leak_inventory.new_since(before, leak_inventory.remote_inventory(rig.uri))
+    assert remote_api.request("DELETE", f"/v1/vms/{vm['id']}").status_code == 204
+    assert leak_inventory.remote_inventory(rig.uri) == before
+    assert remote_api.request("GET", f"/v1/vms/{vm['id']}").status_code == 404
