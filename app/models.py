@@ -20,6 +20,7 @@ class VmState(str, enum.Enum):
     STOPPING = "STOPPING"
     STOPPED = "STOPPED"
     ERROR = "ERROR"
+    UNKNOWN = "UNKNOWN"  # on a remote host that does not answer (its last known record)
 
 
 class VmPhase(str, enum.Enum):

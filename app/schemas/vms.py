@@ -158,7 +158,7 @@ class KeepaliveSchema(Schema):
                                "again)", load_default=None)
 
 
-STATES = ["STARTING", "RUNNING", "STOPPING", "STOPPED", "ERROR"]
+STATES = ["STARTING", "RUNNING", "STOPPING", "STOPPED", "ERROR", "UNKNOWN"]
 LABEL_FILTER = fields.String(metadata={"description": "KEY=VALUE, or KEY for any value",
                                        "pattern": "^[^=]"})  # a key: app.services.listing
 

@@ -132,6 +132,9 @@ class Provisioner:
             if spec.snapshot_id:
                 raise InvalidRequest(f"a VM from a disk snapshot is made on the local host "
                                      f"only (not on {host} yet)")
+            if spec.idle_stop_s:
+                raise InvalidRequest(f"idleStopSeconds: a VM of a remote host ({host}) cannot "
+                                     f"be stopped yet")
         if not 1 <= spec.cpu <= limits.max_cpu:
             raise InvalidRequest(f"cpu must be between 1 and {limits.max_cpu}")
         if not 128 <= spec.mem_mb <= limits.max_mem_mb:

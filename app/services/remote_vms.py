@@ -27,6 +27,8 @@ makes atomic).
 A remote VM is found by asking the hosts (:meth:`HostRegistry.probe`, answered within
 ``HOST_PROBE_TIMEOUT_S`` or the host is DOWN): a VM that is on no host that answered, while a
 host is DOWN, may be on that one, so the call is refused with 503 naming the host, not 404.
+What each host held when it last answered is kept (per process): ``GET /v1/vms`` shows those
+VMs of a DOWN host as ``UNKNOWN``, and a call on one names its host.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import dataclasses
 import io
 import logging
 import posixpath
+import threading
 import time
 import typing as t
 import uuid
@@ -43,13 +46,15 @@ from pathlib import Path
 from app.clock import now_iso
 from app.config import Settings
 from app.config.hosts import LOCAL_HOST, RemoteHost
-from app.errors import (HypervisorError, ImageStateConflict, InvalidRequest, QuotaExceeded,
-                        VmNotFound, VmStateConflict)
+from app.errors import (AppError, HypervisorError, ImageStateConflict, InvalidRequest,
+                        QuotaExceeded, VmNotFound, VmStateConflict)
 from app.guestssh import GuestSSH
-from app.models import (ProvisionMode, Vm, VmPhase, VmRecord, VmRole, VmState, vm_name)
+from app.models import (DomainInfo, ProvisionMode, Vm, VmPhase, VmRecord, VmRole, VmState,
+                        vm_name)
 from app.services.addresses import allocation_lock, mac_for, pick_address
 from app.services.guests import GuestClients, ManagerKey
 from app.services.image_shipping import build_of
+from app.services.lifetimes import is_expired
 from app.services.ownership import check_quota, visible
 from app.services.records import VmRecords, to_vm
 from app.services.teardown import Cleanup
@@ -63,7 +68,7 @@ from app.virt.nwfilter_xml import build_remote_filter_xml
 from app.virt.pool_xml import POOL_NAME, build_overlay_volume_xml, build_pool_xml
 
 if t.TYPE_CHECKING:
-    from app.services.host_registry import HostRegistry
+    from app.services.host_registry import HostRegistry, Probe
     from app.services.provisioner import CreatePlan
     from app.virt.connection import Hypervisor
 
@@ -94,6 +99,8 @@ class RemoteVms:
         self.guests = guests
         self.manager_key = manager_key
         self.domain_type = domain_type
+        self._known: dict[str, tuple[tuple[VmRecord, t.Any], ...]] = {}  # host -> last seen
+        self._lock = threading.Lock()
 
     def host(self, name: str) -> RemoteHost:
         """:raises InvalidRequest: not a ``HOSTS`` name."""
@@ -105,12 +112,29 @@ class RemoteVms:
 
     # Queries ###############################################################################
 
+    def _probe(self) -> dict[str, Probe]:
+        """Every remote host's answer (within HOST_PROBE_TIMEOUT_S); what each host that
+        answered holds is kept as its last known VMs."""
+        probes = self.registry.probe()
+        with self._lock:
+            for name, probe in probes.items():
+                if probe.up:
+                    self._known[name] = probe.records
+        return probes
+
     def sandboxes(self) -> list[Vm]:
-        """The callers' VMs on every remote host that answers (a DOWN host's are left out)."""
+        """The callers' VMs on every remote host that answers, and the last known ones of a
+        host that does not (``UNKNOWN``; known to this process only: those it saw there)."""
         vms = []
-        for probe in self.registry.probe().values():
-            vms += [to_vm(record, info.state) for record, info in probe.records
-                    if _callers(record)]
+        for name, probe in self._probe().items():
+            if probe.up:
+                vms += [to_vm(record, info.state) for record, info in probe.records
+                        if _callers(record)]
+                continue
+            with self._lock:
+                known = self._known.get(name, ())
+            vms += [dataclasses.replace(to_vm(record, info.state), state=VmState.UNKNOWN)
+                    for record, info in known if _callers(record)]
         return vms
 
     def find(self, vm_id: str, deleting: bool = False) -> Found:
@@ -121,13 +145,19 @@ class RemoteVms:
         :raises HypervisorError: on no host that answered, and a host is DOWN (it may be
             there): 503 naming it.
         """
-        probes = self.registry.probe()
+        probes = self._probe()
         for name, probe in probes.items():
             for record, info in probe.records:
                 if record.id == vm_id and _callers(record, deleting):
                     return Found(self.registry.host(name), self.registry.hypervisor(name),
                                  record, info.state)
         down = {name: probe.reason for name, probe in probes.items() if not probe.up}
+        for name, reason in down.items():
+            with self._lock:
+                known = self._known.get(name, ())
+            if any(record.id == vm_id and _callers(record, deleting) for record, _ in known):
+                raise HypervisorError(f"VM {vm_id} is on host {name}, which does not answer: "
+                                      f"{reason}")
         if down:
             hosts = "; ".join(f"{name}: {reason}" for name, reason in down.items())
             raise HypervisorError(f"VM {vm_id} is not on any host that answers, and "
@@ -181,6 +211,7 @@ class RemoteVms:
             record = VmRecords(hypervisor).set_phase(record, VmPhase.READY,
                                                      started_at=now_iso())
             cleanup.keep()
+        self._remember(host.name, record)
         log.info("vm ready vm=%s name=%s host=%s mode=boot seconds=%.2f", record.id,
                  record.name, host.name, time.monotonic() - started)
         return to_vm(record, "running")
@@ -206,7 +237,30 @@ class RemoteVms:
         :raises HypervisorError: its host does not answer (or failed half-way).
         """
         found = self.find(vm_id, deleting=True)
-        hypervisor, record = found.hypervisor, found.record
+        self._remove(found.host, found.hypervisor, found.record)
+
+    def reap(self) -> list[tuple[str, VmRecord]]:
+        """The reaper's round on the remote hosts that answer: delete the callers' VMs whose
+        ``expiresAt`` passed, finish the deletes that did not; returns (what, record) done."""
+        done = []
+        for name, probe in self._probe().items():
+            for record, _info in probe.records:
+                if record.role is not VmRole.SANDBOX or not (
+                        record.phase is VmPhase.DELETING or is_expired(record)):
+                    continue
+                what = "finished the delete of" if record.phase is VmPhase.DELETING \
+                    else "expired"
+                try:
+                    self._remove(self.registry.host(name), self.registry.hypervisor(name),
+                                 record)
+                except AppError as exc:
+                    log.warning("reaper: vm=%s host=%s: %s", record.id, name, exc.message)
+                    continue
+                done.append((what, record))
+        return done
+
+    def _remove(self, host: RemoteHost, hypervisor: Hypervisor, record: VmRecord) -> None:
+        vm_id = record.id
         self.guests.forget(vm_id)
         with contextlib.suppress(VmNotFound):
             hypervisor.destroy_domain(vm_id)
@@ -216,7 +270,17 @@ class RemoteVms:
         hypervisor.undefine_filter(record.name)
         with contextlib.suppress(VmNotFound):
             hypervisor.undefine_domain(vm_id)
-        log.info("vm deleted vm=%s name=%s host=%s", vm_id, record.name, found.host.name)
+        self._remember(host.name, record, gone=True)
+        log.info("vm deleted vm=%s name=%s host=%s", vm_id, record.name, host.name)
+
+    def _remember(self, host_name: str, record: VmRecord, gone: bool = False) -> None:
+        """Add a VM made there to what is known of the host (or drop one deleted)."""
+        with self._lock:
+            known = [(other, info) for other, info in self._known.get(host_name, ())
+                     if other.id != record.id]
+            if not gone:
+                known.append((record, DomainInfo(record.id, record.name, "running", "")))
+            self._known[host_name] = tuple(known)
 
     # Parts #################################################################################
 

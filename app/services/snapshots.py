@@ -28,6 +28,7 @@ from pathlib import Path
 from app import actor
 from app.clock import now_iso
 from app.config import Settings
+from app.config.hosts import LOCAL_HOST
 from app.errors import (AppError, GuestUnreachable, HypervisorError, SnapshotInUse,
                         SnapshotNotFound, VmNotFound, VmStateConflict)
 from app.models import Snapshot, VmRecord, VmState
@@ -143,7 +144,11 @@ class SnapshotService:
     # Copying ##############################################################################
 
     def _source(self, vm_id: str) -> tuple[VmRecord, VmState]:
-        state = self.vms.get(vm_id).state
+        vm = self.vms.get(vm_id)
+        if vm.host != LOCAL_HOST:
+            raise VmStateConflict(f"VM {vm_id} is on host {vm.host}: snapshots of a VM of a "
+                                 f"remote host are not supported yet")
+        state = vm.state
         if state not in (VmState.RUNNING, VmState.STOPPED):
             raise VmStateConflict(f"VM {vm_id} is {state.value}; only a RUNNING or STOPPED VM "
                                   f"can be snapshotted")

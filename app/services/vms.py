@@ -22,8 +22,7 @@ import typing as t
 from app import metrics
 from app.config import Settings
 from app.config.hosts import LOCAL_HOST
-from app.errors import (AppError, InvalidRequest, KeyQuotaExceeded, QuotaExceeded, VmNotFound,
-                        VmStateConflict)
+from app.errors import AppError, KeyQuotaExceeded, QuotaExceeded, VmNotFound, VmStateConflict
 from app.guestssh import GuestSSH
 from app.models import DomainInfo, ProvisionMode, Vm, VmRecord, VmSpec, VmState
 from app.services.capacity import DiskBudget
@@ -169,8 +168,8 @@ class VmService:
     def _local_only(self, vm_id: str, what: str, here: t.Callable[[], T]) -> T:
         def refuse(remote: RemoteVms) -> T:
             found = remote.find(vm_id)
-            raise InvalidRequest(f"VM {vm_id} is on host {found.host.name}: {what} a VM of a "
-                                 f"remote host is not supported yet")
+            raise VmStateConflict(f"VM {vm_id} is on host {found.host.name}: {what} a VM "
+                                  f"of a remote host is not supported yet")
         return self._here_or_remote(vm_id, here, refuse)
 
     def records(self) -> list[tuple[VmRecord, DomainInfo]]:
@@ -310,8 +309,17 @@ class VmService:
                                 lambda: self.parts.lifecycle.keepalive(vm_id, ttl_s))
 
     def reap(self) -> list[str]:
-        """Enforce lifetimes once (the maintaining process calls it every few seconds)."""
-        return self.parts.reaper.run_once()
+        """Enforce lifetimes once (the maintaining process calls it every few seconds), on
+        the remote hosts too (their VMs' expiry and unfinished deletes)."""
+        done = self.parts.reaper.run_once()
+        if self.parts.remote is not None:
+            for what, record in self.parts.remote.reap():
+                if what == "expired":
+                    metrics.VMS_DELETED.labels("expired").inc()
+                    self._emit("vm.expired", record.id, {"name": record.name,
+                                                         "expiresAt": record.expires_at})
+                done.append(f"{what} {record.id}")
+        return done
 
     # Housekeeping ##########################################################################
 

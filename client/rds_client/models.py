@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import typing as t
 
-VM_STATES = ("CREATED", "STARTING", "RUNNING", "STOPPING", "STOPPED", "ERROR")
+VM_STATES = ("CREATED", "STARTING", "RUNNING", "STOPPING", "STOPPED", "ERROR", "UNKNOWN")
 
 
 def parse_time(value: t.Any) -> dt.datetime | None:

@@ -4,6 +4,7 @@ host is 400, a host DOWN 503, an image not shipped there 409; a failure half-way
 the local host's VMs are unaffected."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import xml.etree.ElementTree as ET
 
@@ -12,6 +13,7 @@ import pytest
 from app import create_app
 from app.errors import HypervisorError
 from app.virt.metadata_xml import parse_metadata
+from app.virt.nwfilter_xml import build_remote_filter_xml
 from tests.unit.fakes import API_KEY, World
 
 H2 = {"name": "h2", "uri": "qemu+tcp://10.210.0.2/system", "guestCidr": "172.16.1.0/24",
@@ -94,7 +96,10 @@ def test_a_remote_vm_is_found_used_and_deleted_leaving_nothing_there(client, wor
     changed = client.put(f"/v1/vms/{vm['id']}/network", headers=AUTH,
                          json={"allowIps": ["10.210.0.1/32"], "outboundInternet": True})
     assert changed.status_code == 200 and changed.get_json()["allowIps"] == ["10.210.0.1/32"]
-    assert client.post(f"/v1/vms/{vm['id']}/stop", headers=AUTH).status_code == 400
+    for path in ("stop", "start", "snapshots"):
+        refused = client.post(f"/v1/vms/{vm['id']}/{path}", headers=AUTH)
+        assert refused.status_code == 409, refused.text
+        assert "host h2" in refused.get_json()["message"]
     assert client.delete(f"/v1/vms/{vm['id']}", headers=AUTH).status_code == 204
     assert h2.domains == {} and h2.filters == set()
     assert [name for pool, name in h2.volumes if pool == "rds-vms"] == []
@@ -146,10 +151,69 @@ def test_a_vm_of_a_host_that_does_not_answer_is_503_and_local_vms_work(client, w
         answer = getattr(client, method)(f"/v1/vms/{vm['id']}{path}", headers=AUTH,
                                          **({"json": {"cmd": "true"}} if path else {}))
         assert answer.status_code == 503, answer.text
-        assert "h2: libvirt: unable to connect" in answer.get_json()["message"]
+        assert answer.get_json()["message"] == (
+            f"VM {vm['id']} is on host h2, which does not answer: libvirt: unable to "
+            f"connect: Connection refused")
     listed = client.get("/v1/vms", headers=AUTH).get_json()
-    assert [v["id"] for v in listed] == [local["id"]]  # its VMs are left out
+    assert [(v["id"], v["state"]) for v in listed] == [(local["id"], "RUNNING"),
+                                                        (vm["id"], "UNKNOWN")]
+    unknown = client.get("/v1/vms?state=UNKNOWN", headers=AUTH).get_json()
+    assert [v["id"] for v in unknown] == [vm["id"]]
+    # A VM this process never saw there, while the host does not answer: it may be there.
+    other = "0badc0de-0000-4000-8000-000000000000"
+    answer = client.get(f"/v1/vms/{other}", headers=AUTH)
+    assert answer.status_code == 503 and "(it may be there)" in answer.get_json()["message"]
     assert client.post(f"/v1/vms/{local['id']}/exec", json={"cmd": "true"},
                        headers=AUTH).status_code == 200
     h2.down = None
     assert client.get(f"/v1/vms/{vm['id']}", headers=AUTH).status_code == 200
+
+
+def test_the_reaper_deletes_expired_remote_vms_and_finishes_their_deletes(client, world, h2):
+    vm = create(client, {**ON_H2, "ttlSeconds": 60}).get_json()
+    kept = create(client).get_json()
+    assert world.vms.reap() == []
+    made = parse_metadata(h2.domains[vm["id"]].xml)
+    h2.add(dataclasses.replace(made, expires_at="2000-01-01T00:00:00.000Z"))  # time passed
+    assert world.vms.reap() == [f"expired {vm['id']}"]
+    assert [info.uuid for info in h2.domains.values()] == [kept["id"]]
+    h2.fail["undefine filter"] = HypervisorError("libvirt: a failure half-way")
+    assert client.delete(f"/v1/vms/{kept['id']}", headers=AUTH).status_code == 503
+    assert client.get(f"/v1/vms/{kept['id']}", headers=AUTH).status_code == 404  # going
+    del h2.fail["undefine filter"]
+    assert world.vms.reap() == [f"finished the delete of {kept['id']}"]
+    assert h2.domains == {} and h2.filters == set()
+
+
+def test_what_a_remote_host_cannot_do_yet_is_refused_up_front(client, h2):
+    answer = create(client, {**ON_H2, "idleStopSeconds": 60})
+    assert answer.status_code == 400 and "idleStopSeconds" in answer.get_json()["message"]
+    assert h2.domains == {}
+
+
+def rules(xml):
+    return [(rule.get("action"), rule.get("direction"), int(rule.get("priority")),
+             rule[0].tag, dict(rule[0].attrib)) for rule in ET.fromstring(xml).findall("rule")]
+
+
+def test_the_remote_filter_holds_the_policy_in_its_rules():
+    closed = rules(build_remote_filter_xml("rds-1", "u", "172.16.1.0/24", ("10.0.0.0/8",),
+                                           False, ("192.0.2.0/24", "2001:db8::/32")))
+    accepted_out = [r for r in closed if r[0] == "accept" and r[1] == "out"
+                    and r[3] == "all"]
+    assert accepted_out == []  # no outboundInternet: allowIps opens nothing
+    assert ("drop", "out", 120, "all", {"dstipaddr": "169.254.0.0", "dstipmask": "16"}) in closed
+    assert ("drop", "out", 120, "all", {"dstipaddr": "192.0.2.0", "dstipmask": "24"}) in closed
+    assert ("drop", "out", 200, "all", {"dstipaddr": "172.16.1.0", "dstipmask": "24"}) in closed
+    assert closed[-1] == ("drop", "inout", 1000, "all", {})
+    opened = rules(build_remote_filter_xml("rds-1", "u", "172.16.1.0/24",
+                                           ("10.0.0.0/8", "172.16.1.1/32", "::1/128"), True))
+    assert ("accept", "out", 400, "all", {"dstipaddr": "10.0.0.0", "dstipmask": "8",
+                                          "state": "NEW,ESTABLISHED,RELATED"}) in opened
+    assert ("accept", "out", 190, "all", {"dstipaddr": "$GATEWAY",
+                                          "state": "NEW,ESTABLISHED,RELATED"}) in opened
+    assert ("accept", "out", 150, "udp", {"dstipaddr": "$GATEWAY", "dstportstart": "53",
+                                          "state": "NEW,ESTABLISHED,RELATED"}) in opened
+    # SSH in from outside the guest subnet only (the manager's, routed).
+    assert ("drop", "in", 90, "tcp", {"dstportstart": "22", "srcipaddr": "172.16.1.0",
+                                      "srcipmask": "24"}) in opened
