@@ -34,6 +34,7 @@ import typing as t
 LOCAL_HOST = "local"
 DEFAULT_IMAGES_DIR = "/var/lib/libvirt/images/rds-images"
 REACH_MODES = ("route",)
+PLACEMENTS = ("local", "spread", "pack")  # PLACEMENT: app.services.placement
 NAME = re.compile(r"[a-z][a-z0-9-]{0,31}\Z")
 URI = re.compile(r"[a-z][a-z0-9+]*://[^\s]*\Z")
 KEYS = {"name", "uri", "guestCidr", "reach", "maxVms", "imagesDir"}

@@ -5,7 +5,7 @@ import ipaddress
 import os
 import typing as t
 
-from app.config.hosts import HostsError, parse_hosts
+from app.config.hosts import PLACEMENTS, HostsError, parse_hosts
 from app.config.settings import (ENV_NAMES, FIELD_FOR_KEY, MIN_SECRET_LENGTH, ConfigError,
                                  Settings, parse_shapes)
 
@@ -103,6 +103,8 @@ def _validate_hosts(settings: Settings) -> None:
     """HOSTS (the libvirt hosts besides the local one) and how long they are waited for."""
     if not 0 < settings.host_probe_timeout_s <= 60:
         raise ConfigError("HOST_PROBE_TIMEOUT_S must be positive and at most 60")
+    if settings.placement not in PLACEMENTS:
+        raise ConfigError(f"PLACEMENT must be one of {', '.join(PLACEMENTS)}")
     try:
         parse_hosts(settings.hosts, settings.libvirt_uri, settings.network_cidr)
     except HostsError as exc:

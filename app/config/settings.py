@@ -119,8 +119,12 @@ class Settings:
     # HOSTS: a JSON list of the libvirt hosts besides LIBVIRT_URI's ("local"); empty: none.
     # HOST_PROBE_TIMEOUT_S: how long GET /v1/hosts and /metrics wait for a remote host's
     # libvirt before listing it DOWN.
+    # PLACEMENT: where a create without placement.host goes: "local" (the local host, as
+    # without HOSTS), "spread" (the host with room that is least full) or "pack" (the first
+    # host with room: local, then HOSTS in order).
     hosts: str = ""
     host_probe_timeout_s: float = 3.0
+    placement: str = "local"
 
     # Derived paths ------------------------------------------------------------------------
     @property
@@ -310,6 +314,7 @@ ENV_NAMES: dict[str, str] = {
     # Several hosts
     "HOSTS": "hosts",
     "HOST_PROBE_TIMEOUT_S": "host_probe_timeout_s",
+    "PLACEMENT": "placement",
 }
 FIELD_FOR_KEY = {field.name: field for field in dataclasses.fields(Settings)}
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from app.clock import now_iso
 from app.config import Settings
 from app.config.hosts import LOCAL_HOST
-from app.errors import GuestUnreachable, HypervisorError, InvalidRequest, QuotaExceeded
+from app.errors import (AppError, GuestUnreachable, HypervisorError, InvalidRequest,
+                        QuotaExceeded)
 from app.models import (ProvisionMode, Template, Vm, VmPhase, VmRecord, VmRole, VmSpec,
                         vm_name)
 from app.services.addresses import allocation_lock, mac_for, pick_address
@@ -31,6 +32,7 @@ from app.services.capacity import DiskBudget
 from app.services.guests import GuestClients
 from app.services.lifetimes import expires_at, lifetime_s
 from app.services.ownership import check_quota
+from app.services.placement import Room, room
 from app.services.policy import EgressPolicy
 from app.services.ports import VmPorts
 from app.services.records import VmRecords, to_vm
@@ -142,6 +144,10 @@ class Provisioner:
         self.policy.check(spec.allow_ips)
         template = self.templates.get(spec.image_id)
         build = self.templates.current_build(template)
+        if not spec.host and self.remote is not None and limits.placement != "local" and \
+                not spec.snapshot_id and not spec.idle_stop_s:
+            host = self.remote.place(limits.placement, spec, template.id,
+                                     self._local_room(spec))
         disk_size_mb = spec.disk_size_mb or default_disk_size_mb(template, build)
         self.budget.check_disk_size(disk_size_mb)
         if disk_size_mb < build.disk_size_mb:
@@ -293,6 +299,16 @@ class Provisioner:
             if not done:
                 raise HypervisorError(f"{what} did not finish in time")
         future.result()
+
+    def _local_room(self, spec: VmSpec) -> Room:
+        """The local host's room for ``spec`` (PLACEMENT; its image is built here)."""
+        try:
+            node = self.hypervisor.node_info()
+            records = [parse_metadata(domain.xml) for domain in self.hypervisor.list_domains()]
+        except AppError as exc:
+            return room(LOCAL_HOST, spec, None, (), self.settings.max_vms, True, exc.message)
+        return room(LOCAL_HOST, spec, node, [record for record in records if record],
+                    self.settings.max_vms, True)
 
     def _snapshot_store(self) -> SnapshotStore:
         if self.snapshots is None:

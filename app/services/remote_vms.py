@@ -49,13 +49,14 @@ from app.config.hosts import LOCAL_HOST, RemoteHost
 from app.errors import (AppError, HypervisorError, ImageStateConflict, InvalidRequest,
                         QuotaExceeded, VmNotFound, VmStateConflict)
 from app.guestssh import GuestSSH
-from app.models import (DomainInfo, ProvisionMode, Vm, VmPhase, VmRecord, VmRole, VmState,
-                        vm_name)
+from app.models import (DomainInfo, ProvisionMode, Vm, VmPhase, VmRecord, VmRole, VmSpec,
+                        VmState, vm_name)
 from app.services.addresses import allocation_lock, mac_for, pick_address
 from app.services.guests import GuestClients, ManagerKey
 from app.services.image_shipping import build_of
 from app.services.lifetimes import is_expired
 from app.services.ownership import check_quota, visible
+from app.services.placement import Room, choose, room
 from app.services.records import VmRecords, to_vm
 from app.services.teardown import Cleanup
 from app.services.templates import TemplateCatalog
@@ -176,6 +177,24 @@ class RemoteVms:
         if state is not VmState.RUNNING:
             raise VmStateConflict(f"VM {vm_id} is {state.value}; it must be RUNNING")
         return self.guests.client(found.record)
+
+    def place(self, policy: str, spec: VmSpec, image_id: str, local: Room) -> str:
+        """The host ``policy`` (``PLACEMENT``) picks for ``spec``: ``local`` (its room as the
+        caller found it) or one of the remote hosts (app.services.placement).
+
+        :raises QuotaExceeded: no host has room.
+        """
+        probes = self.registry.probe(with_images=True)
+        build = build_of(self.settings, self.templates, image_id)
+        rooms = [local]
+        for host in self.registry.hosts:
+            probe = probes[host.name]
+            rooms.append(room(host.name, spec, probe.node,
+                              [record for record, _info in probe.records],
+                              host.max_vms or self.settings.max_vms,
+                              build is not None and (probe.images or {}).get(image_id) == build,
+                              probe.reason))
+        return choose(policy, spec, rooms)
 
     # Changes ###############################################################################
 

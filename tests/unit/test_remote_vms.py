@@ -217,3 +217,74 @@ def test_the_remote_filter_holds_the_policy_in_its_rules():
     # SSH in from outside the guest subnet only (the manager's, routed).
     assert ("drop", "in", 90, "tcp", {"dstportstart": "22", "srcipaddr": "172.16.1.0",
                                       "srcipmask": "24"}) in opened
+
+
+def placed(tmp_path, monkeypatch, clock, policy, **extra):
+    world = World(tmp_path, monkeypatch, clock, HOSTS=json.dumps([H2]), HOST_PROBE_TIMEOUT_S=0.5,
+                  PLACEMENT=policy, **extra)
+    world.services.shipper.ship("h2", "default")
+    return world, create_app({"TESTING": True}, services=world.services).test_client()
+
+
+def hosts_of(client, count):
+    made = []
+    for _ in range(count):
+        answer = create(client, {"cpu": 1, "memMb": 256, "provisionMode": "boot"})
+        assert answer.status_code == 201, answer.text
+        made.append(answer.get_json()["host"])
+    return made
+
+
+def test_pack_fills_the_local_host_first_then_the_next(tmp_path, monkeypatch, clock):
+    world, client = placed(tmp_path, monkeypatch, clock, "pack")
+    try:
+        assert hosts_of(client, 5) == ["local"] * 3 + ["h2"] * 2  # MAX_VMS 3, h2's maxVms 2
+        answer = create(client, {"cpu": 1, "memMb": 256})
+        assert answer.status_code == 429, answer.text
+        assert answer.get_json()["message"] == (
+            "no host has room for a VM of 1 vCPU 256 MiB (local: at its maxVms (3); h2: at its "
+            "maxVms (2))")
+    finally:
+        world.services.close()
+
+
+def test_spread_takes_the_least_full_host(tmp_path, monkeypatch, clock):
+    world, client = placed(tmp_path, monkeypatch, clock, "spread")
+    try:
+        assert hosts_of(client, 4) == ["local", "h2", "local", "h2"]
+        # A host DOWN, or without the image, has no room: the others are chosen.
+        world.fakes.remotes["h2"].volumes.pop(("rds-images", "default.manifest.json"))
+        assert hosts_of(client, 1) == ["local"]
+        answer = create(client, {"cpu": 1, "memMb": 256})
+        assert answer.status_code == 429
+        assert "h2: the image is not ready there" in answer.get_json()["message"]
+    finally:
+        world.services.close()
+
+
+def test_spread_skips_a_host_that_is_down_or_too_small(tmp_path, monkeypatch, clock):
+    world, client = placed(tmp_path, monkeypatch, clock, "spread")
+    try:
+        world.fakes.remotes["h2"].down = HypervisorError("libvirt: Connection refused")
+        assert hosts_of(client, 2) == ["local", "local"]
+        world.fakes.remotes["h2"].down = None
+        assert hosts_of(client, 1) == ["h2"]
+        answer = create(client, {"cpu": 1, "memMb": 30000})
+        assert answer.status_code in (400, 429), answer.text  # over MAX_MEM_MB, or no room
+        # A named host, a disk snapshot or an idle stop is not placed by the policy.
+        assert create(client, {**ON_H2, "placement": {"host": "local"}}).get_json()["host"] \
+            == "local"
+    finally:
+        world.services.close()
+
+
+def test_the_default_placement_is_the_local_host(client, h2):
+    assert hosts_of(client, 2) == ["local", "local"]
+
+
+def test_placement_must_be_a_known_policy(tmp_path):
+    from app.config import ConfigError
+    from tests.unit.fakes import unit_settings
+    assert unit_settings(tmp_path, PLACEMENT="spread").placement == "spread"
+    with pytest.raises(ConfigError, match="PLACEMENT must be one of local, spread, pack"):
+        unit_settings(tmp_path, PLACEMENT="random")
