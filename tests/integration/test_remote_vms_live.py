@@ -182,7 +182,7 @@ def test_calls_on_a_vm_of_a_stopped_libvirtd_are_503_fast_and_local_vms_work(
         listed = remote_api.request("GET", "/v1/vms")
         assert listed.status_code == 200
         assert [(vm["id"], vm["state"], vm["host"]) for vm in listed.json] == [
-            (local["id"], "RUNNING", "local"), (rig_vm["id"], "UNKNOWN", "h2")]
+            (rig_vm["id"], "UNKNOWN", "h2"), (local["id"], "RUNNING", "local")]  # by age
         assert exec_on(remote_api, local["id"], "id -u").json["stdout"] == "1000\n"
         nothing = remote_api.request("POST", "/v1/vms", json=ON_RIG)
         assert nothing.status_code == 503 and "DOWN" in nothing.json["message"]
@@ -194,6 +194,28 @@ def test_calls_on_a_vm_of_a_stopped_libvirtd_are_503_fast_and_local_vms_work(
         time.sleep(0.5)
     assert exec_on(remote_api, rig_vm["id"], "id -u").json["stdout"] == "1000\n"
     remote_api.delete_vm(local["id"])
+
+
+def test_calls_on_a_vm_of_a_hung_libvirtd_are_503_within_the_probe_timeout(
+        rig, remote_api, rig_vm):
+    """Its socket accepts, nothing answers: every call on its VM still answers in time."""
+    rig.freeze_libvirtd()
+    try:
+        for _ in range(2):  # no call piles up behind the hung one
+            started = time.monotonic()
+            answer = remote_api.request("GET", f"/v1/vms/{rig_vm['id']}")
+            took = time.monotonic() - started
+            assert answer.status_code == 503, answer.json
+            assert "is on host h2, which does not answer" in answer.json["message"]
+            assert took < PROBE_S + 2, took
+        listed = remote_api.request("GET", "/v1/vms").json
+        assert (rig_vm["id"], "UNKNOWN") in [(vm["id"], vm["state"]) for vm in listed]
+    finally:
+        rig.freeze_libvirtd(frozen=False)
+    deadline = time.monotonic() + 30
+    while remote_api.request("GET", f"/v1/vms/{rig_vm['id']}").status_code != 200:
+        assert time.monotonic() < deadline, "the VM was not found again"
+        time.sleep(0.5)
 
 
 def test_delete_leaves_nothing_on_the_rig(rig, remote_api):
