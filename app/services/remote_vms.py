@@ -146,6 +146,10 @@ class RemoteVms:
         :raises HypervisorError: on no host that answered, and a host is DOWN (it may be
             there): 503 naming it.
         """
+        try:
+            uuid.UUID(vm_id)
+        except ValueError:
+            raise VmNotFound(f"VM {vm_id} not found") from None
         probes = self._probe()
         for name, probe in probes.items():
             for record, info in probe.records:

@@ -163,6 +163,7 @@ def test_a_vm_of_a_host_that_does_not_answer_is_503_and_local_vms_work(client, w
     other = "0badc0de-0000-4000-8000-000000000000"
     answer = client.get(f"/v1/vms/{other}", headers=AUTH)
     assert answer.status_code == 503 and "(it may be there)" in answer.get_json()["message"]
+    assert client.get("/v1/vms/not-a-vm-id", headers=AUTH).status_code == 404
     assert client.post(f"/v1/vms/{local['id']}/exec", json={"cmd": "true"},
                        headers=AUTH).status_code == 200
     h2.down = None
