@@ -14,12 +14,16 @@ import subprocess
 import tarfile
 import threading
 import time
+import typing as t
+import urllib.error
+import urllib.request
 
 import pytest
 
 import leak_inventory
 from app import create_app
-from tests.integration.conftest import API_KEY, Api, connects, free_port
+from tests.integration.conftest import (API_KEY, Api, connects, free_port, live_server,
+                                       no_upkeep_config)
 from tests.integration.two_host_rig import SecondHost
 
 PROBE_S = 3.0
@@ -140,6 +144,30 @@ def test_exec_run_ts_and_files_on_the_rig_vm(remote_api, rig_vm):
     assert got.status_code == 200
     with tarfile.open(fileobj=io.BytesIO(got.data), mode="r:gz") as archive:
         assert archive.extractfile("a.txt").read() == b"across hosts\n"
+
+
+def test_a_second_manager_serves_the_rig_vm_too(rig, rig_vm, tmp_path):
+    """State is in libvirt: another manager process (gunicorn, as `make run`), started after
+    the VM was made elsewhere, finds it on the rig and runs commands in it."""
+    hosts = json.dumps([{"name": "h2", "uri": rig.uri, "guestCidr": rig.guest_cidr}])
+    with (tmp_path / "server.log").open("w") as log, live_server(
+            {"API_KEY": API_KEY, "HOSTS": hosts, "HOST_PROBE_TIMEOUT_S": str(PROBE_S),
+             "WEB_WORKERS": "1"}, "-c", str(no_upkeep_config(tmp_path)),
+            output=log) as (base, _process):
+        def call(method: str, path: str, body: dict | None = None) -> tuple[int, t.Any]:
+            request = urllib.request.Request(
+                base + path, method=method, data=json.dumps(body).encode() if body else None,
+                headers={"X-API-Key": API_KEY, "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                return error.code, json.loads(error.read())
+        status, vm = call("GET", f"/v1/vms/{rig_vm['id']}")
+        assert status == 200 and (vm["host"], vm["state"]) == ("h2", "RUNNING"), vm
+        status, done = call("POST", f"/v1/vms/{rig_vm['id']}/exec", {"cmd": "id -u; hostname"})
+        assert status == 200, done
+        assert done["stdout"].split() == ["1000", rig_vm["name"]], done
 
 
 def test_the_filter_holds_on_the_rig(rig, remote_api, rig_vm):
