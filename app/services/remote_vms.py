@@ -35,11 +35,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import ipaddress
 import logging
 import posixpath
 import threading
 import time
 import typing as t
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -62,6 +64,7 @@ from app.services.teardown import Cleanup
 from app.services.templates import TemplateCatalog
 from app.services.vm_files import AUTHORIZED_KEYS, HOST_KEY
 from app.sshkeys import generate_keypair
+from app.virt.ipsets import host_addresses
 from app.virt.domain_xml import BootFiles, DomainParams, build_domain_xml, kernel_cmdline, \
     port_name
 from app.virt.network_xml import build_network_xml
@@ -93,7 +96,10 @@ class RemoteVms:
     """Thread-safe; one per worker process."""
 
     def __init__(self, settings: Settings, registry: HostRegistry, templates: TemplateCatalog,
-                 guests: GuestClients, manager_key: ManagerKey, domain_type: str) -> None:
+                 guests: GuestClients, manager_key: ManagerKey, domain_type: str,
+                 own_addresses: t.Callable[[], list[str]] = host_addresses) -> None:
+        """:param own_addresses: this manager's IPv4 addresses (``a.b.c.d/32``)."""
+        self.own_addresses = own_addresses
         self.settings = settings
         self.registry = registry
         self.templates = templates
@@ -389,9 +395,16 @@ class RemoteVms:
             filter_params=(("IP", record.guest_ip), ("GATEWAY", str(host.gateway))))
 
     def _filter_xml(self, record: VmRecord, host: RemoteHost) -> str:
+        """The VM's filter there: its policy, and the addresses its guest never reaches
+        through a wide range: this manager's own (read now) and the host's as its URI names
+        it (an IP literal; a DNS name is not resolved here, a lookup has no timeout)."""
+        hosts = {address.split("/")[0] for address in self.own_addresses()}
+        with contextlib.suppress(ValueError):  # a DNS name
+            hosts.add(str(ipaddress.IPv4Address(urllib.parse.urlsplit(host.uri).hostname or "")))
         return build_remote_filter_xml(record.name, record.id, host.guest_cidr,
                                        record.allow_ips, record.outbound_internet,
-                                       self.settings.egress_never_list)
+                                       self.settings.egress_never_list,
+                                       tuple(f"{address}/32" for address in sorted(hosts)))
 
     @staticmethod
     def _remove_volumes(hypervisor: Hypervisor, name: str) -> None:

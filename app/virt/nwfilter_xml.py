@@ -155,7 +155,8 @@ def _manager_ssh(root: ET.Element) -> None:
 
 
 def build_remote_filter_xml(name: str, uuid: str, guest_network: str, allow_ips: tuple[str, ...],
-                            outbound_internet: bool, never: tuple[str, ...] = ()) -> str:
+                            outbound_internet: bool, never: tuple[str, ...] = (),
+                            hosts: tuple[str, ...] = ()) -> str:
     """Filter XML for a VM on a remote host (issue 17), referenced from its NIC with ``IP`` and
     ``GATEWAY`` (that host's bridge address).
 
@@ -164,10 +165,11 @@ def build_remote_filter_xml(name: str, uuid: str, guest_network: str, allow_ips:
     the running VM). The same order as :func:`build_filter_xml`: never link-local and
     ``never``; DNS to the bridge when ``outboundInternet``; the bridge only when ``allowIps``
     names it exactly; other guests never; ``allowIps`` (IPv4: the layer-2 rules pass no other)
-    when ``outboundInternet``; everything else dropped. The manager's SSH comes in routed
-    from outside the guest subnet (its address there is not known to the filter), so port 22
-    is open from any address outside the guest subnet. Not covered yet: that host's own other
-    addresses inside a wide ``allowIps`` range (the local filter's host set).
+    when ``outboundInternet``, where ``hosts`` (the managers' and that host's own addresses
+    that are known) are reachable only when named exactly (a /32), never through a wider range;
+    everything else dropped. The manager's SSH comes in routed from outside the guest subnet
+    (its address there is not known to the filter), so port 22 is open from any address
+    outside the guest subnet.
     """
     network = ipaddress.IPv4Network(guest_network)
     subnet = {"srcipaddr": str(network.network_address), "srcipmask": str(network.prefixlen)}
@@ -199,10 +201,22 @@ def build_remote_filter_xml(name: str, uuid: str, guest_network: str, allow_ips:
                            "allowed "))
     _rule(root, "drop", "out", PRIO_BLOCK_GUESTS, "all", dstipaddr="$GATEWAY")
     _ip_rule(root, "drop", PRIO_BLOCK_GUESTS, str(network))
-    if allowed:
+    pinned = [entry for entry in allowed if entry.prefixlen == 32]
+    if pinned:
+        root.append(ET.Comment(" addresses allowIps names exactly (/32), the hosts' own "
+                               "included "))
+    for entry in pinned:
+        _ip_rule(root, "accept", PRIO_PINNED, str(entry), state=NEW_OR_REPLY)
+    if hosts:
+        root.append(ET.Comment(" the managers' and the host's own addresses: never through a "
+                               "wider range "))
+    for address in hosts:
+        _ip_rule(root, "drop", PRIO_BLOCK_HOST, address)
+    if len(allowed) > len(pinned):
         root.append(ET.Comment(" allowIps (outboundInternet) "))
     for entry in allowed:
-        _ip_rule(root, "accept", PRIO_ALLOW, str(entry), state=NEW_OR_REPLY)
+        if entry.prefixlen < 32:
+            _ip_rule(root, "accept", PRIO_ALLOW, str(entry), state=NEW_OR_REPLY)
     root.append(ET.Comment(" replies to connections the guest was allowed to open "))
     _rule(root, "accept", "in", PRIO_ESTABLISHED, "all", state="ESTABLISHED,RELATED")
     root.append(ET.Comment(" everything else, both ways "))

@@ -172,14 +172,21 @@ def test_a_second_manager_serves_the_rig_vm_too(rig, rig_vm, tmp_path):
 
 def test_the_filter_holds_on_the_rig(rig, remote_api, rig_vm):
     """Without outboundInternet the guest reaches nothing: not this host's end of the veth
-    (routed by the rig), not the rig's bridge; allowing this host's veth address opens it
-    alone, the bridge stays closed."""
+    (routed by the rig), not the rig's bridge; allowing 0.0.0.0/0 still not this (the
+    manager's) host nor the rig host's own address; allowing this host's veth address exactly
+    opens it alone, the bridge stays closed."""
     vm_id = rig_vm["id"]
+    gateway = str(next(ipaddress.ip_network(rig.guest_cidr).hosts()))
     with listener(rig.host_address) as here, \
-            listener(str(next(ipaddress.ip_network(rig.guest_cidr).hosts())),
-                     rig.in_namespace()) as bridge:
-        gateway = str(next(ipaddress.ip_network(rig.guest_cidr).hosts()))
+            listener(gateway, rig.in_namespace()) as bridge, \
+            listener(rig.peer_address, rig.in_namespace()) as rig_own:
         assert not connects(remote_api, rig_vm, rig.host_address, here)
+        assert not connects(remote_api, rig_vm, gateway, bridge)
+        changed = remote_api.request("PUT", f"/v1/vms/{vm_id}/network", json={
+            "allowIps": ["0.0.0.0/0"], "outboundInternet": True})
+        assert changed.status_code == 200, changed.json
+        assert not connects(remote_api, rig_vm, rig.host_address, here)
+        assert not connects(remote_api, rig_vm, rig.peer_address, rig_own)
         assert not connects(remote_api, rig_vm, gateway, bridge)
         changed = remote_api.request("PUT", f"/v1/vms/{vm_id}/network", json={
             "allowIps": [f"{rig.host_address}/32"], "outboundInternet": True})

@@ -45,6 +45,7 @@ class FakeHypervisor:
         self.domains: dict[str, DomainInfo] = {}
         self.defined: list[str] = []
         self.filters: set[str] = set()
+        self.filter_xml: dict[str, str] = {}  # the last XML each filter was defined with
         self.bindings: set[str] = set()
         self.calls: list[str] = []
         self.down: Exception | None = None
@@ -215,6 +216,7 @@ class FakeHypervisor:
     def define_filter(self, xml: str) -> None:
         self._call("define filter")
         self.filters.add(ET.fromstring(xml).get("name"))
+        self.filter_xml[ET.fromstring(xml).get("name")] = xml
 
     def undefine_filter(self, name: str) -> None:
         self._call("undefine filter")

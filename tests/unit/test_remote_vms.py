@@ -289,3 +289,23 @@ def test_placement_must_be_a_known_policy(tmp_path):
     assert unit_settings(tmp_path, PLACEMENT="spread").placement == "spread"
     with pytest.raises(ConfigError, match="PLACEMENT must be one of local, spread, pack"):
         unit_settings(tmp_path, PLACEMENT="random")
+
+
+def test_the_hosts_own_addresses_are_reached_only_when_named_exactly():
+    found = rules(build_remote_filter_xml(
+        "rds-1", "u", "172.16.1.0/24", ("0.0.0.0/0", "10.210.0.1/32"), True,
+        hosts=("10.210.0.1/32", "10.210.0.2/32")))
+    order = [(r[0], r[2], r[4].get("dstipaddr"), r[4].get("dstipmask")) for r in found
+             if r[3] == "all" and r[1] == "out" and r[2] >= 300]
+    assert order == [("accept", 300, "10.210.0.1", "32"),  # named exactly: reachable
+                     ("drop", 350, "10.210.0.1", "32"), ("drop", 350, "10.210.0.2", "32"),
+                     ("accept", 400, "0.0.0.0", "0")]  # the rest of the world
+
+
+def test_a_remote_vms_filter_keeps_the_managers_and_the_hosts_addresses_out(client, world,
+                                                                            h2, monkeypatch):
+    monkeypatch.setattr(world.parts.remote, "own_addresses", lambda: ["10.0.2.15/32"])
+    create(client, {**ON_H2, "allowIps": ["0.0.0.0/0"], "outboundInternet": True})
+    (xml,) = [xml for xml in h2.filter_xml.values()]
+    dropped = {r[4]["dstipaddr"] for r in rules(xml) if r[0] == "drop" and r[2] == 350}
+    assert dropped == {"10.0.2.15", "10.210.0.2"}  # this manager's, the host's (its URI)
