@@ -505,6 +505,9 @@ class FakeGuest:
     def close(self) -> None:
         self.closed = True
 
+    def retire(self) -> None:
+        self.retired = self.closed = True
+
 
 class FakeMissingPath:
     """GuestSSH.open_stream's stream for ``pack`` of a path that does not exist (exit 212)."""
