@@ -149,7 +149,7 @@ class VmService:
         :raises VmNotFound: unknown VM.
         :raises VmStateConflict: unless RUNNING.
         """
-        record, info = self.parts.records.lookup(vm_id)
+        record, info = self.parts.records.lookup(vm_id, cached=True)
         state = to_vm(record, info.state).state
         if state is not VmState.RUNNING:
             raise VmStateConflict(f"VM {vm_id} is {state.value}; it must be RUNNING")

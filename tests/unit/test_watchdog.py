@@ -27,7 +27,7 @@ def test_callbacks_run_at_their_deadlines_in_order_and_disarmed_ones_never():
     watchdog.disarm(cancelled)
     assert done.wait(5)
     assert [name for name, _at in fired] == ["earliest", "later", "last"]
-    for (_name, at), deadline in zip(fired, (0.2, 0.6, 0.9)):
+    for (_name, at), deadline in zip(fired, (0.2, 0.6, 0.9), strict=True):
         assert deadline <= at < deadline + 0.25
 
 
