@@ -63,6 +63,7 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
     document_limits(api, settings)
     document_body_limit(api, app.config["MAX_CONTENT_LENGTH"])
 
+    app.session_interface = auth.CookieSessions()
     telemetry.install(app)  # first: the request id and the clock
     app.before_request(auth.require_credentials)
     limits.install(app, settings.long_call_limit)  # after the credential check

@@ -46,6 +46,15 @@ def required_body(schema: type[ma.Schema]) -> ma.Schema:
 class Blueprint(_Blueprint):
     ARGUMENTS_PARSER = _Parser()
 
+    def arguments(self, schema: type[ma.Schema] | ma.Schema, *args: t.Any,
+                  **kwargs: t.Any) -> t.Callable:
+        """flask-smorest's, with one schema instance per route: given a class, webargs makes
+        a new instance for every request (~0.2 ms of an exec's worker time under load). The
+        instances are shared by the request threads; the schemas keep no state between loads
+        (nothing is set on ``self`` while loading)."""
+        return super().arguments(schema() if isinstance(schema, type) else schema,
+                                 *args, **kwargs)
+
 
 def services() -> t.Any:
     """The service bundle the app factory attached (see app.Services)."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hmac
 
-from flask import request, session
+from flask import Flask, Request, request, session
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask.views import MethodView
 
 from app import actor
@@ -22,6 +23,17 @@ blp = Blueprint("auth", __name__, url_prefix="/auth", description="Admin session
 SESSION_KEY = "sid"
 CSRF_HEADER = "X-Requested-With"
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with nothing to do for a request without the cookie
+    (every API-key call): Flask opens the session of every request, and its own interface
+    builds the cookie's signing serializer (a key derivation) before it looks for one."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
 
 
 def _equal(given: str, expected: str) -> bool:

@@ -105,6 +105,7 @@ class GuestSSH:
         self.timeouts = timeouts
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
+        self._retired = False
 
     # Connection ############################################################################
 
@@ -156,7 +157,7 @@ class GuestSSH:
             try:
                 return self._current_or_new(deadline)
             except GuestUnreachable as exc:
-                if isinstance(exc.__cause__, FINAL_CONNECT_ERRORS):
+                if isinstance(exc.__cause__, FINAL_CONNECT_ERRORS) or self._retired:
                     raise
                 pause = CONNECT_RETRY_PAUSES_S[min(attempt, len(CONNECT_RETRY_PAUSES_S) - 1)]
                 if deadline - time.monotonic() < pause + MIN_CONNECT_ATTEMPT_S:
@@ -172,6 +173,8 @@ class GuestSSH:
         if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise GuestUnreachable(f"guest {self.host}: still connecting at the deadline")
         try:
+            if self._retired:
+                raise GuestUnreachable(f"guest {self.host}: its VM stopped or was deleted")
             transport = self._client.get_transport() if self._client else None
             if transport is None or not transport.is_active():
                 if self._client is not None:
@@ -198,6 +201,12 @@ class GuestSSH:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+
+    def retire(self) -> None:
+        """Close for good (the VM stops or goes): a call still connecting or waiting to
+        connect again fails at once instead of retrying until its deadline."""
+        self._retired = True
+        self.close()
 
     # Commands ############################################################################
 

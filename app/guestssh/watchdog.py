@@ -33,7 +33,11 @@ class Watchdog:
                 threading.Thread(target=self._loop, name="ssh-watchdog", daemon=True).start()
             self._counter += 1
             heapq.heappush(self._timers, (deadline, self._counter, callback))
-            self._lock.notify()
+            if self._timers[0][1] == self._counter:
+                # The earliest now: the thread waits for a later one and must wait less. (A
+                # later deadline needs no wake-up: every call arms one, and under load a
+                # wake-up per call is a thread switch per call.)
+                self._lock.notify()
             return self._counter
 
     def disarm(self, token: int) -> None:

@@ -75,11 +75,12 @@ class GuestClients:
                                    f"{timeout:.0f}s: {exc.message}") from exc
 
     def forget(self, vm_id: str) -> None:
-        """Close and drop the VM's client (it stopped or is going)."""
+        """Close and drop the VM's client (it stopped or is going); a call of this process
+        that is still connecting to it fails at once."""
         with self._lock:
             client = self._clients.pop(vm_id, None)
         if client is not None:
-            client.close()
+            client.retire()
 
     def close(self) -> None:
         with self._lock:

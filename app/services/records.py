@@ -80,8 +80,12 @@ class VmRecords:
         record, info = self.lookup(vm_id)
         return to_vm(record, info.state)
 
-    def lookup(self, vm_id: str) -> tuple[VmRecord, DomainInfo]:
+    def lookup(self, vm_id: str, cached: bool = False) -> tuple[VmRecord, DomainInfo]:
         """A caller's VM by id, with its domain.
+
+        :param cached: may be answered from what libvirt said before, if it has said nothing
+            about the domain since (app.virt.domain_cache): for the calls that only need the
+            VM's address, keys and run state (exec, run-ts, files).
 
         :raises VmNotFound: unknown or malformed id, not a caller's VM (pool, seed), being
             deleted, or another API key's VM (for a ``vms``-only key, app.services.ownership).
@@ -91,7 +95,8 @@ class VmRecords:
         except ValueError:
             raise VmNotFound(f"VM {vm_id} not found") from None
         try:
-            info = self.hypervisor.get_domain(vm_id)
+            info = (self.hypervisor.get_domain_cached(vm_id) if cached
+                    else self.hypervisor.get_domain(vm_id))
         except VmNotFound:
             raise VmNotFound(f"VM {vm_id} not found") from None
         record = parse_metadata(info.xml)

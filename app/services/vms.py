@@ -187,7 +187,7 @@ class VmService:
         :raises VmStateConflict: unless RUNNING.
         """
         try:
-            record, info = self.parts.records.lookup(vm_id)
+            record, info = self.parts.records.lookup(vm_id, cached=True)
         except VmNotFound:
             if self.parts.remote is None:
                 raise

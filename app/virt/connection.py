@@ -21,6 +21,7 @@ import libvirt
 from app import metrics
 from app.errors import FilterNotFound, HypervisorError, VmNotFound
 from app.models import NAME_PREFIX, DomainInfo
+from app.virt.domain_cache import DomainCache, watch
 from app.virt.libvirt_agent import GuestAgentCalls
 from app.virt.libvirt_network import FilterAndNetworkCalls
 from app.virt.libvirt_node import NodeCalls
@@ -48,6 +49,11 @@ STATE_NAMES = {
 # half-made VM to the sweep. Outside that window a dead libvirtd fails calls at once (503).
 RECONNECT_WINDOW_S = 15.0
 RECONNECT_INTERVAL_S = 0.25
+# Calls that change no domain; any other call drops what DomainCache keeps (app.virt.domain_cache).
+READ_ONLY_CALLS = frozenset({
+    "get domain", "list domains", "lookup domain", "domain stats", "node info", "ping",
+    "hypervisor version", "list volumes", "list nwfilters", "list nwfilter bindings",
+    "network state", "guest agent ping", "guest agent status", "download volume"})
 
 _event_loop_pid: int | None = None  # the process whose thread runs libvirt's event loop
 _event_loop_lock = threading.Lock()
@@ -117,6 +123,7 @@ class Hypervisor(NodeCalls, GuestAgentCalls, FilterAndNetworkCalls, StoragePoolC
         self._lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8,
                                                            thread_name_prefix="libvirt")
+        self.domains = DomainCache()
         atexit.register(self.close)
 
     def close(self) -> None:
@@ -131,6 +138,7 @@ class Hypervisor(NodeCalls, GuestAgentCalls, FilterAndNetworkCalls, StoragePoolC
         with self._lock:
             if self._conn is conn:
                 self._conn = None
+                self.domains.stop()
         with contextlib.suppress(libvirt.libvirtError):
             conn.close()
 
@@ -144,6 +152,7 @@ class Hypervisor(NodeCalls, GuestAgentCalls, FilterAndNetworkCalls, StoragePoolC
                     pass
                 log.warning("libvirt connection lost, reconnecting uri=%s", self.uri)
                 self._conn = None
+                self.domains.stop()
                 self._lost_at = time.monotonic()
             _start_event_loop()
             conn = self._open()
@@ -152,6 +161,7 @@ class Hypervisor(NodeCalls, GuestAgentCalls, FilterAndNetworkCalls, StoragePoolC
             except libvirt.libvirtError as exc:  # a driver without RPC (test:///)
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
                     raise
+            watch(conn, self.domains)
             self._conn = conn
             return conn
 
@@ -176,7 +186,12 @@ class Hypervisor(NodeCalls, GuestAgentCalls, FilterAndNetworkCalls, StoragePoolC
 
     def _call(self, what: str, fn: t.Callable[..., t.Any], *args: t.Any,
               timeout: float | None = None) -> t.Any:
+        changes = what not in READ_ONLY_CALLS
+        if changes:  # before and after (app.virt.domain_cache)
+            self.domains.clear()
         future = self._pool.submit(self._run, fn, *args)
+        if changes:
+            future.add_done_callback(lambda _done: self.domains.clear())
         try:
             return future.result(timeout=timeout or self.timeout)
         except concurrent.futures.TimeoutError:
@@ -231,6 +246,20 @@ class Hypervisor(NodeCalls, GuestAgentCalls, FilterAndNetworkCalls, StoragePoolC
     def get_domain(self, uuid: str) -> DomainInfo:
         """:raises VmNotFound: when no domain has this UUID."""
         return self._call("get domain", lambda conn: _info(conn.lookupByUUIDString(uuid)))
+
+    def get_domain_cached(self, uuid: str) -> DomainInfo:
+        """:meth:`get_domain`, answered from what was read before when libvirt has said
+        nothing about the domain since (:class:`~app.virt.domain_cache.DomainCache`).
+
+        :raises VmNotFound: when no domain has this UUID (never kept).
+        """
+        found = self.domains.get(uuid)
+        if found is not None:
+            return found
+        generation = self.domains.generation
+        info = self.get_domain(uuid)
+        self.domains.put(uuid, info, generation)
+        return info
 
     def domain_name_exists(self, name: str) -> bool:
         def exists(conn: t.Any) -> bool:

@@ -312,9 +312,16 @@ def rds_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[tuple[str
 WORKER_FD_SLACK = 4
 
 
-def warmed_up_worker_fds(base: str, api_key: str, process: subprocess.Popen) -> dict[int, int]:
-    """Send every worker a few reads (health, list, stats: libvirt, the store, the metrics
-    files are open after that), then count each worker's open descriptors."""
+def warmed_up_worker_fds(base: str, api_key: str, process: subprocess.Popen,
+                         limit_s: float = 90) -> dict[int, int]:
+    """Send the workers reads (health, list, stats: libvirt, the store, the metrics files are
+    open after that) until every worker has served some and its count of open descriptors
+    stopped changing, then return those counts.
+
+    Which worker accepts a connection is up to the kernel: one round of reads can all land on
+    one worker (or on one that was ready first), and a worker that served nothing would be
+    counted before its lazily opened descriptors (metrics files, libvirt) exist, which made
+    the check after the module fail on a worker that was only warmed up later (seen in CI)."""
     request = urllib.request.Request(base + "/v1/vms", headers={"X-API-Key": api_key})
 
     def read(_n: int) -> None:
@@ -322,11 +329,24 @@ def warmed_up_worker_fds(base: str, api_key: str, process: subprocess.Popen) -> 
             with urllib.request.urlopen(url, timeout=30) as answer:
                 answer.read()
 
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(read, range(32)))
-    time.sleep(6)  # past gunicorn's keep-alive: the warm-up's connections are closed
-    return {pid: len(leak_inventory.countable_fds(pid))
-            for pid in leak_inventory.worker_pids(process.pid)}
+    def served(pid: int) -> bool:
+        # prometheus-client's multiprocess files are named after the worker's pid and are
+        # opened by the first request the worker counts.
+        return any(target.endswith(f"_{pid}.db") for target in leak_inventory.open_fds(pid))
+
+    deadline = time.monotonic() + limit_s
+    counts: dict[int, int] = {}
+    while True:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(read, range(32)))
+        time.sleep(6)  # past gunicorn's keep-alive: the warm-up's connections are closed
+        pids = leak_inventory.worker_pids(process.pid)
+        previous, counts = counts, {pid: len(leak_inventory.countable_fds(pid)) for pid in pids}
+        if pids and all(served(pid) for pid in pids) and counts == previous:
+            return counts
+        if time.monotonic() > deadline:
+            raise AssertionError(f"workers not warmed up in {limit_s} s: {counts} "
+                                 f"(before: {previous})")
 
 
 def assert_worker_fds_back_to(baseline: dict[int, int], process: subprocess.Popen,

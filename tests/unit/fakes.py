@@ -117,6 +117,11 @@ class FakeHypervisor:
         self._call("get_domain", read=True)
         return self._domain(uuid)
 
+    def get_domain_cached(self, uuid: str) -> DomainInfo:
+        """No cache here: the fakes change synchronously (the real one is tested in
+        test_domain_cache.py)."""
+        return self.get_domain(uuid)
+
     def domain_stats(self, uuid: str) -> dict[str, t.Any]:
         self._call("domain_stats", read=True)
         if self._domain(uuid).state != "running":
@@ -520,6 +525,9 @@ class FakeGuest:
 
     def close(self) -> None:
         self.closed = True
+
+    def retire(self) -> None:
+        self.retired = self.closed = True
 
 
 class FakeMissingPath:

@@ -190,3 +190,14 @@ def test_errors_keyed_by_index_and_by_name_are_a_400(client, auth):
     body = response.get_json()
     assert "allowIps" in body["message"]
     assert set(body["errors"]["json"]["allowIps"]) == {"1", "_schema"}
+
+
+def test_deleting_a_vm_retires_its_ssh_client(client, auth, fakes):
+    """A call of the worker still connecting to the VM then fails at once
+    (GuestSSH.retire), rather than retrying until its deadline."""
+    vm = create(client, auth).get_json()
+    assert client.post(f"/v1/vms/{vm['id']}/exec", json={"cmd": "true"},
+                       headers=auth).status_code == 200
+    guest = fakes.guests.by_host[vm["guestIp"]]
+    assert client.delete(f"/v1/vms/{vm['id']}?wait=true", headers=auth).status_code == 204
+    assert getattr(guest, "retired", False)

@@ -382,3 +382,37 @@ def test_command_line_sshd_would_drop_is_refused_before_any_channel(command, wor
 
 def test_command_line_at_the_limit_is_allowed():
     check_command_line("x" * MAX_COMMAND_BYTES)
+
+
+def test_a_retired_client_stops_retrying_at_once(host_key, client_key):
+    """A call still connecting when its VM is stopped or deleted (GuestClients.forget) fails
+    at once, not after retrying until its deadline."""
+    server = SshServer(host_key, client_key, refuse_first=1000)
+    client = GuestSSH("127.0.0.1", host_key.public_openssh,
+                      load_private_key(client_key.private_openssh), TIMEOUTS, port=server.port)
+    failed: list[tuple[float, BaseException]] = []
+
+    def call() -> None:
+        try:
+            client.run("id -u", timeout=30)
+        except GuestUnreachable as exc:
+            failed.append((time.monotonic(), exc))
+
+    caller = threading.Thread(target=call)
+    try:
+        caller.start()
+        time.sleep(1.0)  # several refused attempts
+        assert caller.is_alive() and server.refused >= 2
+        retired_at = time.monotonic()
+        client.retire()
+        caller.join(10)
+        assert not caller.is_alive()
+        ended, error = failed[0]
+        assert ended - retired_at < 2.0  # at most the attempt or pause under way
+        refused = server.refused
+        with pytest.raises(GuestUnreachable, match="stopped or was deleted"):
+            client.run("id -u", timeout=30)
+        assert server.refused == refused  # no new connection
+    finally:
+        client.close()
+        server.close()
