@@ -20,7 +20,7 @@ import paramiko
 
 from app.errors import CommandTimeout, GuestUnreachable, InvalidRequest
 from app.guestssh.channels import (OutputStream, RunningCommand, StdinWriter, close_quietly,
-                                   collect, send_stdin, within)
+                                   collect, exec_without_stdin, send_stdin, within)
 from app.guestssh.watchdog import WATCHDOG
 from app.models import CommandResult
 
@@ -119,6 +119,9 @@ class GuestSSH:
         try:
             sock = socket.create_connection((self.host, self.port),
                                             timeout=within(self.timeouts.connect, deadline))
+            # Requests are small and each one is waited for: no Nagle delay behind the last
+            # one's ACK (the guest's delayed ACK), as OpenSSH's own client does.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
             raise GuestUnreachable(
                 f"cannot connect to guest {self.host}:{self.port}: {exc}") from exc
@@ -267,11 +270,16 @@ class GuestSSH:
         token = WATCHDOG.arm(deadline, lambda: close_quietly(channel))
         try:
             channel.settimeout(within(self.timeouts.channel, deadline))
-            channel.exec_command(command)
+            if isinstance(stdin, (bytes, bytearray)) and not stdin:
+                exec_without_stdin(channel, command)
+                stdin = None  # sent: its end went with the request
+            else:
+                channel.exec_command(command)
             stage["name"] = "stdin"
             channel.settimeout(max(0.01, deadline - time.monotonic()))
             try:
-                send_stdin(channel, stdin)
+                if stdin is not None:
+                    send_stdin(channel, stdin)
             except CHANNEL_ERRORS:
                 # The command may exit without reading all of its input; that is its answer
                 # (after the deadline: what it wrote until then, timed out).

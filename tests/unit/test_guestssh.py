@@ -384,6 +384,25 @@ def test_command_line_at_the_limit_is_allowed():
     check_command_line("x" * MAX_COMMAND_BYTES)
 
 
+def test_a_command_without_input_sees_the_end_of_its_stdin_at_once(guest):
+    """With no stdin the EOF goes right behind the exec request (exec_without_stdin): a
+    command that reads its input (cat) ends at once, with nothing read."""
+    started = time.monotonic()
+    result = guest.run("cat", timeout=5)
+    assert (result.exit_code, result.stdout, result.timed_out) == (0, b"", False)
+    assert time.monotonic() - started < 2
+    assert guest.run("demo", timeout=5).exit_code == 3  # the channel's answers still read
+
+
+def test_a_refused_exec_request_is_an_error_not_a_hang(guest, monkeypatch):
+    """The guest answers the exec request with a failure: the call fails (as paramiko's own
+    exec_command does), it does not wait for output that never comes."""
+    monkeypatch.setattr(NullServer, "check_channel_exec_request",
+                        lambda self, channel, command: False, raising=False)
+    with pytest.raises(GuestUnreachable):
+        guest.run("id -u", timeout=5)
+
+
 def test_a_retired_client_stops_retrying_at_once(host_key, client_key):
     """A call still connecting when its VM is stopped or deleted (GuestClients.forget) fails
     at once, not after retrying until its deadline."""

@@ -6,11 +6,10 @@ import subprocess
 from app.services.prelude import SSHD_VARIABLES, WORKSPACE, refusal, sandbox_command_line
 from app.models import CommandResult
 
-# What OpenSSH's session.c sets (with a pty, a forced command, agent forwarding and
-# ExposeAuthInfo all on), besides the login basics.
+# What OpenSSH's session.c sets in the manager's sessions (no pty, no forced command, no agent
+# forwarding, no ExposeAuthInfo: guest/rootfs/etc/ssh/sshd_config), besides the login basics.
 SSHD_ENV = {"SSH_CLIENT": "172.16.0.1 40000 22", "SSH_CONNECTION": "172.16.0.1 40000 1 22",
-            "SSH_TTY": "/dev/pts/0", "SSH_ORIGINAL_COMMAND": "x", "SSH_AUTH_SOCK": "/tmp/a",
-            "SSH_USER_AUTH": "/tmp/b", "MAIL": "/var/mail/user"}
+            "MAIL": "/var/mail/user"}
 
 
 def run_line(line: str, cwd: str) -> subprocess.CompletedProcess:
