@@ -56,6 +56,21 @@ class Blueprint(_Blueprint):
                                  *args, **kwargs)
 
 
+def allow_ips(body: t.Mapping[str, t.Any]) -> tuple[str, ...]:
+    """A body's ``allowIps`` (normalised by NetworkPolicySchema: host bits cleared, duplicates
+    dropped), once the entries as given are within ``MAX_ALLOW_IPS``: the document's
+    ``maxItems`` counts them all, duplicates too (schemathesis sent 70 copies of one address).
+
+    :raise 400: more entries than ``MAX_ALLOW_IPS``.
+    """
+    limit = services().settings.max_allow_ips
+    given = body.get("allowIpsGiven", len(body["allowIps"]))
+    if given > limit:
+        raise InvalidRequest(f"allowIps has {given} entries; at most {limit} are allowed "
+                             f"(MAX_ALLOW_IPS)")
+    return tuple(body["allowIps"])
+
+
 def services() -> t.Any:
     """The service bundle the app factory attached (see app.Services)."""
     return current_app.extensions["rds"]

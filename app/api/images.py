@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Response, current_app, request, stream_with_context
 from flask.views import MethodView
 
-from app.api import Blueprint, document_errors, services
+from app.api import Blueprint, allow_ips, document_errors, services
 from app.api.files import ARCHIVE_BODY, ARCHIVE_TYPES, DRAIN_SLACK, close_or_drain, upload_body
 from app.api.ndjson import STREAM_HEADERS
 from app.api.openapi import binary_body
@@ -50,7 +50,7 @@ class Images(MethodView):
         """
         return services().images.create(ImageRequest(
             name=body["name"], description=body["description"], base=body["from_"],
-            setup=body["setup"], allow_ips=tuple(body["allowIps"]),
+            setup=body["setup"], allow_ips=allow_ips(body),
             outbound_internet=body["outboundInternet"], timeout_s=body["timeoutSeconds"],
             cpu=body["cpu"], mem_mb=body["memMb"], disk_size_mb=body["diskSizeMb"],
             files=body["files"], disk=body["disk"]))

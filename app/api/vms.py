@@ -6,7 +6,7 @@ import urllib.parse
 from flask import request
 from flask.views import MethodView
 
-from app.api import Blueprint, document_errors, required_body, services
+from app.api import Blueprint, allow_ips, document_errors, required_body, services
 from app.models import ProvisionMode, VmSpec, VmState
 from app.schemas.vms import (DeletedVmsSchema, KeepaliveSchema, NetworkPolicySchema,
                              VmCreateSchema, VmDeleteOneQuerySchema, VmDeleteQuerySchema,
@@ -46,7 +46,7 @@ class Vms(MethodView):
              "its current build is not shipped to the placement host"})
     def post(self, body):
         """Create a VM and boot it; answers once commands can run in it"""
-        spec = VmSpec(cpu=body["cpu"], mem_mb=body["memMb"], allow_ips=tuple(body["allowIps"]),
+        spec = VmSpec(cpu=body["cpu"], mem_mb=body["memMb"], allow_ips=allow_ips(body),
                       outbound_internet=body["outboundInternet"], image_id=body["imageId"],
                       disk_size_mb=body["diskSizeMb"], snapshot_id=body["snapshotId"],
                       provision_mode=ProvisionMode(body["provisionMode"]),
@@ -135,5 +135,5 @@ class VmNetwork(MethodView):
     @document_errors(blp, 400, 404, 409, 429)
     def put(self, body, vm_id):
         """Change a VM's egress policy, live (extension)"""
-        return services().vms.update_network(vm_id, tuple(body["allowIps"]),
+        return services().vms.update_network(vm_id, allow_ips(body),
                                              body["outboundInternet"])

@@ -91,9 +91,12 @@ class NetworkPolicySchema(Schema):
     @post_load
     def _normalise(self, data: dict, **_kwargs) -> dict:
         # Host bits are cleared (10.0.0.5/8 -> 10.0.0.0/8) and duplicates dropped, in order.
+        # How many were given stays: MAX_ALLOW_IPS (the document's maxItems) counts them
+        # (app.api.allow_ips).
         seen: dict[str, None] = {}
         for entry in data["allowIps"]:
             seen[parse_ip_or_cidr(entry)] = None
+        data["allowIpsGiven"] = len(data["allowIps"])
         data["allowIps"] = list(seen)
         return data
 

@@ -92,6 +92,32 @@ def test_allow_ips_the_pattern_allows_are_taken(client, auth, world, entry):
     assert response.status_code == 200, (entry, response.text)
 
 
+@pytest.mark.parametrize("path", ["network", "create", "image"])
+def test_allow_ips_counts_every_entry_given_duplicates_too(client, auth, world, path):
+    """The document's maxItems (MAX_ALLOW_IPS, 64) counts the entries as sent: 70 copies of one
+    address were taken (deduplicated to one, under the limit) by PUT .../network
+    (schemathesis, session 9); 64 copies still are."""
+    def send(count: int):
+        entries = ["2001:db8::1"] * count
+        if path == "network":
+            vm = world.add_vm(1)
+            return client.put(f"/v1/vms/{vm.id}/network", headers=auth,
+                              json={"allowIps": entries})
+        if path == "create":
+            return client.post("/v1/vms", headers=auth,
+                               json={"cpu": 1, "memMb": 256, "allowIps": entries})
+        return client.post("/v1/images", headers=auth,
+                           json={"name": "dup-ips", "setup": "true", "allowIps": entries})
+
+    refused = send(65)
+    assert refused.status_code == 400, refused.text
+    assert "allowIps has 65 entries; at most 64" in refused.get_json()["message"]
+    taken = send(64)
+    assert taken.status_code in (200, 201, 202), taken.text
+    if path != "image":
+        assert taken.get_json()["allowIps"] == ["2001:db8::1/128"]
+
+
 def test_the_document_carries_the_allow_ips_pattern(document):
     for name in ("NetworkPolicy", "VmCreate", "ImageCreate"):
         allow_ips = schema_of(document, name)["properties"]["allowIps"]
