@@ -292,7 +292,8 @@ RDS_API_KEY = "rds-client-test-key"
 
 
 @pytest.fixture(scope="module")
-def rds_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[tuple[str, str]]:
+def rds_server(tmp_path_factory: pytest.TempPathFactory,
+               services: t.Any) -> t.Iterator[tuple[str, str]]:
     """A live gunicorn, as ``make run`` starts it, for the SDK and ``rds`` CLI tests; yields
     its base URL and API key. Its output goes to a file (a pipe nobody reads would fill up
     and stall it); the path is printed for a failing run. One per test module: it becomes the
@@ -304,6 +305,10 @@ def rds_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[tuple[str
                                                output=log) as (base, process):
         baseline = warmed_up_worker_fds(base, RDS_API_KEY, process)
         yield base, RDS_API_KEY
+        # A DELETE answers once the VM is off and the server finishes it in the background:
+        # not a server this fixture is about to stop (a VM left `deleting` with no maintainer
+        # after it to finish it, seen when the SDK module ran last).
+        wait_for_deletes(services)
         assert_worker_fds_back_to(baseline, process)
 
 
