@@ -64,10 +64,10 @@ def allow_ips(body: t.Mapping[str, t.Any]) -> tuple[str, ...]:
     :raise 400: more entries than ``MAX_ALLOW_IPS``.
     """
     limit = services().settings.max_allow_ips
-    given = body.get("allowIpsGiven", len(body["allowIps"]))
-    if given > limit:
-        raise InvalidRequest(f"allowIps has {given} entries; at most {limit} are allowed "
-                             f"(MAX_ALLOW_IPS)")
+    given = body.get("allowIpsGiven", body["allowIps"])
+    if len(given) > limit:
+        raise InvalidRequest(f"allowIps has {len(given)} entries; at most {limit} are allowed "
+                             f"(MAX_ALLOW_IPS; the first one over is {given[limit]!r})")
     return tuple(body["allowIps"])
 
 

@@ -96,7 +96,7 @@ class NetworkPolicySchema(Schema):
         seen: dict[str, None] = {}
         for entry in data["allowIps"]:
             seen[parse_ip_or_cidr(entry)] = None
-        data["allowIpsGiven"] = len(data["allowIps"])
+        data["allowIpsGiven"] = list(data["allowIps"])
         data["allowIps"] = list(seen)
         return data
 
