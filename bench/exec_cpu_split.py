@@ -68,10 +68,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
     services = live_server_services(KEY)
-    with loadgen.serve(loadgen.server_env(KEY, 8), loadgen.server_log("exec-split-")) as (
-            base, server):
-        http = loadgen.client(base, KEY)
-        vms = loadgen.create_vms(http, 4)
+    with loadgen.vms_on_a_live_server(KEY, 4, "exec-split-") as (base, server, vms):
         raws = [raw_client(services, vm) for vm in vms]
         apis = [loadgen.client(base, KEY) for _ in range(args.concurrency)]
         try:
@@ -102,8 +99,6 @@ def main() -> None:
         finally:
             for client in (*raws, *apis):
                 client.close()
-            print(loadgen.delete_vms(http, [vm["id"] for vm in vms]) or "VMs deleted")
-            http.close()
     services.close()
 
 

@@ -71,10 +71,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
     services = live_server_services(KEY)
-    with loadgen.serve(loadgen.server_env(KEY, 8), loadgen.server_log("guest-line-")) as (
-            base, _server):
-        http = loadgen.client(base, KEY)
-        vms = loadgen.create_vms(http, 4)
+    with loadgen.vms_on_a_live_server(KEY, 4, "guest-line-") as (_base, _server, vms):
         clients = [raw_client(services, vm, transport_factory=GuestTransport) for vm in vms]
         try:
             calls = {name: (lambda index, make=make, eof=eof:
@@ -100,8 +97,6 @@ def main() -> None:
         finally:
             for client in clients:
                 client.close()
-            print(loadgen.delete_vms(http, [vm["id"] for vm in vms]) or "VMs deleted")
-            http.close()
     services.close()
 
 

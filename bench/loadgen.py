@@ -190,6 +190,27 @@ def create_vms(http: httpx.Client, count: int, body: dict | None = None) -> list
     return made
 
 
+@contextlib.contextmanager
+def vms_on_a_live_server(key: str, count: int, log_prefix: str, max_vms: int = 8
+                         ) -> t.Iterator[tuple[str, subprocess.Popen, list[dict]]]:
+    """A live server (:func:`serve`) and ``count`` VMs made through it; yields the base URL,
+    the master process and the VMs, and deletes them afterwards (those made before a failed
+    create too), printing what could not be."""
+    with serve(server_env(key, max_vms), server_log(log_prefix)) as (base, server):
+        http = client(base, key)
+        vms: list[dict] = []
+        try:
+            try:
+                vms = create_vms(http, count)
+            except RuntimeError as exc:
+                vms = getattr(exc, "created", [])
+                raise
+            yield base, server, vms
+        finally:
+            print(delete_vms(http, [vm["id"] for vm in vms]) or f"{len(vms)} VMs deleted")
+            http.close()
+
+
 def each_in_threads(items: t.Iterable[Item], threads: int,
                     session: t.Callable[[], t.ContextManager[State]],
                     work: t.Callable[[State, Item], None]) -> None:
