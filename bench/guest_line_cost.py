@@ -25,7 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from app.guestssh.channels import exec_without_stdin
 from app.guestssh.client import GuestTransport
-from app.services.prelude import sandbox_command_line
+from app.services.prelude import marker_environment, sandbox_command_line
 from bench import loadgen
 from bench.common import live_server_services, raw_client
 from bench.exec_cpu_split import cpu_s, qemu_pids
@@ -35,10 +35,11 @@ SEVEN = ("SSH_CLIENT SSH_CONNECTION SSH_TTY SSH_ORIGINAL_COMMAND SSH_AUTH_SOCK S
          "MAIL")
 
 
-def run(client, line: str, eof: str) -> None:
+def run(client, made: tuple[str, dict[str, str]], eof: str) -> None:
+    line, environment = made
     channel = client.get_transport().open_session(timeout=30)
     if eof == "with request":
-        exec_without_stdin(channel, line)
+        exec_without_stdin(channel, line, environment)
     else:
         channel.exec_command(line)
         if eof == "after answer":
@@ -49,18 +50,27 @@ def run(client, line: str, eof: str) -> None:
     channel.close()
 
 
-def variants() -> dict[str, tuple[t.Callable[[], str], str]]:
-    def api_line() -> str:
-        return sandbox_command_line("true", "/workspace", [], uuid.uuid4().hex)
+def variants() -> dict[str, tuple[t.Callable[[], tuple[str, dict[str, str]]], str]]:
+    """Each: what makes a call's (command line, env requests), and when its stdin's EOF goes."""
+    def api_line() -> tuple[str, dict[str, str]]:
+        marker = uuid.uuid4().hex
+        return (sandbox_command_line("true", "/workspace", [], marker),
+                marker_environment(marker))
+
+    def alone(line: str) -> t.Callable[[], tuple[str, dict[str, str]]]:
+        return lambda: (line, {})
     return {
-        "true": (lambda: "true", "none"),
-        "true, EOF after the answer": (lambda: "true", "after answer"),
-        "true, EOF with the request": (lambda: "true", "with request"),
-        "service line, EOF with the request": (api_line, "with request"),
-        "export RDS_EXEC_ID; true": (lambda: f"export RDS_EXEC_ID={uuid.uuid4().hex}\ntrue",
-                                     "none"),
-        "unset 7 names; true": (lambda: f"unset {SEVEN}\ntrue", "none"),
-        "unset 3 names; true": (lambda: "unset SSH_CLIENT SSH_CONNECTION MAIL\ntrue", "none"),
+        "true": (alone("true"), "none"),
+        "true, EOF after the answer": (alone("true"), "after answer"),
+        "true, EOF with the request": (alone("true"), "with request"),
+        "service line (marker as env request), EOF with the request": (api_line,
+                                                                       "with request"),
+        "true, env request RDS_EXEC_ID, EOF with the request": (
+            lambda: ("true", marker_environment(uuid.uuid4().hex)), "with request"),
+        "export RDS_EXEC_ID; true": (lambda: (f"export RDS_EXEC_ID={uuid.uuid4().hex}\ntrue",
+                                              {}), "none"),
+        "unset 7 names; true": (alone(f"unset {SEVEN}\ntrue"), "none"),
+        "unset 3 names; true": (alone("unset SSH_CLIENT SSH_CONNECTION MAIL\ntrue"), "none"),
     }
 
 

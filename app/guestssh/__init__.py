@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from app.guestssh.channels import OutputCaps, OutputStream, RunningCommand, StdinWriter
 from app.guestssh.client import (GUEST_USER, MAX_COMMAND_BYTES, GuestSSH, GuestTransport,
-                                 SshTimeouts, check_command_line, load_private_key,
-                                 parse_public_key)
+                                 SshTimeouts, check_command_line, check_environment,
+                                 load_private_key, parse_public_key)
 
 __all__ = ["GUEST_USER", "MAX_COMMAND_BYTES", "GuestSSH", "GuestTransport", "OutputCaps",
            "OutputStream", "RunningCommand", "SshTimeouts", "StdinWriter", "check_command_line",
-           "load_private_key", "parse_public_key"]
+           "check_environment", "load_private_key", "parse_public_key"]

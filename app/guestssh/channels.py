@@ -46,27 +46,45 @@ class _ChannelWriter:
         return len(data)
 
 
-def exec_without_stdin(channel: t.Any, command: str) -> None:
-    """``channel.exec_command(command)`` for a command that gets no input: the end of its
-    stdin goes right behind the exec request instead of after the answer to it.
-
-    The guest then takes both in one wake-up of its sshd: on an emulated (TCG) guest every
-    packet it has to wake up for costs a few ms of CPU (~6 % of an exec's when the EOF came
-    alone; BENCHMARKS.md, "Load"). The request is the one paramiko's exec_command sends.
-
-    :raises paramiko.SSHException: the guest refused the request or closed the channel.
-    """
+def _channel_request(channel: t.Any, kind: str, want_reply: bool, *strings: str) -> t.Any:
+    """A channel request message as paramiko's own methods build it."""
     import paramiko
     from paramiko.common import cMSG_CHANNEL_REQUEST
 
     request = paramiko.Message()
     request.add_byte(cMSG_CHANNEL_REQUEST)
     request.add_int(channel.remote_chanid)
-    request.add_string("exec")
-    request.add_boolean(True)
-    request.add_string(command)
+    request.add_string(kind)
+    request.add_boolean(want_reply)
+    for value in strings:
+        request.add_string(value)
+    return request
+
+
+def send_environment(channel: t.Any, environment: t.Mapping[str, str]) -> None:
+    """One SSH ``env`` request per variable, none waiting for an answer (paramiko's
+    ``update_environment``): they leave in the same burst as the exec request that follows.
+    sshd keeps only the names its ``AcceptEnv`` lists and drops the others silently."""
+    for name, value in environment.items():
+        channel.transport._send_user_message(_channel_request(channel, "env", False, name,
+                                                              value))
+
+
+def exec_without_stdin(channel: t.Any, command: str,
+                       environment: t.Mapping[str, str] | None = None) -> None:
+    """``channel.exec_command(command)`` for a command that gets no input: the end of its
+    stdin goes right behind the exec request instead of after the answer to it (and the
+    ``environment``'s env requests right before it).
+
+    The guest then takes them in one wake-up of its sshd: on an emulated (TCG) guest every
+    packet it has to wake up for costs a few ms of CPU (~6 % of an exec's when the EOF came
+    alone; BENCHMARKS.md, "Load"). The request is the one paramiko's exec_command sends.
+
+    :raises paramiko.SSHException: the guest refused the request or closed the channel.
+    """
+    send_environment(channel, environment or {})
     channel._event_pending()
-    channel.transport._send_user_message(request)
+    channel.transport._send_user_message(_channel_request(channel, "exec", True, command))
     channel.shutdown_write()
     channel._wait_for_event()
 

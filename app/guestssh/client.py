@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import io
 import logging
+import re
 import socket
 import threading
 import time
@@ -20,7 +21,8 @@ import paramiko
 
 from app.errors import CommandTimeout, GuestUnreachable, InvalidRequest
 from app.guestssh.channels import (OutputStream, RunningCommand, StdinWriter, close_quietly,
-                                   collect, exec_without_stdin, send_stdin, within)
+                                   collect, exec_without_stdin, send_environment, send_stdin,
+                                   within)
 from app.guestssh.watchdog import WATCHDOG
 from app.models import CommandResult
 
@@ -29,6 +31,7 @@ GUEST_USER = "user"
 # sshd runs a command as `bash -c COMMAND`, one argv string, which Linux caps at 32 pages
 # including its NUL (MAX_ARG_STRLEN); a longer one fails to start.
 MAX_COMMAND_BYTES = 32 * 4096 - 1
+ENV_REQUEST_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # What a channel raises when its connection breaks.
 CHANNEL_ERRORS = (paramiko.SSHException, OSError, EOFError)
 # Connection errors that another attempt cannot mend: the guest is not who it should be, or
@@ -75,6 +78,23 @@ def check_command_line(command: str) -> None:
     if size > MAX_COMMAND_BYTES:
         raise InvalidRequest(f"the command line is {size} bytes long; the guest runs at most "
                              f"{MAX_COMMAND_BYTES} (shorten cmd, args or env)")
+
+
+def check_environment(environment: t.Mapping[str, str]) -> None:
+    """Refuse env requests the guest's sshd would choke on (as :func:`check_command_line`):
+    a name that is not a shell variable's, a NUL or text that is not Unicode.
+
+    :raises InvalidRequest: naming the variable.
+    """
+    for name, value in environment.items():
+        if not ENV_REQUEST_NAME.fullmatch(name):
+            raise InvalidRequest(f"env request name {name!r} is not a variable name")
+        if "\0" in value:
+            raise InvalidRequest(f"env request {name} contains a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest(f"env request {name} is not valid Unicode text") from None
 
 
 def load_private_key(pem: str) -> paramiko.PKey:
@@ -223,12 +243,16 @@ class GuestSSH:
 
     def run(self, command: str, timeout: float,
             stdin: bytes | t.BinaryIO | StdinWriter = b"",
-            max_output: int = 1_000_000) -> CommandResult:
+            max_output: int = 1_000_000,
+            environment: t.Mapping[str, str] | None = None) -> CommandResult:
         """Run ``command`` on a fresh channel and collect its output.
 
         ``stdin`` is bytes, a file read in chunks, or a :data:`StdinWriter`; an error the
         writer raises (other than the channel's own) propagates, and the channel is closed
         without sending EOF.
+
+        ``environment`` goes as SSH ``env`` requests before the exec request: the guest's
+        sshd keeps the names its ``AcceptEnv`` lists (RDS_EXEC_ID) and drops the others.
 
         Output beyond ``max_output`` bytes per stream is drained but dropped (and flagged).
         ``timeout`` bounds the whole call, every phase included (connect, auth, channel open,
@@ -241,14 +265,15 @@ class GuestSSH:
             before the deadline.
         :raises InvalidRequest: a command line sshd would refuse (:func:`check_command_line`).
         """
-        running = self.start(command, timeout, stdin)
+        running = self.start(command, timeout, stdin, environment)
         try:
             return collect(running, max_output)
         finally:
             running.close()
 
     def start(self, command: str, timeout: float,
-              stdin: bytes | t.BinaryIO | StdinWriter = b"") -> RunningCommand:
+              stdin: bytes | t.BinaryIO | StdinWriter = b"",
+              environment: t.Mapping[str, str] | None = None) -> RunningCommand:
         """Start ``command`` on a fresh channel and send its stdin (as :meth:`run`); read its
         output as it arrives from the answer, and close that.
 
@@ -258,6 +283,8 @@ class GuestSSH:
         :raises GuestUnreachable: / :raises InvalidRequest: as :meth:`run`.
         """
         check_command_line(command)
+        environment = dict(environment or {})
+        check_environment(environment)
         started = time.monotonic()
         deadline = started + timeout
         try:
@@ -271,9 +298,10 @@ class GuestSSH:
         try:
             channel.settimeout(within(self.timeouts.channel, deadline))
             if isinstance(stdin, (bytes, bytearray)) and not stdin:
-                exec_without_stdin(channel, command)
+                exec_without_stdin(channel, command, environment)
                 stdin = None  # sent: its end went with the request
             else:
+                send_environment(channel, environment)
                 channel.exec_command(command)
             stage["name"] = "stdin"
             channel.settimeout(max(0.01, deadline - time.monotonic()))

@@ -31,7 +31,8 @@ from app.services.command_stream import CommandStream, timeout_note
 from app.services.deno_run import deno_program, deno_run_flags, warm_deno_key
 from app.services.exec_history import ExecHistory
 from app.services.outcome import OutcomeFilter, split_outcome
-from app.services.prelude import WORKSPACE, refusal, sandbox_command_line, started_mark
+from app.services.prelude import (MARKER_NAME, WORKSPACE, marker_environment, refusal,
+                                  sandbox_command_line, started_mark)
 from app.services.runtime_flags import check_deno_flags, check_node_flags
 from app.services.vms import VmService
 from app.services.workspace import GUEST_HELPERS as HELPERS, workspace_path
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 
 RUNNER = f"{HELPERS}/runner.mjs"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-RESERVED_ENV = {"RDS_EXEC_ID"}
+RESERVED_ENV = {MARKER_NAME}
 RS = b"\x1e"  # before the runner's token on stderr
 KILL_TIMEOUT = 15.0
 KILL_WAIT_S = 1.5  # how long a timed-out call waits for its kill before answering
@@ -193,7 +194,8 @@ class CommandService:
     def _run_now(self, launch: Launch) -> RunResult:
         guest, marker, line = self._prepare(launch, announce=False)
         result = guest.run(line, timeout=launch.timeout, stdin=launch.stdin,
-                           max_output=self.settings.max_output_bytes)
+                           max_output=self.settings.max_output_bytes,
+                           environment=marker_environment(marker))
         if result.timed_out:
             self._kill_tree(launch.vm_id, guest, marker, launch.after_timeout)
             result = dataclasses.replace(result, exit_code=-1,
@@ -216,7 +218,8 @@ class CommandService:
             return finish(run)
 
         guest, marker, line = self._prepare(launch, announce=True)
-        running = guest.start(line, timeout=launch.timeout, stdin=launch.stdin)
+        running = guest.start(line, timeout=launch.timeout, stdin=launch.stdin,
+                              environment=marker_environment(marker))
         stream = CommandStream(
             running, mark=started_mark(marker), max_output=self.settings.max_output_bytes,
             timeout=launch.timeout, finish=record_and_finish,

@@ -38,6 +38,7 @@ from app.services.webhooks import Webhooks
 from app.store.db import Store
 from app.virt.hostnet import BRIDGE_NF_IPTABLES
 from app.virt.ipsets import IpSets
+from app.virt.qemu_access import open_storage_root
 from app.virt.taps import Taps
 
 if t.TYPE_CHECKING:
@@ -119,6 +120,7 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
     """Every service, once per process. :param adapters: the host's when None."""
     adapters = adapters or host_adapters(settings)
     hypervisor = adapters.hypervisor
+    open_storage_root(Path(settings.storage_root))
     custom = ImageStore(settings.custom_images_dir, settings.image_volumes_dir,
                         settings.images_dir / "default-image", settings.default_image_id)
     templates = TemplateCatalog(settings.templates_dir, settings.images_dir,

@@ -6,9 +6,12 @@ and even builtins cost a few ms each. The guest's sshd provides the fixed part: 
 starts in HOME=/workspace with the sandbox's PATH, TMPDIR and DENO_DIR (sshd_config SetEnv)
 and inherits the process and open-file limits (/etc/rds/run-sshd). The prelude confines a
 caller's working directory to the workspace, drops what sshd adds (SSH_*, MAIL) and exports
-the caller's variables. RDS_EXEC_ID marks the command: it is in this shell's command line and
-in the environment of every process the command starts, so kill-marked can end the whole
-tree on timeout. Exit 210/211 with an "rds-exec:" message mean the command was not started.
+the caller's variables. RDS_EXEC_ID marks the command: the manager sends it as an SSH `env`
+request (the guest's sshd accepts that one name: sshd_config AcceptEnv), so it is in the
+environment of every process the command starts, and the line names it in a comment, so it is
+in this shell's command line too: kill-marked ends the whole tree on timeout. (An image built
+before sshd accepted it still has the comment: its kill finds the shell and its session.)
+Exit 210/211 with an "rds-exec:" message mean the command was not started.
 
 What each line costs shows under load (RELIABILITY.md, "Load"): under TCG a new bash
 translates every code path it touches afresh, so the prelude names the variables sshd sets
@@ -33,6 +36,7 @@ WORKSPACE = "/workspace"
 # with seven names.
 SSHD_VARIABLES = ("SSH_CLIENT", "SSH_CONNECTION", "MAIL")
 NOT_STARTED_CODES = {210, 211}
+MARKER_NAME = "RDS_EXEC_ID"
 NOT_STARTED_PREFIX = b"rds-exec:"
 
 
@@ -43,7 +47,6 @@ def sandbox_command_line(command: str, cwd: str, env_pairs: list[str], marker: s
     :param announce: print :func:`started_mark` on stdout once the prelude passed, before the
         script runs (a streamed call answers only then, so that a bad cwd is still a 400).
     """
-    exports = [*env_pairs, f"RDS_EXEC_ID={marker}"]
     missing = shlex.quote(f"rds-exec: cwd {cwd} does not exist or is not a directory")
     outside = shlex.quote(f"rds-exec: cwd {cwd} resolves outside /workspace")
     lines = []
@@ -53,15 +56,30 @@ def sandbox_command_line(command: str, cwd: str, env_pairs: list[str], marker: s
                   f"case $PWD/ in /workspace/*) ;; *) echo {outside} >&2; exit 211 ;; esac"]
     # printf is a builtin: no extra process.
     announced = [f"printf %s {started_mark(marker).decode()}"] if announce else []
+    # Only the caller's variables: each builtin line costs an emulated guest ~5 ms
+    # (BENCHMARKS.md, "Load"); the marker came as an env request.
+    exports = ["export " + " ".join(shlex.quote(item) for item in env_pairs)] if env_pairs \
+        else []
     return "\n".join([
+        marker_comment(marker),
         *lines,
         "unset " + " ".join(SSHD_VARIABLES),
-        "export " + " ".join(shlex.quote(item) for item in exports),
+        *exports,
         *announced,
         # The caller's script starts on a line of its own, so that a syntax error in it cannot
         # keep the prelude from running first.
         command,
     ])
+
+
+def marker_environment(marker: str) -> dict[str, str]:
+    """What the manager sends as SSH ``env`` requests with the command line (pure)."""
+    return {MARKER_NAME: marker}
+
+
+def marker_comment(marker: str) -> str:
+    """The line's first line: the marker in the shell's command line (kill-marked reads it)."""
+    return f"# {MARKER_NAME}={marker}"
 
 
 def started_mark(marker: str) -> bytes:

@@ -34,6 +34,20 @@ def share_with_qemu(path: Path, writable: bool = False, group: str = QEMU_GROUP)
     os.chmod(path, 0o770 if writable else 0o750)
 
 
+def open_storage_root(root: Path) -> None:
+    """Make the storage root (and its parents) if missing, and let QEMU's group search it: the
+    disks, kernels and snapshots QEMU opens are below it. A root that QEMU's group can
+    already pass (searchable by others, or by its group when that is QEMU's) stays as it is.
+
+    Whoever comes first may create it (the state database does, 0700): on a fresh host the
+    first VM then failed with "Cannot access storage file ... Permission denied"."""
+    root.mkdir(parents=True, exist_ok=True)
+    mode, gid = root.stat().st_mode, root.stat().st_gid
+    if mode & 0o001 or (gid == qemu_gid() and mode & 0o010):
+        return
+    share_with_qemu(root)
+
+
 def prepare_vm_dir(vm_dir: Path) -> Path:
     """Open a VM's directory to QEMU's group for reading, and give QEMU a subdirectory of it
     to create files in (its unix sockets); returns that subdirectory.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import time
 
 import pytest
@@ -25,10 +26,12 @@ def test_sandbox_environment_and_limits(api, shared_vm):
     exhausting the VM."""
     out = exec_ok(api, shared_vm["id"],
                   'ulimit -u; ulimit -n; echo "$HOME|$PATH|$DENO_DIR|$TMPDIR|$USER"; '
-                  'env | grep -c -E "^(SSH_|MAIL=)" || true')["stdout"].split("\n")
+                  'env | grep -c -E "^(SSH_|MAIL=)" || true; '
+                  'echo "$RDS_EXEC_ID"')["stdout"].split("\n")
     assert out[:2] == ["512", "4096"]
     assert out[2] == "/workspace|/usr/local/bin:/usr/bin:/bin|/var/cache/rds-deno|/tmp|user"
     assert out[3] == "0"
+    assert re.fullmatch(r"[0-9a-f]{32}", out[4])  # the marker, from the env request
 
 
 def test_exit_code_stderr_and_env(api, shared_vm):
@@ -75,8 +78,12 @@ def test_invalid_exec_is_400(api, shared_vm, body):
 
 
 def test_timeout_kills_the_whole_tree(api, shared_vm):
+    """Children, grandchildren, one that cleared its environment (found by its session) and
+    one in a session of its own (found by the marker sshd put in its environment: the env
+    request, AcceptEnv)."""
     response = _exec(api, shared_vm, cmd="sleep 4321 & (sleep 4322 &); env -i /bin/sleep 4324 & "
-                                         "sleep 4323; echo never", timeoutMs=2000)
+                                         "setsid sleep 4325 & sleep 4323; echo never",
+                     timeoutMs=2000)
     assert response.status_code == 200
     body = response.json
     assert body["exitCode"] == -1 and body["timedOut"] is True

@@ -18,7 +18,7 @@ import pytest
 
 from app.config import REPO_ROOT, Settings, load_settings
 from app.errors import FilterNotFound, GuestUnreachable, HypervisorError, VmNotFound
-from app.guestssh import SshTimeouts, check_command_line
+from app.guestssh import SshTimeouts, check_command_line, check_environment
 from app.guestssh.channels import collect
 from app.models import CommandResult, DomainInfo, NodeInfo, ProvisionMode, VmPhase, VmRecord
 from app.services.auth import AuthService
@@ -490,23 +490,28 @@ class FakeGuest:
         self.host = host
         self.host_key = host_key
         self.commands: list[str] = []
+        self.environments: list[dict[str, str]] = []  # each command's env requests
         self.closed = False
         self.scripts: list[dict[str, t.Any]] = []
         self.started: list[FakeRunning] = []
 
-    def _send(self, command: str) -> None:
+    def _send(self, command: str, environment: t.Mapping[str, str] | None = None) -> None:
         check_command_line(command)
+        check_environment(environment or {})
         if "\0" in command or len(command.encode("utf-8")) > 256 * 1024:
             raise GuestUnreachable("guest dropped the command: connection closed by sshd")
         self.commands.append(command)
+        self.environments.append(dict(environment or {}))
 
     def run(self, command: str, timeout: float, stdin: t.Any = b"",
-            max_output: int = 1_000_000) -> CommandResult:
-        self._send(command)
+            max_output: int = 1_000_000,
+            environment: t.Mapping[str, str] | None = None) -> CommandResult:
+        self._send(command, environment)
         return collect(self._play(command, timeout, stdin), max_output)
 
-    def start(self, command: str, timeout: float, stdin: t.Any = b"") -> FakeRunning:
-        self._send(command)
+    def start(self, command: str, timeout: float, stdin: t.Any = b"",
+              environment: t.Mapping[str, str] | None = None) -> FakeRunning:
+        self._send(command, environment)
         running = self._play(command, timeout, stdin)
         self.started.append(running)
         return running

@@ -3,6 +3,8 @@ of the three (the original service took the first on exec and the second on run-
 with the same rules whatever the form (app.schemas.fields.EnvVars)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from app.models import VmSpec
@@ -17,6 +19,7 @@ def vm_id(services) -> str:
     """A RUNNING VM (on fakes) whose guest has seen no command yet."""
     vm = services.vms.create(VmSpec(cpu=1, mem_mb=256))
     services.vms.guest(vm.id).commands.clear()
+    services.vms.guest(vm.id).environments.clear()
     return vm.id
 
 
@@ -25,10 +28,20 @@ def run(client, auth, vm_id: str, route: str, env):
                        headers=auth)
 
 
-def exported(services, vm_id: str) -> str:
-    """The ``export`` line of the one command the guest got."""
+def exported(services, vm_id: str) -> str | None:
+    """The ``export`` line of the one command the guest got (None: it has none)."""
     [command] = services.vms.guest(vm_id).commands
-    return next(line for line in command.splitlines() if line.startswith("export "))
+    return next((line for line in command.splitlines() if line.startswith("export ")), None)
+
+
+def marker_sent(services, vm_id: str) -> str:
+    """The marker the one command got as an SSH env request (and in its line's comment)."""
+    guest = services.vms.guest(vm_id)
+    [environment], [command] = guest.environments, guest.commands
+    assert list(environment) == ["RDS_EXEC_ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", environment["RDS_EXEC_ID"])
+    assert command.splitlines()[0] == f"# RDS_EXEC_ID={environment['RDS_EXEC_ID']}"
+    return environment["RDS_EXEC_ID"]
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -37,20 +50,22 @@ def exported(services, vm_id: str) -> str:
 def test_both_forms_set_the_same_variables(client, auth, services, vm_id, route, env):
     response = run(client, auth, vm_id, route, env)
     assert response.status_code == 200, response.get_json()
-    assert exported(services, vm_id).startswith("export A=1 'B=x y' C=k=v RDS_EXEC_ID=")
+    assert exported(services, vm_id) == "export A=1 'B=x y' C=k=v"
+    assert marker_sent(services, vm_id)
 
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_a_later_list_entry_wins(client, auth, services, vm_id, route):
     assert run(client, auth, vm_id, route, ["A=1", "A=2", "B="]).status_code == 200
-    assert exported(services, vm_id).startswith("export A=2 B= RDS_EXEC_ID=")
+    assert exported(services, vm_id) == "export A=2 B="
 
 
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("env", [{}, []], ids=["object", "list"])
 def test_an_empty_env_sets_nothing(client, auth, services, vm_id, route, env):
     assert run(client, auth, vm_id, route, env).status_code == 200
-    assert exported(services, vm_id).startswith("export RDS_EXEC_ID=")
+    assert exported(services, vm_id) is None  # no line for nothing: it costs the guest
+    assert marker_sent(services, vm_id)
 
 
 # (object form, list form, words the 400's message holds)

@@ -44,6 +44,10 @@ def run_command(channel: paramiko.Channel, command: str) -> None:
         except OSError:  # the client stopped reading and closed the channel
             return
         code = 0
+    elif command == "env":  # what the channel's env requests set, as sshd's AcceptEnv keeps
+        channel.sendall("".join(f"{name}={value}\n" for name, value
+                                in ENV_REQUESTS.pop(channel.get_id(), ())).encode())
+        code = 0
     elif command.startswith("yes "):
         channel.sendall(b"y" * int(command.split()[1]))
         code = 0
@@ -54,6 +58,11 @@ def run_command(channel: paramiko.Channel, command: str) -> None:
     # Like OpenSSH's sshd: exit status, then EOF and close once the output is drained.
     channel.shutdown_write()
     channel.close()
+
+
+# Each server channel's env requests, in order, as they arrived (before its exec request);
+# taken by its `env` command (channel ids are reused).
+ENV_REQUESTS: dict[int, list[tuple[str, str]]] = {}
 
 
 class NullServer(paramiko.ServerInterface):
@@ -72,6 +81,11 @@ class NullServer(paramiko.ServerInterface):
         if kind == "session":
             return paramiko.OPEN_SUCCEEDED
         return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+    def check_channel_env_request(self, channel: paramiko.Channel, name: bytes,
+                                  value: bytes) -> bool:
+        ENV_REQUESTS.setdefault(channel.get_id(), []).append((name.decode(), value.decode()))
+        return True
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         if command == b"stall-transport":
@@ -392,6 +406,28 @@ def test_a_command_without_input_sees_the_end_of_its_stdin_at_once(guest):
     assert (result.exit_code, result.stdout, result.timed_out) == (0, b"", False)
     assert time.monotonic() - started < 2
     assert guest.run("demo", timeout=5).exit_code == 3  # the channel's answers still read
+
+
+@pytest.mark.parametrize("stdin", [b"", b"input"], ids=["no-stdin", "stdin"])
+def test_env_requests_go_before_the_exec_request(guest, stdin):
+    """The marker reaches the guest as SSH env requests (sshd's AcceptEnv), with or without
+    stdin, and each channel gets its own."""
+    first = guest.run("env", timeout=5, stdin=stdin,
+                      environment={"RDS_EXEC_ID": "abc123", "B": "x y"})
+    second = guest.run("env", timeout=5, stdin=stdin, environment={"RDS_EXEC_ID": "def456"})
+    assert first.stdout == b"RDS_EXEC_ID=abc123\nB=x y\n", first
+    assert second.stdout == b"RDS_EXEC_ID=def456\n"
+    assert guest.run("env", timeout=5, stdin=stdin).stdout == b""
+
+
+@pytest.mark.parametrize("environment, words", [
+    ({"A B": "x"}, "not a variable name"), ({"": "x"}, "not a variable name"),
+    ({"A": "x\0y"}, "NUL"), ({"A": "\udc80"}, "not valid Unicode"),
+])
+def test_bad_env_requests_are_refused_before_they_leave(guest, environment, words):
+    with pytest.raises(InvalidRequest, match=words):
+        guest.run("env", timeout=5, environment=environment)
+    assert guest.run("id -u", timeout=5).stdout == b"1000\n"  # the connection is intact
 
 
 def test_a_refused_exec_request_is_an_error_not_a_hang(guest, monkeypatch):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import subprocess
 
-from app.services.prelude import SSHD_VARIABLES, WORKSPACE, refusal, sandbox_command_line
+from app.services.prelude import (SSHD_VARIABLES, WORKSPACE, marker_environment, refusal,
+                                  sandbox_command_line)
 from app.models import CommandResult
 
 # What OpenSSH's session.c sets in the manager's sessions (no pty, no forced command, no agent
@@ -12,9 +13,12 @@ SSHD_ENV = {"SSH_CLIENT": "172.16.0.1 40000 22", "SSH_CONNECTION": "172.16.0.1 4
             "MAIL": "/var/mail/user"}
 
 
-def run_line(line: str, cwd: str) -> subprocess.CompletedProcess:
+def run_line(line: str, cwd: str, marker: str = "m1") -> subprocess.CompletedProcess:
+    """``line`` as sshd runs it: the env request's marker (AcceptEnv) and sshd's variables
+    in the shell's environment."""
     return subprocess.run(["bash", "-c", line], cwd=cwd, capture_output=True, timeout=10,
-                          env={"PATH": "/usr/bin:/bin", "HOME": cwd, **SSHD_ENV})
+                          env={"PATH": "/usr/bin:/bin", "HOME": cwd, **SSHD_ENV,
+                               **marker_environment(marker)})
 
 
 def test_the_command_sees_neither_sshd_variables_nor_mail_but_its_own(tmp_path):
@@ -25,6 +29,16 @@ def test_the_command_sees_neither_sshd_variables_nor_mail_but_its_own(tmp_path):
     assert not [name for name in env if name.startswith("SSH_") or name == "MAIL"]
     assert env["GREETING"] == "hi there" and env["RDS_EXEC_ID"] == "m1"
     assert set(SSHD_ENV) <= set(SSHD_VARIABLES)
+
+
+def test_the_marker_is_in_the_shells_command_line_and_not_exported_again(tmp_path):
+    """kill-marked finds the command's shell by its command line (also on an image whose sshd
+    does not accept the env request) and its children by their environment."""
+    line = sandbox_command_line("grep -qa RDS_EXEC_ID=0123abcd /proc/$$/cmdline && echo found; "
+                                "printenv RDS_EXEC_ID", WORKSPACE, [], "0123abcd")
+    assert "export" not in line and line.splitlines()[0] == "# RDS_EXEC_ID=0123abcd"
+    done = run_line(line, str(tmp_path), marker="0123abcd")
+    assert done.stdout.decode().splitlines() == ["found", "0123abcd"], done.stderr
 
 
 def test_the_default_directory_is_not_checked_again():
