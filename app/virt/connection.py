@@ -11,7 +11,6 @@ import atexit
 import concurrent.futures
 import contextlib
 import logging
-import os
 import threading
 import time
 import typing as t
@@ -21,7 +20,8 @@ import libvirt
 from app import metrics
 from app.errors import FilterNotFound, HypervisorError, VmNotFound
 from app.models import NAME_PREFIX, DomainInfo
-from app.virt.domain_cache import DomainCache, watch
+from app.virt.domain_cache import DomainCache
+from app.virt.libvirt_events import start_event_loop, watch
 from app.virt.libvirt_agent import GuestAgentCalls
 from app.virt.libvirt_network import FilterAndNetworkCalls
 from app.virt.libvirt_node import NodeCalls
@@ -49,42 +49,12 @@ STATE_NAMES = {
 # half-made VM to the sweep. Outside that window a dead libvirtd fails calls at once (503).
 RECONNECT_WINDOW_S = 15.0
 RECONNECT_INTERVAL_S = 0.25
-# Calls that change no domain; any other call drops what DomainCache keeps (app.virt.domain_cache).
-READ_ONLY_CALLS = frozenset({
-    "get domain", "list domains", "lookup domain", "domain stats", "node info", "ping",
-    "hypervisor version", "list volumes", "list nwfilters", "list nwfilter bindings",
-    "network state", "guest agent ping", "guest agent status", "download volume"})
-
-_event_loop_pid: int | None = None  # the process whose thread runs libvirt's event loop
-_event_loop_lock = threading.Lock()
-
 
 def _silence_default_handler(_ctx: t.Any, _err: t.Any) -> None:
     """libvirt prints every error to stderr by default; we log ours where we handle them."""
 
 
 libvirt.registerErrorHandler(_silence_default_handler, None)
-
-
-def _start_event_loop() -> None:
-    """Keepalives need libvirt's event loop; one daemon thread per process runs it.
-
-    Per *process*: gunicorn's master opens a connection before it forks the workers, and a
-    fork copies the "started" state but not the thread. Without a loop nobody answers
-    libvirtd's keepalive probes and it drops the connection after ~30 s idle.
-    """
-    global _event_loop_pid
-    with _event_loop_lock:
-        if _event_loop_pid == os.getpid():
-            return
-        libvirt.virEventRegisterDefaultImpl()
-
-        def run() -> None:
-            while True:
-                libvirt.virEventRunDefaultImpl()
-
-        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
-        _event_loop_pid = os.getpid()
 
 
 def _never_sent(exc: libvirt.libvirtError) -> bool:
@@ -154,7 +124,7 @@ class Hypervisor(NodeCalls, GuestAgentCalls, FilterAndNetworkCalls, StoragePoolC
                 self._conn = None
                 self.domains.stop()
                 self._lost_at = time.monotonic()
-            _start_event_loop()
+            start_event_loop()
             conn = self._open()
             try:
                 conn.setKeepAlive(*self.keepalive)
@@ -186,12 +156,7 @@ class Hypervisor(NodeCalls, GuestAgentCalls, FilterAndNetworkCalls, StoragePoolC
 
     def _call(self, what: str, fn: t.Callable[..., t.Any], *args: t.Any,
               timeout: float | None = None) -> t.Any:
-        changes = what not in READ_ONLY_CALLS
-        if changes:  # before and after (app.virt.domain_cache)
-            self.domains.clear()
-        future = self._pool.submit(self._run, fn, *args)
-        if changes:
-            future.add_done_callback(lambda _done: self.domains.clear())
+        future = self.domains.around(what, lambda: self._pool.submit(self._run, fn, *args))
         try:
             return future.result(timeout=timeout or self.timeout)
         except concurrent.futures.TimeoutError:

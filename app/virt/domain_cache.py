@@ -14,11 +14,15 @@ stale:
 - a new or lost connection (events are not delivered without one), and an age limit
   (:data:`MAX_AGE_S`) in case an event was missed.
 
+The events are registered by :func:`app.virt.libvirt_events.watch` (this module imports no
+libvirt).
+
 An answer read while something was dropped is not kept (the generation it started from is
 gone): a lookup that raced a change cannot put the old state back.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 import typing as t
@@ -26,6 +30,12 @@ import typing as t
 from app.models import DomainInfo
 
 MAX_AGE_S = 10.0
+# Calls of the connection (their ``what``) that change no domain; any other call drops what
+# the cache keeps, before it is sent and once it is done (:meth:`DomainCache.around`).
+READ_ONLY_CALLS = frozenset({
+    "get domain", "list domains", "lookup domain", "domain stats", "node info", "ping",
+    "hypervisor version", "list volumes", "list nwfilters", "list nwfilter bindings",
+    "network state", "guest agent ping", "guest agent status", "download volume"})
 
 
 class DomainCache:
@@ -77,6 +87,19 @@ class DomainCache:
             self._generation += 1
             self._entries.clear()
 
+    def around(self, what: str,
+               submit: t.Callable[[], concurrent.futures.Future[t.Any]]
+               ) -> concurrent.futures.Future[t.Any]:
+        """Run ``submit`` (which hands the connection's call ``what`` to its thread); unless
+        ``what`` is in :data:`READ_ONLY_CALLS`, drop everything kept before it is sent and
+        once it is done, so this process sees its own change at once."""
+        if what in READ_ONLY_CALLS:
+            return submit()
+        self.clear()
+        future = submit()
+        future.add_done_callback(lambda _done: self.clear())
+        return future
+
     def start(self) -> None:
         """Events are registered on the current connection: answers may be kept."""
         with self._lock:
@@ -91,26 +114,3 @@ class DomainCache:
             self._entries.clear()
             self._active = False
 
-
-def watch(conn: t.Any, cache: DomainCache) -> bool:
-    """Register ``cache`` for the domain events of ``conn`` (a new connection) and start it;
-    False (the cache stays off) when the driver has no events. Callbacks run on libvirt's
-    event loop thread, and read only the domain's UUID (no call to libvirtd)."""
-    import libvirt
-
-    def changed(_conn: t.Any, dom: t.Any, *_rest: t.Any) -> None:
-        cache.invalidate(dom.UUIDString())
-
-    def closed(_conn: t.Any, _reason: int, _opaque: t.Any) -> None:
-        cache.stop()
-
-    cache.stop()
-    try:
-        for event in (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                      libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE):
-            conn.domainEventRegisterAny(None, event, changed, None)
-        conn.registerCloseCallback(closed, None)
-    except libvirt.libvirtError:
-        return False
-    cache.start()
-    return True

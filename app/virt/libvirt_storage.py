@@ -32,11 +32,8 @@ class StoragePoolCalls:
         """
         def ensure(conn: t.Any) -> bool:
             created = False
-            try:
-                pool = conn.storagePoolLookupByName(name)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
-                    raise
+            pool = _pool(conn, name)
+            if pool is None:
                 log.debug("defining storage pool xml=%s", xml)
                 pool = conn.storagePoolDefineXML(xml, 0)
                 created = True
@@ -53,13 +50,8 @@ class StoragePoolCalls:
         """Re-read the pool's directory (after an image came or went); a missing or inactive
         pool is left alone."""
         def refresh(conn: t.Any) -> None:
-            try:
-                pool = conn.storagePoolLookupByName(name)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
-                    return
-                raise
-            if pool.isActive():
+            pool = _pool(conn, name)
+            if pool is not None and pool.isActive():
                 pool.refresh(0)
         self._call("refresh storage pool", refresh)
 
@@ -80,9 +72,7 @@ class StoragePoolCalls:
         """Create a volume from its XML (an overlay disk whose ``backingStore`` is another
         volume there: libvirt runs qemu-img on that host); returns its path there."""
         def create(conn: t.Any) -> str:
-            found = _pool(conn, pool)
-            if found is None:
-                raise HypervisorError(f"storage pool {pool!r} is not defined")
+            found = _defined_pool(conn, pool)
             log.debug("creating volume xml=%s", xml)
             return found.createXML(xml, 0).path()
         return self._call("create volume", create)
@@ -118,10 +108,7 @@ class StoragePoolCalls:
             old = _volume(conn, pool, name)
             if old is not None:
                 old.delete(0)
-            found = _pool(conn, pool)
-            if found is None:
-                raise HypervisorError(f"storage pool {pool!r} is not defined")
-            volume = found.createXML(build_volume_xml(name, size), 0)
+            volume = _defined_pool(conn, pool).createXML(build_volume_xml(name, size), 0)
             stream = conn.newStream(0)
             try:
                 volume.upload(stream, 0, size, 0)
@@ -164,25 +151,35 @@ class StoragePoolCalls:
         self._call("download volume", download, timeout=timeout + 5)
 
 
-def _pool(conn: t.Any, name: str) -> t.Any:
+def _lookup(missing: int, lookup: t.Callable[[str], t.Any], name: str) -> t.Any:
+    """``lookup(name)``; None when libvirt answers ``missing`` (no such object)."""
     try:
-        return conn.storagePoolLookupByName(name)
+        return lookup(name)
     except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+        if exc.get_error_code() == missing:
             return None
         raise
+
+
+def _pool(conn: t.Any, name: str) -> t.Any:
+    """The pool ``name``; None when it is not defined."""
+    return _lookup(libvirt.VIR_ERR_NO_STORAGE_POOL, conn.storagePoolLookupByName, name)
+
+
+def _defined_pool(conn: t.Any, name: str) -> t.Any:
+    """:raises HypervisorError: when the pool ``name`` is not defined."""
+    found = _pool(conn, name)
+    if found is None:
+        raise HypervisorError(f"storage pool {name!r} is not defined")
+    return found
 
 
 def _volume(conn: t.Any, pool: str, name: str) -> t.Any:
+    """The volume ``name``; None when it, or an active pool ``pool``, is not there."""
     found = _pool(conn, pool)
     if found is None or not found.isActive():
         return None
-    try:
-        return found.storageVolLookupByName(name)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-            return None
-        raise
+    return _lookup(libvirt.VIR_ERR_NO_STORAGE_VOL, found.storageVolLookupByName, name)
 
 
 def _in_time(deadline: float, fn: t.Callable[[t.Any], t.Any], arg: t.Any) -> t.Any:

@@ -59,49 +59,29 @@ def build_filter_xml(name: str, uuid: str, guest_network: str, gateway_ip: str) 
     :param guest_network: the guests' CIDR; never reachable from a guest, whatever the policy.
     """
     allowed, pinned, resolver = allow_set(name), pin_set(name), dns_set(name)
-    root = ET.Element("filter", {"name": name, "chain": "root"})
-    ET.SubElement(root, "uuid").text = uuid
-    _anti_spoofing(root)
-
-    root.append(ET.Comment(" the manager's SSH control connection from the host bridge "))
+    root = _filter_root(name, uuid)
+    _comment(root, "the manager's SSH control connection from the host bridge")
     _manager_ssh(root)
 
-    root.append(ET.Comment(f" never, whatever the policy: link-local (RFC 3927, cloud metadata) "
-                           f"and the operator's ranges, in {NEVER_SET} "))
+    _comment(root, f"never, whatever the policy: link-local (RFC 3927, cloud metadata) and the "
+                   f"operator's ranges, in {NEVER_SET}")
     _rule(root, "drop", "out", PRIO_NEVER, "all", ipset=NEVER_SET, ipsetflags="dst")
-    root.append(ET.Comment(f" DNS to the resolver on the host bridge: address and port in "
-                           f"{resolver} (outboundInternet) "))
-    _rule(root, "accept", "out", PRIO_DNS, "all", ipset=resolver, ipsetflags="dst,dst",
-          state=NEW_OR_REPLY)
-    root.append(ET.Comment(f" the host bridge only if allowIps names it exactly: {pinned} "))
-    _rule(root, "accept", "out", PRIO_GATEWAY_PINNED, "all", dstipaddr="$GATEWAY",
-          ipset=pinned, ipsetflags="dst", state=NEW_OR_REPLY)
+    _comment(root, f"DNS to the resolver on the host bridge: address and port in {resolver} "
+                   f"(outboundInternet)")
+    _allow(root, PRIO_DNS, "all", ipset=resolver, ipsetflags="dst,dst")
+    _comment(root, f"the host bridge only if allowIps names it exactly: {pinned}")
+    _allow(root, PRIO_GATEWAY_PINNED, "all", dstipaddr="$GATEWAY", ipset=pinned,
+           ipsetflags="dst")
+    _block_guests(root, ipaddress.IPv4Network(guest_network))
 
-    network = ipaddress.IPv4Network(guest_network)
-    root.append(ET.Comment(" other guests and the host bridge: never, even with 0.0.0.0/0 "
-                           "allowed "))
-    _rule(root, "drop", "out", PRIO_BLOCK_GUESTS, "all", dstipaddr="$GATEWAY")
-    _rule(root, "drop", "out", PRIO_BLOCK_GUESTS, "all", dstipaddr=str(network.network_address),
-          dstipmask=str(network.prefixlen))
-
-    root.append(ET.Comment(f" addresses allowIps names exactly (/32), the host's own included: "
-                           f"{pinned} "))
-    _rule(root, "accept", "out", PRIO_PINNED, "all", ipset=pinned, ipsetflags="dst",
-          state=NEW_OR_REPLY)
-    root.append(ET.Comment(f" the host's own addresses ({HOST_SET}): never through a wider "
-                           f"range "))
+    _comment(root, f"addresses allowIps names exactly (/32), the host's own included: {pinned}")
+    _allow(root, PRIO_PINNED, "all", ipset=pinned, ipsetflags="dst")
+    _comment(root, f"the host's own addresses ({HOST_SET}): never through a wider range")
     _rule(root, "drop", "out", PRIO_BLOCK_HOST, "all", ipset=HOST_SET, ipsetflags="dst")
 
-    root.append(ET.Comment(f" allowIps: destinations in {allowed} (empty without "
-                           f"outboundInternet) "))
-    _rule(root, "accept", "out", PRIO_ALLOW, "all", ipset=allowed, ipsetflags="dst",
-          state=NEW_OR_REPLY)
-    root.append(ET.Comment(" replies to connections the guest was allowed to open "))
-    _rule(root, "accept", "in", PRIO_ESTABLISHED, "all", state="ESTABLISHED,RELATED")
-    root.append(ET.Comment(" everything else, both ways "))
-    _rule(root, "drop", "inout", PRIO_DROP_ALL, "all")
-    ET.indent(root, space="  ")
-    return ET.tostring(root, encoding="unicode") + "\n"
+    _comment(root, f"allowIps: destinations in {allowed} (empty without outboundInternet)")
+    _allow(root, PRIO_ALLOW, "all", ipset=allowed, ipsetflags="dst")
+    return _finish(root)
 
 
 def build_binding_xml(port: str, mac: str, filter_name: str, owner_name: str, owner_uuid: str,
@@ -120,8 +100,7 @@ def build_binding_xml(port: str, mac: str, filter_name: str, owner_name: str, ow
     filterref = ET.SubElement(root, "filterref", {"filter": filter_name})
     for name, value in parameters.items():
         ET.SubElement(filterref, "parameter", {"name": name, "value": value})
-    ET.indent(root, space="  ")
-    return ET.tostring(root, encoding="unicode") + "\n"
+    return _serialise(root)
 
 
 def _rule(root: ET.Element, action: str, direction: str, priority: int, element: str,
@@ -133,15 +112,59 @@ def _rule(root: ET.Element, action: str, direction: str, priority: int, element:
     ET.SubElement(rule, element, attrs)
 
 
+def _allow(root: ET.Element, priority: int, element: str, **attrs: str) -> None:
+    """An 'out' accept of new connections (and their replies) matching ``<element attrs/>``."""
+    _rule(root, "accept", "out", priority, element, **attrs, state=NEW_OR_REPLY)
+
+
+def _ip_rule(root: ET.Element, action: str, priority: int, cidr: str, **attrs: str) -> None:
+    """An 'out' rule on the destinations in ``cidr``."""
+    network = ipaddress.IPv4Network(cidr, strict=False)
+    _rule(root, action, "out", priority, "all", dstipaddr=str(network.network_address),
+          dstipmask=str(network.prefixlen), **attrs)
+
+
+def _comment(root: ET.Element, text: str) -> None:
+    root.append(ET.Comment(f" {text} "))
+
+
+def _filter_root(name: str, uuid: str) -> ET.Element:
+    """A VM's ``<filter>``: named after its domain, anti-spoofing first."""
+    root = ET.Element("filter", {"name": name, "chain": "root"})
+    ET.SubElement(root, "uuid").text = uuid
+    _anti_spoofing(root)
+    return root
+
+
+def _block_guests(root: ET.Element, network: ipaddress.IPv4Network) -> None:
+    _comment(root, "other guests and the host bridge: never, even with 0.0.0.0/0 allowed")
+    _rule(root, "drop", "out", PRIO_BLOCK_GUESTS, "all", dstipaddr="$GATEWAY")
+    _ip_rule(root, "drop", PRIO_BLOCK_GUESTS, str(network))
+
+
+def _finish(root: ET.Element) -> str:
+    """Replies to what was let out, everything else dropped; the filter's XML."""
+    _comment(root, "replies to connections the guest was allowed to open")
+    _rule(root, "accept", "in", PRIO_ESTABLISHED, "all", state="ESTABLISHED,RELATED")
+    _comment(root, "everything else, both ways")
+    _rule(root, "drop", "inout", PRIO_DROP_ALL, "all")
+    return _serialise(root)
+
+
+def _serialise(root: ET.Element) -> str:
+    ET.indent(root, space="  ")
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
 def _anti_spoofing(root: ET.Element) -> None:
     """Layer 2 (ebtables): frames from the VM carry its own MAC, IPv4 source and ARP sender;
     only IPv4 and ARP pass either way (no IPv6, RARP or other ethertypes)."""
-    root.append(ET.Comment(" anti-spoofing: the VM's own MAC, IP and ARP sender only "))
+    _comment(root, "anti-spoofing: the VM's own MAC, IP and ARP sender only")
     _rule(root, "drop", "out", PRIO_SPOOFING, "mac", match="no", srcmacaddr="$MAC")
     _rule(root, "drop", "out", PRIO_SPOOFING, "ip", match="no", srcipaddr="$IP")
     _rule(root, "drop", "out", PRIO_SPOOFING, "arp", match="no", arpsrcmacaddr="$MAC")
     _rule(root, "drop", "out", PRIO_SPOOFING, "arp", match="no", arpsrcipaddr="$IP")
-    root.append(ET.Comment(" IPv4 (filtered below) and ARP; any other ethertype is dropped "))
+    _comment(root, "IPv4 (filtered below) and ARP; any other ethertype is dropped")
     _rule(root, "accept", "inout", PRIO_L2_ALLOWED, "ip")
     _rule(root, "accept", "inout", PRIO_L2_ALLOWED, "arp")
     _rule(root, "drop", "inout", PRIO_L2_OTHER, "mac")
@@ -173,60 +196,39 @@ def build_remote_filter_xml(name: str, uuid: str, guest_network: str, allow_ips:
     """
     network = ipaddress.IPv4Network(guest_network)
     subnet = {"srcipaddr": str(network.network_address), "srcipmask": str(network.prefixlen)}
-    root = ET.Element("filter", {"name": name, "chain": "root"})
-    ET.SubElement(root, "uuid").text = uuid
-    _anti_spoofing(root)
-    root.append(ET.Comment(" the manager's SSH connection, routed from outside the guest "
-                           "subnet "))
+    root = _filter_root(name, uuid)
+    _comment(root, "the manager's SSH connection, routed from outside the guest subnet")
     _rule(root, "drop", "in", PRIO_MANAGER - 10, "tcp", dstportstart="22", **subnet)
     _rule(root, "accept", "in", PRIO_MANAGER, "tcp", dstportstart="22", state="NEW,ESTABLISHED")
     _rule(root, "accept", "out", PRIO_MANAGER, "tcp", srcportstart="22", state="ESTABLISHED")
-    root.append(ET.Comment(" never, whatever the policy: link-local (cloud metadata) and the "
-                           "operator's EGRESS_NEVER_CIDRS "))
+    _comment(root, "never, whatever the policy: link-local (cloud metadata) and the operator's "
+                   "EGRESS_NEVER_CIDRS")
     for cidr in ("169.254.0.0/16", *(entry for entry in never if ":" not in entry)):
         _ip_rule(root, "drop", PRIO_NEVER, cidr)
     allowed = [ipaddress.ip_network(entry, strict=False) for entry in allow_ips]
     allowed = [entry for entry in allowed if entry.version == 4] if outbound_internet else []
     if outbound_internet:
-        root.append(ET.Comment(" DNS to the resolver on the host bridge (outboundInternet) "))
+        _comment(root, "DNS to the resolver on the host bridge (outboundInternet)")
         for protocol in ("udp", "tcp"):
-            _rule(root, "accept", "out", PRIO_DNS, protocol, dstipaddr="$GATEWAY",
-                  dstportstart="53", state=NEW_OR_REPLY)
+            _allow(root, PRIO_DNS, protocol, dstipaddr="$GATEWAY", dstportstart="53")
     if any(entry.prefixlen == 32 and entry.network_address == next(network.hosts())
            for entry in allowed):
-        root.append(ET.Comment(" the host bridge: allowIps names it exactly "))
-        _rule(root, "accept", "out", PRIO_GATEWAY_PINNED, "all", dstipaddr="$GATEWAY",
-              state=NEW_OR_REPLY)
-    root.append(ET.Comment(" other guests and the host bridge: never, even with 0.0.0.0/0 "
-                           "allowed "))
-    _rule(root, "drop", "out", PRIO_BLOCK_GUESTS, "all", dstipaddr="$GATEWAY")
-    _ip_rule(root, "drop", PRIO_BLOCK_GUESTS, str(network))
+        _comment(root, "the host bridge: allowIps names it exactly")
+        _allow(root, PRIO_GATEWAY_PINNED, "all", dstipaddr="$GATEWAY")
+    _block_guests(root, network)
     pinned = [entry for entry in allowed if entry.prefixlen == 32]
     if pinned:
-        root.append(ET.Comment(" addresses allowIps names exactly (/32), the hosts' own "
-                               "included "))
+        _comment(root, "addresses allowIps names exactly (/32), the hosts' own included")
     for entry in pinned:
         _ip_rule(root, "accept", PRIO_PINNED, str(entry), state=NEW_OR_REPLY)
     if hosts:
-        root.append(ET.Comment(" the managers' and the host's own addresses: never through a "
-                               "wider range "))
+        _comment(root, "the managers' and the host's own addresses: never through a wider "
+                       "range")
     for address in hosts:
         _ip_rule(root, "drop", PRIO_BLOCK_HOST, address)
     if len(allowed) > len(pinned):
-        root.append(ET.Comment(" allowIps (outboundInternet) "))
+        _comment(root, "allowIps (outboundInternet)")
     for entry in allowed:
         if entry.prefixlen < 32:
             _ip_rule(root, "accept", PRIO_ALLOW, str(entry), state=NEW_OR_REPLY)
-    root.append(ET.Comment(" replies to connections the guest was allowed to open "))
-    _rule(root, "accept", "in", PRIO_ESTABLISHED, "all", state="ESTABLISHED,RELATED")
-    root.append(ET.Comment(" everything else, both ways "))
-    _rule(root, "drop", "inout", PRIO_DROP_ALL, "all")
-    ET.indent(root, space="  ")
-    return ET.tostring(root, encoding="unicode") + "\n"
-
-
-def _ip_rule(root: ET.Element, action: str, priority: int, cidr: str, **attrs: str) -> None:
-    """An 'out' rule on the destinations in ``cidr``."""
-    network = ipaddress.IPv4Network(cidr, strict=False)
-    _rule(root, action, "out", priority, "all", dstipaddr=str(network.network_address),
-          dstipmask=str(network.prefixlen), **attrs)
+    return _finish(root)

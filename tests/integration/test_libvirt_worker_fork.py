@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import threading
 
-from app.virt import connection
+from app.virt import libvirt_events
 from app.virt.connection import Hypervisor
 
 
@@ -13,7 +13,7 @@ def test_a_forked_worker_runs_its_own_event_loop(services):
     worker must start a loop of its own, or libvirtd drops its idle connection (a 503 after
     ~30 s of quiet, seen on `make run`)."""
     services.hypervisor.ping()  # this process: loop running
-    assert connection._event_loop_pid == os.getpid()
+    assert libvirt_events._event_loop_pid == os.getpid()
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
@@ -22,7 +22,7 @@ def test_a_forked_worker_runs_its_own_event_loop(services):
             worker = Hypervisor(services.settings.libvirt_uri, timeout=10)
             worker.ping()
             loops = [t for t in threading.enumerate() if t.name == "libvirt-events"]
-            if loops and connection._event_loop_pid == os.getpid():
+            if loops and libvirt_events._event_loop_pid == os.getpid():
                 status = b"ok"
         finally:
             os.write(write_end, status)

@@ -43,9 +43,17 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> World:
+def world_settings() -> dict[str, t.Any]:
+    """Settings the world starts with, over the fakes' defaults: a module overrides this
+    fixture to change them for all its tests (e.g. tests/unit/remote_hosts.py's HOSTS)."""
+    return {}
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: FakeClock,
+          world_settings: dict[str, t.Any]) -> World:
     """The real services on fakes, under a fresh STORAGE_ROOT."""
-    return World(tmp_path, monkeypatch, clock)
+    return World(tmp_path, monkeypatch, clock, **world_settings)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 says a domain changed, this process changes one, or the connection goes."""
 from __future__ import annotations
 
+import concurrent.futures
 import time
 
 import pytest
@@ -60,6 +61,35 @@ def test_answers_expire():
     assert cache.get("u1") is RUNNING
     now[0] += 2
     assert cache.get("u1") is None
+
+
+def test_a_call_that_may_change_a_domain_drops_everything_before_and_after():
+    """The connection hands every call through :meth:`DomainCache.around`: this process's own
+    change is seen at once, and an answer read while it ran is not kept."""
+    cache = started()
+    cache.put("u1", RUNNING, cache.generation)
+    future = concurrent.futures.Future()
+    seen = []
+
+    def submit():
+        seen.append(cache.get("u1"))
+        cache.put("u1", RUNNING, cache.generation)  # read while the call is out
+        return future
+
+    assert cache.around("start domain", submit) is future
+    assert seen == [None] and cache.get("u1") is RUNNING
+    future.set_result(None)
+    assert cache.get("u1") is None
+
+
+def test_a_read_only_call_drops_nothing():
+    cache = started()
+    cache.put("u1", RUNNING, cache.generation)
+    generation = cache.generation
+    future = concurrent.futures.Future()
+    assert cache.around("get domain", lambda: future) is future
+    future.set_result(None)
+    assert cache.get("u1") is RUNNING and cache.generation == generation
 
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed here")

@@ -3,36 +3,26 @@ reason, within HOST_PROBE_TIMEOUT_S even when it hangs, without piling up calls 
 local host as before; /metrics per host."""
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 import pytest
 
-from app import create_app
 from app.errors import HypervisorError
 from app.models import VmPhase, VmRole
+from tests.unit import remote_hosts
 from tests.unit.fakes import API_KEY, World, record
 from tests.unit.test_observe import sample
 
-H2 = {"name": "h2", "uri": "qemu+tcp://10.210.0.2/system", "guestCidr": "172.16.1.0/24",
-      "maxVms": 5}
+H2 = {**remote_hosts.H2, "maxVms": 5}
 H3 = {"name": "h3", "uri": "qemu+tcp://10.210.0.6/system", "guestCidr": "172.16.2.0/24"}
 AUTH = {"X-API-Key": API_KEY}
-PROBE_S = 0.5
+PROBE_S = remote_hosts.PROBE_S
 
 
 @pytest.fixture
-def world(tmp_path, monkeypatch, clock):
-    return World(tmp_path, monkeypatch, clock, HOSTS=json.dumps([H2, H3]),
-                 HOST_PROBE_TIMEOUT_S=PROBE_S)
-
-
-@pytest.fixture
-def client(world):
-    app = create_app({"TESTING": True}, services=world.services)
-    yield app.test_client()
-    world.services.close()
+def world_settings():
+    return remote_hosts.hosts_settings(H2, H3)
 
 
 def remote(world, name):

@@ -9,27 +9,18 @@ import json
 
 import pytest
 
-from app import create_app
 from app.errors import HypervisorError
 from app.services.locks import host_lock
-from tests.unit.fakes import API_KEY, NEW_BUILD, OLD_BUILD, World
+from tests.unit.fakes import API_KEY, NEW_BUILD, OLD_BUILD
+from tests.unit.remote_hosts import H2, hosts_settings
 
-H2 = {"name": "h2", "uri": "qemu+tcp://10.210.0.2/system", "guestCidr": "172.16.1.0/24"}
 AUTH = {"X-API-Key": API_KEY}
 POOL = "rds-images"
 
 
 @pytest.fixture
-def world(tmp_path, monkeypatch, clock):
-    return World(tmp_path, monkeypatch, clock, HOSTS=json.dumps([H2]),
-                 HOST_PROBE_TIMEOUT_S=0.5)
-
-
-@pytest.fixture
-def client(world):
-    app = create_app({"TESTING": True}, services=world.services)
-    yield app.test_client()
-    world.services.close()
+def world_settings():
+    return hosts_settings(H2)
 
 
 @pytest.fixture

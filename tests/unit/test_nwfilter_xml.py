@@ -10,7 +10,7 @@ from app.virt.egress import (HOST_SET, NEVER_SET, EgressSets, egress_entries, ho
                              never_ranges, owner_of, restore_script)
 from app.virt.ipsets import parse_addresses
 from app.virt.network_xml import build_network_xml
-from app.virt.nwfilter_xml import build_binding_xml, build_filter_xml
+from app.virt.nwfilter_xml import build_binding_xml, build_filter_xml, build_remote_filter_xml
 
 NAME = "rds-0b5c1a3e"
 UUID = "0b5c1a3e-2f4d-4c6b-9a8e-1d2c3b4a5f60"
@@ -252,3 +252,21 @@ def test_dns_is_accepted_before_the_gateway_block():
     gateway_drop = [prio for action, _d, prio, attrs in table
                     if action == "drop" and attrs.get("dstipaddr") == "$GATEWAY"]
     assert dns and gateway_drop and max(dns) < min(gateway_drop)
+
+
+def test_binding_golden(golden):
+    golden("xml/nwfilter-binding-out.xml", build_binding_xml(
+        "vnet7", "52:54:00:10:00:05", NAME, NAME, UUID, {"IP": "172.16.0.5", "GATEWAY": GATEWAY}))
+
+
+@pytest.mark.parametrize("case, allow_ips, outbound, never, hosts", [
+    # outboundInternet off: no DNS, no allowIps rules, whatever allowIps says
+    ("closed", ("10.0.0.0/8", "172.16.1.1/32"), False, (), ()),
+    # every rule shape: the bridge pinned, a /32, wider ranges, IPv6 ignored, never-ranges
+    # (IPv6 ones ignored) and the hosts' own addresses
+    ("open", ("172.16.1.1/32", "203.0.113.7/32", "198.51.100.0/24", "0.0.0.0/1", "2001:db8::/32"),
+     True, ("192.0.2.0/24", "fd00::/8"), ("198.51.100.9", "203.0.113.1")),
+])
+def test_remote_golden(golden, case, allow_ips, outbound, never, hosts):
+    golden(f"xml/nwfilter-remote-{case}-out.xml", build_remote_filter_xml(
+        NAME, UUID, "172.16.1.0/24", allow_ips, outbound, never=never, hosts=hosts))

@@ -14,25 +14,17 @@ from app import create_app
 from app.errors import HypervisorError
 from app.virt.metadata_xml import parse_metadata
 from app.virt.nwfilter_xml import build_remote_filter_xml
+from tests.unit import remote_hosts
 from tests.unit.fakes import API_KEY, World
 
-H2 = {"name": "h2", "uri": "qemu+tcp://10.210.0.2/system", "guestCidr": "172.16.1.0/24",
-      "maxVms": 2}
+H2 = {**remote_hosts.H2, "maxVms": 2}
 AUTH = {"X-API-Key": API_KEY}
 ON_H2 = {"cpu": 1, "memMb": 256, "placement": {"host": "h2"}}
 
 
 @pytest.fixture
-def world(tmp_path, monkeypatch, clock):
-    return World(tmp_path, monkeypatch, clock, HOSTS=json.dumps([H2]),
-                 HOST_PROBE_TIMEOUT_S=0.5)
-
-
-@pytest.fixture
-def client(world):
-    app = create_app({"TESTING": True}, services=world.services)
-    yield app.test_client()
-    world.services.close()
+def world_settings():
+    return remote_hosts.hosts_settings(H2)
 
 
 @pytest.fixture
