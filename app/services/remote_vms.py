@@ -20,10 +20,11 @@ What a remote VM is made of, all on its host, all named after the VM (``rds-<sho
 It boots cold (no memory snapshot is made on a remote host yet) and gets its identity from its
 kernel command line and fw_cfg, as a cold-booted local VM does; the identity channel is there
 (libvirt picks its socket path on that host) but unused. Its address is the lowest free one of
-the host's ``guestCidr`` among the addresses its domains' records hold, picked under a lock of
-this manager (``STORAGE_ROOT/hosts/<host>.alloc.lock``): safe for the worker processes of one
-manager, not yet for several managers at once (a later step: something that host's libvirt
-makes atomic).
+the host's ``guestCidr`` that neither a domain's record nor an address reservation there holds;
+the reservation, a DHCP host entry of the host's network that libvirt adds atomically, makes
+it (and the VM's name) safe with several managers at once (:mod:`app.services.remote_addresses`).
+This manager's lock (``STORAGE_ROOT/hosts/<host>.alloc.lock``) still makes its own processes
+create there one at a time, which keeps the host's ``maxVms`` exact among them.
 """
 from __future__ import annotations
 
@@ -36,7 +37,6 @@ import posixpath
 import time
 import typing as t
 import urllib.parse
-import uuid
 from pathlib import Path
 
 from app.clock import now_iso
@@ -45,15 +45,15 @@ from app.config.hosts import LOCAL_HOST, RemoteHost
 from app.errors import (AppError, HypervisorError, ImageStateConflict, InvalidRequest,
                         QuotaExceeded, VmNotFound, VmStateConflict)
 from app.guestssh import GuestSSH
-from app.models import (ProvisionMode, Vm, VmPhase, VmRecord, VmRole, VmSpec, VmState,
-                        vm_name)
-from app.services.addresses import allocation_lock, mac_for, pick_address
+from app.models import ProvisionMode, Vm, VmPhase, VmRecord, VmRole, VmSpec, VmState
+from app.services.addresses import allocation_lock
 from app.services.guests import GuestClients, ManagerKey
 from app.services.image_shipping import build_of
 from app.services.lifetimes import is_expired
 from app.services.ownership import check_quota
 from app.services.placement import Room, choose, room
 from app.services.records import VmRecords, to_vm
+from app.services.remote_addresses import RemoteAddresses
 from app.services.remote_lookup import Found, RemoteLookup
 from app.services.teardown import Cleanup
 from app.services.templates import TemplateCatalog
@@ -62,7 +62,7 @@ from app.sshkeys import generate_keypair
 from app.virt.ipsets import host_addresses
 from app.virt.domain_xml import BootFiles, DomainParams, build_domain_xml, kernel_cmdline, \
     port_name
-from app.virt.network_xml import build_network_xml
+from app.virt.network_xml import DhcpHost, build_network_xml
 from app.virt.nwfilter_xml import build_remote_filter_xml
 from app.virt.pool_xml import POOL_NAME, build_overlay_volume_xml, build_pool_xml
 
@@ -92,6 +92,7 @@ class RemoteVms:
         self.manager_key = manager_key
         self.domain_type = domain_type
         self.lookup = RemoteLookup(registry)
+        self.addresses = RemoteAddresses()
 
     def host(self, name: str) -> RemoteHost:
         """:raises InvalidRequest: not a ``HOSTS`` name."""
@@ -234,6 +235,8 @@ class RemoteVms:
         hypervisor.undefine_filter(record.name)
         with contextlib.suppress(VmNotFound):
             hypervisor.undefine_domain(vm_id)
+        self.addresses.release(host, hypervisor,
+                               DhcpHost(mac=record.mac, name=record.name, ip=record.guest_ip))
         self.lookup.remember(host.name, record, gone=True)
         log.info("vm deleted vm=%s name=%s host=%s", vm_id, record.name, host.name)
 
@@ -265,18 +268,22 @@ class RemoteVms:
         host_key = generate_keypair()
         with allocation_lock(self.lock_path(host.name), LOCK_TIMEOUT,
                              busy=f"host {host.name} is busy allocating VMs; retry"):
-            others = [record for record, _info in VmRecords(hypervisor).all()]
+            domains = VmRecords(hypervisor).all()
+            others = [record for record, _info in domains]
             deleting = sum(1 for other in others if other.phase is VmPhase.DELETING)
             limit = host.max_vms or self.settings.max_vms
             if len(others) - deleting >= limit:
                 raise QuotaExceeded(f"VM quota of host {host.name} reached ({limit} VMs)")
             check_quota(spec, others)
-            address = pick_address(host.network, host.gateway,
-                                   [other.guest_ip for other in others])
-            vm_id, name = self._new_identity(hypervisor)
+            held = self.addresses.reserve(host, hypervisor,
+                                          [other.guest_ip for other in others],
+                                          {info.name for _record, info in domains})
+            cleanup.add("address reservation", self.addresses.release, host, hypervisor,
+                        held.entry)
+            vm_id, name = held.vm_id, held.name
             record = VmRecord(
-                id=vm_id, name=name, cpu=spec.cpu, mem_mb=spec.mem_mb, guest_ip=str(address),
-                mac=mac_for(address), allow_ips=spec.allow_ips,
+                id=vm_id, name=name, cpu=spec.cpu, mem_mb=spec.mem_mb, guest_ip=str(held.address),
+                mac=held.entry.mac, allow_ips=spec.allow_ips,
                 outbound_internet=spec.outbound_internet, image_id=template.id,
                 image_path=posixpath.join(host.images_dir, boot["qcow2"]),
                 disk_size_mb=plan.disk_size_mb, created_at=now_iso(),
@@ -298,6 +305,7 @@ class RemoteVms:
                                    self._params(record, host, disk, boot))
             cleanup.add("domain", self._remove_domain, hypervisor, vm_id)
             hypervisor.define_domain(xml)
+            self.addresses.confirm(host, hypervisor, held.entry)
         return record
 
     def _params(self, record: VmRecord, host: RemoteHost, disk: str,
@@ -344,15 +352,6 @@ class RemoteVms:
             hypervisor.destroy_domain(vm_id)
         with contextlib.suppress(VmNotFound):
             hypervisor.undefine_domain(vm_id)
-
-    @staticmethod
-    def _new_identity(hypervisor: Hypervisor) -> tuple[str, str]:
-        for _ in range(10):
-            vm_id = str(uuid.uuid4())
-            name = vm_name(vm_id)
-            if not hypervisor.domain_name_exists(name):
-                return vm_id, name
-        raise HypervisorError("could not find a free VM name")
 
 
 def _nothing() -> None:

@@ -53,7 +53,8 @@ RECONNECT_INTERVAL_S = 0.25
 READ_ONLY_CALLS = frozenset({
     "get domain", "list domains", "lookup domain", "domain stats", "node info", "ping",
     "hypervisor version", "list volumes", "list nwfilters", "list nwfilter bindings",
-    "network state", "guest agent ping", "guest agent status", "download volume"})
+    "network state", "network dhcp hosts", "guest agent ping", "guest agent status",
+    "download volume"})
 
 _event_loop_pid: int | None = None  # the process whose thread runs libvirt's event loop
 _event_loop_lock = threading.Lock()
