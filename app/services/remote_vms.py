@@ -15,6 +15,8 @@ What a remote VM is made of, all on its host, all named after the VM (``rds-<sho
 - its nwfilter ``<name>``, the policy written into the rules (the manager's ipsets and taps
   are in the manager's kernel, not there; :func:`~app.virt.nwfilter_xml.build_remote_filter_xml`),
   referenced from its NIC on the host's routed network ``rds-net-<host>``;
+- its address reservation, a DHCP host entry named after it in that network, added first and
+  removed last (:mod:`app.services.remote_addresses`);
 - its domain, whose metadata record names the host (``host``).
 
 It boots cold (no memory snapshot is made on a remote host yet) and gets its identity from its
