@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 NAME_PREFIX = "rds-"
@@ -73,14 +74,22 @@ def inventory() -> dict[str, set[str]]:
 
 def remote_inventory(uri: str) -> dict[str, set[str]]:
     """What the service made on a remote host (issue 17), read with ``virsh -c uri``: its
-    domains, nwfilters and the VMs' volumes (the ``rds-vms`` pool; shipped images in
-    ``rds-images`` and the guest network are the host's cache, not leaks)."""
+    domains, nwfilters, the VMs' volumes (the ``rds-vms`` pool; shipped images in
+    ``rds-images`` and the guest network are the host's cache, not leaks) and the address
+    reservations (DHCP host entries) in its guest networks, as ``network name ip``."""
     def virsh(*args: str) -> list[str]:
         return _lines("virsh", "-c", uri, "-q", *args)
     pools = set(virsh("pool-list", "--all", "--name"))
     if "rds-vms" in pools:
         virsh("pool-refresh", "rds-vms")  # files made there since (a console log)
+    reservations = set()
+    for network in virsh("net-list", "--all", "--name"):
+        if network.startswith(NAME_PREFIX):
+            xml = "\n".join(virsh("net-dumpxml", "--inactive", network))
+            reservations |= {f"{network} {host.get('name')} {host.get('ip')}"
+                             for host in ET.fromstring(xml).findall("ip/dhcp/host")}
     return {
+        "address reservations": reservations,
         "domains": {name for name in virsh("list", "--all", "--name")
                     if name.startswith(NAME_PREFIX)},
         "nwfilters": {line.split()[1] for line in virsh("nwfilter-list")

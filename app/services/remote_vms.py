@@ -1,5 +1,6 @@
-"""VMs on the remote hosts of ``HOSTS`` (issue 17): made, found, used and deleted through that
-host's libvirt connection only — a real second host shares no file system with the manager.
+"""VMs on the remote hosts of ``HOSTS`` (issue 17): made, used and deleted through that host's
+libvirt connection only — a real second host shares no file system with the manager. Finding
+them on the hosts is :mod:`app.services.remote_lookup`.
 
 What a remote VM is made of, all on its host, all named after the VM (``rds-<short id>``):
 
@@ -14,21 +15,18 @@ What a remote VM is made of, all on its host, all named after the VM (``rds-<sho
 - its nwfilter ``<name>``, the policy written into the rules (the manager's ipsets and taps
   are in the manager's kernel, not there; :func:`~app.virt.nwfilter_xml.build_remote_filter_xml`),
   referenced from its NIC on the host's routed network ``rds-net-<host>``;
+- its address reservation, a DHCP host entry named after it in that network, added first and
+  removed last (:mod:`app.services.remote_addresses`);
 - its domain, whose metadata record names the host (``host``).
 
 It boots cold (no memory snapshot is made on a remote host yet) and gets its identity from its
 kernel command line and fw_cfg, as a cold-booted local VM does; the identity channel is there
 (libvirt picks its socket path on that host) but unused. Its address is the lowest free one of
-the host's ``guestCidr`` among the addresses its domains' records hold, picked under a lock of
-this manager (``STORAGE_ROOT/hosts/<host>.alloc.lock``): safe for the worker processes of one
-manager, not yet for several managers at once (a later step: something that host's libvirt
-makes atomic).
-
-A remote VM is found by asking the hosts (:meth:`HostRegistry.probe`, answered within
-``HOST_PROBE_TIMEOUT_S`` or the host is DOWN): a VM that is on no host that answered, while a
-host is DOWN, may be on that one, so the call is refused with 503 naming the host, not 404.
-What each host held when it last answered is kept (per process): ``GET /v1/vms`` shows those
-VMs of a DOWN host as ``UNKNOWN``, and a call on one names its host.
+the host's ``guestCidr`` that neither a domain's record nor an address reservation there holds;
+the reservation, a DHCP host entry of the host's network that libvirt adds atomically, makes
+it (and the VM's name) safe with several managers at once (:mod:`app.services.remote_addresses`).
+This manager's lock (``STORAGE_ROOT/hosts/<host>.alloc.lock``) still makes its own processes
+create there one at a time, which keeps the host's ``maxVms`` exact among them.
 """
 from __future__ import annotations
 
@@ -38,11 +36,9 @@ import io
 import ipaddress
 import logging
 import posixpath
-import threading
 import time
 import typing as t
 import urllib.parse
-import uuid
 from pathlib import Path
 
 from app.clock import now_iso
@@ -51,15 +47,16 @@ from app.config.hosts import LOCAL_HOST, RemoteHost
 from app.errors import (AppError, HypervisorError, ImageStateConflict, InvalidRequest,
                         QuotaExceeded, VmNotFound, VmStateConflict)
 from app.guestssh import GuestSSH
-from app.models import (DomainInfo, ProvisionMode, Vm, VmPhase, VmRecord, VmRole, VmSpec,
-                        VmState, vm_name)
-from app.services.addresses import allocation_lock, mac_for, pick_address
+from app.models import ProvisionMode, Vm, VmPhase, VmRecord, VmRole, VmSpec, VmState
+from app.services.addresses import allocation_lock
 from app.services.guests import GuestClients, ManagerKey
 from app.services.image_shipping import build_of
 from app.services.lifetimes import is_expired
-from app.services.ownership import check_quota, visible
+from app.services.ownership import check_quota
 from app.services.placement import Room, choose, room
 from app.services.records import VmRecords, to_vm
+from app.services.remote_addresses import RemoteAddresses
+from app.services.remote_lookup import Found, RemoteLookup
 from app.services.teardown import Cleanup
 from app.services.templates import TemplateCatalog
 from app.services.vm_files import AUTHORIZED_KEYS, HOST_KEY
@@ -67,12 +64,12 @@ from app.sshkeys import generate_keypair
 from app.virt.ipsets import host_addresses
 from app.virt.domain_xml import BootFiles, DomainParams, build_domain_xml, kernel_cmdline, \
     port_name
-from app.virt.network_xml import build_network_xml
+from app.virt.network_xml import DhcpHost, build_network_xml
 from app.virt.nwfilter_xml import build_remote_filter_xml
 from app.virt.pool_xml import POOL_NAME, build_overlay_volume_xml, build_pool_xml
 
 if t.TYPE_CHECKING:
-    from app.services.host_registry import HostRegistry, Probe
+    from app.services.host_registry import HostRegistry
     from app.services.provisioner import CreatePlan
     from app.virt.connection import Hypervisor
 
@@ -80,16 +77,6 @@ log = logging.getLogger(__name__)
 VMS_POOL = "rds-vms"
 LOCK_TIMEOUT = 60.0
 VOLUME_SUFFIXES = ("qcow2", HOST_KEY, AUTHORIZED_KEYS, "console.log")
-
-
-@dataclasses.dataclass(frozen=True)
-class Found:
-    """A remote VM as its host's libvirt has it."""
-
-    host: RemoteHost
-    hypervisor: Hypervisor
-    record: VmRecord
-    state: str  # libvirt's run state
 
 
 class RemoteVms:
@@ -106,8 +93,8 @@ class RemoteVms:
         self.guests = guests
         self.manager_key = manager_key
         self.domain_type = domain_type
-        self._known: dict[str, tuple[tuple[VmRecord, t.Any], ...]] = {}  # host -> last seen
-        self._lock = threading.Lock()
+        self.lookup = RemoteLookup(registry)
+        self.addresses = RemoteAddresses()
 
     def host(self, name: str) -> RemoteHost:
         """:raises InvalidRequest: not a ``HOSTS`` name."""
@@ -117,64 +104,15 @@ class RemoteVms:
             raise InvalidRequest(f"placement.host {name!r} is not a host (known: {known})")
         return host
 
-    # Queries ###############################################################################
-
-    def _probe(self) -> dict[str, Probe]:
-        """Every remote host's answer (within HOST_PROBE_TIMEOUT_S); what each host that
-        answered holds is kept as its last known VMs."""
-        probes = self.registry.probe()
-        with self._lock:
-            for name, probe in probes.items():
-                if probe.up:
-                    self._known[name] = probe.records
-        return probes
+    # Queries (app.services.remote_lookup) ################################################
 
     def sandboxes(self) -> list[Vm]:
-        """The callers' VMs on every remote host that answers, and the last known ones of a
-        host that does not (``UNKNOWN``; known to this process only: those it saw there)."""
-        vms = []
-        for name, probe in self._probe().items():
-            if probe.up:
-                vms += [to_vm(record, info.state) for record, info in probe.records
-                        if _callers(record)]
-                continue
-            with self._lock:
-                known = self._known.get(name, ())
-            vms += [dataclasses.replace(to_vm(record, info.state), state=VmState.UNKNOWN)
-                    for record, info in known if _callers(record)]
-        return vms
+        """The callers' VMs of every remote host (:meth:`RemoteLookup.sandboxes`)."""
+        return self.lookup.sandboxes()
 
     def find(self, vm_id: str, deleting: bool = False) -> Found:
-        """A caller's VM on a remote host.
-
-        :param deleting: also one whose delete did not finish.
-        :raises VmNotFound: on no host, and every host answered.
-        :raises HypervisorError: on no host that answered, and a host is DOWN (it may be
-            there): 503 naming it.
-        """
-        try:
-            uuid.UUID(vm_id)
-        except ValueError:
-            raise VmNotFound(f"VM {vm_id} not found") from None
-        probes = self._probe()
-        for name, probe in probes.items():
-            for record, info in probe.records:
-                if record.id == vm_id and _callers(record, deleting):
-                    return Found(self.registry.host(name), self.registry.hypervisor(name),
-                                 record, info.state)
-        down = {name: probe.reason for name, probe in probes.items() if not probe.up}
-        for name, reason in down.items():
-            with self._lock:
-                known = self._known.get(name, ())
-            if any(record.id == vm_id and _callers(record, deleting) for record, _ in known):
-                raise HypervisorError(f"VM {vm_id} is on host {name}, which does not answer: "
-                                      f"{reason}")
-        if down:
-            hosts = "; ".join(f"{name}: {reason}" for name, reason in down.items())
-            raise HypervisorError(f"VM {vm_id} is not on any host that answers, and "
-                                  f"{len(down)} host(s) do not answer (it may be there): "
-                                  f"{hosts}")
-        raise VmNotFound(f"VM {vm_id} not found")
+        """A caller's VM on a remote host (:meth:`RemoteLookup.find`)."""
+        return self.lookup.find(vm_id, deleting)
 
     def get(self, vm_id: str) -> Vm:
         found = self.find(vm_id)
@@ -240,7 +178,7 @@ class RemoteVms:
             record = VmRecords(hypervisor).set_phase(record, VmPhase.READY,
                                                      started_at=now_iso())
             cleanup.keep()
-        self._remember(host.name, record)
+        self.lookup.remember(host.name, record)
         log.info("vm ready vm=%s name=%s host=%s mode=boot seconds=%.2f", record.id,
                  record.name, host.name, time.monotonic() - started)
         return to_vm(record, "running")
@@ -272,7 +210,7 @@ class RemoteVms:
         """The reaper's round on the remote hosts that answer: delete the callers' VMs whose
         ``expiresAt`` passed, finish the deletes that did not; returns (what, record) done."""
         done = []
-        for name, probe in self._probe().items():
+        for name, probe in self.lookup.probe().items():
             for record, _info in probe.records:
                 if record.role is not VmRole.SANDBOX or not (
                         record.phase is VmPhase.DELETING or is_expired(record)):
@@ -299,17 +237,10 @@ class RemoteVms:
         hypervisor.undefine_filter(record.name)
         with contextlib.suppress(VmNotFound):
             hypervisor.undefine_domain(vm_id)
-        self._remember(host.name, record, gone=True)
+        self.addresses.release(host, hypervisor,
+                               DhcpHost(mac=record.mac, name=record.name, ip=record.guest_ip))
+        self.lookup.remember(host.name, record, gone=True)
         log.info("vm deleted vm=%s name=%s host=%s", vm_id, record.name, host.name)
-
-    def _remember(self, host_name: str, record: VmRecord, gone: bool = False) -> None:
-        """Add a VM made there to what is known of the host (or drop one deleted)."""
-        with self._lock:
-            known = [(other, info) for other, info in self._known.get(host_name, ())
-                     if other.id != record.id]
-            if not gone:
-                known.append((record, DomainInfo(record.id, record.name, "running", "")))
-            self._known[host_name] = tuple(known)
 
     # Parts #################################################################################
 
@@ -339,18 +270,22 @@ class RemoteVms:
         host_key = generate_keypair()
         with allocation_lock(self.lock_path(host.name), LOCK_TIMEOUT,
                              busy=f"host {host.name} is busy allocating VMs; retry"):
-            others = [record for record, _info in VmRecords(hypervisor).all()]
+            domains = VmRecords(hypervisor).all()
+            others = [record for record, _info in domains]
             deleting = sum(1 for other in others if other.phase is VmPhase.DELETING)
             limit = host.max_vms or self.settings.max_vms
             if len(others) - deleting >= limit:
                 raise QuotaExceeded(f"VM quota of host {host.name} reached ({limit} VMs)")
             check_quota(spec, others)
-            address = pick_address(host.network, host.gateway,
-                                   [other.guest_ip for other in others])
-            vm_id, name = self._new_identity(hypervisor)
+            held = self.addresses.reserve(host, hypervisor,
+                                          [other.guest_ip for other in others],
+                                          {info.name for _record, info in domains})
+            cleanup.add("address reservation", self.addresses.release, host, hypervisor,
+                        held.entry)
+            vm_id, name = held.vm_id, held.name
             record = VmRecord(
-                id=vm_id, name=name, cpu=spec.cpu, mem_mb=spec.mem_mb, guest_ip=str(address),
-                mac=mac_for(address), allow_ips=spec.allow_ips,
+                id=vm_id, name=name, cpu=spec.cpu, mem_mb=spec.mem_mb, guest_ip=str(held.address),
+                mac=held.entry.mac, allow_ips=spec.allow_ips,
                 outbound_internet=spec.outbound_internet, image_id=template.id,
                 image_path=posixpath.join(host.images_dir, boot["qcow2"]),
                 disk_size_mb=plan.disk_size_mb, created_at=now_iso(),
@@ -372,6 +307,7 @@ class RemoteVms:
                                    self._params(record, host, disk, boot))
             cleanup.add("domain", self._remove_domain, hypervisor, vm_id)
             hypervisor.define_domain(xml)
+            self.addresses.confirm(host, hypervisor, held.entry)
         return record
 
     def _params(self, record: VmRecord, host: RemoteHost, disk: str,
@@ -418,21 +354,6 @@ class RemoteVms:
             hypervisor.destroy_domain(vm_id)
         with contextlib.suppress(VmNotFound):
             hypervisor.undefine_domain(vm_id)
-
-    @staticmethod
-    def _new_identity(hypervisor: Hypervisor) -> tuple[str, str]:
-        for _ in range(10):
-            vm_id = str(uuid.uuid4())
-            name = vm_name(vm_id)
-            if not hypervisor.domain_name_exists(name):
-                return vm_id, name
-        raise HypervisorError("could not find a free VM name")
-
-
-def _callers(record: VmRecord, deleting: bool = False) -> bool:
-    """A caller's VM (not a pool VM or seed), visible to the caller, not being deleted."""
-    return record.role is VmRole.SANDBOX and visible(record.owner_key) and \
-        (deleting or record.phase is not VmPhase.DELETING)
 
 
 def _nothing() -> None:

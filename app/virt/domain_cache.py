@@ -35,7 +35,8 @@ MAX_AGE_S = 10.0
 READ_ONLY_CALLS = frozenset({
     "get domain", "list domains", "lookup domain", "domain stats", "node info", "ping",
     "hypervisor version", "list volumes", "list nwfilters", "list nwfilter bindings",
-    "network state", "guest agent ping", "guest agent status", "download volume"})
+    "network state", "network dhcp hosts", "guest agent ping", "guest agent status",
+    "download volume"})
 
 
 class DomainCache:

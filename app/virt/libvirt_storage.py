@@ -35,12 +35,21 @@ class StoragePoolCalls:
             pool = _pool(conn, name)
             if pool is None:
                 log.debug("defining storage pool xml=%s", xml)
-                pool = conn.storagePoolDefineXML(xml, 0)
-                created = True
-                if build:
-                    pool.build(0)
+                try:
+                    pool = conn.storagePoolDefineXML(xml, 0)
+                except libvirt.libvirtError:
+                    # Another client (a manager on another machine) defined it meanwhile.
+                    pool = conn.storagePoolLookupByName(name)
+                else:
+                    created = True
+                    if build:
+                        pool.build(0)
             if not pool.isActive():
-                pool.create(0)
+                try:
+                    pool.create(0)
+                except libvirt.libvirtError:
+                    if not pool.isActive():  # else another client started it meanwhile
+                        raise
             if not pool.autostart():
                 pool.setAutostart(1)
             return created

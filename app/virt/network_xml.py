@@ -1,6 +1,7 @@
-"""The guests' libvirt network (pure: no I/O, no libvirt)."""
+"""The guests' libvirt network and its DHCP host entries (pure: no I/O, no libvirt)."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import xml.etree.ElementTree as ET
 
@@ -26,3 +27,26 @@ def build_network_xml(name: str, bridge: str, cidr: str, mode: str) -> str:
     ET.SubElement(root, "ip", {"address": str(gateway), "netmask": str(network.netmask)})
     ET.indent(root, space="  ")
     return ET.tostring(root, encoding="unicode") + "\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class DhcpHost:
+    """A DHCP host entry of a network's ``<ip><dhcp>``: on a remote host's network, a guest
+    address reservation (its name the VM's, its MAC the one derived from the address)."""
+
+    mac: str
+    name: str
+    ip: str
+
+
+def build_dhcp_host_xml(host: DhcpHost) -> str:
+    """The ``<host>`` element ``virNetworkUpdate`` (section ``IP_DHCP_HOST``) adds or deletes."""
+    return ET.tostring(ET.Element("host", {"mac": host.mac, "name": host.name, "ip": host.ip}),
+                       encoding="unicode")
+
+
+def parse_dhcp_hosts(xml: str) -> list[DhcpHost]:
+    """The DHCP host entries of a network's XML (of every ``<ip>``), in order."""
+    return [DhcpHost(mac=element.get("mac", ""), name=element.get("name", ""),
+                     ip=element.get("ip", ""))
+            for element in ET.fromstring(xml).findall("ip/dhcp/host")]

@@ -36,12 +36,14 @@ def rig():
         yield host
 
 
+def manager_config(rig: SecondHost) -> dict:
+    return {"TESTING": True, "API_KEY": API_KEY, "HOST_PROBE_TIMEOUT_S": PROBE_S,
+            "HOSTS": json.dumps([{"name": "h2", "uri": rig.uri, "guestCidr": rig.guest_cidr}])}
+
+
 @pytest.fixture(scope="module")
 def remote_api(rig):
-    application = create_app({"TESTING": True, "API_KEY": API_KEY,
-                              "HOST_PROBE_TIMEOUT_S": PROBE_S,
-                              "HOSTS": json.dumps([{"name": "h2", "uri": rig.uri,
-                                                    "guestCidr": rig.guest_cidr}])})
+    application = create_app(manager_config(rig))
     client = Api(application)
     shipped = client.request("PUT", "/v1/hosts/h2/images/default")
     assert shipped.status_code == 200, shipped.json
@@ -53,7 +55,8 @@ def remote_api(rig):
 @pytest.fixture(scope="module")
 def rig_vm(rig, remote_api):
     before = leak_inventory.remote_inventory(rig.uri)
-    assert before == {"domains": set(), "nwfilters": set(), "vm volumes": set()}, before
+    assert before == {"address reservations": set(), "domains": set(), "nwfilters": set(),
+                      "vm volumes": set()}, before
     vm = remote_api.create_vm(ON_RIG)
     yield vm
     remote_api.delete_vm(vm["id"])
@@ -105,6 +108,26 @@ def listener(address: str, in_namespace: list[str] | None = None):
         process.wait(timeout=10)
 
 
+def test_creates_without_a_host_are_spread_over_both_hosts(rig, remote_api):
+    """PLACEMENT=spread, the rig allowed one VM (``maxVms``, none there yet: this test runs
+    before the module's VM is made): of two creates naming no host, one lands on each host
+    (whichever comes first, the rig is then full or the least full), both run commands."""
+    before = leak_inventory.remote_inventory(rig.uri)
+    assert before["domains"] == set(), before
+    spread = create_app({**manager_config(rig), "PLACEMENT": "spread", "HOSTS": json.dumps(
+        [{"name": "h2", "uri": rig.uri, "guestCidr": rig.guest_cidr, "maxVms": 1}])})
+    api = Api(spread)
+    try:
+        vms = [api.create_vm({"cpu": 1, "memMb": 256}) for _ in range(2)]
+        assert sorted(vm["host"] for vm in vms) == ["h2", "local"], vms
+        for vm in vms:
+            assert exec_on(api, vm["id"], "id -u").json["stdout"] == "1000\n"
+    finally:
+        api.cleanup()
+        spread.extensions["rds"].close()
+    assert leak_inventory.remote_inventory(rig.uri) == before
+
+
 def test_a_vm_made_on_the_rig_runs_there_and_not_here(rig, remote_api, rig_vm):
     assert rig_vm["host"] == "h2" and rig_vm["state"] == "RUNNING"
     assert ipaddress.ip_address(rig_vm["guestIp"]) in ipaddress.ip_network(rig.guest_cidr)
@@ -114,6 +137,7 @@ def test_a_vm_made_on_the_rig_runs_there_and_not_here(rig, remote_api, rig_vm):
                           timeout=60, check=True).stdout.split()
     assert rig_vm["name"] not in here
     assert leak_inventory.remote_inventory(rig.uri) == {
+        "address reservations": {f"rds-net-h2 {rig_vm['name']} {rig_vm['guestIp']}"},
         "domains": {rig_vm["name"]}, "nwfilters": {rig_vm["name"]},
         "vm volumes": {f"{rig_vm['name']}.{suffix}" for suffix in
                        ("qcow2", "ssh_host_ed25519_key", "authorized_keys", "console.log")}}
@@ -253,6 +277,79 @@ def test_calls_on_a_vm_of_a_hung_libvirtd_are_503_within_the_probe_timeout(
     while remote_api.request("GET", f"/v1/vms/{rig_vm['id']}").status_code != 200:
         assert time.monotonic() < deadline, "the VM was not found again"
         time.sleep(0.5)
+
+
+def sent_together(add: t.Callable[..., bool], together: threading.Barrier,
+                  added: list[bool]) -> t.Callable[..., bool]:
+    """A manager's ``add_dhcp_host`` whose first call waits for the other managers' first."""
+    first = [True]
+
+    def add_after_the_others(network: str, entry: t.Any) -> bool:
+        if first:
+            first.pop()
+            together.wait(timeout=120)
+        added.append(add(network, entry))
+        return added[-1]
+    return add_after_the_others
+
+
+def test_two_managers_creating_on_the_rig_at_once_get_distinct_addresses(rig, remote_api,
+                                                                        tmp_path):
+    """Two managers (two app instances, each with its own libvirt connections; the second's
+    allocation lock elsewhere, so no lock of this machine orders them, as with managers on two
+    machines) each create two VMs on the rig at the same moment, their first reservations
+    sent together once both have picked an address (the same one: libvirt refuses one of
+    them, which takes the next): all four are made, with distinct addresses and names, each
+    held by a reservation named after its VM in the rig's network, all reachable (exec,
+    through the other manager); deleting them leaves nothing."""
+    before = leak_inventory.remote_inventory(rig.uri)
+    second = create_app(manager_config(rig))
+    second.extensions["rds"].vms.parts.remote.lock_path = \
+        lambda host_name: tmp_path / f"{host_name}.alloc.lock"
+    managers = [remote_api.app, second]
+    together, added = threading.Barrier(2), []
+    for application in managers:
+        hypervisor = application.extensions["rds"].vms.parts.remote.registry.hypervisor("h2")
+        hypervisor.add_dhcp_host = sent_together(hypervisor.add_dhcp_host, together, added)
+    start = threading.Barrier(4)
+    answers: list[tuple[t.Any, t.Any]] = []
+
+    def create_on(application: t.Any) -> None:
+        api = Api(application)
+        start.wait(timeout=60)
+        answers.append((application, api.request("POST", "/v1/vms", json=ON_RIG)))
+    threads = [threading.Thread(target=create_on, args=(application,))
+               for application in managers for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=600)
+        made = [(application, answer.json) for application, answer in answers
+                if answer.status_code == 201]
+        assert [answer.status_code for _app, answer in answers] == [201] * 4, \
+            [answer.json for _app, answer in answers]
+        vms = [vm for _app, vm in made]
+        assert added.count(False) >= 1 and added.count(True) == 4, added  # the race happened
+        assert len({vm["guestIp"] for vm in vms}) == 4 and len({vm["name"] for vm in vms}) == 4
+        assert all(ipaddress.ip_address(vm["guestIp"]) in ipaddress.ip_network(rig.guest_cidr)
+                   for vm in vms)
+        assert leak_inventory.new_since(before, leak_inventory.remote_inventory(rig.uri))[
+            "address reservations"] == {f"rds-net-h2 {vm['name']} {vm['guestIp']}"
+                                        for vm in vms}
+        for application, vm in made:
+            other = Api(second if application is remote_api.app else remote_api.app)
+            done = exec_on(other, vm["id"], "hostname")  # reached at its address
+            assert done.status_code == 200, done.json
+            assert done.json["stdout"] == f"{vm['name']}\n", done.json
+    finally:
+        deleted = [Api(application).request("DELETE", f"/v1/vms/{answer.json['id']}")
+                   for application, answer in answers if answer.status_code == 201]
+        second.extensions["rds"].close()
+        del remote_api.app.extensions["rds"].vms.parts.remote.registry.hypervisor(
+            "h2").add_dhcp_host
+    assert [answer.status_code for answer in deleted] == [204] * len(deleted)
+    assert leak_inventory.remote_inventory(rig.uri) == before
 
 
 def test_delete_leaves_nothing_on_the_rig(rig, remote_api):

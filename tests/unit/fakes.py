@@ -26,6 +26,7 @@ from app.services.container import Adapters, Services, build_services
 from app.services.prelude import started_mark
 from app.store.db import Store
 from app.virt.metadata_xml import metadata_element, parse_metadata
+from app.virt.network_xml import DhcpHost
 
 API_KEY = "unit-test-key"
 ADMIN_EMAIL = "admin@test.example"
@@ -52,6 +53,8 @@ class FakeHypervisor:
         self.fail: dict[str, Exception] = {}
         self.network_active = True
         self.networks: dict[str, str] = {}  # ensured networks: name -> XML
+        self.dhcp: dict[str, list[DhcpHost]] = {}  # network -> its DHCP host entries
+        self.before_add_dhcp_host: list[t.Callable[[], None]] = []  # one runs before each add
         self.frozen = False
         self.agent_exit = 0
         self.agent_statuses: list[int | None] = []  # guest_agent_status answers, then agent_exit
@@ -313,6 +316,26 @@ class FakeHypervisor:
     def network_is_active(self, name: str) -> bool:
         self._call("network_is_active", read=True)
         return self.network_active
+
+    def dhcp_hosts(self, network: str) -> list[DhcpHost]:
+        self._call("dhcp_hosts", read=True)
+        return list(self.dhcp.get(network, []))
+
+    def add_dhcp_host(self, network: str, host: DhcpHost) -> bool:
+        """As libvirt: refused (False) when an entry has its MAC, name or address."""
+        self._call("add_dhcp_host")
+        if self.before_add_dhcp_host:  # another manager, just before this one
+            self.before_add_dhcp_host.pop(0)()
+        held = self.dhcp.setdefault(network, [])
+        if any(other.mac == host.mac or other.name == host.name or other.ip == host.ip
+               for other in held):
+            return False
+        held.append(host)
+        return True
+
+    def delete_dhcp_host(self, network: str, host: DhcpHost) -> None:
+        self._call("delete_dhcp_host")
+        self.dhcp[network] = [other for other in self.dhcp.get(network, []) if other != host]
 
 
 def domain_xml(record: VmRecord) -> str:
