@@ -124,14 +124,15 @@ class Lifecycle:
         with self.locked(vm_id) as (record, info):
             if only_if is not None and not only_if(record):
                 return False
-            self._require(vm_id, to_vm(record, info.state).state, VmState.RUNNING, "stopped")
+            require_state(vm_id, to_vm(record, info.state).state, VmState.RUNNING, "stopped")
             self.guests.forget(vm_id)
             self.records.set_phase(record, VmPhase.STOPPING)
             try:
                 self.hypervisor.request_shutdown(vm_id)
             except HypervisorError as exc:
                 log.warning("clean shutdown request failed vm=%s error=%s", vm_id, exc.message)
-            if not self._wait_for_state(vm_id, "shutoff", self.settings.stop_timeout_s):
+            if not wait_for_state(self.hypervisor, vm_id, "shutoff",
+                                  self.settings.stop_timeout_s):
                 log.warning("guest did not power off in time, forcing vm=%s", vm_id)
                 self.hypervisor.destroy_domain(vm_id)
         log.info("vm stopped vm=%s", vm_id)
@@ -146,7 +147,7 @@ class Lifecycle:
         :raises VmStateConflict: unless STOPPED.
         """
         with self.locked(vm_id) as (record, info):
-            self._require(vm_id, to_vm(record, info.state).state, VmState.STOPPED, "started")
+            require_state(vm_id, to_vm(record, info.state).state, VmState.STOPPED, "started")
             record = self.records.set_phase(record, VmPhase.STARTING, started_at=now_iso())
             self.policy.apply(record)  # the sets are kernel state: gone after a host reboot
             self.ports.ensure(record)  # so is the tap, and libvirt's bindings live under /run
@@ -223,19 +224,22 @@ class Lifecycle:
         except AppError as exc:  # the reaper retries
             log.warning("deleting vm=%s did not finish: %s", vm_id, exc.message)
 
-    @staticmethod
-    def _require(vm_id: str, state: VmState, wanted: VmState, verb: str) -> None:
-        if state is not wanted:
-            raise VmStateConflict(f"VM {vm_id} is {state.value}; only a {wanted.value} VM can "
-                                  f"be {verb}")
 
-    def _wait_for_state(self, vm_id: str, wanted: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if self.hypervisor.get_domain(vm_id).state == wanted:
-                    return True
-            except VmNotFound:
-                return False
-            time.sleep(0.25)
-        return False
+def require_state(vm_id: str, state: VmState, wanted: VmState, verb: str) -> None:
+    """:raises VmStateConflict: ``state`` is not ``wanted`` (the VM cannot be ``verb``)."""
+    if state is not wanted:
+        raise VmStateConflict(f"VM {vm_id} is {state.value}; only a {wanted.value} VM can "
+                              f"be {verb}")
+
+
+def wait_for_state(hypervisor: Hypervisor, vm_id: str, wanted: str, timeout: float) -> bool:
+    """Whether the domain reached libvirt's run state ``wanted`` within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if hypervisor.get_domain(vm_id).state == wanted:
+                return True
+        except VmNotFound:
+            return False
+        time.sleep(0.25)
+    return False

@@ -1,6 +1,7 @@
 """VMs on the remote hosts of ``HOSTS`` (issue 17): made, used and deleted through that host's
 libvirt connection only — a real second host shares no file system with the manager. Finding
-them on the hosts is :mod:`app.services.remote_lookup`.
+them on the hosts is :mod:`app.services.remote_lookup`; their labels, stop and start
+:mod:`app.services.remote_lifecycle` (:attr:`RemoteVms.lifecycle`).
 
 What a remote VM is made of, all on its host, all named after the VM (``rds-<short id>``):
 
@@ -56,6 +57,7 @@ from app.services.ownership import check_quota
 from app.services.placement import Room, choose, room
 from app.services.records import VmRecords, to_vm
 from app.services.remote_addresses import RemoteAddresses
+from app.services.remote_lifecycle import RemoteLifecycle
 from app.services.remote_lookup import Found, RemoteLookup
 from app.services.teardown import Cleanup
 from app.services.templates import TemplateCatalog
@@ -95,6 +97,7 @@ class RemoteVms:
         self.domain_type = domain_type
         self.lookup = RemoteLookup(registry)
         self.addresses = RemoteAddresses()
+        self.lifecycle = RemoteLifecycle(settings, self.lookup, guests, self._ensure_host)
 
     def host(self, name: str) -> RemoteHost:
         """:raises InvalidRequest: not a ``HOSTS`` name."""

@@ -262,11 +262,13 @@ class VmService:
             lambda remote: remote.update_network(vm_id, allow_ips, outbound_internet))
 
     def stop(self, vm_id: str) -> None:
-        self._local_only(vm_id, "stopping", lambda: self.parts.lifecycle.stop(vm_id))
+        self._here_or_remote(vm_id, lambda: self.parts.lifecycle.stop(vm_id),
+                             lambda remote: remote.lifecycle.stop(vm_id))
         self._emit("vm.stopped", vm_id, {"reason": "api"})
 
     def start(self, vm_id: str) -> None:
-        self._local_only(vm_id, "starting", lambda: self.parts.lifecycle.start(vm_id))
+        self._here_or_remote(vm_id, lambda: self.parts.lifecycle.start(vm_id),
+                             lambda remote: remote.lifecycle.start(vm_id))
         self._emit("vm.started", vm_id)
 
     def delete(self, vm_id: str, wait: bool = False) -> None:
@@ -301,8 +303,9 @@ class VmService:
         return deleted, failed
 
     def set_labels(self, vm_id: str, labels: dict[str, str]) -> Vm:
-        return self._local_only(vm_id, "labelling",
-                                lambda: self.parts.lifecycle.set_labels(vm_id, labels))
+        return self._here_or_remote(
+            vm_id, lambda: self.parts.lifecycle.set_labels(vm_id, labels),
+            lambda remote: remote.lifecycle.set_labels(vm_id, labels))
 
     def keepalive(self, vm_id: str, ttl_s: int | None) -> Vm:
         return self._local_only(vm_id, "keeping alive",

@@ -24,7 +24,7 @@ ON_H2 = {"cpu": 1, "memMb": 256, "placement": {"host": "h2"}}
 
 @pytest.fixture
 def world_settings():
-    return remote_hosts.hosts_settings(H2)
+    return {**remote_hosts.hosts_settings(H2), "STOP_TIMEOUT_S": "0.5"}
 
 
 @pytest.fixture
@@ -88,15 +88,87 @@ def test_a_remote_vm_is_found_used_and_deleted_leaving_nothing_there(client, wor
     changed = client.put(f"/v1/vms/{vm['id']}/network", headers=AUTH,
                          json={"allowIps": ["10.210.0.1/32"], "outboundInternet": True})
     assert changed.status_code == 200 and changed.get_json()["allowIps"] == ["10.210.0.1/32"]
-    for path in ("stop", "start", "snapshots"):
-        refused = client.post(f"/v1/vms/{vm['id']}/{path}", headers=AUTH)
-        assert refused.status_code == 409, refused.text
-        assert "host h2" in refused.get_json()["message"]
+    refused = client.post(f"/v1/vms/{vm['id']}/snapshots", headers=AUTH)
+    assert refused.status_code == 409, refused.text
+    assert "host h2" in refused.get_json()["message"]
     assert client.delete(f"/v1/vms/{vm['id']}", headers=AUTH).status_code == 204
     assert h2.domains == {} and h2.filters == set()
     assert [name for pool, name in h2.volumes if pool == "rds-vms"] == []
     assert client.get(f"/v1/vms/{vm['id']}", headers=AUTH).status_code == 404
     assert client.get(f"/v1/vms/{local['id']}", headers=AUTH).get_json()["host"] == "local"
+
+
+def test_a_remote_vms_labels_are_kept_there_and_filter_the_list(client, world, h2):
+    local = create(client, {"cpu": 1, "memMb": 256, "labels": {"team": "a"}}).get_json()
+    vm = create(client).get_json()
+    answer = client.patch(f"/v1/vms/{vm['id']}", headers=AUTH,
+                          json={"labels": {"team": "a", "ci.job": "42"}})
+    assert answer.status_code == 200, answer.text
+    assert answer.get_json()["labels"] == {"team": "a", "ci.job": "42"}
+    assert answer.get_json()["host"] == "h2" and answer.get_json()["state"] == "RUNNING"
+    # Kept in the domain's record there, nothing made here.
+    assert parse_metadata(h2.domains[vm["id"]].xml).labels == {"team": "a", "ci.job": "42"}
+    assert world.hypervisor.domains.keys() == {local["id"]}
+    assert client.get(f"/v1/vms/{vm['id']}", headers=AUTH).get_json()["labels"] == \
+        {"team": "a", "ci.job": "42"}
+
+    def listed(query):
+        return [v["id"] for v in client.get(f"/v1/vms?{query}", headers=AUTH).get_json()]
+    assert listed("label=team=a") == [local["id"], vm["id"]]
+    assert listed("label=ci.job=42") == [vm["id"]]
+    assert listed("label=ci.job") == [vm["id"]]
+    assert listed("label=ci.job=43") == []
+    answer = client.delete("/v1/vms?label=ci.job=42", headers=AUTH)
+    assert answer.status_code == 200 and answer.get_json()["deleted"] == [vm["id"]]
+    assert h2.domains == {}
+    assert client.patch(f"/v1/vms/{vm['id']}", headers=AUTH,
+                        json={"labels": {}}).status_code == 404
+
+
+def test_a_remote_vm_stops_and_starts_with_the_local_states(client, world, h2):
+    vm = create(client).get_json()
+    base = f"/v1/vms/{vm['id']}"
+    assert client.post(f"{base}/exec", json={"cmd": "true"}, headers=AUTH).status_code == 200
+    refused = client.post(f"{base}/start", headers=AUTH)
+    assert refused.status_code == 409 and "RUNNING" in refused.get_json()["message"]
+    assert client.post(f"{base}/stop", headers=AUTH).status_code == 204
+    assert "shutdown" in h2.calls and h2.domains[vm["id"]].state == "shutoff"
+    assert parse_metadata(h2.domains[vm["id"]].xml).phase.value == "stopping"
+    assert world.fakes.guests.by_host[vm["guestIp"]].closed  # its SSH client retired
+    assert client.get(base, headers=AUTH).get_json()["state"] == "STOPPED"
+    assert [(v["id"], v["state"]) for v in
+            client.get("/v1/vms?state=STOPPED", headers=AUTH).get_json()] == \
+        [(vm["id"], "STOPPED")]
+    answer = client.post(f"{base}/exec", json={"cmd": "true"}, headers=AUTH)
+    assert answer.status_code == 409 and "STOPPED" in answer.get_json()["message"]
+    refused = client.post(f"{base}/stop", headers=AUTH)
+    assert refused.status_code == 409 and "STOPPED" in refused.get_json()["message"]
+    # Its disk, filter and address are kept there; nothing of it here.
+    assert (("rds-vms", f"{vm['name']}.qcow2") in h2.volumes) and h2.filters == {vm["name"]}
+    assert world.hypervisor.domains == {}
+    assert client.post(f"{base}/start", headers=AUTH).status_code == 204
+    again = client.get(base, headers=AUTH).get_json()
+    assert again["state"] == "RUNNING" and again["guestIp"] == vm["guestIp"]
+    assert parse_metadata(h2.domains[vm["id"]].xml).phase.value == "ready"
+    assert client.post(f"{base}/exec", json={"cmd": "true"}, headers=AUTH).status_code == 200
+    assert client.delete(base, headers=AUTH).status_code == 204
+    assert h2.domains == {}
+
+
+def test_a_remote_vm_that_does_not_power_off_is_forced_and_a_failed_start_undone(
+        client, world, h2):
+    vm = create(client).get_json()
+    base = f"/v1/vms/{vm['id']}"
+    h2.fail["shutdown"] = HypervisorError("libvirt: the guest ignores ACPI")
+    assert client.post(f"{base}/stop", headers=AUTH).status_code == 204
+    assert h2.domains[vm["id"]].state == "shutoff"  # powered off
+    h2.fail["start"] = HypervisorError("libvirt: cannot start")
+    answer = client.post(f"{base}/start", headers=AUTH)
+    assert answer.status_code == 503, answer.text
+    del h2.fail["start"]
+    assert client.get(base, headers=AUTH).get_json()["state"] == "STOPPED"
+    assert client.post(f"{base}/start", headers=AUTH).status_code == 204
+    assert client.get(base, headers=AUTH).get_json()["state"] == "RUNNING"
 
 
 def test_placement_errors_are_clear_and_make_nothing(client, world, h2):
