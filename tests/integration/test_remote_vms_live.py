@@ -1,8 +1,9 @@
 """VMs on the two-host rig's second libvirtd (tests/integration/two_host_rig.py) through the API
 with HOSTS naming it (issue 17): made there through its libvirt only, used (exec, run-ts, files)
-through the route to its guest subnet, its filter holding there, deleted leaving nothing on the
-rig; calls on its VMs answer 503 fast while its libvirtd is down, the local host's VMs are
-unaffected, and the VM is found again once it is back."""
+through the route to its guest subnet, labelled, stopped and started again there, its filter
+holding there, deleted leaving nothing on the rig; calls on its VMs answer 503 fast while its
+libvirtd is down, the local host's VMs are unaffected, and the VM is found again once it is
+back."""
 from __future__ import annotations
 
 import contextlib
@@ -168,6 +169,36 @@ def test_exec_run_ts_and_files_on_the_rig_vm(remote_api, rig_vm):
     assert got.status_code == 200
     with tarfile.open(fileobj=io.BytesIO(got.data), mode="r:gz") as archive:
         assert archive.extractfile("a.txt").read() == b"across hosts\n"
+
+
+def test_labels_stop_and_start_of_the_rig_vm(rig, remote_api, rig_vm):
+    """Labels kept in its domain's record there and filtering the list; stop leaves it STOPPED
+    (exec refused), start boots it cold there again (one boot) and exec works."""
+    vm_id, base = rig_vm["id"], f"/v1/vms/{rig_vm['id']}"
+    labelled = remote_api.request("PATCH", base, json={"labels": {"rds.test": "remote-life"}})
+    assert labelled.status_code == 200 and labelled.json["labels"] == \
+        {"rds.test": "remote-life"}, labelled.json
+    assert "remote-life" in rig_virsh(rig, "dumpxml", rig_vm["name"])  # its record there
+    found = remote_api.request("GET", "/v1/vms?label=rds.test=remote-life").json
+    assert [vm["id"] for vm in found] == [vm_id]
+    assert remote_api.request("GET", "/v1/vms?label=rds.test=other").json == []
+    try:
+        started = time.monotonic()
+        stopped = remote_api.request("POST", f"{base}/stop")
+        assert stopped.status_code == 204, stopped.json
+        took = time.monotonic() - started
+        assert remote_api.request("GET", base).json["state"] == "STOPPED"
+        assert rig_virsh(rig, "domstate", rig_vm["name"]).strip() == "shut off"
+        refused = exec_on(remote_api, vm_id, "true")
+        assert refused.status_code == 409 and "STOPPED" in refused.json["message"], refused.json
+        assert took < 25, f"the guest took {took:.1f} s to power off (forced?)"
+    finally:
+        again = remote_api.request("POST", f"{base}/start")
+    assert again.status_code == 204, again.json
+    got = remote_api.request("GET", base).json
+    assert got["state"] == "RUNNING" and got["guestIp"] == rig_vm["guestIp"], got
+    assert exec_on(remote_api, vm_id, "id -u").json["stdout"] == "1000\n"
+    assert remote_api.request("PATCH", base, json={"labels": {}}).status_code == 200
 
 
 def test_a_second_manager_serves_the_rig_vm_too(rig, rig_vm, tmp_path):
