@@ -171,7 +171,7 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                                          adapters.bridge_nf, templates),
                     auth=AuthService(settings, state, clock=adapters.clock),
                     console=ConsoleLogs(settings, parts.records),
-                    stats=VmStatsReader(hypervisor, parts.records),
+                    stats=VmStatsReader(hypervisor, parts.records, parts.remote),
                     host_metrics=HostCollector(parts.records, hosts), history=history,
                     images=images,
                     image_builder=builder, events=events, webhooks=webhooks,

@@ -172,8 +172,9 @@ def test_exec_run_ts_and_files_on_the_rig_vm(remote_api, rig_vm):
 
 
 def test_labels_stop_and_start_of_the_rig_vm(rig, remote_api, rig_vm):
-    """Labels kept in its domain's record there and filtering the list; stop leaves it STOPPED
-    (exec refused), start boots it cold there again (one boot) and exec works."""
+    """Labels kept in its domain's record there and filtering the list; its stats from the
+    rig's libvirt; stop leaves it STOPPED (exec refused), start boots it cold there again (one
+    boot) and exec works."""
     vm_id, base = rig_vm["id"], f"/v1/vms/{rig_vm['id']}"
     labelled = remote_api.request("PATCH", base, json={"labels": {"rds.test": "remote-life"}})
     assert labelled.status_code == 200 and labelled.json["labels"] == \
@@ -182,6 +183,10 @@ def test_labels_stop_and_start_of_the_rig_vm(rig, remote_api, rig_vm):
     found = remote_api.request("GET", "/v1/vms?label=rds.test=remote-life").json
     assert [vm["id"] for vm in found] == [vm_id]
     assert remote_api.request("GET", "/v1/vms?label=rds.test=other").json == []
+    stats = remote_api.request("GET", f"{base}/stats")  # read from the rig's libvirt
+    assert stats.status_code == 200 and stats.json["state"] == "RUNNING", stats.json
+    assert stats.json["cpu"]["timeNs"] > 0 and stats.json["memory"]["assignedMb"] == 256
+    assert stats.json["network"]["rxBytes"] > 0, stats.json
     try:
         started = time.monotonic()
         stopped = remote_api.request("POST", f"{base}/stop")

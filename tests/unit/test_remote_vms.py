@@ -171,6 +171,23 @@ def test_a_remote_vm_that_does_not_power_off_is_forced_and_a_failed_start_undone
     assert client.get(base, headers=AUTH).get_json()["state"] == "RUNNING"
 
 
+def test_a_remote_vms_stats_are_read_from_its_hosts_libvirt(client, world, h2):
+    vm = create(client).get_json()
+    base = f"/v1/vms/{vm['id']}/stats"
+    body = client.get(base, headers=AUTH).get_json()
+    assert body["vmId"] == vm["id"] and body["state"] == "RUNNING"
+    assert body["cpu"]["timeNs"] == h2.cpu_time_ns == 200_000_000  # its host's counters
+    assert world.hypervisor.cpu_time_ns == 0 and body["cpu"]["percent"] > 0
+    assert body["memory"] == {"assignedMb": 256, "rssMb": 200.0}
+    assert body["network"]["txBytes"] == 200 and 0 <= body["uptimeSeconds"] < 60
+    assert client.post(f"/v1/vms/{vm['id']}/stop", headers=AUTH).status_code == 204
+    body = client.get(base, headers=AUTH).get_json()
+    assert body["state"] == "STOPPED" and body["uptimeSeconds"] is None
+    h2.down = HypervisorError("libvirt: unable to connect: Connection refused")
+    answer = client.get(base, headers=AUTH)
+    assert answer.status_code == 503 and "host h2" in answer.get_json()["message"]
+
+
 def test_placement_errors_are_clear_and_make_nothing(client, world, h2):
     answer = create(client, {**ON_H2, "placement": {"host": "h9"}})
     assert answer.status_code == 400 and "'h9' is not a host" in answer.get_json()["message"]
