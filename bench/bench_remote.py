@@ -115,10 +115,12 @@ def exec_table(execs: dict[str, dict], concurrency: int, seconds: float) -> str:
 # The run ##################################################################################
 
 class Made:
-    """The VMs this run made and has not deleted yet (what the cleanup deletes)."""
+    """The VMs this run made and has not deleted yet (what the cleanup deletes), and the
+    deletes that failed (the run goes on: the figures of the others still count)."""
 
     def __init__(self) -> None:
         self.ids: list[str] = []
+        self.errors: list[str] = []
 
     def create(self, http: httpx.Client, body: dict) -> tuple[dict, float]:
         started = time.monotonic()
@@ -134,13 +136,19 @@ class Made:
             raise RuntimeError(f"asked {body}, made {vm['host']} {vm['provisionMode']}")
         return vm, took
 
-    def delete(self, http: httpx.Client, vm_id: str) -> float:
+    def delete(self, http: httpx.Client, vm_id: str) -> float | None:
+        """DELETE ?wait=true; its seconds, or None when it failed (noted in ``errors``; sent
+        once more, as a delete that failed half-way is finished by the next)."""
         started = time.monotonic()
         response = http.delete(f"/v1/vms/{vm_id}?wait=true")
-        if response.status_code != 204:
-            raise RuntimeError(f"delete {vm_id}: {response.status_code} {response.text[:500]}")
-        self.ids.remove(vm_id)
-        return time.monotonic() - started
+        took = time.monotonic() - started
+        if response.status_code == 204:
+            self.ids.remove(vm_id)
+            return took
+        self.errors.append(f"delete {vm_id}: {response.status_code} {response.text[:300]}")
+        if http.delete(f"/v1/vms/{vm_id}?wait=true").status_code in (204, 404):
+            self.ids.remove(vm_id)
+        return None
 
 
 def exec_true(http: httpx.Client, vm_id: str) -> None:
@@ -155,10 +163,11 @@ def timed(call: t.Callable[[], object]) -> float:
     return time.monotonic() - started
 
 
-def measure_creates(http: httpx.Client, made: Made, rounds: int
-                    ) -> dict[str, dict[str, list[float]]]:
-    creates: dict[str, dict[str, list[float]]] = {
-        path: {"created": [], "ready": [], "deleted": []} for path in PATHS}
+def measure_creates(http: httpx.Client, made: Made, rounds: int,
+                    creates: dict[str, dict[str, list[float]]]) -> None:
+    """``rounds`` creates per path into ``creates`` (filled as they come: a failure keeps
+    what was measured)."""
+    creates.update({path: {"created": [], "ready": [], "deleted": []} for path in PATHS})
     for turn in range(rounds):
         for path in rotated(list(PATHS), turn):
             started = time.monotonic()
@@ -166,18 +175,21 @@ def measure_creates(http: httpx.Client, made: Made, rounds: int
             exec_true(http, vm["id"])
             creates[path]["ready"].append(time.monotonic() - started)
             creates[path]["created"].append(took)
-            creates[path]["deleted"].append(made.delete(http, vm["id"]))
+            deleted = made.delete(http, vm["id"])
+            if deleted is not None:
+                creates[path]["deleted"].append(deleted)
         print(f"round {turn + 1}: " + ", ".join(
             f"{path} {samples['created'][-1]:.2f} s" for path, samples in creates.items()),
               flush=True)
-    return creates
 
 
 def measure_execs(base: str, http: httpx.Client, made: Made, calls: int, concurrency: int,
-                  seconds: float) -> dict[str, dict]:
+                  seconds: float, execs: dict[str, dict]) -> None:
+    """Sequential and concurrent execs on a VM of each host into ``execs``."""
     vms = {where: made.create(http, body)[0] for where, body in EXEC_VMS.items()}
-    execs: dict[str, dict] = {where: {"vm": {key: vm[key] for key in (
-        "id", "host", "provisionMode", "guestIp")}, "sequential": []} for where, vm in vms.items()}
+    execs.update({where: {"vm": {key: vm[key] for key in (
+        "id", "host", "provisionMode", "guestIp")}, "sequential": [], "calls": 0,
+        "window_s": 0.0, "loaded": [], "errors": 0} for where, vm in vms.items()})
     for vm in vms.values():  # the first calls open each worker's SSH connection to the guest
         for _ in range(4):
             exec_true(http, vm["id"])
@@ -201,7 +213,6 @@ def measure_execs(base: str, http: httpx.Client, made: Made, calls: int, concurr
             each.close()
     for vm in vms.values():
         made.delete(http, vm["id"])
-    return execs
 
 
 def commit() -> str:
@@ -257,13 +268,13 @@ def main() -> None:
             before = {vm["id"] for vm in http.get("/v1/vms").json()}
             made = Made()
             try:
-                report["create"] = measure_creates(http, made, args.rounds)
-                report["exec"] = measure_execs(base, http, made, args.exec_calls,
-                                               args.concurrency, args.seconds)
+                measure_creates(http, made, args.rounds, report.setdefault("create", {}))
+                measure_execs(base, http, made, args.exec_calls, args.concurrency,
+                              args.seconds, report.setdefault("exec", {}))
             except (RuntimeError, httpx.HTTPError) as exc:
                 failures.append(f"{type(exc).__name__}: {exc}")
             finally:
-                failures += leftovers(http, before, made)
+                failures += made.errors + leftovers(http, before, made)
         time.sleep(2)  # a delete's last steps on the rig (its console log volume)
         left = {kind: sorted(items) for kind, items in remote_inventory(rig.uri).items()
                 if items}
@@ -272,9 +283,9 @@ def main() -> None:
     report["failures"] = failures
     print(f"\nmachine: {report['machine']}\naccelerator: {report.get('accelerator')}\n"
           f"commit: {report['commit']}\n")
-    if "create" in report:
+    if report.get("create"):
         print(create_table(report["create"]) + "\n")
-    if "exec" in report:
+    if report.get("exec"):
         print(exec_table(report["exec"], args.concurrency, args.seconds))
         for where, found in report["exec"].items():
             for sample in found.get("error_samples", []):
