@@ -9,7 +9,7 @@ SHELL_SCRIPTS := .ci/run deploy/host-setup.sh deploy/libvirt-daemons.sh guest/in
 	$(addprefix guest/rootfs/etc/rds/,rc.boot rc.shutdown run-guest-agent run-sshd) \
 	$(addprefix guest/rootfs/usr/local/lib/rds/,deno-spare pack reidentify run-ts settle untar)
 
-.PHONY: run test setup image unit integration lint clean-vms bench fuzz load density
+.PHONY: run test setup image unit integration lint clean-vms bench bench-remote fuzz load density
 
 ## make run: set up the host if needed, build the guest image if missing, serve on $PORT (3000)
 run: image
@@ -53,6 +53,13 @@ bench: image
 	$(PY) bench/bench_commands.py
 	$(PY) bench/bench_delete.py --rounds 10
 	$(PY) bench/bench_images.py --builds 3 --creates 7
+
+## make bench-remote: create (cold, memory snapshot, on the remote host) and exec (latency,
+## throughput) on the two-host rig's remote host vs this one, through one live server; the rig
+## is started and removed (BENCHMARKS.md, docs/multihost.md). Run it under the VM lock.
+BENCH_REMOTE_ARGS ?= --rounds 3
+bench-remote: image
+	$(PY) bench/bench_remote.py $(BENCH_REMOTE_ARGS)
 
 ## make fuzz: schemathesis against a live server with real VMs, every phase, >= 1000 cases, a
 ## summary at the end (RELIABILITY.md); its bounded run is in make test. Run it under the VM lock.

@@ -44,11 +44,12 @@ def machine() -> str:
             f"{platform.system()} {platform.release()}, {qemu}")
 
 
-def live_server_services(key: str) -> Services:
+def live_server_services(key: str, **config: object) -> Services:
     """The app's services in this process, for a bench that drives a live server
     (:func:`bench.loadgen.serve`) and looks at the host: the memory snapshot of the 1 vCPU,
-    256 MiB shape the server's creates restore from is saved before anything is timed."""
-    services = create_app({"API_KEY": key}).extensions["rds"]
+    256 MiB shape the server's creates restore from is saved before anything is timed.
+    ``config``: more settings, as the server's (``HOSTS``, say)."""
+    services = create_app({"API_KEY": key, **config}).extensions["rds"]
     services.seeds.ensure(1, 256)
     return services
 

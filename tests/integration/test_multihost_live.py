@@ -34,11 +34,10 @@ def rig():
 @pytest.fixture(scope="module")
 def server(rig, tmp_path_factory):
     directory = tmp_path_factory.mktemp("multihost")
-    hosts = [{"name": "h2", "uri": rig.uri, "guestCidr": rig.guest_cidr}]
     log_path = directory / "server.log"
     print(f"server log: {log_path}")
     with log_path.open("w") as log, live_server(
-            {"API_KEY": API_KEY, "HOSTS": json.dumps(hosts),
+            {"API_KEY": API_KEY, "HOSTS": rig.hosts_setting(),
              "HOST_PROBE_TIMEOUT_S": str(PROBE_S), "WEB_WORKERS": "1"},
             "-c", str(no_upkeep_config(directory)), output=log) as (base, _process):
         yield base
@@ -179,8 +178,7 @@ def test_what_the_second_host_lacks_is_shipped_by_the_maintainers_round(rig, ser
     default = next(image for image in images if image["id"] == "default")
     assert {"name": "h2", "ready": False} in default["hosts"]
     app = create_app({"TESTING": True, "API_KEY": API_KEY, "HOST_PROBE_TIMEOUT_S": PROBE_S,
-                      "HOSTS": json.dumps([{"name": "h2", "uri": rig.uri,
-                                            "guestCidr": rig.guest_cidr}])})
+                      "HOSTS": rig.hosts_setting()})
     services = app.extensions["rds"]
     try:
         assert services.maintainer.ship == services.shipper.ship_missing

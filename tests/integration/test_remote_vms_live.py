@@ -39,7 +39,7 @@ def rig():
 
 def manager_config(rig: SecondHost) -> dict:
     return {"TESTING": True, "API_KEY": API_KEY, "HOST_PROBE_TIMEOUT_S": PROBE_S,
-            "HOSTS": json.dumps([{"name": "h2", "uri": rig.uri, "guestCidr": rig.guest_cidr}])}
+            "HOSTS": rig.hosts_setting()}
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +115,8 @@ def test_creates_without_a_host_are_spread_over_both_hosts(rig, remote_api):
     (whichever comes first, the rig is then full or the least full), both run commands."""
     before = leak_inventory.remote_inventory(rig.uri)
     assert before["domains"] == set(), before
-    spread = create_app({**manager_config(rig), "PLACEMENT": "spread", "HOSTS": json.dumps(
-        [{"name": "h2", "uri": rig.uri, "guestCidr": rig.guest_cidr, "maxVms": 1}])})
+    spread = create_app({**manager_config(rig), "PLACEMENT": "spread",
+                         "HOSTS": rig.hosts_setting(maxVms=1)})
     api = Api(spread)
     try:
         vms = [api.create_vm({"cpu": 1, "memMb": 256}) for _ in range(2)]
@@ -209,7 +209,7 @@ def test_labels_stop_and_start_of_the_rig_vm(rig, remote_api, rig_vm):
 def test_a_second_manager_serves_the_rig_vm_too(rig, rig_vm, tmp_path):
     """State is in libvirt: another manager process (gunicorn, as `make run`), started after
     the VM was made elsewhere, finds it on the rig and runs commands in it."""
-    hosts = json.dumps([{"name": "h2", "uri": rig.uri, "guestCidr": rig.guest_cidr}])
+    hosts = rig.hosts_setting()
     with (tmp_path / "server.log").open("w") as log, live_server(
             {"API_KEY": API_KEY, "HOSTS": hosts, "HOST_PROBE_TIMEOUT_S": str(PROBE_S),
              "WEB_WORKERS": "1"}, "-c", str(no_upkeep_config(tmp_path)),

@@ -20,6 +20,7 @@ Everything has an ``rds-`` name, so the suite's leak check sees a rig left behin
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -71,6 +72,15 @@ class SecondHost:
     def uri(self) -> str:
         """How a manager on this host reaches the second libvirtd (the remote driver)."""
         return f"qemu+tcp://{self.peer_address}/system"
+
+    def hosts_entry(self, name: str = "h2", **extra: t.Any) -> dict[str, t.Any]:
+        """This host as a manager's ``HOSTS`` entry (app/config/hosts.py) named ``name``: its
+        URI and guest subnet, plus ``extra`` keys (``maxVms``, say)."""
+        return {"name": name, "uri": self.uri, "guestCidr": self.guest_cidr, **extra}
+
+    def hosts_setting(self, name: str = "h2", **extra: t.Any) -> str:
+        """``HOSTS`` naming this host alone (:meth:`hosts_entry`), for a manager here."""
+        return json.dumps([self.hosts_entry(name, **extra)])
 
     def in_namespace(self, *command: str) -> list[str]:
         """``command`` run inside the second host's network namespace."""
