@@ -5,8 +5,8 @@ the domain's metadata there, the same states and the same refusals.
 A stop asks the guest to shut down (ACPI; after ``STOP_TIMEOUT_S`` the domain is powered off)
 and forgets the VM's SSH client; its disk, filter and address reservation stay on the host. A
 start boots it cold again (a remote VM always boots cold) and returns once the guest answers
-over SSH. Unlike a local VM's, these calls hold no lock of the VM (a remote host shares no file
-system with the manager): two calls on one remote VM at once are not serialised.
+over SSH. Each call holds the VM's lock of this manager (:mod:`app.services.remote_vm_locks`),
+as a local VM's do; two managers' calls on one VM at once are not serialised.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from app.models import Vm, VmPhase, VmState
 from app.services.guests import GuestClients
 from app.services.lifecycle import require_state, wait_for_state
 from app.services.records import VmRecords, to_vm
-from app.services.remote_lookup import RemoteLookup
+from app.services.remote_lookup import Found, RemoteLookup
 from app.services.undo import quietly
 
 if t.TYPE_CHECKING:
@@ -35,19 +35,22 @@ class RemoteLifecycle:
     """Thread-safe; one per worker process (part of :class:`~app.services.remote_vms.RemoteVms`)."""
 
     def __init__(self, settings: Settings, lookup: RemoteLookup, guests: GuestClients,
-                 ensure_host: t.Callable[[RemoteHost, Hypervisor], None]) -> None:
+                 ensure_host: t.Callable[[RemoteHost, Hypervisor], None],
+                 locked: t.Callable[[str], t.ContextManager[Found]]) -> None:
         """:param ensure_host: makes sure the host's VM pool and network are there (a start
-            after the host rebooted)."""
+            after the host rebooted).
+        :param locked: holds a VM's lock and yields it as found under the lock."""
         self.settings = settings
         self.lookup = lookup
         self.guests = guests
         self.ensure_host = ensure_host
+        self.locked = locked
 
     def set_labels(self, vm_id: str, labels: dict[str, str]) -> Vm:
         """Replace the VM's labels (its record in the domain's metadata there)."""
-        found = self.lookup.find(vm_id)
-        updated = dataclasses.replace(found.record, labels=dict(labels))
-        VmRecords(found.hypervisor).save(updated)
+        with self.locked(vm_id) as found:
+            updated = dataclasses.replace(found.record, labels=dict(labels))
+            VmRecords(found.hypervisor).save(updated)
         self.lookup.remember(found.host.name, updated)
         return to_vm(updated, found.state)
 
@@ -56,7 +59,10 @@ class RemoteLifecycle:
 
         :raises VmStateConflict: unless RUNNING.
         """
-        found = self.lookup.find(vm_id)
+        with self.locked(vm_id) as found:
+            self._stop(vm_id, found)
+
+    def _stop(self, vm_id: str, found: Found) -> None:
         hypervisor = found.hypervisor
         require_state(vm_id, to_vm(found.record, found.state).state, VmState.RUNNING, "stopped")
         self.guests.forget(vm_id)
@@ -79,7 +85,10 @@ class RemoteLifecycle:
         :raises VmStateConflict: unless STOPPED.
         :raises GuestUnreachable: the guest did not answer in time.
         """
-        found = self.lookup.find(vm_id)
+        with self.locked(vm_id) as found:
+            self._start(vm_id, found)
+
+    def _start(self, vm_id: str, found: Found) -> None:
         hypervisor = found.hypervisor
         require_state(vm_id, to_vm(found.record, found.state).state, VmState.STOPPED, "started")
         self.ensure_host(found.host, hypervisor)

@@ -46,7 +46,7 @@ from app.clock import now_iso
 from app.config import Settings
 from app.config.hosts import LOCAL_HOST, RemoteHost
 from app.errors import (AppError, HypervisorError, ImageStateConflict, InvalidRequest,
-                        QuotaExceeded, VmNotFound, VmStateConflict)
+                        QuotaExceeded, VmBusy, VmNotFound, VmStateConflict)
 from app.guestssh import GuestSSH
 from app.models import ProvisionMode, Vm, VmPhase, VmRecord, VmRole, VmSpec, VmState
 from app.services.addresses import allocation_lock
@@ -58,6 +58,7 @@ from app.services.placement import Room, choose, room
 from app.services.records import VmRecords, to_vm
 from app.services.remote_addresses import RemoteAddresses
 from app.services.remote_lifecycle import RemoteLifecycle
+from app.services.remote_vm_locks import RemoteVmLocks
 from app.services.remote_lookup import Found, RemoteLookup
 from app.services.teardown import Cleanup
 from app.services.templates import TemplateCatalog
@@ -97,7 +98,9 @@ class RemoteVms:
         self.domain_type = domain_type
         self.lookup = RemoteLookup(registry)
         self.addresses = RemoteAddresses()
-        self.lifecycle = RemoteLifecycle(settings, self.lookup, guests, self._ensure_host)
+        self.locks = RemoteVmLocks(Path(settings.storage_root) / "hosts")
+        self.lifecycle = RemoteLifecycle(settings, self.lookup, guests, self._ensure_host,
+                                         self.locked)
 
     def host(self, name: str) -> RemoteHost:
         """:raises InvalidRequest: not a ``HOSTS`` name."""
@@ -190,11 +193,11 @@ class RemoteVms:
                        outbound_internet: bool) -> Vm:
         """Replace the VM's policy: its filter is defined again (libvirt re-instantiates it
         on the running VM), then its record."""
-        found = self.find(vm_id)
-        updated = dataclasses.replace(found.record, allow_ips=allow_ips,
-                                      outbound_internet=outbound_internet)
-        found.hypervisor.define_filter(self._filter_xml(updated, found.host))
-        VmRecords(found.hypervisor).save(updated)
+        with self.locked(vm_id) as found:
+            updated = dataclasses.replace(found.record, allow_ips=allow_ips,
+                                          outbound_internet=outbound_internet)
+            found.hypervisor.define_filter(self._filter_xml(updated, found.host))
+            VmRecords(found.hypervisor).save(updated)
         log.info("vm network policy changed vm=%s host=%s outbound=%s entries=%s", vm_id,
                  found.host.name, outbound_internet, len(allow_ips))
         return to_vm(updated, found.state)
@@ -206,8 +209,21 @@ class RemoteVms:
         :raises VmNotFound: on no remote host.
         :raises HypervisorError: its host does not answer (or failed half-way).
         """
-        found = self.find(vm_id, deleting=True)
-        self._remove(found.host, found.hypervisor, found.record)
+        with self.locked(vm_id, deleting=True) as found:
+            self._remove(found.host, found.hypervisor, found.record)
+        self.locks.drop(found.host.name, vm_id)
+
+    @contextlib.contextmanager
+    def locked(self, vm_id: str, deleting: bool = False) -> t.Iterator[Found]:
+        """Hold the VM's lock (:mod:`app.services.remote_vm_locks`) and yield it as found under
+        the lock.
+
+        :raises VmNotFound: / :raises HypervisorError: as :meth:`find`.
+        :raises VmBusy: another operation of this manager kept it for ``LOCK_TIMEOUT``.
+        """
+        host_name = self.find(vm_id, deleting=deleting).host.name
+        with self.locks.held(host_name, vm_id, LOCK_TIMEOUT):
+            yield self.find(vm_id, deleting=deleting)
 
     def reap(self) -> list[tuple[str, VmRecord]]:
         """The reaper's round on the remote hosts that answer: delete the callers' VMs whose
@@ -221,8 +237,13 @@ class RemoteVms:
                 what = "finished the delete of" if record.phase is VmPhase.DELETING \
                     else "expired"
                 try:
-                    self._remove(self.registry.host(name), self.registry.hypervisor(name),
-                                 record)
+                    # A delete of this manager under way holds the lock: it finishes it.
+                    with self.locks.held(name, record.id, 0):
+                        self._remove(self.registry.host(name), self.registry.hypervisor(name),
+                                     record)
+                    self.locks.drop(name, record.id)
+                except VmBusy:
+                    continue
                 except AppError as exc:
                     log.warning("reaper: vm=%s host=%s: %s", record.id, name, exc.message)
                     continue

@@ -94,11 +94,12 @@ class StoragePoolCalls:
         return self._call("volume path", path)
 
     def delete_volume(self, pool: str, name: str) -> None:
-        """Delete a volume; a missing one (or pool) is fine."""
+        """Delete a volume; a missing one (or pool) is fine, also one that another client
+        deleted between its lookup and its delete."""
         def delete(conn: t.Any) -> None:
             volume = _volume(conn, pool, name)
             if volume is not None:
-                volume.delete(0)
+                _lookup(libvirt.VIR_ERR_NO_STORAGE_VOL, lambda _name: volume.delete(0), name)
         self._call("delete volume", delete)
 
     def upload_volume(self, pool: str, name: str, size: int,

@@ -58,3 +58,23 @@ def test_a_volume_is_created_found_and_deleted(hypervisor, pool):
 def test_a_volume_missing_for_download_is_an_error(hypervisor, pool):
     with pytest.raises(HypervisorError, match="no volume 'b.raw' in storage pool 'rds-vms'"):
         hypervisor.download_volume(pool, "b.raw", lambda: lambda data: None, timeout=5)
+
+
+def test_a_volume_deleted_by_another_client_between_lookup_and_delete_is_fine(
+        hypervisor, pool, monkeypatch):
+    """Two deletes of one remote VM at once (two managers, or a delete and the reaper): the
+    second finds the volume, the first deletes it, the second's delete must not fail."""
+    from app.virt import libvirt_storage
+
+    hypervisor.create_volume(pool, build_volume_xml("a.raw", 1024))
+    found = libvirt_storage._volume
+
+    def found_then_deleted_elsewhere(conn, pool_name, name):
+        volume = found(conn, pool_name, name)
+        if volume is not None:
+            conn.storagePoolLookupByName(pool_name).storageVolLookupByName(name).delete(0)
+        return volume
+    monkeypatch.setattr(libvirt_storage, "_volume", found_then_deleted_elsewhere)
+    hypervisor.delete_volume(pool, "a.raw")
+    monkeypatch.undo()
+    assert hypervisor.list_volumes(pool) == []
