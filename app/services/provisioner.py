@@ -82,13 +82,17 @@ class CreatePlan:
                 "created_by": self.spec.created_by, "owner_key": self.spec.owner_key}
 
 
-def identity_timeout(load: float | None = None, cpus: int | None = None) -> float:
+def identity_timeout(load: float | None = None, cpus: int | None = None,
+                     creating: int = 0) -> float:
     """How long a restored guest may take to answer its identity: ``IDENTITY_TIMEOUT_S``,
-    stretched by the host's run queue per core (the 1-minute load average), at most
-    ``IDENTITY_TIMEOUT_MAX_S``."""
+    stretched by the host's run queue per core (the 1-minute load average) or by the creates
+    in flight per core (``creating``, this one included), whichever is more, at most
+    ``IDENTITY_TIMEOUT_MAX_S``. The load average lags a burst by a minute: 20 restores at once
+    on an idle 2-core host would otherwise each get the idle host's 10 s."""
     load = os.getloadavg()[0] if load is None else load
     cpus = (os.cpu_count() or 1) if cpus is None else cpus
-    return min(IDENTITY_TIMEOUT_MAX_S, IDENTITY_TIMEOUT_S * max(1.0, load / max(1, cpus)))
+    busy = max(load, float(creating)) / max(1, cpus)
+    return min(IDENTITY_TIMEOUT_MAX_S, IDENTITY_TIMEOUT_S * max(1.0, busy))
 
 
 class Provisioner:
@@ -187,7 +191,7 @@ class Provisioner:
     def _create(self, plan: CreatePlan, seed: Seed | None, role: VmRole) -> Vm:
         started = time.monotonic()
         with Cleanup(f"create of a {role.value} VM") as cleanup:
-            record, xml = self._provision(plan, seed, role, cleanup)
+            record, xml, creating = self._provision(plan, seed, role, cleanup)
             log.info("vm defined vm=%s name=%s ip=%s mode=%s", record.id, record.name,
                      record.guest_ip, record.provision_mode.value)
             # The port is filtered and plugged in while the guest starts, and the restored
@@ -197,7 +201,7 @@ class Provisioner:
                 if seed is None:
                     self.hypervisor.start_domain(record.id)
                 else:
-                    self._restore(record, xml, seed)
+                    self._restore(record, xml, seed, creating)
             with (self._alongside(f"setting the clock of {record.name}",
                                   self.hypervisor.set_guest_time, record.id, AGENT_TIMEOUT_S)
                   if seed else contextlib.nullcontext()):
@@ -209,10 +213,11 @@ class Provisioner:
         return to_vm(record, "running")
 
     def _provision(self, plan: CreatePlan, seed: Seed | None, role: VmRole,
-                   cleanup: Cleanup) -> tuple[VmRecord, str]:
+                   cleanup: Cleanup) -> tuple[VmRecord, str, int]:
         """Take quota, budget, address and name; make files, sets, filter, port, domain.
 
-        :returns: the record and the domain XML that was defined.
+        :returns: the record, the domain XML that was defined and how many creates are in
+            flight on this host (this one included).
         """
         settings, spec = self.settings, plan.spec
         template, build, backing, disk_size_mb = (plan.template, plan.build,
@@ -229,6 +234,7 @@ class Provisioner:
             others = [r for r in (parse_metadata(domain.xml) for domain in domains) if r]
             # A VM being deleted is powered off already: it holds its address, not the quota.
             deleting = sum(1 for other in others if other.phase is VmPhase.DELETING)
+            creating = 1 + sum(1 for other in others if other.phase is VmPhase.CREATING)
             if len(domains) - deleting >= settings.max_vms:
                 raise QuotaExceeded(f"VM quota reached ({settings.max_vms} VMs)")
             check_quota(spec, others)
@@ -263,9 +269,9 @@ class Provisioner:
                                         template=template, inputs=plan.inputs)
             cleanup.add("domain", self.teardown.domain, vm_id)
             self.hypervisor.define_domain(xml)
-        return record, xml
+        return record, xml, creating
 
-    def _restore(self, record: VmRecord, xml: str, seed: Seed) -> None:
+    def _restore(self, record: VmRecord, xml: str, seed: Seed, creating: int) -> None:
         """Run the seed's saved guest as this VM, then give the guest the VM's identity.
 
         The saved guest has eth0 down (so it never sends a frame with the seed's MAC) and a
@@ -284,7 +290,7 @@ class Provisioner:
             str(vm_dir / IDENTITY_SOCKET), record.mac,
             f"{record.guest_ip}/{self.settings.network.prefixlen}",
             str(self.settings.gateway_ip), record.name, record.host_key,
-            (vm_dir / HOST_KEY).read_bytes(), identity_timeout())
+            (vm_dir / HOST_KEY).read_bytes(), identity_timeout(creating=creating))
 
     @contextlib.contextmanager
     def _alongside(self, what: str, action: t.Callable[..., t.Any],

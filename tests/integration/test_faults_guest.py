@@ -108,20 +108,23 @@ def test_a_fork_bomb_times_out_and_leaves_the_rest_alone(api, bystander, victim)
     with Watcher(api, bystander) as watcher:
         result, took = run_fault(api, victim, "fork bomb", bomb, 8000)
         assert result["timedOut"] is True and took < 8 + 20
-        # The answer leaves within its deadline + 2 s; the kill may go on a moment longer (as
-        # root through the guest agent when the exhausted process limit stops sshd from
-        # forking). Meanwhile an exec never hangs: it fails fast (a JSON 504: the command's
-        # connection dropped it), or it connects again until sshd can fork (app.guestssh
-        # retries a refused connection within the call's deadline) and runs, or it answers 504
-        # at that deadline; then it works.
+        # The answer leaves within its deadline + 2 s; the kill may go on longer (as root
+        # through the guest agent when the exhausted process limit stops sshd from forking;
+        # under TCG a thrashing 256 MiB guest took 15-40 s in CI). Meanwhile an exec never
+        # hangs: it fails fast (a JSON 504: the command's connection dropped it), or it
+        # connects again until sshd can fork (app.guestssh retries a refused connection within
+        # the call's deadline) and runs, or it answers 504 at that deadline, or it runs in a
+        # guest still too busy to finish it and times out cleanly (200, timedOut); then it
+        # works.
         started = time.monotonic()
         while True:
             after, took = exec_in(api, victim, "echo survived", 20000)
-            if after.status_code == 200:
+            assert took < 20 + 2, after.json
+            if after.status_code == 200 and not after.json["timedOut"]:
                 break
-            assert after.status_code == 504 and after.json["message"] and took < 20 + 2, \
-                after.json
-            assert time.monotonic() - started < 45, f"the guest did not recover: {after.json}"
+            if after.status_code != 200:  # a 200 here timed out cleanly
+                assert after.status_code == 504 and after.json["message"], after.json
+            assert time.monotonic() - started < 120, f"the guest did not recover: {after.json}"
             time.sleep(0.5)
         print(f"fork bomb: exec works again {time.monotonic() - started:.1f}s after the answer")
         assert after.json["stdout"] == "survived\n", after.json

@@ -102,4 +102,8 @@ def test_the_identity_wait_follows_the_host_load():
     assert identity_timeout(load=0.3, cpus=2) == IDENTITY_TIMEOUT_S  # an idle host
     assert identity_timeout(load=6.0, cpus=2) == 3 * IDENTITY_TIMEOUT_S  # 3 runnable per core
     assert identity_timeout(load=400.0, cpus=2) == IDENTITY_TIMEOUT_MAX_S
+    # A burst: the load average still says idle, the creates in flight do not.
+    assert identity_timeout(load=0.3, cpus=2, creating=1) == IDENTITY_TIMEOUT_S
+    assert identity_timeout(load=0.3, cpus=2, creating=8) == 4 * IDENTITY_TIMEOUT_S
+    assert identity_timeout(load=0.3, cpus=2, creating=20) == IDENTITY_TIMEOUT_MAX_S
     assert IDENTITY_TIMEOUT_S <= identity_timeout() <= IDENTITY_TIMEOUT_MAX_S  # this host
