@@ -274,6 +274,10 @@ class Provisioner:
     def _restore(self, record: VmRecord, xml: str, seed: Seed, creating: int) -> None:
         """Run the seed's saved guest as this VM, then give the guest the VM's identity.
 
+        The wait for the guest's answer follows the creates in flight while it lasts: the
+        first create of a burst counts only itself when it is provisioned, and its guest
+        then shares the cores with every restore that came after (:func:`identity_timeout`).
+
         The saved guest has eth0 down (so it never sends a frame with the seed's MAC) and a
         helper waiting on the VM's identity port (:mod:`app.virt.identity`), which brings eth0
         up with the VM's own MAC and address. (The clock is set alongside the first SSH
@@ -290,7 +294,16 @@ class Provisioner:
             str(vm_dir / IDENTITY_SOCKET), record.mac,
             f"{record.guest_ip}/{self.settings.network.prefixlen}",
             str(self.settings.gateway_ip), record.name, record.host_key,
-            (vm_dir / HOST_KEY).read_bytes(), identity_timeout(creating=creating))
+            (vm_dir / HOST_KEY).read_bytes(),
+            lambda: identity_timeout(creating=max(creating, self._creates_in_flight())))
+
+    def _creates_in_flight(self) -> int:
+        """How many creates are in flight on this host now (0 when libvirt cannot say)."""
+        try:
+            records = [parse_metadata(domain.xml) for domain in self.hypervisor.list_domains()]
+        except AppError:
+            return 0
+        return sum(1 for record in records if record and record.phase is VmPhase.CREATING)
 
     @contextlib.contextmanager
     def _alongside(self, what: str, action: t.Callable[..., t.Any],

@@ -19,19 +19,26 @@ from __future__ import annotations
 
 import socket
 import time
+import typing as t
 
 from app.errors import HypervisorError
 
 REPLY_LIMIT = 4096
+# How often a changing budget is asked again while the guest has not answered.
+BUDGET_RECHECK_S = 2.0
 
 
 def send_identity(socket_path: str, mac: str, address: str, gateway: str, hostname: str,
-                  public_key: str, host_key: bytes, timeout: float) -> None:
+                  public_key: str, host_key: bytes,
+                  timeout: float | t.Callable[[], float]) -> None:
     """Send the VM's identity to the waiting guest helper and wait for its answer.
 
     :param address: ``ADDRESS/PREFIX``.
     :param public_key: the VM's public host key (``ssh-ed25519 AAAA...``).
     :param host_key: the VM's OpenSSH private host key.
+    :param timeout: seconds from now, or a function that says how many seconds from now
+        the wait may last in all, asked again every ``BUDGET_RECHECK_S`` while the guest has
+        not answered (a burst of creates that starts after this one slows this guest too).
     :raises HypervisorError: no answer within ``timeout`` or an error from the guest.
     """
     fields = (mac, address, gateway, hostname)
@@ -42,27 +49,37 @@ def send_identity(socket_path: str, mac: str, address: str, gateway: str, hostna
         raise HypervisorError("the host key does not fit the identity channel's format")
     request = (" ".join(fields) + "\n" + public_key.strip() + "\n" + "\n".join(key_lines)
                + "\n.\n").encode("ascii")
-    deadline = time.monotonic() + timeout
+    budget = timeout if callable(timeout) else _fixed(timeout)
+    started = time.monotonic()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as channel:
-        channel.settimeout(timeout)
+        channel.settimeout(max(0.001, budget()))
         try:
             channel.connect(socket_path)
             channel.sendall(request)
-            reply = _read_line(channel, deadline)
+            reply = _read_line(channel, started, budget)
         except OSError as exc:
             raise HypervisorError(f"identity channel {socket_path}: {exc}") from exc
     if reply != "ok":
         raise HypervisorError(f"the guest could not take its identity: {reply or 'no answer'}")
 
 
-def _read_line(channel: socket.socket, deadline: float) -> str:
+def _fixed(seconds: float) -> t.Callable[[], float]:
+    def budget() -> float:
+        return seconds
+    return budget
+
+
+def _read_line(channel: socket.socket, started: float, budget: t.Callable[[], float]) -> str:
     reply = b""
     while not reply.endswith(b"\n") and len(reply) < REPLY_LIMIT:
-        remaining = deadline - time.monotonic()
+        remaining = started + budget() - time.monotonic()
         if remaining <= 0:
             raise socket.timeout("no answer in time")
-        channel.settimeout(remaining)
-        chunk = channel.recv(REPLY_LIMIT)
+        channel.settimeout(min(remaining, BUDGET_RECHECK_S))
+        try:
+            chunk = channel.recv(REPLY_LIMIT)
+        except socket.timeout:
+            continue  # ask the budget again
         if not chunk:
             break
         reply += chunk

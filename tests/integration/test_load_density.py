@@ -23,12 +23,12 @@ BURST = 20
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A live server with room for the burst (MAX_VMS, and a disk budget that overcommits:
-    the VMs write a few MiB of their 4 GiB); yields its base URL and master process."""
+    the VMs write a few MiB of their 4 GiB); yields its base URL, master process and log."""
     log_path = tmp_path_factory.mktemp("load-server") / "server.log"
     print(f"server log: {log_path}")
     env = {**loadgen.server_env(KEY, BURST + 20), "WEB_WORKERS": "2"}
     with log_path.open("w") as log, live_server(env, output=log) as (base, process):
-        yield base, process
+        yield base, process, log_path
 
 
 @pytest.fixture()
@@ -38,7 +38,7 @@ def http(server):
 
 
 def test_a_short_mixed_load_has_no_errors_and_the_workers_do_not_grow(server, http):
-    base, process = server
+    base, process, _log = server
     vms = loadgen.create_vms(http, 2)
     try:
         ids = [vm["id"] for vm in vms]
@@ -104,7 +104,9 @@ def test_twenty_creates_at_once_all_answer_and_leave_nothing(server, http, servi
         print(f"{BURST} creates at once: last 201 after {last:.1f} s, {retried} 429s retried")
         assert [(status, body.get("message")) for _s, status, body in results
                 if status != 201] == []
-        assert {vm["provisionMode"] for vm in made} == {"snapshot"}
+        fallbacks = [line for line in server[2].read_text().splitlines()
+                     if "falling back to a cold boot" in line]
+        assert {vm["provisionMode"] for vm in made} == {"snapshot"}, fallbacks
         assert loadgen.exec_each(server[0], KEY, [vm["id"] for vm in made]).errors == []
     finally:
         assert loadgen.delete_vms(http, [vm["id"] for vm in made]) == []

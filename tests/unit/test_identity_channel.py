@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import typing as t
 
 import pytest
@@ -15,9 +16,10 @@ from tests.unit.fakes import World
 KEY = b"-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\nBBBB\n-----END OPENSSH PRIVATE KEY-----\n"
 
 
-def fake_guest(path: str, answer: bytes | None) -> tuple[threading.Thread, list[bytes]]:
+def fake_guest(path: str, answer: bytes | None,
+               delay: float = 0.0) -> tuple[threading.Thread, list[bytes]]:
     """Listen on ``path`` like libvirt's bound socket; read one request as the guest helper
-    does (up to the "." line), then answer (or hang up without answering)."""
+    does (up to the "." line), then answer after ``delay`` (or hang up without answering)."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(1)
@@ -33,6 +35,7 @@ def fake_guest(path: str, answer: bytes | None) -> tuple[threading.Thread, list[
                     break
                 data += chunk
             received.append(data)
+            time.sleep(delay)
             if answer is not None:
                 connection.sendall(answer)
 
@@ -69,6 +72,28 @@ def test_a_guest_that_hangs_up_or_stays_silent_fails_in_time(tmp_path):
     fake_guest(path, None)
     with pytest.raises(HypervisorError, match="no answer"):
         send(path, timeout=1.0)
+
+
+def test_a_budget_that_grows_while_waiting_keeps_a_slow_guest(tmp_path, monkeypatch):
+    """A burst of creates after this one: the budget asked again grows, the guest that answers
+    after the first budget is kept; a budget that stays short gives up on it."""
+    monkeypatch.setattr("app.virt.identity.BUDGET_RECHECK_S", 0.1)
+    asked: list[float] = []
+
+    def growing() -> float:
+        asked.append(time.monotonic())
+        return 0.4 if len(asked) == 1 else 5.0
+
+    path = str(tmp_path / "identity.sock")
+    fake_guest(path, b"ok\n", delay=1.0)
+    send(path, timeout=growing)
+    assert len(asked) >= 3  # asked again while waiting, not once
+    path = str(tmp_path / "identity2.sock")
+    fake_guest(path, b"ok\n", delay=1.5)
+    started = time.monotonic()
+    with pytest.raises(HypervisorError, match="no answer"):
+        send(path, timeout=lambda: 0.4)
+    assert time.monotonic() - started < 1.2
 
 
 def test_no_socket_is_an_error_not_a_hang(tmp_path):
