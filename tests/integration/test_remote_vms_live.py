@@ -29,7 +29,7 @@ from tests.integration.two_host_rig import SecondHost
 
 PROBE_S = 3.0
 ON_RIG = {"cpu": 1, "memMb": 256, "provisionMode": "boot", "placement": {"host": "h2"}}
-# Two more own addresses of the rig host, on a dummy interface in its namespace (a range no
+# Two more own addresses of the rig host, on another interface in its namespace (a range no
 # other part of the rig uses): the first listed in its hostAddresses, the second not.
 LISTED, UNLISTED = "10.210.9.1", "10.210.9.2"
 
@@ -265,22 +265,25 @@ def test_the_filter_holds_on_the_rig(rig, remote_api, rig_vm):
 
 @contextlib.contextmanager
 def rig_addresses(rig: SecondHost, *addresses: str):
-    """``addresses`` (/32) on a dummy interface ``rds-h2-d`` in the rig's namespace: more own
-    addresses of that host, as a real host's other NICs; removed afterwards."""
-    dummy = f"{rig.name}-d"
+    """``addresses`` (/32) on one more interface of the rig host, as a real host's other NICs:
+    a veth pair ``rds-h2-d``/``rds-h2-e`` with both ends in the rig's namespace (this kernel
+    has no dummy interfaces: no modules), the addresses on ``rds-h2-d``; removed afterwards
+    (both ends go with one)."""
+    nic, peer = f"{rig.name}-d", f"{rig.name}-e"
 
     def ip(*args: str, check: bool = True) -> None:
         subprocess.run(rig.in_namespace("ip", *args), capture_output=True, text=True,
                        timeout=30, check=check)
-    ip("link", "del", dummy, check=False)  # a killed run's
-    ip("link", "add", dummy, "type", "dummy")
+    ip("link", "del", nic, check=False)  # a killed run's
+    ip("link", "add", nic, "type", "veth", "peer", "name", peer)
     try:
         for address in addresses:
-            ip("addr", "add", f"{address}/32", "dev", dummy)
-        ip("link", "set", dummy, "up")
+            ip("addr", "add", f"{address}/32", "dev", nic)
+        for link in (peer, nic):
+            ip("link", "set", link, "up")
         yield
     finally:
-        ip("link", "del", dummy)
+        ip("link", "del", nic)
 
 
 def test_the_rig_hosts_listed_addresses_are_out_of_reach(rig, remote_api, rig_vm):
