@@ -171,23 +171,30 @@ def _host_addresses(where: str, value: t.Any) -> tuple[str, ...]:
                          f"(each is a rule in every VM's filter there): list networks instead")
     networks: list[ipaddress.IPv4Network] = []
     for item in value:
+        shown = _shown(item)
         if not isinstance(item, str):
-            raise HostsError(f"{what}: {item!r} is not a string such as \"10.1.2.3\" or "
+            raise HostsError(f"{what}: {shown} is not a string such as \"10.1.2.3\" or "
                              f'"10.1.2.0/24"')
         try:
             network = ipaddress.IPv4Network(item)
-        except ValueError as exc:
-            hint = (" (IPv6: a guest reaches no IPv6 address, the filter passes IPv4 only)"
-                    if ":" in item else "")
-            raise HostsError(f"{what}: {item!r} is not an IPv4 address or network: "
-                             f"{exc}{hint}") from None
+        except ValueError:
+            hint = ("; IPv6 is not needed: a guest reaches no IPv6 address, the filter passes "
+                    "IPv4 only" if ":" in item else "")
+            raise HostsError(f"{what}: {shown} is not an IPv4 address (10.1.2.3) or network "
+                             f"(10.1.2.0/24, no host bits set){hint}") from None
         if network.prefixlen < MIN_HOST_PREFIX:
-            raise HostsError(f"{what}: {item!r} is wider than /{MIN_HOST_PREFIX}; list the "
+            raise HostsError(f"{what}: {shown} is wider than /{MIN_HOST_PREFIX}; list the "
                              f"host's own addresses or networks")
         if network in networks:
-            raise HostsError(f"{what}: {item!r} is listed twice")
+            raise HostsError(f"{what}: {shown} is listed twice")
         networks.append(network)
     return tuple(str(network) for network in networks)
+
+
+def _shown(value: t.Any, limit: int = 60) -> str:
+    """``value`` as an error message shows it: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _subnet(cidr: str, where: str = "NETWORK_CIDR") -> ipaddress.IPv4Network | None:

@@ -71,15 +71,20 @@ def test_every_key():
     (hosts({**H2, "hostAddresses": [["10.0.0.5"]]})["HOSTS"], "is not a string"),
     (hosts({**H2, "hostAddresses": [True]})["HOSTS"], "True is not a string"),
     (hosts({**H2, "hostAddresses": ["fd00::1"]})["HOSTS"],
-     "'fd00::1' is not an IPv4 address or network"),
+     "'fd00::1' is not an IPv4 address (10.1.2.3) or network"),
     (hosts({**H2, "hostAddresses": ["2001:db8::/32"]})["HOSTS"], "the filter passes IPv4 only"),
+    (hosts({**H2, "hostAddresses": ["::ffff:10.0.0.5"]})["HOSTS"], "not an IPv4 address"),
     (hosts({**H2, "hostAddresses": ["banana"]})["HOSTS"], "'banana' is not an IPv4 address"),
     (hosts({**H2, "hostAddresses": [""]})["HOSTS"], "'' is not an IPv4 address"),
     (hosts({**H2, "hostAddresses": [" 10.0.0.5"]})["HOSTS"], "is not an IPv4 address"),
     (hosts({**H2, "hostAddresses": ["10.0.0.256"]})["HOSTS"], "is not an IPv4 address"),
-    (hosts({**H2, "hostAddresses": ["010.0.0.5"]})["HOSTS"], "Leading zeros"),
+    (hosts({**H2, "hostAddresses": ["010.0.0.5"]})["HOSTS"], "'010.0.0.5' is not an IPv4"),
     (hosts({**H2, "hostAddresses": ["h2.example"]})["HOSTS"], "is not an IPv4 address"),
-    (hosts({**H2, "hostAddresses": ["10.0.0.5/24"]})["HOSTS"], "has host bits set"),
+    (hosts({**H2, "hostAddresses": ["10.0.0.5/24"]})["HOSTS"], "no host bits set"),
+    (hosts({**H2, "hostAddresses": ["x" * 100_000]})["HOSTS"],
+     "hostAddresses: '" + "x" * 59 + "… is not an IPv4 address"),
+    (hosts({**H2, "hostAddresses": [{"address": "10.0.0.5"}]})["HOSTS"],
+     "{'address': '10.0.0.5'} is not a string"),
     (hosts({**H2, "hostAddresses": ["10.0.0.0/33"]})["HOSTS"], "is not an IPv4 address"),
     (hosts({**H2, "hostAddresses": ["0.0.0.0/0"]})["HOSTS"], "is wider than /8"),
     (hosts({**H2, "hostAddresses": ["10.0.0.0/7"]})["HOSTS"], "is wider than /8"),
@@ -108,9 +113,12 @@ def test_host_addresses_are_kept_as_networks():
     assert len(host.host_addresses) == 64
 
 
-def test_a_bad_host_address_names_the_host():
+def test_a_bad_host_address_names_the_host_and_is_shown_short():
     with pytest.raises(ConfigError, match=r"host 'h2': hostAddresses: 'fd00::1'"):
         load_settings(environ=hosts({**H2, "hostAddresses": ["10.0.0.5", "fd00::1"]}))
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ=hosts({**H2, "hostAddresses": ["9" * 100_000]}))
+    assert len(str(raised.value)) < 400
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "61"])
