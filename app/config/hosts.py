@@ -18,6 +18,11 @@ A JSON list, one object per host::
   of its ``rds-images`` storage pool, where images are shipped. The VMs' volumes (overlay
   disks, key files, console logs) are in the ``rds-vms`` pool, the directory ``rds-vms``
   beside it (:attr:`RemoteHost.vms_dir`).
+- ``hostAddresses`` (optional): the host's own IPv4 addresses or networks besides its URI's
+  (its other NICs, its management address when the URI names it by DNS, a storage network):
+  no VM there reaches them through a wider ``allowIps`` range (only when ``allowIps`` names
+  an address exactly, a /32). libvirt cannot tell them: its interface driver on Debian 12
+  (udev backend, libvirt 9.0) reports no addresses, so the operator lists them.
 
 An empty ``HOSTS`` (the default) means the local host only: the service as it always was.
 """
@@ -37,7 +42,9 @@ REACH_MODES = ("route",)
 PLACEMENTS = ("local", "spread", "pack")  # PLACEMENT: app.services.placement
 NAME = re.compile(r"[a-z][a-z0-9-]{0,31}\Z")
 URI = re.compile(r"[a-z][a-z0-9+]*://[^\s]*\Z")
-KEYS = {"name", "uri", "guestCidr", "reach", "maxVms", "imagesDir"}
+KEYS = {"name", "uri", "guestCidr", "reach", "maxVms", "imagesDir", "hostAddresses"}
+MAX_HOST_ADDRESSES = 64  # each is one rule in every VM's filter on that host
+MIN_HOST_PREFIX = 8  # wider is a mistake (it would also keep the internet out)
 
 
 class HostsError(ValueError):
@@ -54,6 +61,7 @@ class RemoteHost:
     reach: str = "route"
     max_vms: int | None = None  # None: MAX_VMS
     images_dir: str = DEFAULT_IMAGES_DIR
+    host_addresses: tuple[str, ...] = ()  # IPv4 CIDRs (a.b.c.d/32 for an address)
 
     @property
     def network(self) -> ipaddress.IPv4Network:
@@ -148,7 +156,45 @@ def _entry(number: int, entry: t.Any) -> RemoteHost:
         raise HostsError(f"{where}: imagesDir must be an absolute directory of its own, "
                          f"got {images_dir!r}")
     return RemoteHost(name=name, uri=uri, guest_cidr=cidr, reach=reach, max_vms=max_vms,
-                      images_dir=images_dir)
+                      images_dir=images_dir,
+                      host_addresses=_host_addresses(where, entry.get("hostAddresses", [])))
+
+
+def _host_addresses(where: str, value: t.Any) -> tuple[str, ...]:
+    """``hostAddresses`` → its networks as ``a.b.c.d/n`` (an address is its /32), checked."""
+    what = f"{where}: hostAddresses"
+    if not isinstance(value, list):
+        raise HostsError(f"{what} must be a list of IPv4 addresses or networks, "
+                         f"got {type(value).__name__}")
+    if len(value) > MAX_HOST_ADDRESSES:
+        raise HostsError(f"{what} has {len(value)} entries, at most {MAX_HOST_ADDRESSES} "
+                         f"(each is a rule in every VM's filter there): list networks instead")
+    networks: list[ipaddress.IPv4Network] = []
+    for item in value:
+        shown = _shown(item)
+        if not isinstance(item, str):
+            raise HostsError(f"{what}: {shown} is not a string such as \"10.1.2.3\" or "
+                             f'"10.1.2.0/24"')
+        try:
+            network = ipaddress.IPv4Network(item)
+        except ValueError:
+            hint = ("; IPv6 is not needed: a guest reaches no IPv6 address, the filter passes "
+                    "IPv4 only" if ":" in item else "")
+            raise HostsError(f"{what}: {shown} is not an IPv4 address (10.1.2.3) or network "
+                             f"(10.1.2.0/24, no host bits set){hint}") from None
+        if network.prefixlen < MIN_HOST_PREFIX:
+            raise HostsError(f"{what}: {shown} is wider than /{MIN_HOST_PREFIX}; list the "
+                             f"host's own addresses or networks")
+        if network in networks:
+            raise HostsError(f"{what}: {shown} is listed twice")
+        networks.append(network)
+    return tuple(str(network) for network in networks)
+
+
+def _shown(value: t.Any, limit: int = 60) -> str:
+    """``value`` as an error message shows it: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _subnet(cidr: str, where: str = "NETWORK_CIDR") -> ipaddress.IPv4Network | None:

@@ -356,15 +356,19 @@ class RemoteVms:
 
     def _filter_xml(self, record: VmRecord, host: RemoteHost) -> str:
         """The VM's filter there: its policy, and the addresses its guest never reaches
-        through a wide range: this manager's own (read now) and the host's as its URI names
-        it (an IP literal; a DNS name is not resolved here, a lookup has no timeout)."""
-        hosts = {address.split("/")[0] for address in self.own_addresses()}
+        through a wide range: this manager's own (read now), the host's as its URI names it
+        (an IP literal; a DNS name is not resolved here, a lookup has no timeout) and the
+        host's ``hostAddresses`` (libvirt cannot tell a host's addresses: the operator lists
+        them, docs/multihost.md)."""
+        hosts = {ipaddress.IPv4Network(address.split("/")[0])
+                 for address in self.own_addresses()}
         with contextlib.suppress(ValueError):  # a DNS name
-            hosts.add(str(ipaddress.IPv4Address(urllib.parse.urlsplit(host.uri).hostname or "")))
+            hosts.add(ipaddress.IPv4Network(urllib.parse.urlsplit(host.uri).hostname or ""))
+        hosts.update(ipaddress.IPv4Network(network) for network in host.host_addresses)
         return build_remote_filter_xml(record.name, record.id, host.guest_cidr,
                                        record.allow_ips, record.outbound_internet,
                                        self.settings.egress_never_list,
-                                       tuple(f"{address}/32" for address in sorted(hosts)))
+                                       tuple(str(network) for network in sorted(hosts)))
 
     @staticmethod
     def _remove_volumes(hypervisor: Hypervisor, name: str) -> None:

@@ -188,8 +188,9 @@ def build_remote_filter_xml(name: str, uuid: str, guest_network: str, allow_ips:
     the running VM). The same order as :func:`build_filter_xml`: never link-local and
     ``never``; DNS to the bridge when ``outboundInternet``; the bridge only when ``allowIps``
     names it exactly; other guests never; ``allowIps`` (IPv4: the layer-2 rules pass no other)
-    when ``outboundInternet``, where ``hosts`` (the managers' and that host's own addresses
-    that are known) are reachable only when named exactly (a /32), never through a wider range;
+    when ``outboundInternet``, where ``hosts`` (CIDRs: the managers' and that host's own
+    addresses that are known, the host's ``hostAddresses`` included) are reachable only at an
+    address ``allowIps`` names exactly (a /32), never through a wider range;
     everything else dropped. The manager's SSH comes in routed from outside the guest subnet
     (its address there is not known to the filter), so port 22 is open from any address
     outside the guest subnet.

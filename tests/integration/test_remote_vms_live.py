@@ -29,6 +29,9 @@ from tests.integration.two_host_rig import SecondHost
 
 PROBE_S = 3.0
 ON_RIG = {"cpu": 1, "memMb": 256, "provisionMode": "boot", "placement": {"host": "h2"}}
+# Two more own addresses of the rig host, on another interface in its namespace (a range no
+# other part of the rig uses): the first listed in its hostAddresses, the second not.
+LISTED, UNLISTED = "10.210.9.1", "10.210.9.2"
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,7 @@ def rig():
 
 def manager_config(rig: SecondHost) -> dict:
     return {"TESTING": True, "API_KEY": API_KEY, "HOST_PROBE_TIMEOUT_S": PROBE_S,
-            "HOSTS": rig.hosts_setting()}
+            "HOSTS": rig.hosts_setting(hostAddresses=[LISTED])}
 
 
 @pytest.fixture(scope="module")
@@ -258,6 +261,54 @@ def test_the_filter_holds_on_the_rig(rig, remote_api, rig_vm):
             remote_api.request("PUT", f"/v1/vms/{vm_id}/network",
                                json={"allowIps": [], "outboundInternet": False})
         assert not connects(remote_api, rig_vm, rig.host_address, here)
+
+
+@contextlib.contextmanager
+def rig_addresses(rig: SecondHost, *addresses: str):
+    """``addresses`` (/32) on one more interface of the rig host, as a real host's other NICs:
+    a veth pair ``rds-h2-d``/``rds-h2-e`` with both ends in the rig's namespace (this kernel
+    has no dummy interfaces: no modules), the addresses on ``rds-h2-d``; removed afterwards
+    (both ends go with one)."""
+    nic, peer = f"{rig.name}-d", f"{rig.name}-e"
+
+    def ip(*args: str, check: bool = True) -> None:
+        subprocess.run(rig.in_namespace("ip", *args), capture_output=True, text=True,
+                       timeout=30, check=check)
+    ip("link", "del", nic, check=False)  # a killed run's
+    ip("link", "add", nic, "type", "veth", "peer", "name", peer)
+    try:
+        for address in addresses:
+            ip("addr", "add", f"{address}/32", "dev", nic)
+        for link in (peer, nic):
+            ip("link", "set", link, "up")
+        yield
+    finally:
+        ip("link", "del", nic)
+
+
+def test_the_rig_hosts_listed_addresses_are_out_of_reach(rig, remote_api, rig_vm):
+    """hostAddresses: with allowIps covering two more own addresses of the rig host, the one
+    its HOSTS entry lists is unreachable while the other (the control: same host, interface
+    and range, not listed) is reached; naming the listed one exactly opens it, so the filter's
+    rule is what kept it shut."""
+    vm_id = rig_vm["id"]
+    with rig_addresses(rig, LISTED, UNLISTED), \
+            listener(LISTED, rig.in_namespace()) as listed, \
+            listener(UNLISTED, rig.in_namespace()) as unlisted:
+        try:
+            changed = remote_api.request("PUT", f"/v1/vms/{vm_id}/network", json={
+                "allowIps": ["10.210.9.0/24"], "outboundInternet": True})
+            assert changed.status_code == 200, changed.json
+            assert connects(remote_api, rig_vm, UNLISTED, unlisted)
+            assert not connects(remote_api, rig_vm, LISTED, listed)
+            changed = remote_api.request("PUT", f"/v1/vms/{vm_id}/network", json={
+                "allowIps": [f"{LISTED}/32"], "outboundInternet": True})
+            assert changed.status_code == 200, changed.json
+            assert connects(remote_api, rig_vm, LISTED, listed)
+        finally:
+            remote_api.request("PUT", f"/v1/vms/{vm_id}/network",
+                               json={"allowIps": [], "outboundInternet": False})
+        assert not connects(remote_api, rig_vm, UNLISTED, unlisted)
 
 
 def test_calls_on_a_vm_of_a_stopped_libvirtd_are_503_fast_and_local_vms_work(

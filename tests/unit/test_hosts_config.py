@@ -63,11 +63,62 @@ def test_every_key():
     (hosts({**H2, "imagesDir": "relative"})["HOSTS"], "imagesDir must be"),
     (hosts({**H2, "imagesDir": "/var/lib/libvirt/images/"})["HOSTS"], "imagesDir must be"),
     (hosts({**H2, "cidr": "172.16.1.0/24"})["HOSTS"], "unknown keys ['cidr']"),
+    (hosts({**H2, "hostAddresses": "10.0.0.5"})["HOSTS"], "hostAddresses must be a list"),
+    (hosts({**H2, "hostAddresses": {"eth1": "10.0.0.5"}})["HOSTS"],
+     "hostAddresses must be a list of IPv4 addresses or networks, got dict"),
+    (hosts({**H2, "hostAddresses": None})["HOSTS"], "got NoneType"),
+    (hosts({**H2, "hostAddresses": [167772165]})["HOSTS"], "167772165 is not a string"),
+    (hosts({**H2, "hostAddresses": [["10.0.0.5"]]})["HOSTS"], "is not a string"),
+    (hosts({**H2, "hostAddresses": [True]})["HOSTS"], "True is not a string"),
+    (hosts({**H2, "hostAddresses": ["fd00::1"]})["HOSTS"],
+     "'fd00::1' is not an IPv4 address (10.1.2.3) or network"),
+    (hosts({**H2, "hostAddresses": ["2001:db8::/32"]})["HOSTS"], "the filter passes IPv4 only"),
+    (hosts({**H2, "hostAddresses": ["::ffff:10.0.0.5"]})["HOSTS"], "not an IPv4 address"),
+    (hosts({**H2, "hostAddresses": ["banana"]})["HOSTS"], "'banana' is not an IPv4 address"),
+    (hosts({**H2, "hostAddresses": [""]})["HOSTS"], "'' is not an IPv4 address"),
+    (hosts({**H2, "hostAddresses": [" 10.0.0.5"]})["HOSTS"], "is not an IPv4 address"),
+    (hosts({**H2, "hostAddresses": ["10.0.0.256"]})["HOSTS"], "is not an IPv4 address"),
+    (hosts({**H2, "hostAddresses": ["010.0.0.5"]})["HOSTS"], "'010.0.0.5' is not an IPv4"),
+    (hosts({**H2, "hostAddresses": ["h2.example"]})["HOSTS"], "is not an IPv4 address"),
+    (hosts({**H2, "hostAddresses": ["10.0.0.5/24"]})["HOSTS"], "no host bits set"),
+    (hosts({**H2, "hostAddresses": ["x" * 100_000]})["HOSTS"],
+     "hostAddresses: '" + "x" * 59 + "… is not an IPv4 address"),
+    (hosts({**H2, "hostAddresses": [{"address": "10.0.0.5"}]})["HOSTS"],
+     "{'address': '10.0.0.5'} is not a string"),
+    (hosts({**H2, "hostAddresses": ["10.0.0.0/33"]})["HOSTS"], "is not an IPv4 address"),
+    (hosts({**H2, "hostAddresses": ["0.0.0.0/0"]})["HOSTS"], "is wider than /8"),
+    (hosts({**H2, "hostAddresses": ["10.0.0.0/7"]})["HOSTS"], "is wider than /8"),
+    (hosts({**H2, "hostAddresses": ["10.0.0.5", "10.0.0.5/32"]})["HOSTS"],
+     "'10.0.0.5/32' is listed twice"),
+    (hosts({**H2, "hostAddresses": [f"10.0.{i // 256}.{i % 256}" for i in range(65)]})["HOSTS"],
+     "has 65 entries, at most 64"),
+    (hosts({**H2, "hostAddresses": ["10.0.0.5"] * 100_000})["HOSTS"], "at most 64"),
 ])
 def test_a_bad_hosts_value_stops_the_service_with_a_clear_message(value, message):
     with pytest.raises(ConfigError, match="HOSTS") as raised:
         load_settings(environ={"HOSTS": value})
     assert message in str(raised.value)
+
+
+def test_host_addresses_are_kept_as_networks():
+    entry = {**H2, "hostAddresses": ["192.0.2.10", "198.51.100.0/24", "10.0.0.0/8",
+                                     "203.0.113.7/255.255.255.255"]}
+    [host] = load_settings(environ=hosts(entry)).remote_hosts
+    assert host.host_addresses == ("192.0.2.10/32", "198.51.100.0/24", "10.0.0.0/8",
+                                   "203.0.113.7/32")
+    [host] = load_settings(environ=hosts({**H2, "hostAddresses": []})).remote_hosts
+    assert host.host_addresses == ()
+    many = [f"10.0.0.{i}" for i in range(64)]
+    [host] = load_settings(environ=hosts({**H2, "hostAddresses": many})).remote_hosts
+    assert len(host.host_addresses) == 64
+
+
+def test_a_bad_host_address_names_the_host_and_is_shown_short():
+    with pytest.raises(ConfigError, match=r"host 'h2': hostAddresses: 'fd00::1'"):
+        load_settings(environ=hosts({**H2, "hostAddresses": ["10.0.0.5", "fd00::1"]}))
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ=hosts({**H2, "hostAddresses": ["9" * 100_000]}))
+    assert len(str(raised.value)) < 400
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "61"])

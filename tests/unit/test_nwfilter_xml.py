@@ -266,7 +266,23 @@ def test_binding_golden(golden):
     # (IPv6 ones ignored) and the hosts' own addresses
     ("open", ("172.16.1.1/32", "203.0.113.7/32", "198.51.100.0/24", "0.0.0.0/1", "2001:db8::/32"),
      True, ("192.0.2.0/24", "fd00::/8"), ("198.51.100.9", "203.0.113.1")),
+    # a host's listed networks (hostAddresses) among its addresses: 0.0.0.0/0 and a range
+    # inside one of them reach none of it, an address of it named exactly does
+    ("hostnets", ("0.0.0.0/0", "192.0.2.9/32", "192.0.2.128/25"), True, (),
+     ("10.210.0.2/32", "192.0.2.0/24", "198.51.100.0/28")),
 ])
 def test_remote_golden(golden, case, allow_ips, outbound, never, hosts):
     golden(f"xml/nwfilter-remote-{case}-out.xml", build_remote_filter_xml(
         NAME, UUID, "172.16.1.0/24", allow_ips, outbound, never=never, hosts=hosts))
+
+
+def test_a_hosts_listed_network_is_dropped_before_any_wider_allow_but_after_exact_pins():
+    found = rules(build_remote_filter_xml(
+        NAME, UUID, "172.16.1.0/24", ("0.0.0.0/0", "192.0.2.9/32", "192.0.2.128/25"), True,
+        hosts=("10.210.0.2/32", "192.0.2.0/24")))
+    ordered = [(action, prio, attrs.get("dstipaddr"), attrs.get("dstipmask"))
+               for action, direction, prio, attrs in found
+               if direction == "out" and prio >= 300 and "dstipmask" in attrs]
+    assert ordered == [("accept", 300, "192.0.2.9", "32"),
+                       ("drop", 350, "10.210.0.2", "32"), ("drop", 350, "192.0.2.0", "24"),
+                       ("accept", 400, "0.0.0.0", "0"), ("accept", 400, "192.0.2.128", "25")]

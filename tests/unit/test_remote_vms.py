@@ -422,3 +422,30 @@ def test_a_remote_vms_filter_keeps_the_managers_and_the_hosts_addresses_out(clie
     (xml,) = [xml for xml in h2.filter_xml.values()]
     dropped = {r[4]["dstipaddr"] for r in rules(xml) if r[0] == "drop" and r[2] == 350}
     assert dropped == {"10.0.2.15", "10.210.0.2"}  # this manager's, the host's (its URI)
+
+
+@pytest.mark.parametrize("world_settings", [{**remote_hosts.hosts_settings(
+    {**H2, "hostAddresses": ["192.0.2.0/24", "198.51.100.7"]}), "STOP_TIMEOUT_S": "0.5"}])
+def test_a_remote_vms_filter_keeps_the_hosts_listed_addresses_out(client, world, h2,
+                                                                  monkeypatch):
+    """hostAddresses (the host's other addresses, which libvirt cannot tell) join this
+    manager's and the URI's: dropped through a wider range, at create and at a network
+    change; an address of them that allowIps names exactly stays reachable."""
+    monkeypatch.setattr(world.parts.remote, "own_addresses", lambda: ["10.0.2.15/32"])
+    vm = create(client, {**ON_H2, "allowIps": ["0.0.0.0/0"], "outboundInternet": True})
+    assert vm.status_code == 201, vm.text
+    expected = {("10.0.2.15", "32"), ("10.210.0.2", "32"), ("192.0.2.0", "24"),
+                ("198.51.100.7", "32")}
+
+    def blocked_and_pinned():
+        (xml,) = h2.filter_xml.values()
+        found = rules(xml)
+        return ({(r[4]["dstipaddr"], r[4]["dstipmask"]) for r in found
+                 if r[0] == "drop" and r[2] == 350},
+                {(r[4]["dstipaddr"], r[4]["dstipmask"]) for r in found
+                 if r[0] == "accept" and r[2] == 300})
+    assert blocked_and_pinned() == (expected, set())
+    changed = client.put(f"/v1/vms/{vm.get_json()['id']}/network", headers=AUTH, json={
+        "allowIps": ["10.0.0.0/8", "192.0.2.9/32"], "outboundInternet": True})
+    assert changed.status_code == 200, changed.text
+    assert blocked_and_pinned() == (expected, {("192.0.2.9", "32")})
