@@ -122,6 +122,16 @@ class DomainInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class VolumeTail:
+    """The end of a storage volume that something on its host appends to (a remote VM's
+    console log, which that host's virtlogd writes)."""
+
+    data: bytes
+    start: int  # the offset in the volume of ``data``'s first byte (0: nothing before it)
+    modified: float | None  # the volume's mtime, seconds since the epoch; None if not told
+
+
+@dataclasses.dataclass(frozen=True)
 class NodeInfo:
     """What libvirt says about the machine it runs on."""
 

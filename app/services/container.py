@@ -170,7 +170,7 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
                     health=HealthService(settings, hypervisor, adapters.domain_type,
                                          adapters.bridge_nf, templates),
                     auth=AuthService(settings, state, clock=adapters.clock),
-                    console=ConsoleLogs(settings, parts.records),
+                    console=ConsoleLogs(settings, parts.records, parts.remote),
                     stats=VmStatsReader(hypervisor, parts.records, parts.remote),
                     host_metrics=HostCollector(parts.records, hosts), history=history,
                     images=images,

@@ -1,6 +1,7 @@
-"""Labels, stop and start of a VM of a remote host of ``HOSTS`` (issue 17), through that host's
-libvirt only, with the local VMs' rules (:mod:`app.services.lifecycle`): the record kept in
-the domain's metadata there, the same states and the same refusals.
+"""Labels, keepalive, stop and start of a VM of a remote host of ``HOSTS`` (issue 17), through
+that host's libvirt only, with the local VMs' rules (:mod:`app.services.lifecycle`): the record
+(its labels, its lifetime and ``expiresAt``, which the reaper reads there) kept in the domain's
+metadata there, the same states and the same refusals.
 
 A stop asks the guest to shut down (ACPI; after ``STOP_TIMEOUT_S`` the domain is powered off)
 and forgets the VM's SSH client; its disk, filter and address reservation stay on the host. A
@@ -21,6 +22,7 @@ from app.errors import AppError, HypervisorError
 from app.models import Vm, VmPhase, VmState
 from app.services.guests import GuestClients
 from app.services.lifecycle import require_state, wait_for_state
+from app.services.lifetimes import expires_at, lifetime_s
 from app.services.records import VmRecords, to_vm
 from app.services.remote_lookup import Found, RemoteLookup
 from app.services.undo import quietly
@@ -52,6 +54,22 @@ class RemoteLifecycle:
             updated = dataclasses.replace(found.record, labels=dict(labels))
             VmRecords(found.hypervisor).save(updated)
         self.lookup.remember(found.host.name, updated)
+        return to_vm(updated, found.state)
+
+    def keepalive(self, vm_id: str, ttl_s: int | None) -> Vm:
+        """Restart the VM's lifetime from now: ``ttl_s`` seconds, or its own length again (a
+        VM without a lifetime keeps none), as a local VM's.
+
+        :raises InvalidRequest: against ``VM_MAX_TTL_S``.
+        """
+        with self.locked(vm_id) as found:
+            record = found.record
+            ttl = lifetime_s(self.settings, record.ttl_s if ttl_s is None else ttl_s)
+            updated = dataclasses.replace(record, ttl_s=ttl, expires_at=expires_at(ttl))
+            VmRecords(found.hypervisor).save(updated)
+        self.lookup.remember(found.host.name, updated)
+        log.info("vm kept alive vm=%s host=%s expires=%s", vm_id, found.host.name,
+                 updated.expires_at or "never")
         return to_vm(updated, found.state)
 
     def stop(self, vm_id: str) -> None:

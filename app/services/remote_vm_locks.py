@@ -1,5 +1,5 @@
 """One lock per remote VM, shared by this manager's processes: its delete, the reaper's, stop,
-start, labels and network changes run one at a time, as a local VM's do
+start, labels, keepalive and network changes run one at a time, as a local VM's do
 (:meth:`app.services.lifecycle.Lifecycle.locked`).
 
 A remote host shares no file system with the manager, so the lock file is on the manager:

@@ -1,7 +1,7 @@
 """VMs on the remote hosts of ``HOSTS`` (issue 17): made, used and deleted through that host's
 libvirt connection only — a real second host shares no file system with the manager. Finding
-them on the hosts is :mod:`app.services.remote_lookup`; their labels, stop and start
-:mod:`app.services.remote_lifecycle` (:attr:`RemoteVms.lifecycle`).
+them on the hosts is :mod:`app.services.remote_lookup`; their labels, keepalive, stop and
+start :mod:`app.services.remote_lifecycle` (:attr:`RemoteVms.lifecycle`).
 
 What a remote VM is made of, all on its host, all named after the VM (``rds-<short id>``):
 
@@ -12,7 +12,9 @@ What a remote VM is made of, all on its host, all named after the VM (``rds-<sho
   ``<name>.authorized_keys`` there, uploaded with ``virStorageVolUpload`` and served to the
   guest by fw_cfg ``file=`` entries, as on the local host (not inline fw_cfg values: those
   would put the private key into the domain XML, which any read-only connection can dump);
-- its console log ``<name>.console.log`` there (virtlogd writes it; removed as a volume);
+- its console log ``<name>.console.log`` there (virtlogd writes it and rotates it to
+  ``<name>.console.log.0``…; ``GET .../logs`` reads its tail through libvirt,
+  :mod:`app.services.console`; removed as volumes);
 - its nwfilter ``<name>``, the policy written into the rules (the manager's ipsets and taps
   are in the manager's kernel, not there; :func:`~app.virt.nwfilter_xml.build_remote_filter_xml`),
   referenced from its NIC on the host's routed network ``rds-net-<host>``;
@@ -231,16 +233,19 @@ class RemoteVms:
         done = []
         for name, probe in self.lookup.probe().items():
             for record, _info in probe.records:
-                if record.role is not VmRole.SANDBOX or not (
-                        record.phase is VmPhase.DELETING or is_expired(record)):
+                if not _to_reap(record):
                     continue
                 what = "finished the delete of" if record.phase is VmPhase.DELETING \
                     else "expired"
                 try:
                     # A delete of this manager under way holds the lock: it finishes it.
                     with self.locks.held(name, record.id, 0):
-                        self._remove(self.registry.host(name), self.registry.hypervisor(name),
-                                     record)
+                        hypervisor = self.registry.hypervisor(name)
+                        # Read again under the lock: a keepalive may have landed first.
+                        current = VmRecords(hypervisor).any(record.id)
+                        if current is None or not _to_reap(current):
+                            continue
+                        self._remove(self.registry.host(name), hypervisor, current)
                     self.locks.drop(name, record.id)
                 except VmBusy:
                     continue
@@ -372,9 +377,11 @@ class RemoteVms:
 
     @staticmethod
     def _remove_volumes(hypervisor: Hypervisor, name: str) -> None:
-        hypervisor.refresh_storage_pool(VMS_POOL)  # the console log virtlogd made
-        for suffix in VOLUME_SUFFIXES:
-            hypervisor.delete_volume(VMS_POOL, f"{name}.{suffix}")
+        # Listed after a refresh: the console log virtlogd made, and those it rotated away.
+        rotated = [volume for volume in hypervisor.list_volumes(VMS_POOL)
+                   if volume.startswith(f"{name}.console.log.")]
+        for volume in [f"{name}.{suffix}" for suffix in VOLUME_SUFFIXES] + rotated:
+            hypervisor.delete_volume(VMS_POOL, volume)
 
     @staticmethod
     def _remove_domain(hypervisor: Hypervisor, vm_id: str) -> None:
@@ -382,6 +389,12 @@ class RemoteVms:
             hypervisor.destroy_domain(vm_id)
         with contextlib.suppress(VmNotFound):
             hypervisor.undefine_domain(vm_id)
+
+
+def _to_reap(record: VmRecord) -> bool:
+    """A caller's VM whose delete did not finish, or whose ``expiresAt`` passed."""
+    return record.role is VmRole.SANDBOX and (record.phase is VmPhase.DELETING or
+                                              is_expired(record))
 
 
 def _nothing() -> None:

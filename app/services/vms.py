@@ -165,13 +165,6 @@ class VmService:
                 raise
         return remote(self.parts.remote)
 
-    def _local_only(self, vm_id: str, what: str, here: t.Callable[[], T]) -> T:
-        def refuse(remote: RemoteVms) -> T:
-            found = remote.find(vm_id)
-            raise VmStateConflict(f"VM {vm_id} is on host {found.host.name}: {what} a VM "
-                                  f"of a remote host is not supported yet")
-        return self._here_or_remote(vm_id, here, refuse)
-
     def records(self) -> list[tuple[VmRecord, DomainInfo]]:
         """Every domain of this service with its record (sandboxes, pool VMs, seeds)."""
         return self.parts.records.all()
@@ -308,8 +301,9 @@ class VmService:
             lambda remote: remote.lifecycle.set_labels(vm_id, labels))
 
     def keepalive(self, vm_id: str, ttl_s: int | None) -> Vm:
-        return self._local_only(vm_id, "keeping alive",
-                                lambda: self.parts.lifecycle.keepalive(vm_id, ttl_s))
+        return self._here_or_remote(
+            vm_id, lambda: self.parts.lifecycle.keepalive(vm_id, ttl_s),
+            lambda remote: remote.lifecycle.keepalive(vm_id, ttl_s))
 
     def reap(self) -> list[str]:
         """Enforce lifetimes once (the maintaining process calls it every few seconds), on

@@ -14,9 +14,11 @@ import typing as t
 import libvirt
 
 from app.errors import HypervisorError
-from app.virt.pool_xml import build_volume_xml
+from app.models import VolumeTail
+from app.virt.pool_xml import build_volume_xml, parse_volume_size
 
 log = logging.getLogger(__name__)
+REFRESH_RETRY_S = 0.2  # between refreshes refused while a volume is being made in the pool
 
 
 class StoragePoolCalls:
@@ -160,6 +162,44 @@ class StoragePoolCalls:
                 raise
         self._call("download volume", download, timeout=timeout + 5)
 
+    def volume_tail(self, pool: str, name: str, max_bytes: int,
+                    timeout: float) -> VolumeTail | None:
+        """At most the last ``max_bytes`` bytes of a volume that something on its host appends
+        to (``virStorageVolDownload`` from ``size - max_bytes``), and its mtime. The pool is
+        refreshed first: libvirt lists a file that another program made there (virtlogd's log,
+        and the one it rotated away) only after a refresh.
+
+        :returns: None when there is no such volume (or pool), also one deleted meanwhile.
+        :raises HypervisorError: libvirt failed, or it took more than ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+
+        def tail(conn: t.Any) -> VolumeTail | None:
+            volume = _refreshed_volume(conn, pool, name, deadline)
+            if volume is None:
+                return None
+            try:
+                size, modified = parse_volume_size(volume.XMLDesc(0))
+            except ValueError as exc:
+                raise HypervisorError(f"volume {name!r}: {exc}") from None
+            start = max(0, size - max_bytes)
+            chunks: list[bytes] = []
+            if size > start:  # a length of 0 would mean "to the end"
+                stream = conn.newStream(0)
+                try:
+                    volume.download(stream, start, size - start, 0)
+                    stream.recvAll(lambda _stream, data, _opaque: _in_time(
+                        deadline, chunks.append, data), None)
+                    stream.finish()
+                except BaseException:
+                    _quietly(stream.abort)
+                    raise
+            return VolumeTail(b"".join(chunks)[:max_bytes], start, modified)
+
+        def read(conn: t.Any) -> VolumeTail | None:
+            return _lookup(libvirt.VIR_ERR_NO_STORAGE_VOL, lambda _name: tail(conn), name)
+        return self._call("read volume tail", read, timeout=timeout + 5)
+
 
 def _lookup(missing: int, lookup: t.Callable[[str], t.Any], name: str) -> t.Any:
     """``lookup(name)``; None when libvirt answers ``missing`` (no such object)."""
@@ -189,6 +229,28 @@ def _volume(conn: t.Any, pool: str, name: str) -> t.Any:
     found = _pool(conn, pool)
     if found is None or not found.isActive():
         return None
+    return _lookup(libvirt.VIR_ERR_NO_STORAGE_VOL, found.storageVolLookupByName, name)
+
+
+def _refreshed_volume(conn: t.Any, pool: str, name: str, deadline: float) -> t.Any:
+    """The volume ``name`` after a refresh of ``pool``; None when it, or an active pool, is not
+    there. libvirt refuses a refresh while a volume is being made in the pool ("has
+    asynchronous jobs running": another VM's create, a second or so): retried until
+    ``deadline``."""
+    found = _pool(conn, pool)
+    if found is None or not found.isActive():
+        return None
+    while True:
+        try:
+            found.refresh(0)
+            break
+        except libvirt.libvirtError as exc:
+            if "asynchronous jobs" not in (exc.get_error_message() or "") or \
+                    time.monotonic() + REFRESH_RETRY_S > deadline:
+                raise
+            log.debug("pool refresh refused, retrying pool=%s: %s", pool,
+                      exc.get_error_message())
+            time.sleep(REFRESH_RETRY_S)
     return _lookup(libvirt.VIR_ERR_NO_STORAGE_VOL, found.storageVolLookupByName, name)
 
 

@@ -51,3 +51,23 @@ def build_overlay_volume_xml(name: str, size_mb: int, backing_path: str) -> str:
     ET.SubElement(backing, "format", {"type": "qcow2"})
     ET.indent(root, space="  ")
     return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def parse_volume_size(xml: str) -> tuple[int, float | None]:
+    """A volume's size in bytes (``capacity``: a file volume's length) and its mtime (seconds
+    since the epoch; None when the XML has none) from ``virStorageVolGetXMLDesc``, which
+    libvirt reads from the file again at each call.
+
+    :raises ValueError: no readable capacity.
+    """
+    root = ET.fromstring(xml)
+    capacity = root.find("capacity")
+    if capacity is None or capacity.get("unit", "bytes") != "bytes":
+        raise ValueError("the volume XML has no capacity in bytes")
+    size = int((capacity.text or "").strip())
+    mtime = root.findtext("target/timestamps/mtime")
+    try:
+        modified = float(mtime) if mtime else None
+    except ValueError:
+        modified = None
+    return size, modified

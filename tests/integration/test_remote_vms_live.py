@@ -7,6 +7,7 @@ back."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import ipaddress
 import json
@@ -172,6 +173,30 @@ def test_exec_run_ts_and_files_on_the_rig_vm(remote_api, rig_vm):
     assert got.status_code == 200
     with tarfile.open(fileobj=io.BytesIO(got.data), mode="r:gz") as archive:
         assert archive.extractfile("a.txt").read() == b"across hosts\n"
+
+
+def test_keepalive_and_the_console_log_of_the_rig_vm(rig, remote_api, rig_vm):
+    """Keepalive renews the expiry in its record there (read back through the API and in its
+    domain XML on the rig); its console log, a volume of the rig's ``rds-vms`` pool read
+    through the rig's libvirt, shows its guest booting."""
+    base = f"/v1/vms/{rig_vm['id']}"
+    kept = remote_api.request("POST", f"{base}/keepalive", json={"ttlSeconds": 3600})
+    assert kept.status_code == 200, kept.json
+    expires = kept.json["expiresAt"]
+    left = (datetime.datetime.fromisoformat(expires)
+            - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+    assert 3500 < left <= 3600, expires
+    assert remote_api.request("GET", base).json["expiresAt"] == expires
+    assert "ttlSeconds>3600</" in rig_virsh(rig, "dumpxml", rig_vm["name"])  # its record there
+    forever = remote_api.request("POST", f"{base}/keepalive", json={"ttlSeconds": 0})
+    assert forever.status_code == 200 and forever.json["expiresAt"] is None, forever.json
+    assert remote_api.request("GET", base).json["expiresAt"] is None
+    body = remote_api.request("GET", f"{base}/logs?tail=2000").json
+    assert body["type"] == "console" and body["updatedAt"], body
+    text = "\n".join(body["lines"])
+    assert "rds-boot: Linux version" in text and \
+        "rds-boot: hostname " + rig_vm["name"] in text, text[-2000:]
+    assert len(remote_api.request("GET", f"{base}/logs?tail=3").json["lines"]) == 3
 
 
 def test_labels_stop_and_start_of_the_rig_vm(rig, remote_api, rig_vm):

@@ -20,7 +20,8 @@ from app.config import REPO_ROOT, Settings, load_settings
 from app.errors import FilterNotFound, GuestUnreachable, HypervisorError, VmNotFound
 from app.guestssh import SshTimeouts, check_command_line, check_environment
 from app.guestssh.channels import collect
-from app.models import CommandResult, DomainInfo, NodeInfo, ProvisionMode, VmPhase, VmRecord
+from app.models import (CommandResult, DomainInfo, NodeInfo, ProvisionMode, VmPhase, VmRecord,
+                        VolumeTail)
 from app.services.auth import AuthService
 from app.services.container import Adapters, Services, build_services
 from app.services.prelude import started_mark
@@ -62,6 +63,7 @@ class FakeHypervisor:
         self.pools: dict[str, int] = {}  # storage pool -> refreshes
         self.volumes: dict[tuple[str, str], bytes] = {}  # (pool, volume) -> its bytes
         self.corrupt: set[str] = set()  # volumes whose stored bytes differ from those sent
+        self.volume_mtimes: dict[tuple[str, str], float] = {}  # (pool, volume) -> its mtime
         self.timeout = 1.0
         self.stream_attempts = 1  # 2: a stream is broken half-way and sent again
         self.hang: threading.Event | None = None  # set: node_info waits for it (a hung host)
@@ -312,6 +314,15 @@ class FakeHypervisor:
             data = self.volumes[(pool, name)]
             write(data[:len(data) // 2])
         write(data[len(data) // 2:])
+
+    def volume_tail(self, pool: str, name: str, max_bytes: int,
+                    timeout: float) -> VolumeTail | None:
+        self._call("volume_tail", read=True)
+        data = self.volumes.get((pool, name))
+        if data is None:
+            return None
+        start = max(0, len(data) - max_bytes)
+        return VolumeTail(data[start:], start, self.volume_mtimes.get((pool, name)))
 
     def network_is_active(self, name: str) -> bool:
         self._call("network_is_active", read=True)
