@@ -26,6 +26,13 @@ class HostSchema(Schema):
                            metadata={"description": "why DOWN (null when UP)"})
     guestCidr = fields.String(dump_only=True, required=True, attribute="guest_cidr")
     maxVms = fields.Integer(dump_only=True, required=True, attribute="max_vms")
+    hostAddresses = fields.List(fields.String(), dump_only=True, required=True,
+                                attribute="host_addresses", metadata={
+                                    "description": "a remote host's other own addresses "
+                                                   "(networks) its HOSTS entry lists: no VM "
+                                                   "there reaches them through a wider "
+                                                   "allowIps (local: empty, its addresses are "
+                                                   "read from its interfaces)"})
     hostname = fields.String(dump_only=True, required=True, allow_none=True)
     hypervisorVersion = fields.String(dump_only=True, required=True, allow_none=True,
                                       attribute="hypervisor_version",

@@ -48,6 +48,9 @@ class Host:
     free_memory_mb: int | None = None
     vms: int | None = None  # callers' VMs there (not pool VMs, seeds or VMs being deleted)
     images: list[HostImage] = dataclasses.field(default_factory=list)  # built there
+    # A remote host's other own addresses its HOSTS entry lists (kept out of its VMs' reach);
+    # the local host's are read from its interfaces, not listed.
+    host_addresses: list[str] = dataclasses.field(default_factory=list)
 
 
 class HostsView:
@@ -85,7 +88,8 @@ class HostsView:
             assert config is not None
             probe = probes[name]
             base = Host(name=name, uri=config.uri, state="DOWN", guest_cidr=config.guest_cidr,
-                        max_vms=config.max_vms or self.settings.max_vms, reason=probe.reason)
+                        max_vms=config.max_vms or self.settings.max_vms, reason=probe.reason,
+                        host_addresses=list(config.host_addresses))
             node = probe.node
             if node is None:
                 hosts.append(base)

@@ -317,6 +317,9 @@ def test_the_rig_hosts_listed_addresses_are_out_of_reach(rig, remote_api, rig_vm
     and range, not listed) is reached; naming the listed one exactly opens it, so the filter's
     rule is what kept it shut."""
     vm_id = rig_vm["id"]
+    [rig_host] = [host for host in remote_api.request("GET", "/v1/hosts").json
+                  if host["name"] != "local"]
+    assert rig_host["hostAddresses"] == [f"{LISTED}/32"], rig_host
     with rig_addresses(rig, LISTED, UNLISTED), \
             listener(LISTED, rig.in_namespace()) as listed, \
             listener(UNLISTED, rig.in_namespace()) as unlisted:

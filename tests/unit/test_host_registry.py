@@ -39,7 +39,8 @@ def test_every_host_is_listed_local_first(client, world):
     local, second, third = answer.get_json()
     assert local["name"] == "local" and local["state"] == "UP"
     assert second == {"name": "h2", "uri": H2["uri"], "state": "UP", "reason": None,
-                      "guestCidr": "172.16.1.0/24", "maxVms": 5, "hostname": "fake-host",
+                      "guestCidr": "172.16.1.0/24", "maxVms": 5, "hostAddresses": [],
+                      "hostname": "fake-host",
                       "hypervisorVersion": "7.2.0", "cpus": 2, "memoryMb": 24000,
                       "freeMemoryMb": 20000, "vms": 1, "images": []}
     assert third["name"] == "h3" and third["maxVms"] == world.settings.max_vms

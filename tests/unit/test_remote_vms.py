@@ -432,6 +432,8 @@ def test_a_remote_vms_filter_keeps_the_hosts_listed_addresses_out(client, world,
     manager's and the URI's: dropped through a wider range, at create and at a network
     change; an address of them that allowIps names exactly stays reachable."""
     monkeypatch.setattr(world.parts.remote, "own_addresses", lambda: ["10.0.2.15/32"])
+    shown = client.get("/v1/hosts/h2", headers=AUTH).get_json()["hostAddresses"]
+    assert shown == ["192.0.2.0/24", "198.51.100.7/32"]  # the operator sees what is kept out
     vm = create(client, {**ON_H2, "allowIps": ["0.0.0.0/0"], "outboundInternet": True})
     assert vm.status_code == 201, vm.text
     expected = {("10.0.2.15", "32"), ("10.210.0.2", "32"), ("192.0.2.0", "24"),
