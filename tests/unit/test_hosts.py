@@ -16,8 +16,8 @@ def test_the_local_host_is_listed_with_what_libvirt_says(client, auth, services)
     assert host == {
         "name": "local", "uri": services.settings.libvirt_uri, "state": "UP", "reason": None,
         "guestCidr": services.settings.network_cidr, "maxVms": services.settings.max_vms,
-        "hostAddresses": [], "hostname": "fake-host", "hypervisorVersion": "7.2.0", "cpus": 2, "memoryMb": 24000,
-        "freeMemoryMb": 20000, "vms": 1, "images": host["images"]}
+        "hostAddresses": [], "hostname": "fake-host", "hypervisorVersion": "7.2.0", "cpus": 2,
+        "memoryMb": 24000, "freeMemoryMb": 20000, "vms": 1, "images": host["images"]}
     assert {"id": "default", "snapshotReady": False} in host["images"]
     assert client.get("/v1/hosts/local", headers=auth).get_json() == host
 
