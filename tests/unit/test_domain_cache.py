@@ -123,7 +123,16 @@ def vm(hypervisor):
     hypervisor.define_domain(domain(vm.id, vm.name))
     hypervisor.start_domain(vm.id)
     hypervisor.set_metadata(vm.id, metadata_xml(vm), METADATA_NS, METADATA_PREFIX)
+    hypervisor.get_domain(vm.id)  # a round trip on the connection, then: the events of the
+    eventually(lambda: settled(hypervisor))  # define, start and metadata change have come
     return vm
+
+
+def settled(hypervisor: Hypervisor) -> bool:
+    """Nothing dropped the cache for a while (an event still on its way would, later)."""
+    generation = hypervisor.domains.generation
+    time.sleep(0.3)
+    return hypervisor.domains.generation == generation
 
 
 def test_a_repeated_lookup_is_answered_without_libvirt(hypervisor, vm, monkeypatch):
