@@ -26,12 +26,12 @@ def world_settings():
 
 @pytest.fixture
 def h2(world):
-    world.services.shipper.ship("h2", "default")
-    return world.fakes.remotes["h2"]
+    return remote_hosts.shipped_h2(world)
 
 
 @pytest.fixture
 def vm(client, h2):
+    """A RUNNING VM on h2 (h2's calls so far forgotten)."""
     answer = client.post("/v1/vms", json=ON_H2, headers=AUTH)
     assert answer.status_code == 201, answer.text
     h2.calls.clear()
