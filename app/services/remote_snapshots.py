@@ -71,7 +71,7 @@ class RemoteSnapshots:
         with self.remote.locked(vm_id) as found:
             state = snapshottable(vm_id, to_vm(found.record, found.state).state)
             image = self._local_image(found)
-            yield SnapshotSource(found.record, state, 0, image,
+            yield SnapshotSource(found.record, state, None, image,
                                  lambda target: self._copy(found, state, image, target))
 
     def _local_image(self, found: Found) -> Path:

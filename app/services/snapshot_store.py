@@ -45,7 +45,7 @@ class SnapshotSource(t.NamedTuple):
 
     record: VmRecord
     state: VmState  # RUNNING or STOPPED
-    size_mb: int  # what a copy of its disk takes, as far as known before copying it
+    size_mb: int | None  # what a copy of its disk takes; None: known once it is copied
     image: Path  # the local template image the snapshot's disk is rebased onto
     copy: t.Callable[[Path], float]  # writes the VM's disk to a path as a qcow2 that depends
     # on ``image`` alone; returns how long the guest was frozen (seconds)

@@ -139,7 +139,7 @@ class SnapshotService:
     def _take(self, source: SnapshotSource) -> Snapshot:
         record = source.record
         self.budget.check_new_snapshot(
-            [vm for vm, _info in self.vms.records()], len(self.store.list()), source.size_mb)
+            [vm for vm, _info in self.vms.records()], len(self.store.list()), source.size_mb or 0)
         snapshot_id = str(uuid.uuid4())
         snapshot = Snapshot(
             id=snapshot_id, created_at=now_iso(), cpu=record.cpu, mem_mb=record.mem_mb,
@@ -149,7 +149,7 @@ class SnapshotService:
             created_by=actor.current.get(), owner_key=actor.caller.get().key_id)
         with self.store.staging() as staging:
             frozen_s = source.copy(staging / DISK)
-            if not source.size_mb:  # its size was not known before: the copy is counted now
+            if source.size_mb is None:  # known now: the copy is in the snapshots' directory
                 self.budget.check_new_snapshot(
                     [vm for vm, _info in self.vms.records()], len(self.store.list()), 0)
             disks.check(staging / DISK)

@@ -150,3 +150,20 @@ def test_placement_never_sends_a_snapshot_create_elsewhere(world, h2, vm, monkey
     assert provisioner.plan(VmSpec(cpu=1, mem_mb=256)).host == "h2"
     taken = world.snapshots.take(vm["id"])
     assert provisioner.plan(VmSpec(cpu=1, mem_mb=256, snapshot_id=taken.id)).host == "local"
+
+
+def test_a_copy_beyond_the_disk_budget_is_507_and_leaves_nothing(client, world, h2, vm,
+                                                                 monkeypatch):
+    """A remote disk's size is known once it is here: the budget is checked again then."""
+    import dataclasses
+
+    name = f"{vm['name']}.qcow2"
+    big = h2.volumes[("rds-vms", name)].decode().replace(
+        "</volume>", f"<!-- {'x' * (3 << 20)} --></volume>")
+    h2.volumes[("rds-vms", name)] = big.encode()
+    snapshots = world.snapshots
+    monkeypatch.setattr(snapshots.budget, "settings",
+                        dataclasses.replace(snapshots.budget.settings, disk_budget_mb=2))
+    answer = snapshot(client, vm["id"])
+    assert answer.status_code == 507, answer.text
+    assert not h2.frozen and world.snapshot_dirs() == []
