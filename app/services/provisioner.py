@@ -125,7 +125,7 @@ class Provisioner:
         """Check a request against the limits and find its template and image build.
 
         :raises InvalidRequest: limits, unknown template or host, or what a remote host does
-            not do yet (a disk snapshot).
+            not do (a VM from a disk snapshot: always made here).
         :raises ImageNotReady: the template's image is not built on this host.
         """
         limits = self.settings
@@ -136,8 +136,9 @@ class Provisioner:
                                      f"{LOCAL_HOST}; HOSTS names the others)")
             self.remote.host(host)
             if spec.snapshot_id:
-                raise InvalidRequest(f"a VM from a disk snapshot is made on the local host "
-                                     f"only (not on {host} yet)")
+                raise InvalidRequest(f"snapshotId: snapshots start VMs on the local host "
+                                     f"only (a snapshot lives on this manager), not on "
+                                     f"{host}; leave placement.host out")
             if spec.idle_stop_s:
                 raise InvalidRequest(f"idleStopSeconds: a VM of a remote host ({host}) cannot "
                                      f"be stopped yet")

@@ -18,8 +18,8 @@ import typing as t
 import uuid
 from pathlib import Path
 
-from app.errors import InvalidRequest, SnapshotNotFound
-from app.models import Snapshot, Template, VmSpec
+from app.errors import InvalidRequest, SnapshotNotFound, VmStateConflict
+from app.models import Snapshot, Template, VmRecord, VmSpec, VmState
 from app.persist import SNAPSHOT_FIELDS, snapshot_from_json, to_json
 from app.services.ownership import visible
 from app.services.templates import ImageBuild, TemplateCatalog
@@ -38,6 +38,32 @@ class VmBase(t.NamedTuple):
     build: ImageBuild  # kernel and initrd to boot; the record's image_path
     backing: Path  # the file the VM's overlay is created on
     disk_size_mb: int
+
+
+class SnapshotSource(t.NamedTuple):
+    """A VM's disk to snapshot, as found under its locks (a local VM's or a remote host's)."""
+
+    record: VmRecord
+    state: VmState  # RUNNING or STOPPED
+    size_mb: int | None  # what a copy of its disk takes; None: known once it is copied
+    image: Path  # the local template image the snapshot's disk is rebased onto
+    copy: t.Callable[[Path], float]  # writes the VM's disk to a path as a qcow2 that depends
+    # on ``image`` alone; returns how long the guest was frozen (seconds)
+
+
+def snapshottable(vm_id: str, state: VmState) -> VmState:
+    """:raises VmStateConflict: unless RUNNING or STOPPED."""
+    if state not in (VmState.RUNNING, VmState.STOPPED):
+        raise VmStateConflict(f"VM {vm_id} is {state.value}; only a RUNNING or STOPPED VM "
+                              f"can be snapshotted")
+    return state
+
+
+def require_unchanged(vm_id: str, state: VmState, now: VmState) -> None:
+    """:raises VmStateConflict: the VM went from ``state`` to ``now`` during the copy."""
+    if now is not state:
+        raise VmStateConflict(f"VM {vm_id} went from {state.value} to {now.value} during "
+                              f"the snapshot; nothing was kept, try again")
 
 
 class SnapshotStore:

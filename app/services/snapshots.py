@@ -13,6 +13,10 @@ orphan VM files). For a RUNNING VM the guest's filesystems are frozen through th
 while its overlay is copied, and thawed whatever happens, so writes the guest has not synced yet
 are in the snapshot too.
 
+A VM of a remote host of ``HOSTS`` is snapshotted the same way, its disk copied here from its
+host (:mod:`app.services.remote_snapshots`); the snapshot is a local one like the others, and
+VMs made from it are made on the local host.
+
 libvirt stays the only store of VM state: a VM records the snapshot it started from in its
 metadata, and a snapshot is in use, and cannot be deleted, while any such VM exists.
 """
@@ -30,13 +34,15 @@ from app.clock import now_iso
 from app.config import Settings
 from app.config.hosts import LOCAL_HOST
 from app.errors import (AppError, GuestUnreachable, HypervisorError, SnapshotInUse,
-                        SnapshotNotFound, VmNotFound, VmStateConflict)
+                        SnapshotNotFound, VmNotFound)
 from app.models import Snapshot, VmRecord, VmState
 from app.services.addresses import allocation_lock
 from app.services.events import Events
 from app.services.capacity import DiskBudget, allocated_mb
 from app.services.ownership import visible
-from app.services.snapshot_store import DISK, SnapshotStore
+from app.services.remote_snapshots import RemoteSnapshots
+from app.services.snapshot_store import (DISK, SnapshotSource, SnapshotStore, require_unchanged,
+                                         snapshottable)
 from app.services.templates import TemplateCatalog
 from app.virt import disks
 from app.virt.metadata_xml import parse_metadata
@@ -64,6 +70,9 @@ class SnapshotService:
         self.vms = vms
         self.store = store
         self.budget = DiskBudget(settings)
+        remote = vms.parts.remote
+        self.remote = None if remote is None else \
+            RemoteSnapshots(settings, templates, remote, self.quiesced)
 
     def list(self) -> list[Snapshot]:
         """The caller's snapshots (a ``vms``-only API key's own only)."""
@@ -77,7 +86,8 @@ class SnapshotService:
         return snapshot
 
     def take(self, vm_id: str) -> Snapshot:
-        """Snapshot the disk of a RUNNING or STOPPED VM.
+        """Snapshot the disk of a RUNNING or STOPPED VM, local or of a remote host (its disk
+        is copied here: :mod:`app.services.remote_snapshots`).
 
         :raises VmNotFound: unknown VM.
         :raises VmStateConflict: the VM is neither RUNNING nor STOPPED, or changed state during
@@ -90,28 +100,11 @@ class SnapshotService:
         started = time.monotonic()
         # One snapshot at a time on this host: freezes of the same guest must not overlap.
         with allocation_lock(self.settings.snapshot_lock_path, LOCK_TIMEOUT,
-                             busy="the host is busy taking snapshots; retry"):
-            record, state = self._source(vm_id)
-            self.budget.check_new_snapshot(
-                [vm for vm, _info in self.vms.records()], len(self.store.list()),
-                allocated_mb(self.settings.vms_dir / record.name / DISK))
-            image = self.templates.build_at(Path(record.image_path)).disk
-            snapshot_id = str(uuid.uuid4())
-            snapshot = Snapshot(
-                id=snapshot_id, created_at=now_iso(), cpu=record.cpu, mem_mb=record.mem_mb,
-                image_id=record.image_id, source_vm_id=record.id, image_path=str(image),
-                disk_size_mb=record.disk_size_mb,
-                disk_path=str(self.store.disk_path(snapshot_id)),
-                created_by=actor.current.get(), owner_key=actor.caller.get().key_id)
-            with self.store.staging() as staging:
-                frozen_s = self._copy_overlay(record, state, staging / DISK)
-                self._require_state(vm_id, state)
-                disks.rebase(staging / DISK, image)
-                disks.check(staging / DISK)
-                (staging / DISK).chmod(0o444)  # a backing file from now on
-                self.store.publish(staging, snapshot)
-        log.info("snapshot taken snapshot=%s vm=%s state=%s frozen_seconds=%.2f seconds=%.2f",
-                 snapshot.id, vm_id, state.value, frozen_s, time.monotonic() - started)
+                             busy="the host is busy taking snapshots; retry"), \
+                self._source(vm_id) as source:
+            snapshot = self._take(source)
+        log.info("snapshot taken snapshot=%s vm=%s host=%s seconds=%.2f", snapshot.id, vm_id,
+                 source.record.host or LOCAL_HOST, time.monotonic() - started)
         if self.events is not None:
             self.events.emit("snapshot.created", "snapshot", snapshot.id,
                              {"sourceVmId": vm_id, "imageId": snapshot.image_id})
@@ -143,25 +136,55 @@ class SnapshotService:
 
     # Copying ##############################################################################
 
-    def _source(self, vm_id: str) -> tuple[VmRecord, VmState]:
+    def _take(self, source: SnapshotSource) -> Snapshot:
+        record = source.record
+        self.budget.check_new_snapshot(
+            [vm for vm, _info in self.vms.records()], len(self.store.list()), source.size_mb or 0)
+        snapshot_id = str(uuid.uuid4())
+        snapshot = Snapshot(
+            id=snapshot_id, created_at=now_iso(), cpu=record.cpu, mem_mb=record.mem_mb,
+            image_id=record.image_id, source_vm_id=record.id, image_path=str(source.image),
+            disk_size_mb=record.disk_size_mb,
+            disk_path=str(self.store.disk_path(snapshot_id)),
+            created_by=actor.current.get(), owner_key=actor.caller.get().key_id)
+        with self.store.staging() as staging:
+            frozen_s = source.copy(staging / DISK)
+            if source.size_mb is None:  # known now: the copy is in the snapshots' directory
+                self.budget.check_new_snapshot(
+                    [vm for vm, _info in self.vms.records()], len(self.store.list()), 0)
+            disks.check(staging / DISK)
+            (staging / DISK).chmod(0o444)  # a backing file from now on
+            self.store.publish(staging, snapshot)
+        log.info("snapshot copied snapshot=%s vm=%s state=%s frozen_seconds=%.2f", snapshot.id,
+                 record.id, source.state.value, frozen_s)
+        return snapshot
+
+    @contextlib.contextmanager
+    def _source(self, vm_id: str) -> t.Iterator[SnapshotSource]:
+        """The VM's disk, here or on a remote host (under that VM's lock there)."""
         vm = self.vms.get(vm_id)
         if vm.host != LOCAL_HOST:
-            raise VmStateConflict(f"VM {vm_id} is on host {vm.host}: snapshots of a VM of a "
-                                 f"remote host are not supported yet")
-        state = vm.state
-        if state not in (VmState.RUNNING, VmState.STOPPED):
-            raise VmStateConflict(f"VM {vm_id} is {state.value}; only a RUNNING or STOPPED VM "
-                                  f"can be snapshotted")
+            if self.remote is None:  # pragma: no cover - a remote VM comes from HOSTS
+                raise VmNotFound(f"VM {vm_id} not found")
+            with self.remote.source(vm_id) as source:
+                yield source
+            return
+        state = snapshottable(vm_id, vm.state)
         record = parse_metadata(self.hypervisor.get_domain(vm_id).xml)
         if record is None:
             raise VmNotFound(f"VM {vm_id} not found")
-        return record, state
+        image = self.templates.build_at(Path(record.image_path)).disk
+
+        def copy(target: Path) -> float:
+            frozen_s = self._copy_overlay(record, state, target)
+            self._require_state(vm_id, state)
+            disks.rebase(target, image)
+            return frozen_s
+        yield SnapshotSource(record, state,
+                             allocated_mb(self.settings.vms_dir / record.name / DISK), image, copy)
 
     def _require_state(self, vm_id: str, state: VmState) -> None:
-        now = self.vms.get(vm_id).state
-        if now is not state:
-            raise VmStateConflict(f"VM {vm_id} went from {state.value} to {now.value} during "
-                                  f"the snapshot; nothing was kept, try again")
+        require_unchanged(vm_id, state, self.vms.get(vm_id).state)
 
     def _copy_overlay(self, record: VmRecord, state: VmState, target: Path) -> float:
         """Copy the VM's overlay as it is; returns how long the guest was frozen (seconds)."""
@@ -170,12 +193,12 @@ class SnapshotService:
             disks.copy_image(overlay, target)
             return 0.0
         began = time.monotonic()
-        with self._quiesced(record.id):
+        with self.quiesced(self.hypervisor, record.id):
             disks.copy_image(overlay, target)
         return time.monotonic() - began
 
     @contextlib.contextmanager
-    def _quiesced(self, vm_id: str) -> t.Iterator[None]:
+    def quiesced(self, hypervisor: Hypervisor, vm_id: str) -> t.Iterator[None]:
         """The guest's filesystems flushed and frozen for the body, thawed in any case.
 
         When the freeze fails, the guest agent runs ``sync`` instead: what was written so far is
@@ -185,22 +208,22 @@ class SnapshotService:
         """
         timeout = self.settings.libvirt_timeout_s
         try:
-            frozen = self.hypervisor.fs_freeze(vm_id, timeout) > 0
+            frozen = hypervisor.fs_freeze(vm_id, timeout) > 0
         except HypervisorError as exc:
             log.warning("guest filesystem freeze failed, falling back to sync vm=%s error=%s",
                         vm_id, exc.message)
             frozen = False
         try:
             if not frozen:
-                self._sync(vm_id)
+                self._sync(hypervisor, vm_id)
             yield
         finally:
             # Also after a failed freeze: one that timed out may still land in the guest.
-            self._thaw(vm_id, frozen)
+            self._thaw(hypervisor, vm_id, frozen)
 
-    def _sync(self, vm_id: str) -> None:
+    def _sync(self, hypervisor: Hypervisor, vm_id: str) -> None:
         try:
-            code = self.hypervisor.guest_agent_exec(vm_id, "/bin/sync", [], SYNC_TIMEOUT)
+            code = hypervisor.guest_agent_exec(vm_id, "/bin/sync", [], SYNC_TIMEOUT)
         except HypervisorError as exc:
             raise GuestUnreachable(f"VM {vm_id}: the guest agent could neither freeze nor sync "
                                    f"the guest's filesystems ({exc.message})") from exc
@@ -208,10 +231,10 @@ class SnapshotService:
             raise GuestUnreachable(f"VM {vm_id}: sync in the guest failed (exit code {code})")
         log.warning("snapshot of vm=%s is crash-consistent only (sync, no freeze)", vm_id)
 
-    def _thaw(self, vm_id: str, frozen: bool) -> None:
+    def _thaw(self, hypervisor: Hypervisor, vm_id: str, frozen: bool) -> None:
         for attempt in range(1, THAW_ATTEMPTS + 1):
             try:
-                self.hypervisor.fs_thaw(vm_id, self.settings.libvirt_timeout_s)
+                hypervisor.fs_thaw(vm_id, self.settings.libvirt_timeout_s)
                 return
             except VmNotFound:
                 return  # the VM is gone: nothing left to thaw

@@ -126,3 +126,25 @@ def check_info(info: dict, image_format: str, max_virtual_bytes: int) -> int:
         raise UnsafeImage(f"the disk's virtual size ({size // (1024 * 1024)} MiB) is above "
                           f"MAX_DISK_SIZE_MB ({max_virtual_bytes // (1024 * 1024)} MiB)")
     return size
+
+
+def check_overlay_info(info: dict, backing: str) -> None:
+    """Check what ``qemu-img info`` says about a qcow2 overlay copied from another host (a
+    remote VM's disk, before it is rebased onto the local image): a qcow2 whose backing file
+    is ``backing`` (a qcow2 too), and no external data file, no encryption.
+
+    :raises UnsafeImage: anything else.
+    """
+    if info.get("format") != "qcow2":
+        raise UnsafeImage(f"qemu-img reads the disk as {info.get('format')!r}, not qcow2")
+    named = info.get("backing-filename")
+    if named != backing:
+        raise UnsafeImage(f"the disk's backing file is {named!r}, not {backing!r}")
+    if info.get("backing-filename-format", "qcow2") != "qcow2":
+        raise UnsafeImage(f"the disk's backing file format is "
+                          f"{info.get('backing-filename-format')!r}, not qcow2")
+    specific = (info.get("format-specific") or {}).get("data") or {}
+    if specific.get("data-file") or specific.get("data-file-raw"):
+        raise UnsafeImage("the disk names an external data file")
+    if info.get("encrypted") or specific.get("encrypt"):
+        raise UnsafeImage("the disk is encrypted")

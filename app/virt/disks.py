@@ -50,18 +50,22 @@ def copy_image(source: Path, target: Path, timeout: float = COPY_TIMEOUT) -> Non
     _run(["cp", "--sparse=always", "--", str(source), str(target)], timeout)
 
 
-def rebase(image: Path, backing: Path, timeout: float = REBASE_TIMEOUT) -> None:
+def rebase(image: Path, backing: Path, timeout: float = REBASE_TIMEOUT,
+           unsafe: bool = False) -> None:
     """Make ``image`` depend on ``backing`` alone (qemu-img's safe mode).
 
     Every cluster where ``image``'s old backing chain reads differently from ``backing`` is
     first copied into ``image``, so the guest sees the same disk; the old chain may be deleted
     afterwards.
 
+    :param unsafe: only write ``backing``'s name into ``image``'s header (``-u``; the old
+        backing file is not opened, it may be on another host): for a ``backing`` whose
+        contents are the old one's, byte for byte.
     :raises HypervisorError: when qemu-img fails or times out.
     """
-    _qemu_img(["rebase", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing), str(image)],
-              timeout)
-    log.debug("image rebased path=%s backing=%s", image, backing)
+    _qemu_img(["rebase", "-q", *(["-u"] if unsafe else []), "-f", "qcow2", "-F", "qcow2",
+               "-b", str(backing), str(image)], timeout)
+    log.debug("image rebased path=%s backing=%s unsafe=%s", image, backing, unsafe)
 
 
 def convert(source: Path, source_format: str, target: Path,

@@ -1,9 +1,9 @@
 """VMs on the two-host rig's second libvirtd (tests/integration/two_host_rig.py) through the API
 with HOSTS naming it (issue 17): made there through its libvirt only, used (exec, run-ts, files)
-through the route to its guest subnet, labelled, stopped and started again there, its filter
-holding there, deleted leaving nothing on the rig; calls on its VMs answer 503 fast while its
-libvirtd is down, the local host's VMs are unaffected, and the VM is found again once it is
-back."""
+through the route to its guest subnet, snapshotted (a local VM made from the snapshot),
+labelled, stopped and started again there, its filter holding there, deleted leaving nothing
+on the rig; calls on its VMs answer 503 fast while its libvirtd is down, the local host's VMs
+are unaffected, and the VM is found again once it is back."""
 from __future__ import annotations
 
 import contextlib
@@ -173,6 +173,44 @@ def test_exec_run_ts_and_files_on_the_rig_vm(remote_api, rig_vm):
     assert got.status_code == 200
     with tarfile.open(fileobj=io.BytesIO(got.data), mode="r:gz") as archive:
         assert archive.extractfile("a.txt").read() == b"across hosts\n"
+
+
+def test_a_snapshot_of_the_rig_vm_starts_a_local_vm_that_has_its_files(rig, remote_api,
+                                                                       rig_vm):
+    """The rig VM's disk is copied to the manager while its guest is frozen there (a write
+    it has not synced is in the snapshot; thawed after), rebased onto the local image; a VM
+    made from the snapshot runs here and reads the file back."""
+    marker = f"from the rig {time.monotonic()}"
+    assert exec_on(remote_api, rig_vm["id"], f"echo '{marker}' > /workspace/rsnap.txt"
+                   ).status_code == 200  # no sync: the freeze flushes it
+    taken = remote_api.request("POST", f"/v1/vms/{rig_vm['id']}/snapshots")
+    assert taken.status_code == 201, taken.json
+    snapshot = taken.json
+    try:
+        assert snapshot["sourceVmId"] == rig_vm["id"] and snapshot["imageId"] == "default"
+        status = rig_virsh(rig, "qemu-agent-command", rig_vm["name"],
+                           '{"execute":"guest-fsfreeze-status"}')
+        assert json.loads(status)["return"] == "thawed"
+        settings = remote_api.app.extensions["rds"].settings
+        folder = settings.snapshots_dir / snapshot["id"]
+        meta = json.loads((folder / "snapshot.json").read_text())
+        info = json.loads(subprocess.run(
+            ["qemu-img", "info", "--output=json", "-U", str(folder / "disk.qcow2")],
+            capture_output=True, text=True, timeout=60, check=True).stdout)
+        assert info["full-backing-filename"] == meta["imagePath"]
+        assert meta["imagePath"].startswith(str(settings.images_dir.resolve()))
+        vm = remote_api.create_vm({"cpu": 1, "memMb": 256, "snapshotId": snapshot["id"]})
+        try:
+            assert vm["host"] == "local" and vm["snapshotId"] == snapshot["id"]
+            read = exec_on(remote_api, vm["id"], "cat /workspace/rsnap.txt")
+            assert read.status_code == 200 and read.json["stdout"] == marker + "\n", read.json
+        finally:
+            remote_api.delete_vm(vm["id"])
+    finally:
+        deleted = remote_api.request("DELETE", f"/v1/snapshots/{snapshot['id']}")
+    assert deleted.status_code == 204, deleted.json
+    assert exec_on(remote_api, rig_vm["id"], "cat /workspace/rsnap.txt").json["stdout"] == \
+        marker + "\n"  # the rig VM runs on, untouched
 
 
 def test_keepalive_and_the_console_log_of_the_rig_vm(rig, remote_api, rig_vm):

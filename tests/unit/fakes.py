@@ -65,6 +65,7 @@ class FakeHypervisor:
         self.corrupt: set[str] = set()  # volumes whose stored bytes differ from those sent
         self.volume_mtimes: dict[tuple[str, str], float] = {}  # (pool, volume) -> its mtime
         self.timeout = 1.0
+        self.pool_dirs: dict[str, str] = {}  # storage pool -> its directory
         self.stream_attempts = 1  # 2: a stream is broken half-way and sent again
         self.hang: threading.Event | None = None  # set: node_info waits for it (a hung host)
         self.version = "10.0.0"
@@ -262,6 +263,7 @@ class FakeHypervisor:
         self._call("ensure_storage_pool")
         created = name not in self.pools
         self.pools.setdefault(name, 0)
+        self.pool_dirs[name] = ET.fromstring(xml).findtext("target/path")
         return created
 
     def refresh_storage_pool(self, name: str) -> None:
@@ -278,11 +280,14 @@ class FakeHypervisor:
         assert pool in self.pools, "the pool is ensured before a volume is made in it"
         name = ET.fromstring(xml).findtext("name")
         self.volumes[(pool, name)] = xml.encode()
-        return f"/pools/{pool}/{name}"
+        return self._volume_path(pool, name)
 
     def volume_path(self, pool: str, name: str) -> str | None:
         self._call("volume_path", read=True)
-        return f"/pools/{pool}/{name}" if (pool, name) in self.volumes else None
+        return self._volume_path(pool, name) if (pool, name) in self.volumes else None
+
+    def _volume_path(self, pool: str, name: str) -> str:
+        return f"{self.pool_dirs.get(pool) or '/pools/' + pool}/{name}"
 
     def delete_volume(self, pool: str, name: str) -> None:
         self._call("delete_volume")
@@ -432,8 +437,9 @@ class FakeDisks:
         self._call("copy", source, target, self.hypervisor.frozen)
         target.write_text(source.read_text())
 
-    def rebase(self, image: Path, backing: Path, timeout: float = 0) -> None:
-        self._call("rebase", image, backing)
+    def rebase(self, image: Path, backing: Path, timeout: float = 0,
+               unsafe: bool = False) -> None:
+        self._call("rebase", image, backing, unsafe)
 
     def check(self, image: Path, timeout: float = 0) -> None:
         self._call("check", image)
@@ -451,6 +457,11 @@ class FakeDisks:
         """What qemu-img says of a file read as ``image_format``: its size as the virtual
         size (a qcow2's from its header)."""
         self._call("info", image, image_format)
+        if image.read_bytes().startswith(b"<volume"):  # a remote VM's disk: FakeHypervisor's
+            volume = ET.fromstring(image.read_text())  # volumes hold their XML
+            return {"format": "qcow2", "virtual-size": int(volume.findtext("capacity") or 0),
+                    "backing-filename": volume.findtext("backingStore/path"),
+                    "backing-filename-format": "qcow2"}
         data = image.read_bytes()[:32]
         size = int.from_bytes(data[24:32], "big") if image_format == "qcow2" else \
             image.stat().st_size

@@ -13,3 +13,9 @@ PROBE_S = 0.5  # HOST_PROBE_TIMEOUT_S: a fake host that hangs is DOWN after this
 def hosts_settings(*hosts: dict[str, t.Any]) -> dict[str, t.Any]:
     """Settings for a World whose HOSTS are ``hosts``."""
     return {"HOSTS": json.dumps(list(hosts)), "HOST_PROBE_TIMEOUT_S": PROBE_S}
+
+
+def shipped_h2(world: t.Any) -> t.Any:
+    """h2's fake libvirt, with the default image shipped there."""
+    world.services.shipper.ship("h2", "default")
+    return world.fakes.remotes["h2"]

@@ -151,3 +151,28 @@ def test_build_log_drops_its_oldest_half_and_tails_read_the_end(tmp_path, monkey
     lines, truncated = read_tail(tmp_path / "build.log", 3)
     assert lines == ["line 199", "no newline yet", "==> READY"] and truncated
     assert read_tail(tmp_path / "missing.log", 3) == ([], False)
+
+
+# A remote VM's disk copied here (a snapshot of it) ##########################################
+
+BACKING = "/var/lib/libvirt/images/rds-images/default.qcow2"
+OVERLAY = {"format": "qcow2", "virtual-size": 1 << 30, "backing-filename": BACKING,
+           "backing-filename-format": "qcow2",
+           "format-specific": {"type": "qcow2", "data": {"compat": "1.1"}}}
+
+
+def test_an_overlay_of_the_expected_backing_passes():
+    disk_formats.check_overlay_info(OVERLAY, BACKING)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"format": "raw"}, "not qcow2"),
+    ({"backing-filename": "/etc/shadow"}, "backing file is '/etc/shadow'"),
+    ({"backing-filename": None}, "backing file is None"),
+    ({"backing-filename-format": "raw"}, "backing file format is 'raw'"),
+    ({"format-specific": {"data": {"data-file": "/etc/passwd"}}}, "external data file"),
+    ({"encrypted": True}, "encrypted"),
+])
+def test_an_overlay_naming_anything_else_is_refused(change, message):
+    with pytest.raises(UnsafeImage, match=message):
+        disk_formats.check_overlay_info({**OVERLAY, **change}, BACKING)

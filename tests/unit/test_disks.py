@@ -55,6 +55,39 @@ def test_copy_rebased_onto_the_template_drops_the_intermediate(tmp_path):
 
 
 @needs_qemu_img
+def test_a_copy_from_another_host_is_rebased_unsafely_onto_the_same_image_here(tmp_path):
+    """A remote VM's disk: its backing file is a path on its host (missing here); its header
+    is checked, then only the name is rewritten to the byte-identical local image."""
+    from app.virt.disk_formats import UnsafeImage, check_overlay_info
+
+    there = tmp_path / "there" / "default.qcow2"
+    there.parent.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(there), "16M"],
+                   check=True, timeout=30)
+    qemu_io(there, "write -P 0x11 0 4M")
+    overlay = tmp_path / "there" / "rds-1.qcow2"
+    disks.create_overlay(there, overlay, 16)
+    qemu_io(overlay, "write -P 0x33 2M 64k")
+    here = tmp_path / "here.qcow2"
+    shutil.copyfile(there, here)
+    copy = tmp_path / "copy.qcow2"
+    shutil.copyfile(overlay, copy)
+    reference = tmp_path / "reference.qcow2"
+    shutil.copyfile(here, reference)
+    qemu_io(reference, "write -P 0x33 2M 64k")
+    shutil.rmtree(tmp_path / "there")  # on another host: not readable here
+
+    info = disks.info(copy, "qcow2")
+    check_overlay_info(info, str(there))
+    with pytest.raises(UnsafeImage, match="backing file is"):
+        check_overlay_info(info, "/elsewhere/default.qcow2")
+    disks.rebase(copy, here, unsafe=True)
+    disks.check(copy)
+    assert disks.backing_file(copy) == here
+    assert same_content(copy, reference)
+
+
+@needs_qemu_img
 def test_check_reports_a_broken_image(tmp_path):
     broken = tmp_path / "broken.qcow2"
     broken.write_bytes(b"QFI\xfb" + b"\0" * 1000)
