@@ -82,7 +82,12 @@ class RemoteSnapshots:
         if build is None:
             raise ImageNotReady(f"image {image_id!r} of VM {found.record.id} is not shipped to "
                                 f"host {found.host.name} any more")
-        return self.templates.build_at(self.settings.images_dir.resolve() / build).disk
+        images_dir = self.settings.images_dir.resolve()
+        path = (images_dir / build).resolve()
+        if images_dir not in path.parents:  # the manifest is read from that host: checked
+            raise HypervisorError(f"host {found.host.name} names build {build[:60]!r} of image "
+                                  f"{image_id!r}, outside the image directory: refused")
+        return self.templates.build_at(path).disk
 
     def _copy(self, found: Found, state: VmState, image: Path, target: Path) -> float:
         record, hypervisor = found.record, found.hypervisor

@@ -167,3 +167,18 @@ def test_a_copy_beyond_the_disk_budget_is_507_and_leaves_nothing(client, world, 
     answer = snapshot(client, vm["id"])
     assert answer.status_code == 507, answer.text
     assert not h2.frozen and world.snapshot_dirs() == []
+
+
+@pytest.mark.parametrize("build", ["../../etc", "/etc", "default/../../x"])
+def test_a_build_named_outside_the_image_directory_is_refused(client, world, vm, build,
+                                                              monkeypatch):
+    """The manifest naming the build is read from the remote host: a name that leads out of
+    the image directory never becomes a snapshot's backing file."""
+    monkeypatch.setattr("app.services.remote_snapshots.read_shipped",
+                        lambda _hypervisor: {"default": build})
+    answer = snapshot(client, vm["id"])
+    assert answer.status_code == 503, answer.text
+    assert "outside the image directory" in answer.get_json()["message"]
+    assert [call[0] for call in world.disks.calls if call[0] == "rebase"] == []
+    folder = world.settings.snapshots_dir
+    assert not folder.exists() or list(folder.iterdir()) == []
