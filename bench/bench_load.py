@@ -10,7 +10,9 @@
    tolerance fails the run. /healthz is polled 4 times a second all along: p99 < 200 ms.
 2. exec throughput at ``--concurrency`` (16) concurrent `true`: the API against raw paramiko
    (one open connection per VM, the VM's pinned host key and the manager's key, as
-   bench_commands.py does), in alternating windows on the same VMs: API ≥ 0.9× raw.
+   bench_commands.py does), in alternating windows on the same VMs: API ≥ 0.9× raw. The
+   order turns every round (raw api, api raw, raw api, ...): a machine that slows down or
+   speeds up through the comparison does not favour the side that always goes first.
 3. Burst create: ``--burst`` (20) POST /v1/vms at once (warm pool off, memory snapshot): all
    must answer 201 from the snapshot; time to the last 201 and creates/s. A 429 with
    Retry-After (the worker the connection landed on runs its maximum of long calls) is retried
@@ -52,6 +54,13 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
+def window_order(rounds: int) -> list[str]:
+    """The sides of the exec comparison, window by window: each round turns the order of the
+    one before, so a linear drift of the machine's speed weighs on both sides alike."""
+    return [name for turn in range(rounds)
+            for name in (("raw", "api") if turn % 2 == 0 else ("api", "raw"))]
+
+
 def exec_compare(services, base: str, vms: list[dict], concurrency: int, seconds: float,
                  rounds: int) -> dict:
     raws = [raw_client(services, vm) for vm in vms]
@@ -68,11 +77,13 @@ def exec_compare(services, base: str, vms: list[dict], concurrency: int, seconds
     out: dict = {"raw": {"done": 0, "lat": [], "errors": []},
                  "api": {"done": 0, "lat": [], "errors": []}}
     try:
-        for name, call in [("raw", raw_call), ("api", api_call)] * rounds:
-            done, latencies, errors = loadgen.throughput(call, concurrency, seconds)
+        calls = {"raw": raw_call, "api": api_call}
+        for name in window_order(rounds):
+            done, latencies, errors = loadgen.throughput(calls[name], concurrency, seconds)
             out[name]["done"] += done
             out[name]["lat"] += latencies
             out[name]["errors"] += errors
+            out.setdefault("windows", []).append([name, round(done / seconds, 2)])
             print(f"  exec x{concurrency} {name}: {done / seconds:.1f}/s", flush=True)
     finally:
         for raw in raws:
@@ -195,7 +206,8 @@ def main() -> None:
                 side: {"per_s": compare[side]["per_s"],
                        "p50": loadgen.percentile(compare[side]["lat"], 50),
                        "p99": loadgen.percentile(compare[side]["lat"], 99)}
-                for side in ("api", "raw")} | {"ratio": compare["ratio"]}
+                for side in ("api", "raw")} | {"ratio": compare["ratio"],
+                                                "windows": compare["windows"]}
         finally:
             failures += loadgen.delete_vms(http, [vm["id"] for vm in vms])
         if args.burst:
