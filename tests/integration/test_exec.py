@@ -80,7 +80,9 @@ def test_invalid_exec_is_400(api, shared_vm, body):
 def test_timeout_kills_the_whole_tree(api, shared_vm):
     """Children, grandchildren, one that cleared its environment (found by its session) and
     one in a session of its own (found by the marker sshd put in its environment: the env
-    request, AcceptEnv)."""
+    request, AcceptEnv). A process an earlier command left running is not of that tree and
+    stays."""
+    exec_ok(api, shared_vm["id"], "setsid sleep 4331 > /dev/null 2>&1 < /dev/null & true")
     response = _exec(api, shared_vm, cmd="sleep 4321 & (sleep 4322 &); env -i /bin/sleep 4324 & "
                                          "setsid sleep 4325 & sleep 4323; echo never",
                      timeoutMs=2000)
@@ -90,6 +92,9 @@ def test_timeout_kills_the_whole_tree(api, shared_vm):
     assert "timed out" in body["stderr"] and "never" not in body["stdout"]
     left = exec_ok(api, shared_vm["id"], "ps -eo args | grep -c '[s]leep 432' || true")
     assert left["stdout"].strip() == "0"
+    other = exec_ok(api, shared_vm["id"], "ps -eo args | grep -c '[s]leep 4331' || true")
+    exec_ok(api, shared_vm["id"], "pkill -f 'slee[p] 4331'; true")
+    assert other["stdout"].strip() == "1"
 
 
 def test_big_output_is_truncated_and_flagged(api, shared_vm, services):

@@ -107,7 +107,7 @@ def test_a_fork_bomb_times_out_and_leaves_the_rest_alone(api, bystander, victim)
     bomb = "bomb() { bomb | bomb & }; bomb; exec sleep 120"
     with Watcher(api, bystander) as watcher:
         result, took = run_fault(api, victim, "fork bomb", bomb, 8000)
-        assert result["timedOut"] is True and took < 8 + 20
+        assert result["timedOut"] is True and took < 8 + 20, (took, result)
         # The answer leaves within its deadline + 2 s; the kill may go on longer (as root
         # through the guest agent when the exhausted process limit stops sshd from forking;
         # under TCG a thrashing 256 MiB guest took 15-40 s in CI). Meanwhile an exec never
@@ -119,7 +119,9 @@ def test_a_fork_bomb_times_out_and_leaves_the_rest_alone(api, bystander, victim)
         started = time.monotonic()
         while True:
             after, took = exec_in(api, victim, "echo survived", 20000)
-            assert took < 20 + 2, after.json
+            print(f"fork bomb: exec after {time.monotonic() - started:.1f}s: "
+                  f"{after.status_code} in {took:.1f}s {after.json}")
+            assert took < 20 + 2, (took, after.json)
             if after.status_code == 200 and not after.json["timedOut"]:
                 break
             if after.status_code != 200:  # a 200 here timed out cleanly
