@@ -64,11 +64,20 @@ class VmPorts:
         self.hypervisor.delete_filter_binding(port)
         self.taps.delete(port)
 
-    def sweep(self, keep: set[str]) -> list[str]:
-        """Remove the bindings and taps of every VM name not in ``keep``; what was removed."""
+    def present(self) -> tuple[set[str], set[str]]:
+        """The ports that have a filter binding, and the taps, on this host now."""
+        return set(self.hypervisor.filter_binding_ports()), self.taps.names()
+
+    def sweep(self, keep: set[str], present: tuple[set[str], set[str]] | None = None
+              ) -> list[str]:
+        """Remove the bindings and taps of every VM name not in ``keep``; what was removed.
+
+        :param present: what :meth:`present` said before ``keep`` was read (only those go: a
+            port made since belongs to a create that ``keep`` may not know of yet).
+        """
         ports = {port_name(name) for name in keep}
-        bound = set(self.hypervisor.filter_binding_ports()) - ports
-        tapped = self.taps.names() - ports
+        bound, tapped = present if present is not None else self.present()
+        bound, tapped = bound - ports, tapped - ports
         removed = []
         for port in sorted(bound | tapped):
             quietly(self.remove_port, port)

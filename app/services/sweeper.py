@@ -46,6 +46,14 @@ class Sweeper:
         A create in flight has a fresh directory and no domain yet, so only directories older
         than ``min_age_s`` (and filters, sets and ports with no recent directory) count.
         """
+        # What may be an orphan is what exists before the domains and directories are read:
+        # a create makes its directory first, then its sets, filter and port, then its domain,
+        # so whatever is seen here has its directory or domain seen below. (Read the other
+        # way round, a create that began in between lost its new port: "target managed='no'
+        # but specified dev doesn't exist" at its restore.)
+        ports = self.ports.present()
+        filters = set(self.hypervisor.list_filter_names())
+        sets = self.ipsets.vm_names()
         removed = self._remove_half_made(min_age_s)
         names = {info.name for info in self.hypervisor.list_domains()}
         fresh = set()
@@ -61,11 +69,11 @@ class Sweeper:
                 removed.append(f"files {vm_dir}")
         keep = names | fresh
         # In the teardown order: ports, then filters and sets that no rule uses any more.
-        removed += self.ports.sweep(keep)
-        for name in sorted(set(self.hypervisor.list_filter_names()) - keep):
+        removed += self.ports.sweep(keep, ports)
+        for name in sorted(filters - keep):
             quietly(self.teardown.filter, name)
             removed.append(f"nwfilter {name}")
-        for name in sorted(self.ipsets.vm_names() - keep):
+        for name in sorted(sets - keep):
             quietly(self.teardown.egress_sets, name)
             removed.append(f"ipsets {name}-*")
         for item in removed:

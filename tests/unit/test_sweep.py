@@ -39,3 +39,28 @@ def test_a_create_that_never_finished_is_swept_after_the_age_guard(world):
 def test_a_creating_vm_is_reported_as_starting(world):
     record = add(world, 1, VmPhase.CREATING, age_s=1)
     assert world.vms.get(record.id).state.value == "STARTING"
+
+
+def test_a_create_that_begins_during_the_sweep_keeps_its_port_filter_and_sets(world,
+                                                                             monkeypatch):
+    """The sweep read the domains and directories first and the ports after: a create that
+    made its directory, sets, filter and tap in between lost its tap (its restore then failed:
+    "target managed='no' but specified dev doesn't exist"). Only what existed before the
+    domains and directories were read may go."""
+    name = "rds-0c0ffee0"
+    bindings = world.hypervisor.filter_binding_ports
+    began = []
+
+    def a_create_begins():  # while the sweep reads the filter bindings
+        if not began:
+            began.append(True)
+            (world.settings.vms_dir / name).mkdir(parents=True)
+            world.ipsets.apply(name, ("10.0.0.1/32",), True, "172.16.0.1")
+            world.hypervisor.filters.add(name)
+            world.taps.create(name, "52:54:00:10:00:0c")
+        return bindings()
+    monkeypatch.setattr(world.hypervisor, "filter_binding_ports", a_create_begins)
+    removed = world.vms.remove_orphans()
+    assert began and removed == []
+    assert name in world.taps.names() and name in world.hypervisor.filters
+    assert name in world.ipsets.vm_names() and (world.settings.vms_dir / name).is_dir()
