@@ -90,8 +90,8 @@ def exec_compare(services, base: str, vms: list[dict], concurrency: int, seconds
             raw.close()
         for api in apis:
             api.close()
-    for side in out.values():
-        side["per_s"] = side["done"] / (seconds * rounds)
+    for name in ("raw", "api"):
+        out[name]["per_s"] = out[name]["done"] / (seconds * rounds)
     out["ratio"] = out["api"]["per_s"] / out["raw"]["per_s"] if out["raw"]["per_s"] else 0.0
     return out
 

@@ -15,3 +15,22 @@ def test_an_even_number_of_rounds_puts_each_side_first_as_often():
     firsts = [order[i] for i in range(0, len(order), 2)]
     assert firsts.count("raw") == firsts.count("api") == 2
     assert order.count("raw") == order.count("api") == 4
+
+
+def test_the_comparison_adds_up_each_side_over_its_windows(monkeypatch):
+    """exec_compare with the calls faked: per-second figures of each side over all its
+    windows, the ratio, and the windows in order (it once failed on its own window list)."""
+    import bench.bench_load as bench_load
+
+    class Closing:
+        def close(self) -> None:
+            pass
+    rates = iter([10, 8, 9, 11])  # raw, api, api, raw
+    monkeypatch.setattr(bench_load, "raw_client", lambda _services, _vm: Closing())
+    monkeypatch.setattr(bench_load.loadgen, "client", lambda _base, _key: Closing())
+    monkeypatch.setattr(bench_load.loadgen, "throughput",
+                        lambda _call, _concurrency, seconds: (next(rates) * seconds, [0.1], []))
+    out = bench_load.exec_compare(None, "http://x", [{"id": "a"}], 2, 10.0, 2)
+    assert out["raw"]["per_s"] == 10.5 and out["api"]["per_s"] == 8.5
+    assert out["ratio"] == 8.5 / 10.5
+    assert out["windows"] == [["raw", 10.0], ["api", 8.0], ["api", 9.0], ["raw", 11.0]]
