@@ -274,6 +274,7 @@ class HostReadiness:
 
     name: str
     ready: bool
+    snapshot_ready: bool = False  # its memory snapshots of every SNAPSHOT_SHAPES shape there
 
 
 @dataclasses.dataclass(frozen=True)

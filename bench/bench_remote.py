@@ -8,9 +8,9 @@ namespaces, reached over a veth pair), ships the image there (untimed), serves t
 ``make run`` does (gunicorn, :func:`bench.loadgen.serve`) with ``HOSTS`` naming the rig's host
 ``h2``, and measures in one run, alternating so that machine drift hits every path alike:
 
-- **create**: ``POST /v1/vms`` cold booted here (``provisionMode: boot``), restored here from
-  the memory snapshot (``provisionMode: snapshot``) and on h2 (``placement: {"host": "h2"}``:
-  a cold boot there, no snapshot exists on a remote host); each round runs every path once,
+- **create**: ``POST /v1/vms`` cold booted (``provisionMode: boot``) and restored from the
+  memory snapshot (``provisionMode: snapshot``), here and on h2 (``placement: {"host":
+  "h2"}``; shipping made h2's snapshot there); each round runs every path once,
   in a rotated order; time to the 201 and to the first ``exec`` of ``true`` answering, then
   ``DELETE ?wait=true`` (timed too) before the next;
 - **exec**: one VM here (the default path: the snapshot) and one on h2; ``true`` sequentially,
@@ -52,6 +52,8 @@ PATHS: dict[str, dict] = {
                               "placement": {"host": "local"}},
     f"remote ({HOST}) cold boot": {**SHAPE, "provisionMode": "boot",
                                    "placement": {"host": HOST}},
+    f"remote ({HOST}) memory snapshot": {**SHAPE, "provisionMode": "snapshot",
+                                         "placement": {"host": HOST}},
 }
 EXEC_VMS: dict[str, dict] = {"local": {**SHAPE, "placement": {"host": "local"}},
                              f"remote ({HOST})": {**SHAPE, "placement": {"host": HOST}}}
@@ -252,9 +254,12 @@ def main() -> None:
         try:
             report["accelerator"] = "KVM" if services.domain_type == "kvm" else "TCG"
             shipment = services.shipper.ship(HOST, "default")
-            print(f"rig up, local snapshot ready, image shipped to {HOST} in "
-                  f"{shipment.seconds:.1f} s ({time.monotonic() - started:.0f} s in all)",
-                  flush=True)
+            if shipment.memory_snapshot_error:
+                raise RuntimeError(f"no memory snapshot on {HOST}: "
+                                   f"{shipment.memory_snapshot_error}")
+            print(f"rig up, local snapshot ready, image shipped to {HOST} and its memory "
+                  f"snapshot made there in {shipment.seconds:.1f} s "
+                  f"({time.monotonic() - started:.0f} s in all)", flush=True)
         finally:
             services.close()
         env = {**loadgen.server_env(KEY, 8), "HOSTS": rig.hosts_setting(HOST)}

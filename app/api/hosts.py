@@ -48,7 +48,11 @@ class HostImage(MethodView):
 
         Uploads the image's current build into the host's `rds-images` storage pool
         (libvirt storage streams), reads it back and compares SHA-256 checksums; the image is
-        ready there (`GET /v1/images` `hosts`) once all its volumes matched. Takes as long as
-        the transfer (about twice the image's size over the link).
+        ready there (`GET /v1/images` `hosts`) once all its volumes matched. Then the
+        image's memory snapshot of each `SNAPSHOT_SHAPES` shape is made on that host (the
+        image booted there once and saved by its libvirt), from which creates there restore;
+        a failure of that step is reported in `memorySnapshotError` and leaves the image
+        ready (VMs there boot). Takes as long as the transfer (about twice the image's size
+        over the link) and one boot there.
         """
         return services().shipper.ship(name, image_id)

@@ -64,3 +64,13 @@ class ShipmentSchema(Schema):
                               "description": "volume name (in the host's rds-images pool) "
                                              "-> {sha256, bytes}"})
     seconds = fields.Float(dump_only=True, required=True)
+    memorySnapshots = fields.List(fields.String(), dump_only=True, required=True,
+                                  attribute="memory_snapshots", metadata={
+                                      "description": "the memory snapshots (keys) of the "
+                                                     "image saved on that host, one per "
+                                                     "SNAPSHOT_SHAPES shape"})
+    memorySnapshotError = fields.String(dump_only=True, required=True, allow_none=True,
+                                        attribute="memory_snapshot_error", metadata={
+                                            "description": "why they could not be made "
+                                                           "(VMs there boot instead); null "
+                                                           "when they were"})

@@ -60,6 +60,9 @@ class ImageHostSchema(Schema):
     ready = fields.Boolean(metadata={
         "description": "creates can use it there: built (local), or its current build "
                        "shipped and verified (a remote host)"}, **ALWAYS)
+    snapshotReady = fields.Boolean(attribute="snapshot_ready", metadata={
+        "description": "a memory snapshot of every SNAPSHOT_SHAPES shape of its current build "
+                       "is saved there: creates there restore it"}, **ALWAYS)
 
 
 class ImageSchema(Schema):

@@ -144,11 +144,12 @@ def build_services(settings: Settings, adapters: Adapters | None = None) -> Serv
     snapshots = SnapshotService(settings, hypervisor, templates, vms, store, events)
     builder = ImageBuilder(settings, custom, templates, parts, seeds, events)
     images = ImageService(settings, custom, templates, parts, store, parts.seeds)
-    shipper = ImageShipper(settings, registry, templates, images.local_list)
+    shipper = ImageShipper(settings, registry, templates, images.local_list,
+                           parts.remote.seeds if parts.remote else None)
     if registry.hosts:
         images.readiness = shipper.readiness
     hosts = HostsView(settings, hypervisor, parts.records, images.local_list, registry,
-                      shipper.build_of)
+                      shipper.build_of, shipper.snapshot_ready)
 
     def sweep() -> list[str]:
         removed = vms.remove_orphans() + snapshots.remove_orphans()

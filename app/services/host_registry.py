@@ -25,6 +25,8 @@ from app.errors import AppError
 from app.models import NodeInfo, VmPhase, VmRecord, VmRole
 from app.services.image_shipping import read_shipped
 from app.services.records import VmRecords
+from app.services.remote_seeds import saved_seeds
+from app.virt.pool_xml import POOL_NAME
 
 if t.TYPE_CHECKING:
     from app.virt.connection import Hypervisor
@@ -41,6 +43,7 @@ class Probe:
     vms: int | None = None  # callers' VMs there, from its domains' metadata
     reason: str | None = None
     images: dict[str, str] | None = None  # shipped there: image id -> its build (when asked)
+    seeds: frozenset[str] | None = None  # keys of its memory snapshots (with the images)
     # Every domain of this service there with its record (the VMs found on that host).
     records: tuple[tuple[VmRecord, t.Any], ...] = ()
 
@@ -115,11 +118,13 @@ class HostRegistry:
         try:
             node = hypervisor.node_info()
             found = VmRecords(hypervisor).all()
-            images = read_shipped(hypervisor) if with_images else None
+            volumes = set(hypervisor.list_volumes(POOL_NAME)) if with_images else set()
+            images = read_shipped(hypervisor, volumes) if with_images else None
         except AppError as exc:
             log.warning("host %s does not answer: %s", name, exc.message)
             return Probe(reason=exc.message)
-        return Probe(node=node, vms=callers_vms(found), images=images, records=tuple(found))
+        return Probe(node=node, vms=callers_vms(found), images=images, records=tuple(found),
+                     seeds=frozenset(saved_seeds(volumes)) if with_images else None)
 
 
 def callers_vms(found: t.Iterable[tuple[VmRecord, t.Any]]) -> int:

@@ -18,7 +18,7 @@ from app.config import Settings
 from app.config.hosts import LOCAL_HOST
 from app.errors import AppError, HostNotFound
 from app.models import Image, ImageState, NodeInfo
-from app.services.host_registry import HostRegistry, callers_vms
+from app.services.host_registry import HostRegistry, Probe, callers_vms
 from app.services.records import VmRecords
 
 if t.TYPE_CHECKING:
@@ -56,15 +56,18 @@ class Host:
 class HostsView:
     def __init__(self, settings: Settings, hypervisor: Hypervisor, records: VmRecords,
                  images: t.Callable[[], list[Image]], registry: HostRegistry,
-                 build_of: t.Callable[[str], str | None]) -> None:
+                 build_of: t.Callable[[str], str | None],
+                 snapshot_ready: t.Callable[[Probe, str], bool] | None = None) -> None:
         """:param images: the local images; :param build_of: an image's current local build
-        (what a remote host must hold for the image to be ready there)."""
+        (what a remote host must hold for the image to be ready there); :param
+        snapshot_ready: whether a probed remote host has the image's memory snapshots."""
         self.settings = settings
         self.hypervisor = hypervisor
         self.records = records
         self.images = images
         self.registry = registry
         self.build_of = build_of
+        self.snapshot_ready = snapshot_ready
 
     def list(self, with_images: bool = True) -> list[Host]:
         """:param with_images: False leaves ``images`` empty (a scrape of /metrics: reading
@@ -94,7 +97,8 @@ class HostsView:
             if node is None:
                 hosts.append(base)
                 continue
-            images = [HostImage(image_id, snapshot_ready=False)
+            images = [HostImage(image_id, snapshot_ready=bool(
+                          self.snapshot_ready and self.snapshot_ready(probe, image_id)))
                       for image_id, build in sorted((probe.images or {}).items())
                       if build == self.build_of(image_id)]
             hosts.append(dataclasses.replace(

@@ -37,7 +37,8 @@ from app.services.locks import host_lock
 from app.virt.pool_xml import POOL_NAME, build_pool_xml
 
 if t.TYPE_CHECKING:
-    from app.services.host_registry import HostRegistry
+    from app.services.host_registry import HostRegistry, Probe
+    from app.services.remote_seeds import RemoteSeeds
     from app.services.templates import TemplateCatalog
     from app.virt.connection import Hypervisor
 
@@ -57,6 +58,8 @@ class Shipment:
     build: str
     files: dict[str, dict[str, t.Any]]  # volume name -> {"sha256", "bytes"}
     seconds: float
+    memory_snapshots: tuple[str, ...] = ()  # the seeds saved there (app.services.remote_seeds)
+    memory_snapshot_error: str | None = None  # why they were not
 
 
 def build_of(settings: Settings, templates: TemplateCatalog, image_id: str) -> str | None:
@@ -69,10 +72,12 @@ def build_of(settings: Settings, templates: TemplateCatalog, image_id: str) -> s
     return str(build.path.relative_to(settings.images_dir.resolve()))
 
 
-def read_shipped(hypervisor: Hypervisor) -> dict[str, str]:
+def read_shipped(hypervisor: Hypervisor, names: set[str]) -> dict[str, str]:
     """The images whose shipment to that host completed: image id -> its build (from the
-    manifests whose volumes are all there). Manifests that do not parse are skipped."""
-    names = set(hypervisor.list_volumes(POOL_NAME))
+    manifests whose volumes are all there). Manifests that do not parse are skipped.
+
+    :param names: the volumes of its images pool.
+    """
     found = {}
     for name in sorted(names):
         if not name.endswith(MANIFEST):
@@ -138,12 +143,15 @@ class ImageShipper:
     """Ships images to the ``HOSTS`` and says where each is ready. Thread-safe."""
 
     def __init__(self, settings: Settings, registry: HostRegistry,
-                 templates: TemplateCatalog, images: t.Callable[[], list[Image]]) -> None:
-        """:param images: the local images (ImageService.local_list)."""
+                 templates: TemplateCatalog, images: t.Callable[[], list[Image]],
+                 seeds: RemoteSeeds | None = None) -> None:
+        """:param images: the local images (ImageService.local_list).
+        :param seeds: makes the memory snapshots on the hosts (None: none are made)."""
         self.settings = settings
         self.registry = registry
         self.templates = templates
         self.images = images
+        self.seeds = seeds
 
     def build_of(self, image_id: str) -> str | None:
         """The image's current local build (``<image dir>/<build>``), None when not built."""
@@ -157,15 +165,28 @@ class ImageShipper:
         for image in images:
             ready = image.state is ImageState.READY
             build = self.build_of(image.id) if ready and probes else None
-            hosts = [HostReadiness(LOCAL_HOST, ready)]
+            hosts = [HostReadiness(LOCAL_HOST, ready, image.snapshot_ready)]
             for name, probe in probes.items():
-                hosts.append(HostReadiness(name, build is not None and
-                                           (probe.images or {}).get(image.id) == build))
+                shipped = build is not None and (probe.images or {}).get(image.id) == build
+                hosts.append(HostReadiness(name, shipped, shipped and
+                                           self.snapshot_ready(probe, image.id)))
             shown.append(dataclasses.replace(image, hosts=tuple(hosts)))
         return shown
 
+    def snapshot_ready(self, probe: Probe, image_id: str) -> bool:
+        """Whether the probed host (with its images) has the image's memory snapshots of
+        every ``SNAPSHOT_SHAPES`` shape."""
+        if self.seeds is None:
+            return False
+        try:
+            template = self.templates.get(image_id)
+            return self.seeds.ready(probe, template, self.templates.current_build(template))
+        except AppError:
+            return False
+
     def ship(self, host_name: str, image_id: str) -> Shipment:
-        """Upload the image's current build to the host and verify it there.
+        """Upload the image's current build to the host and verify it there, then make its
+        memory snapshots there (their failure is reported, the image is ready all the same).
 
         :raises HostNotFound: not a ``HOSTS`` name.
         :raises ImageNotFound: unknown image.
@@ -187,7 +208,22 @@ class ImageShipper:
         with host_lock(self.lock_path(host_name, image_id), timeout=0,
                        busy=lambda: ImageStateConflict(
                            f"image {image_id!r} is being shipped to {host_name} already")):
-            return self._ship(host_name, image_id, build)
+            shipment = self._ship(host_name, image_id, build)
+            return self._make_snapshots(shipment)
+
+    def _make_snapshots(self, shipment: Shipment) -> Shipment:
+        if self.seeds is None or not self.settings.snapshot_shape_list:
+            return shipment
+        started = time.monotonic()
+        try:
+            keys = self.seeds.ensure_image(shipment.host, shipment.image_id)
+        except AppError as exc:
+            log.warning("memory snapshots of image %s not made on %s: %s", shipment.image_id,
+                        shipment.host, exc.message)
+            return dataclasses.replace(shipment, memory_snapshot_error=exc.message,
+                                       seconds=shipment.seconds + time.monotonic() - started)
+        return dataclasses.replace(shipment, memory_snapshots=tuple(keys),
+                                   seconds=shipment.seconds + time.monotonic() - started)
 
     def lock_path(self, host_name: str, image_id: str) -> Path:
         """Held while the image is shipped to the host (by any process of this manager)."""
@@ -200,11 +236,27 @@ class ImageShipper:
         if not self.registry.hosts:
             return []
         shipped = []
-        up = {name for name, probe in self.registry.probe().items() if probe.up}
+        probes = self.registry.probe()
+        up = {name for name, probe in probes.items() if probe.up}
+        for name in sorted(up) if self.seeds is not None else []:
+            used = {record.seed for record, _info in probes[name].records if record.seed}
+            try:
+                shipped += [f"removed memory snapshot {key} of {name}"
+                            for key in self.seeds.prune(name, used)]
+            except AppError as exc:
+                log.warning("memory snapshots of %s not pruned: %s", name, exc.message)
         for image in self.readiness(self.images()):
             for host in image.hosts[1:]:
-                if host.ready or host.name not in up or image.state is not ImageState.READY:
+                if host.name not in up or image.state is not ImageState.READY:
                     continue  # a host DOWN is logged by the registry
+                if host.ready:
+                    if not host.snapshot_ready and self.seeds is not None and \
+                            self.settings.snapshot_shape_list:
+                        made = self._make_snapshots(Shipment(image.id, host.name, "", {}, 0.0))
+                        if made.memory_snapshot_error is None:
+                            shipped.append(f"memory snapshots of image {image.id} on "
+                                           f"{host.name}")
+                    continue
                 try:
                     self.ship(host.name, image.id)
                 except AppError as exc:

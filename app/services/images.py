@@ -331,6 +331,5 @@ class ImageService:
 
 def local_readiness(images: list[Image]) -> list[Image]:
     """``hosts`` with the local host alone: ready when the image is READY."""
-    return [dataclasses.replace(image, hosts=(HostReadiness(LOCAL_HOST,
-                                                            image.state is ImageState.READY),))
-            for image in images]
+    return [dataclasses.replace(image, hosts=(HostReadiness(
+        LOCAL_HOST, image.state is ImageState.READY, image.snapshot_ready),)) for image in images]

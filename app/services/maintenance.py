@@ -168,7 +168,7 @@ class Maintainer:
     def _ship_round(self) -> None:
         assert self.ship is not None
         for item in self.ship():
-            log.info("shipped %s", item)
+            log.info("image shipping: %s", item)
 
     def run_once(self) -> None:
         self.ipsets.refresh_host_sets()

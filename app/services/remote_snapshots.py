@@ -27,6 +27,7 @@ from app.config import Settings
 from app.errors import HypervisorError, ImageNotReady
 from app.models import VmState
 from app.services.image_shipping import read_shipped
+from app.services.remote_seeds import seed_name
 from app.services.records import to_vm
 from app.services.remote_vms import VMS_POOL
 from app.services.snapshot_store import SnapshotSource, require_unchanged, snapshottable
@@ -78,7 +79,8 @@ class RemoteSnapshots:
         """The local build's disk of the image the host's image volume holds (its manifest
         there names the build)."""
         image_id = found.record.image_id
-        build = read_shipped(found.hypervisor).get(image_id)
+        build = read_shipped(found.hypervisor,
+                             set(found.hypervisor.list_volumes(POOL_NAME))).get(image_id)
         if build is None:
             raise ImageNotReady(f"image {image_id!r} of VM {found.record.id} is not shipped to "
                                 f"host {found.host.name} any more")
@@ -104,16 +106,47 @@ class RemoteSnapshots:
                 self._download(found, target)
             frozen_s = time.monotonic() - began
         require_unchanged(record.id, state, self.remote.get(record.id).state)
-        try:
-            check_overlay_info(disks.info(target, "qcow2"), backing)
-        except UnsafeImage as exc:
-            raise HypervisorError(f"the disk of VM {record.id} on host {found.host.name} is "
-                                  f"not an overlay of its image's volume there, refused: "
-                                  f"{exc}") from None
-        disks.rebase(target, image, unsafe=True)
+        if record.seed:  # restored from that host's memory snapshot: its disk is on the seed's
+            self._flatten_seed(found, target, backing, image)
+        else:
+            self._check_backing(found, target, backing, "its image's volume")
+            disks.rebase(target, image, unsafe=True)
         log.info("remote disk copied vm=%s host=%s seconds=%.2f", record.id, found.host.name,
                  time.monotonic() - began)
         return frozen_s
+
+    def _flatten_seed(self, found: Found, target: Path, image_volume: str, image: Path) -> None:
+        """A VM restored from its host's memory snapshot has its overlay on the snapshot's
+        disk, itself an overlay on the image's volume there: that disk is copied too (after
+        the guest is thawed: it never changes), both are checked, put on the local build
+        (``-u``: same bytes), and the VM's overlay rebased onto the build in qemu-img's safe
+        mode, which copies the snapshot disk's clusters into it."""
+        seed_disk = f"{seed_name(found.record.seed)}.qcow2"
+        seed_path = found.hypervisor.volume_path(POOL_NAME, seed_disk)
+        if seed_path is None:
+            raise ImageNotReady(f"the memory snapshot {found.record.seed} that VM "
+                                f"{found.record.id} was restored from is not on host "
+                                f"{found.host.name} any more")
+        self._check_backing(found, target, seed_path, "its memory snapshot's disk")
+        copy = target.with_name(f".{seed_disk}")
+        try:
+            download_to_file(found.hypervisor, POOL_NAME, seed_disk, copy,
+                             timeout=disks.COPY_TIMEOUT,
+                             max_bytes=(found.record.disk_size_mb + HEADROOM_MB) * MIB)
+            self._check_backing(found, copy, image_volume, "its image's volume")
+            disks.rebase(copy, image, unsafe=True)
+            disks.rebase(target, copy, unsafe=True)
+            disks.rebase(target, image)
+        finally:
+            copy.unlink(missing_ok=True)
+
+    @staticmethod
+    def _check_backing(found: Found, disk: Path, backing: str, what: str) -> None:
+        try:
+            check_overlay_info(disks.info(disk, "qcow2"), backing)
+        except UnsafeImage as exc:
+            raise HypervisorError(f"the disk of VM {found.record.id} on host {found.host.name} "
+                                  f"is not an overlay of {what} there, refused: {exc}") from None
 
     def _download(self, found: Found, target: Path) -> None:
         download_to_file(found.hypervisor, VMS_POOL, f"{found.record.name}.qcow2", target,

@@ -12,6 +12,8 @@ What a remote VM is made of, all on its host, all named after the VM (``rds-<sho
   ``<name>.authorized_keys`` there, uploaded with ``virStorageVolUpload`` and served to the
   guest by fw_cfg ``file=`` entries, as on the local host (not inline fw_cfg values: those
   would put the private key into the domain XML, which any read-only connection can dump);
+- while it is restored from a memory snapshot, its copy of the save image
+  ``<name>.restore.sav`` there;
 - its console log ``<name>.console.log`` there (virtlogd writes it and rotates it to
   ``<name>.console.log.0``…; ``GET .../logs`` reads its tail through libvirt,
   :mod:`app.services.console`; removed as volumes);
@@ -22,10 +24,12 @@ What a remote VM is made of, all on its host, all named after the VM (``rds-<sho
   removed last (:mod:`app.services.remote_addresses`);
 - its domain, whose metadata record names the host (``host``).
 
-It boots cold (no memory snapshot is made on a remote host yet) and gets its identity from its
-kernel command line and fw_cfg, as a cold-booted local VM does; the identity channel is there
-(libvirt picks its socket path on that host) but unused. Its address is the lowest free one of
-the host's ``guestCidr`` that neither a domain's record nor an address reservation there holds;
+It is restored from the host's memory snapshot of its image and shape when there is one
+(:mod:`app.services.remote_seeds`: a copy of the save image there whose header names the VM,
+its identity sent through libvirt's channel stream), else it boots cold and gets its identity
+from its kernel command line and fw_cfg, as a cold-booted local VM does. Its address is the
+lowest free one of the host's ``guestCidr`` that neither a domain's record nor an address
+reservation there holds;
 the reservation, a DHCP host entry of the host's network that libvirt adds atomically, makes
 it (and the VM's name) safe with several managers at once (:mod:`app.services.remote_addresses`).
 This manager's lock (``STORAGE_ROOT/hosts/<host>.alloc.lock``) still makes its own processes
@@ -42,13 +46,14 @@ import posixpath
 import time
 import typing as t
 import urllib.parse
+import uuid
 from pathlib import Path
 
 from app.clock import now_iso
 from app.config import Settings
 from app.config.hosts import LOCAL_HOST, RemoteHost
-from app.errors import (AppError, HypervisorError, ImageStateConflict, InvalidRequest,
-                        QuotaExceeded, VmBusy, VmNotFound, VmStateConflict)
+from app.errors import (AppError, GuestUnreachable, HypervisorError, ImageStateConflict,
+                        InvalidRequest, QuotaExceeded, VmBusy, VmNotFound, VmStateConflict)
 from app.guestssh import GuestSSH
 from app.models import ProvisionMode, Vm, VmPhase, VmRecord, VmRole, VmSpec, VmState
 from app.services.addresses import allocation_lock
@@ -59,29 +64,30 @@ from app.services.ownership import check_quota
 from app.services.placement import Room, choose, room
 from app.services.records import VmRecords, to_vm
 from app.services.remote_addresses import RemoteAddresses
+from app.services.remote_domains import boot_volumes, domain_params
 from app.services.remote_lifecycle import RemoteLifecycle
 from app.services.remote_vm_locks import RemoteVmLocks
 from app.services.remote_lookup import Found, RemoteLookup
+from app.services.remote_seeds import RESTORE_SUFFIX, VMS_POOL, RemoteSeed, RemoteSeeds
+from app.services.seeds import SeedStore
 from app.services.teardown import Cleanup
 from app.services.templates import TemplateCatalog
 from app.services.vm_files import AUTHORIZED_KEYS, HOST_KEY
 from app.sshkeys import generate_keypair
 from app.virt.ipsets import host_addresses
-from app.virt.domain_xml import BootFiles, DomainParams, build_domain_xml, kernel_cmdline, \
-    port_name
+from app.virt.domain_xml import build_domain_xml
 from app.virt.network_xml import DhcpHost, build_network_xml
 from app.virt.nwfilter_xml import build_remote_filter_xml
 from app.virt.pool_xml import POOL_NAME, build_overlay_volume_xml, build_pool_xml
 
 if t.TYPE_CHECKING:
-    from app.services.host_registry import HostRegistry
+    from app.services.host_registry import HostRegistry, Probe
     from app.services.provisioner import CreatePlan
     from app.virt.connection import Hypervisor
 
 log = logging.getLogger(__name__)
-VMS_POOL = "rds-vms"
 LOCK_TIMEOUT = 60.0
-VOLUME_SUFFIXES = ("qcow2", HOST_KEY, AUTHORIZED_KEYS, "console.log")
+VOLUME_SUFFIXES = ("qcow2", HOST_KEY, AUTHORIZED_KEYS, "console.log", RESTORE_SUFFIX[1:])
 
 
 class RemoteVms:
@@ -89,8 +95,10 @@ class RemoteVms:
 
     def __init__(self, settings: Settings, registry: HostRegistry, templates: TemplateCatalog,
                  guests: GuestClients, manager_key: ManagerKey, domain_type: str,
+                 seed_keys: SeedStore,
                  own_addresses: t.Callable[[], list[str]] = host_addresses) -> None:
-        """:param own_addresses: this manager's IPv4 addresses (``a.b.c.d/32``)."""
+        """:param seed_keys: names memory snapshots (:meth:`SeedStore.key`).
+        :param own_addresses: this manager's IPv4 addresses (``a.b.c.d/32``)."""
         self.own_addresses = own_addresses
         self.settings = settings
         self.registry = registry
@@ -103,6 +111,8 @@ class RemoteVms:
         self.locks = RemoteVmLocks(Path(settings.storage_root) / "hosts")
         self.lifecycle = RemoteLifecycle(settings, self.lookup, guests, self._ensure_host,
                                          self.locked)
+        self.seeds = RemoteSeeds(settings, registry, templates, seed_keys, manager_key,
+                                 domain_type, self._ensure_host)
 
     def host(self, name: str) -> RemoteHost:
         """:raises InvalidRequest: not a ``HOSTS`` name."""
@@ -176,19 +186,43 @@ class RemoteVms:
                 f"not shipped there): PUT /v1/hosts/{host.name}/images/{image_id}")
         hypervisor = self.registry.hypervisor(host.name)
         self._ensure_host(host, hypervisor)
+        seed = None
+        if plan.spec.provision_mode is not ProvisionMode.BOOT:
+            seed = self.seeds.find(host, hypervisor, plan.template, plan.build, plan.spec.cpu,
+                                   plan.spec.mem_mb, plan.disk_size_mb)
+            if seed is None:
+                log.info("no memory snapshot on host=%s for image=%s shape=%sx%s disk=%s: "
+                         "cold boot", host.name, image_id, plan.spec.cpu, plan.spec.mem_mb,
+                         plan.disk_size_mb)
+        if seed is not None:
+            try:
+                return self._create(plan, host, hypervisor, probe, seed, started)
+            except (HypervisorError, GuestUnreachable) as exc:
+                log.warning("restore from memory snapshot failed seed=%s host=%s error=%s: "
+                            "falling back to a cold boot", seed.key, host.name, exc.message)
+        return self._create(plan, host, hypervisor, probe, None, started)
+
+    def _create(self, plan: CreatePlan, host: RemoteHost, hypervisor: Hypervisor,
+                probe: Probe, seed: RemoteSeed | None, started: float) -> Vm:
+        mode = ProvisionMode.BOOT if seed is None else ProvisionMode.SNAPSHOT
         with Cleanup(f"create of a VM on {host.name}") as cleanup:
-            record = self._provision(plan, host, hypervisor, cleanup)
-            log.info("vm defined vm=%s name=%s host=%s ip=%s mode=boot", record.id,
-                     record.name, host.name, record.guest_ip)
+            record, xml, host_key, creating = self._provision(plan, host, hypervisor, seed,
+                                                              cleanup)
+            log.info("vm defined vm=%s name=%s host=%s ip=%s mode=%s", record.id,
+                     record.name, host.name, record.guest_ip, mode.value)
             cleanup.add("ssh client", self.guests.forget, record.id)
-            hypervisor.start_domain(record.id)
+            if seed is None:
+                hypervisor.start_domain(record.id)
+            else:
+                self.seeds.restore(host, hypervisor, seed, record, xml, host_key, creating,
+                                   probe.node.cpus if probe.node else 1)
             self.guests.wait_ready(record)
             record = VmRecords(hypervisor).set_phase(record, VmPhase.READY,
                                                      started_at=now_iso())
             cleanup.keep()
         self.lookup.remember(host.name, record)
-        log.info("vm ready vm=%s name=%s host=%s mode=boot seconds=%.2f", record.id,
-                 record.name, host.name, time.monotonic() - started)
+        log.info("vm ready vm=%s name=%s host=%s mode=%s seconds=%.2f", record.id,
+                 record.name, host.name, mode.value, time.monotonic() - started)
         return to_vm(record, "running")
 
     def update_network(self, vm_id: str, allow_ips: tuple[str, ...],
@@ -288,20 +322,24 @@ class RemoteVms:
                                   bridge_present=lambda: True, remove_stale_bridge=_nothing)
 
     def _provision(self, plan: CreatePlan, host: RemoteHost, hypervisor: Hypervisor,
-                   cleanup: Cleanup) -> VmRecord:
+                   seed: RemoteSeed | None,
+                   cleanup: Cleanup) -> tuple[VmRecord, str, bytes, int]:
+        """Take quota, address and name; make the filter, volumes and domain there.
+
+        :returns: the record, its domain XML, its private host key and how many creates are
+            in flight on that host (this one included).
+        """
         spec, template = plan.spec, plan.template
-        shipped = set(hypervisor.list_volumes(POOL_NAME))
-        boot = {suffix: f"{template.id}.{suffix}" for suffix in ("qcow2", "vmlinuz",
-                                                                 "initrd.img")}
-        if not set(boot.values()) <= shipped:
-            raise ImageStateConflict(f"image {template.id!r} has no kernel of its own to ship "
-                                     f"(a custom image): not available on {host.name} yet")
+        boot = boot_volumes(host, template.id, set(hypervisor.list_volumes(POOL_NAME)))
+        base_xml = template.domain_xml if seed is None else \
+            self.seeds.header(hypervisor, seed).xml
         host_key = generate_keypair()
         with allocation_lock(self.lock_path(host.name), LOCK_TIMEOUT,
                              busy=f"host {host.name} is busy allocating VMs; retry"):
             domains = VmRecords(hypervisor).all()
             others = [record for record, _info in domains]
             deleting = sum(1 for other in others if other.phase is VmPhase.DELETING)
+            creating = 1 + sum(1 for other in others if other.phase is VmPhase.CREATING)
             limit = host.max_vms or self.settings.max_vms
             if len(others) - deleting >= limit:
                 raise QuotaExceeded(f"VM quota of host {host.name} reached ({limit} VMs)")
@@ -318,9 +356,9 @@ class RemoteVms:
                 outbound_internet=spec.outbound_internet, image_id=template.id,
                 image_path=posixpath.join(host.images_dir, boot["qcow2"]),
                 disk_size_mb=plan.disk_size_mb, created_at=now_iso(),
-                provision_mode=ProvisionMode.BOOT, host_key=host_key.public_openssh,
-                phase=VmPhase.CREATING, role=VmRole.SANDBOX, host=host.name,
-                **plan.caller_fields())
+                provision_mode=ProvisionMode.BOOT if seed is None else ProvisionMode.SNAPSHOT,
+                host_key=host_key.public_openssh, phase=VmPhase.CREATING, role=VmRole.SANDBOX,
+                host=host.name, seed=seed.key if seed else "", **plan.caller_fields())
             cleanup.add("filter", hypervisor.undefine_filter, name)
             hypervisor.define_filter(self._filter_xml(record, host))
             cleanup.add("volumes", self._remove_volumes, hypervisor, name)
@@ -331,33 +369,15 @@ class RemoteVms:
                                          lambda data=data: io.BytesIO(data).read,
                                          timeout=hypervisor.timeout)
             disk = hypervisor.create_volume(VMS_POOL, build_overlay_volume_xml(
-                f"{name}.qcow2", plan.disk_size_mb, record.image_path))
-            xml = build_domain_xml(template.domain_xml, record,
-                                   self._params(record, host, disk, boot))
+                f"{name}.qcow2", plan.disk_size_mb,
+                record.image_path if seed is None else seed.disk))
+            xml = build_domain_xml(base_xml, record, domain_params(
+                host, record, disk, boot, self.domain_type, template.kernel_cmdline,
+                host.vms_dir, genid=str(uuid.uuid4()) if seed else ""))
             cleanup.add("domain", self._remove_domain, hypervisor, vm_id)
             hypervisor.define_domain(xml)
             self.addresses.confirm(host, hypervisor, held.entry)
-        return record
-
-    def _params(self, record: VmRecord, host: RemoteHost, disk: str,
-                boot: dict[str, str]) -> DomainParams:
-        images, vms = host.images_dir, host.vms_dir
-        identity = (f"rds.hostname={record.name} rds.ip={record.guest_ip}/"
-                    f"{host.network.prefixlen} rds.gw={host.gateway}")
-        template = self.templates.get(record.image_id)
-        return DomainParams(
-            accelerator=self.domain_type,
-            boot=BootFiles(kernel=posixpath.join(images, boot["vmlinuz"]),
-                           initrd=posixpath.join(images, boot["initrd.img"]),
-                           cmdline=kernel_cmdline(template.kernel_cmdline, self.domain_type,
-                                                  identity)),
-            overlay_path=disk, port=port_name(record.name),
-            console_log=posixpath.join(vms, f"{record.name}.console.log"),
-            identity_socket="",
-            fwcfg_files=tuple((suffix, posixpath.join(vms, f"{record.name}.{suffix}"))
-                              for suffix in (HOST_KEY, AUTHORIZED_KEYS)),
-            network=host.network_name,
-            filter_params=(("IP", record.guest_ip), ("GATEWAY", str(host.gateway))))
+        return record, xml, host_key.private_openssh.encode(), creating
 
     def _filter_xml(self, record: VmRecord, host: RemoteHost) -> str:
         """The VM's filter there: its policy, and the addresses its guest never reaches

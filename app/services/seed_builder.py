@@ -22,7 +22,7 @@ from app.models import NAME_PREFIX, ProvisionMode, Template, VmRecord, VmRole
 from app.services.ports import VmPorts
 from app.services.provisioner import AGENT_TIMEOUT_S, RESTORE_TIMEOUT_S
 from app.services.records import VmRecords
-from app.services.seeds import Seed, SeedStore
+from app.services.seeds import Seed, SeedStore, seed_mac
 from app.services.teardown import Cleanup, VmTeardown
 from app.services.templates import ImageBuild, TemplateCatalog, default_disk_size_mb
 from app.services.vm_files import DISK, VmFiles
@@ -85,8 +85,7 @@ class SeedBuilder:
         host_key = generate_keypair()
         record = VmRecord(
             id=str(uuid.uuid4()), name=name, cpu=cpu, mem_mb=mem_mb, guest_ip="",
-            mac="52:54:00:fe:" + ":".join(f"{b:02x}" for b in
-                                           bytes.fromhex(key.rsplit("-", 1)[-1][:4])),
+            mac=seed_mac(key),
             allow_ips=(), outbound_internet=False, image_id=template.id,
             image_path=str(build.path), disk_size_mb=disk_size_mb, created_at=now_iso(),
             provision_mode=ProvisionMode.BOOT, host_key=host_key.public_openssh,
@@ -106,7 +105,7 @@ class SeedBuilder:
             cleanup.add("port", self.teardown.port, name)
             self.ports.create(record)
             self.hypervisor.start_domain(record.id)
-            self._wait_idle(record)
+            wait_idle(self.hypervisor, record, self.settings.boot_timeout_s)
             self.hypervisor.save_domain(record.id, str(staging / "state.sav"),
                                         RESTORE_TIMEOUT_S)
             save_image.read_header(staging / "state.sav")  # fail here, not in every restore
@@ -115,21 +114,6 @@ class SeedBuilder:
             cleanup.run()
         log.info("memory snapshot saved seed=%s seconds=%.1f", key, time.monotonic() - started)
         return seed
-
-    def _wait_idle(self, record: VmRecord) -> None:
-        """Until the guest's boot script finished and sshd runs (asked through the agent)."""
-        deadline = time.monotonic() + self.settings.boot_timeout_s
-        while time.monotonic() < deadline:
-            if self.hypervisor.guest_agent_ping(record.id, 5):
-                try:
-                    if self.hypervisor.guest_agent_exec(record.id, SETTLE, [],
-                                                        AGENT_TIMEOUT_S) == 0:
-                        return
-                except HypervisorError:
-                    pass
-            time.sleep(0.5)
-        raise GuestUnreachable(f"seed guest {record.name} did not come up within "
-                               f"{self.settings.boot_timeout_s:.0f}s")
 
     def _remove_stale_domain(self, name: str) -> None:
         """A seed domain of this name left behind by a crash: remove it and what it owns."""
@@ -146,3 +130,22 @@ class SeedBuilder:
                    for cpu, mem in self.settings.snapshot_shape_list}
         used = {record.seed for record, _info in self.records.all() if record.seed}
         return self.store.prune(current, used)
+
+
+def wait_idle(hypervisor: Hypervisor, record: VmRecord, boot_timeout_s: float) -> None:
+    """Until the seed guest's boot script finished and sshd runs (asked through its agent:
+    the guest has no address yet).
+
+    :raises GuestUnreachable: not within ``boot_timeout_s``.
+    """
+    deadline = time.monotonic() + boot_timeout_s
+    while time.monotonic() < deadline:
+        if hypervisor.guest_agent_ping(record.id, 5):
+            try:
+                if hypervisor.guest_agent_exec(record.id, SETTLE, [], AGENT_TIMEOUT_S) == 0:
+                    return
+            except HypervisorError:
+                pass
+        time.sleep(0.5)
+    raise GuestUnreachable(f"seed guest {record.name} did not come up within "
+                           f"{boot_timeout_s:.0f}s")

@@ -61,6 +61,12 @@ class Seed:
         return self.path / "state.sav"
 
 
+def seed_mac(key: str) -> str:
+    """The MAC of the seed's guest while it is made (never on a network: from its key)."""
+    return "52:54:00:fe:" + ":".join(f"{b:02x}" for b in
+                                     bytes.fromhex(key.rsplit("-", 1)[-1][:4]))
+
+
 class SeedStore:
     """Finds, names, locks and prunes seeds; :class:`~app.services.vms.VmService` makes them."""
 
@@ -72,11 +78,19 @@ class SeedStore:
         self._version: str | None = None
 
     def key(self, template: Template, build: ImageBuild, cpu: int, mem_mb: int,
-            disk_size_mb: int) -> str:
-        if self._version is None:
-            self._version = self._emulator_version()
+            disk_size_mb: int, emulator_version: str | None = None) -> str:
+        """The seed's name: what the saved guest depends on, digested.
+
+        :param emulator_version: the QEMU version of the host that saves and restores it
+            (another host's, issue 17); this host's by default.
+        """
+        if emulator_version is None:
+            if self._version is None:
+                self._version = self._emulator_version()
+            emulator_version = self._version
         digest = hashlib.sha256("\0".join([
-            SEED_FORMAT, self.domain_type, self._version, str(build.path), template.domain_xml,
+            SEED_FORMAT, self.domain_type, emulator_version, str(build.path),
+            template.domain_xml,
             device_fingerprint(template.domain_xml, self.domain_type),
             template.kernel_cmdline, str(disk_size_mb)]).encode()).hexdigest()[:10]
         return f"{template.id}-{cpu}c-{mem_mb}m-{digest}"

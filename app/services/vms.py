@@ -100,7 +100,8 @@ def build_vm_parts(settings: Settings, hypervisor: Hypervisor, templates: Templa
     activity = Activity(settings.vms_dir)
     files = VmFiles(settings, templates, domain_type, manager_key)
     teardown = VmTeardown(settings, hypervisor, ports, ipsets, guests, forget)
-    remote = RemoteVms(settings, registry, templates, guests, manager_key, domain_type) \
+    remote = RemoteVms(settings, registry, templates, guests, manager_key, domain_type,
+                       seeds) \
         if registry is not None and registry.hosts else None
     provisioner = Provisioner(settings, hypervisor, templates, seeds, snapshots, records, files,
                               ports, policy, guests, teardown, DiskBudget(settings), remote)

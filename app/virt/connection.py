@@ -23,6 +23,7 @@ from app.models import NAME_PREFIX, DomainInfo
 from app.virt.domain_cache import DomainCache
 from app.virt.libvirt_events import start_event_loop, watch
 from app.virt.libvirt_agent import GuestAgentCalls
+from app.virt.libvirt_channel import ChannelCalls
 from app.virt.libvirt_network import FilterAndNetworkCalls
 from app.virt.libvirt_node import NodeCalls
 from app.virt.libvirt_storage import StoragePoolCalls
@@ -66,7 +67,8 @@ def _never_sent(exc: libvirt.libvirtError) -> bool:
     return "client socket is closed" in message or "Cannot write data" in message
 
 
-class Hypervisor(NodeCalls, GuestAgentCalls, FilterAndNetworkCalls, StoragePoolCalls):
+class Hypervisor(NodeCalls, GuestAgentCalls, ChannelCalls, FilterAndNetworkCalls,
+                 StoragePoolCalls):
     """A libvirt connection with timeouts; one per worker process, reopened when it dies.
 
     :param uri: libvirt URI, e.g. ``qemu:///system``.

@@ -14,6 +14,10 @@ process spawning and polling (~0.8 s under emulation against ~0.2 s)::
 Only root can open the port inside the guest, and the helper exits after one request, so
 nothing in the sandbox can use the channel afterwards. The network is not involved (the guest's
 eth0 is down until the helper brings it up with the VM's own MAC and address).
+
+On a remote host (issue 17) the socket lies on that host: the same request goes through
+libvirt's ``virDomainOpenChannel`` instead (``Hypervisor.channel_exchange``, built here by
+:func:`identity_request`, its answer checked by :func:`check_reply`).
 """
 from __future__ import annotations
 
@@ -28,18 +32,14 @@ REPLY_LIMIT = 4096
 BUDGET_RECHECK_S = 2.0
 
 
-def send_identity(socket_path: str, mac: str, address: str, gateway: str, hostname: str,
-                  public_key: str, host_key: bytes,
-                  timeout: float | t.Callable[[], float]) -> None:
-    """Send the VM's identity to the waiting guest helper and wait for its answer.
+def identity_request(mac: str, address: str, gateway: str, hostname: str, public_key: str,
+                     host_key: bytes) -> bytes:
+    """The request line, the keys and the end mark, as the guest helper reads them.
 
     :param address: ``ADDRESS/PREFIX``.
     :param public_key: the VM's public host key (``ssh-ed25519 AAAA...``).
     :param host_key: the VM's OpenSSH private host key.
-    :param timeout: seconds from now, or a function that says how many seconds from now
-        the wait may last in all, asked again every ``BUDGET_RECHECK_S`` while the guest has
-        not answered (a burst of creates that starts after this one slows this guest too).
-    :raises HypervisorError: no answer within ``timeout`` or an error from the guest.
+    :raises HypervisorError: a field that does not fit the format.
     """
     fields = (mac, address, gateway, hostname)
     if any(not field or any(c.isspace() for c in field) for field in fields):
@@ -47,8 +47,29 @@ def send_identity(socket_path: str, mac: str, address: str, gateway: str, hostna
     key_lines = host_key.decode("ascii").strip().splitlines()
     if "." in key_lines or "\n" in public_key.strip():
         raise HypervisorError("the host key does not fit the identity channel's format")
-    request = (" ".join(fields) + "\n" + public_key.strip() + "\n" + "\n".join(key_lines)
-               + "\n.\n").encode("ascii")
+    return (" ".join(fields) + "\n" + public_key.strip() + "\n" + "\n".join(key_lines)
+            + "\n.\n").encode("ascii")
+
+
+def check_reply(reply: str) -> None:
+    """:raises HypervisorError: the guest did not answer ``ok``."""
+    if reply != "ok":
+        raise HypervisorError(f"the guest could not take its identity: {reply or 'no answer'}")
+
+
+def send_identity(socket_path: str, mac: str, address: str, gateway: str, hostname: str,
+                  public_key: str, host_key: bytes,
+                  timeout: float | t.Callable[[], float]) -> None:
+    """Send the VM's identity to the waiting guest helper and wait for its answer.
+
+    The fields are :func:`identity_request`'s.
+
+    :param timeout: seconds from now, or a function that says how many seconds from now
+        the wait may last in all, asked again every ``BUDGET_RECHECK_S`` while the guest has
+        not answered (a burst of creates that starts after this one slows this guest too).
+    :raises HypervisorError: no answer within ``timeout`` or an error from the guest.
+    """
+    request = identity_request(mac, address, gateway, hostname, public_key, host_key)
     budget = timeout if callable(timeout) else _fixed(timeout)
     started = time.monotonic()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as channel:
@@ -59,8 +80,7 @@ def send_identity(socket_path: str, mac: str, address: str, gateway: str, hostna
             reply = _read_line(channel, started, budget)
         except OSError as exc:
             raise HypervisorError(f"identity channel {socket_path}: {exc}") from exc
-    if reply != "ok":
-        raise HypervisorError(f"the guest could not take its identity: {reply or 'no answer'}")
+    check_reply(reply)
 
 
 def _fixed(seconds: float) -> t.Callable[[], float]:

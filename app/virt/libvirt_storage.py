@@ -147,20 +147,74 @@ class StoragePoolCalls:
         deadline = time.monotonic() + timeout
 
         def download(conn: t.Any) -> None:
-            volume = _volume(conn, pool, name)
-            if volume is None:
-                raise HypervisorError(f"no volume {name!r} in storage pool {pool!r}")
+            volume = _required_volume(conn, pool, name)
+            _receive(conn, volume, 0, 0, deadline, sink())
+        self._call("download volume", download, timeout=timeout + 5)
+
+    def read_volume_range(self, pool: str, name: str, offset: int, length: int,
+                          timeout: float) -> bytes:
+        """``length`` bytes of the volume from ``offset`` (fewer at its end).
+
+        :raises HypervisorError: no such volume, libvirt failed, or it took more than
+            ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+
+        def read(conn: t.Any) -> bytes:
+            volume = _required_volume(conn, pool, name)
+            chunks: list[bytes] = []
+            _receive(conn, volume, offset, length, deadline, chunks.append)
+            return b"".join(chunks)[:length]
+        return self._call("read volume range", read, timeout=timeout + 5)
+
+    def write_volume_range(self, pool: str, name: str, offset: int, data: bytes,
+                           timeout: float) -> None:
+        """Overwrite ``len(data)`` bytes of an existing volume from ``offset`` in place
+        (``virStorageVolUpload`` with an offset: the rest of the volume stays).
+
+        :raises HypervisorError: no such volume, libvirt failed, or it took more than
+            ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+
+        def write(conn: t.Any) -> None:
+            volume = _required_volume(conn, pool, name)
             stream = conn.newStream(0)
             try:
-                volume.download(stream, 0, 0, 0)
-                write = sink()
-                stream.recvAll(lambda _stream, data, _opaque: _in_time(deadline, write, data),
+                volume.upload(stream, offset, len(data), 0)
+                remaining = [data]
+
+                def next_chunk(n: int) -> bytes:
+                    chunk, remaining[0] = remaining[0][:n], remaining[0][n:]
+                    return chunk
+                stream.sendAll(lambda _stream, n, _opaque: _in_time(deadline, next_chunk, n),
                                None)
                 stream.finish()
             except BaseException:
                 _quietly(stream.abort)
                 raise
-        self._call("download volume", download, timeout=timeout + 5)
+        self._call("write volume range", write, timeout=timeout + 5)
+
+    def clone_volume(self, pool: str, source: str, source_pool: str, name: str,
+                     timeout: float) -> str:
+        """A copy ``name`` in ``pool`` of the raw volume ``source`` of ``source_pool``, made
+        by that host's libvirt (``virStorageVolCreateXMLFrom``); returns its path there. A
+        volume of that name left over is replaced.
+
+        :raises HypervisorError: no such volume, libvirt failed, or it took more than
+            ``timeout``.
+        """
+        def clone(conn: t.Any) -> str:
+            original = _volume(conn, source_pool, source)
+            if original is None:
+                raise HypervisorError(f"no volume {source!r} in storage pool {source_pool!r}")
+            old = _volume(conn, pool, name)
+            if old is not None:
+                old.delete(0)
+            size = original.info()[1]
+            return _defined_pool(conn, pool).createXMLFrom(
+                build_volume_xml(name, size), original, 0).path()
+        return self._call("clone volume", clone, timeout=timeout)
 
     def volume_tail(self, pool: str, name: str, max_bytes: int,
                     timeout: float) -> VolumeTail | None:
@@ -185,15 +239,7 @@ class StoragePoolCalls:
             start = max(0, size - max_bytes)
             chunks: list[bytes] = []
             if size > start:  # a length of 0 would mean "to the end"
-                stream = conn.newStream(0)
-                try:
-                    volume.download(stream, start, size - start, 0)
-                    stream.recvAll(lambda _stream, data, _opaque: _in_time(
-                        deadline, chunks.append, data), None)
-                    stream.finish()
-                except BaseException:
-                    _quietly(stream.abort)
-                    raise
+                _receive(conn, volume, start, size - start, deadline, chunks.append)
             return VolumeTail(b"".join(chunks)[:max_bytes], start, modified)
 
         def read(conn: t.Any) -> VolumeTail | None:
@@ -232,6 +278,14 @@ def _volume(conn: t.Any, pool: str, name: str) -> t.Any:
     return _lookup(libvirt.VIR_ERR_NO_STORAGE_VOL, found.storageVolLookupByName, name)
 
 
+def _required_volume(conn: t.Any, pool: str, name: str) -> t.Any:
+    """:raises HypervisorError: no volume ``name`` in an active pool ``pool``."""
+    volume = _volume(conn, pool, name)
+    if volume is None:
+        raise HypervisorError(f"no volume {name!r} in storage pool {pool!r}")
+    return volume
+
+
 def _refreshed_volume(conn: t.Any, pool: str, name: str, deadline: float) -> t.Any:
     """The volume ``name`` after a refresh of ``pool``; None when it, or an active pool, is not
     there. libvirt refuses a refresh while a volume is being made in the pool ("has
@@ -252,6 +306,20 @@ def _refreshed_volume(conn: t.Any, pool: str, name: str, deadline: float) -> t.A
                       exc.get_error_message())
             time.sleep(REFRESH_RETRY_S)
     return _lookup(libvirt.VIR_ERR_NO_STORAGE_VOL, found.storageVolLookupByName, name)
+
+
+def _receive(conn: t.Any, volume: t.Any, offset: int, length: int, deadline: float,
+             write: t.Callable[[bytes], t.Any]) -> None:
+    """Stream ``length`` bytes of ``volume`` from ``offset`` (0: to its end) to ``write``
+    (``virStorageVolDownload``), each chunk refused past ``deadline``."""
+    stream = conn.newStream(0)
+    try:
+        volume.download(stream, offset, length, 0)
+        stream.recvAll(lambda _stream, data, _opaque: _in_time(deadline, write, data), None)
+        stream.finish()
+    except BaseException:
+        _quietly(stream.abort)
+        raise
 
 
 def _in_time(deadline: float, fn: t.Callable[[t.Any], t.Any], arg: t.Any) -> t.Any:

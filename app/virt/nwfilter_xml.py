@@ -233,3 +233,14 @@ def build_remote_filter_xml(name: str, uuid: str, guest_network: str, allow_ips:
         if entry.prefixlen < 32:
             _ip_rule(root, "accept", PRIO_ALLOW, str(entry), state=NEW_OR_REPLY)
     return _finish(root)
+
+
+def build_sealed_filter_xml(name: str, uuid: str) -> str:
+    """A filter that drops every frame both ways: the NIC of a memory snapshot's guest being
+    made on a remote host (issue 17), which has no address and never needs the network (its
+    eth0 stays down; it is reached through the guest agent only)."""
+    root = ET.Element("filter", {"name": name, "chain": "root"})
+    ET.SubElement(root, "uuid").text = uuid
+    _comment(root, "a memory snapshot's guest: no frame in or out")
+    _rule(root, "drop", "inout", PRIO_DROP_ALL, "mac")
+    return _serialise(root)

@@ -30,6 +30,7 @@ MAGIC = b"LibvirtQemudSave"
 VERSION = 2
 _FIELDS = struct.Struct("=16s5I56s")
 HEADER_SIZE = _FIELDS.size  # 92
+MAX_DATA_LEN = 16 * 1024 * 1024  # the XML and cookie: kilobytes, padded
 
 
 class SaveImageError(ValueError):
@@ -56,19 +57,42 @@ def read_header(path: Path) -> SaveImageHeader:
     """:raises SaveImageError: not a raw (uncompressed) version-2 save image."""
     with open(path, "rb") as image:
         raw = image.read(HEADER_SIZE)
-        if len(raw) < HEADER_SIZE:
-            raise SaveImageError(f"{path}: too short for a save image")
-        magic, version, data_len, was_running, compressed, cookie_offset, unused = \
-            _FIELDS.unpack(raw)
-        if magic != MAGIC:
-            raise SaveImageError(f"{path}: not a libvirt save image (complete ones start "
-                                 f"with {MAGIC.decode()})")
-        if version != VERSION or compressed != 0:
-            raise SaveImageError(f"{path}: unsupported save image (version {version}, "
-                                 f"compression {compressed})")
-        data = image.read(data_len)
+        raw += image.read(data_length(raw, str(path)))
+    return parse_header(raw, str(path))
+
+
+def data_length(raw: bytes, where: str) -> int:
+    """How many bytes of data follow the first ``HEADER_SIZE`` bytes ``raw`` of a save image.
+
+    :raises SaveImageError: not a raw (uncompressed) version-2 save image.
+    """
+    if len(raw) < HEADER_SIZE:
+        raise SaveImageError(f"{where}: too short for a save image")
+    magic, version, data_len, _running, compressed, _cookie, _unused = \
+        _FIELDS.unpack(raw[:HEADER_SIZE])
+    if magic != MAGIC:
+        raise SaveImageError(f"{where}: not a libvirt save image (complete ones start "
+                             f"with {MAGIC.decode()})")
+    if version != VERSION or compressed != 0:
+        raise SaveImageError(f"{where}: unsupported save image (version {version}, "
+                             f"compression {compressed})")
+    if data_len > MAX_DATA_LEN:
+        raise SaveImageError(f"{where}: a {data_len}-byte header is not a save image's")
+    return data_len
+
+
+def parse_header(raw: bytes, where: str) -> SaveImageHeader:
+    """The header of a save image from its first ``HEADER_SIZE + data_len`` bytes (read from
+    a file here, or from a remote host's volume).
+
+    :raises SaveImageError: not a raw version-2 save image, or ``raw`` is cut short.
+    """
+    data_len = data_length(raw, where)
+    _magic, version, _len, was_running, compressed, cookie_offset, unused = \
+        _FIELDS.unpack(raw[:HEADER_SIZE])
+    data = raw[HEADER_SIZE:HEADER_SIZE + data_len]
     if len(data) < data_len or not 0 < cookie_offset <= data_len:
-        raise SaveImageError(f"{path}: truncated save image header")
+        raise SaveImageError(f"{where}: truncated save image header")
     xml = data[:cookie_offset].split(b"\0", 1)[0].decode()
     cookie = data[cookie_offset:].split(b"\0", 1)[0]
     return SaveImageHeader(version=version, data_len=data_len, was_running=was_running,

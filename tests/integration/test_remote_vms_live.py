@@ -175,6 +175,34 @@ def test_exec_run_ts_and_files_on_the_rig_vm(remote_api, rig_vm):
         assert archive.extractfile("a.txt").read() == b"across hosts\n"
 
 
+def test_a_create_on_the_rig_restores_the_memory_snapshot_made_there(rig, remote_api):
+    """Shipping the image (the module's fixture) made its memory snapshot on the rig, which
+    ``GET /v1/images`` says; a create there restores it: the guest answers as this VM (its own
+    name and address, its own host key pinned by the SSH client, the clock set), runs
+    commands as uid 1000, and its delete leaves nothing there but the snapshot."""
+    images = remote_api.request("GET", "/v1/images").json
+    default = next(image for image in images if image["id"] == "default")
+    assert {"name": "h2", "ready": True, "snapshotReady": True} in default["hosts"], default
+    before = leak_inventory.remote_inventory(rig.uri)
+    vm = remote_api.create_vm({"cpu": 1, "memMb": 256, "placement": {"host": "h2"}})
+    try:
+        assert vm["host"] == "h2" and vm["provisionMode"] == "snapshot", vm
+        done = exec_on(remote_api, vm["id"], "hostname; ip -4 -o addr show dev eth0; "
+                                             "date +%s; id -u")
+        assert done.status_code == 200, done.json
+        hostname, address, clock, uid = done.json["stdout"].splitlines()
+        assert hostname == vm["name"] and uid == "1000", done.json
+        assert f"inet {vm['guestIp']}/" in address, address
+        assert abs(int(clock) - time.time()) < 30, clock
+        ran = remote_api.request("POST", f"/v1/vms/{vm['id']}/run-ts",
+                                 json={"code": "console.log(6 * 7)"})
+        assert ran.status_code == 200 and ran.json["stdout"] == "42\n", ran.json
+        assert f"{vm['name']}.restore.sav" not in rig_virsh(rig, "vol-list", "rds-vms")
+    finally:
+        remote_api.delete_vm(vm["id"])
+    assert leak_inventory.remote_inventory(rig.uri) == before
+
+
 def test_a_snapshot_of_the_rig_vm_starts_a_local_vm_that_has_its_files(rig, remote_api,
                                                                        rig_vm):
     """The rig VM's disk is copied to the manager while its guest is frozen there (a write

@@ -26,6 +26,7 @@ from app.services.auth import AuthService
 from app.services.container import Adapters, Services, build_services
 from app.services.prelude import started_mark
 from app.store.db import Store
+from app.virt import save_image
 from app.virt.metadata_xml import metadata_element, parse_metadata
 from app.virt.network_xml import DhcpHost
 
@@ -70,6 +71,9 @@ class FakeHypervisor:
         self.hang: threading.Event | None = None  # set: node_info waits for it (a hung host)
         self.version = "10.0.0"
         self.cpu_time_ns = 0  # a running domain's CPU time grows by 0.1 s per stats call
+        self.restored: list[str] = []  # the XML of each save image restored
+        self.channel_requests: list[tuple[str, str, bytes]] = []  # (uuid, channel, request)
+        self.channel_reply = "ok"  # what the guest answers on a channel
 
     def _call(self, name: str, read: bool = False) -> None:
         if not read:
@@ -181,12 +185,41 @@ class FakeHypervisor:
         self._domain(uuid)
 
     def save_domain(self, uuid: str, path: str, timeout: float) -> None:
+        """Into a volume of a pool (a remote host's seed): a save image of the domain's last
+        defined XML; elsewhere (the local host's files) not faked."""
         self._call("save_domain")
-        raise HypervisorError("saving domains is not faked")
+        volume = self._pool_volume(path)
+        if volume is None:
+            raise HypervisorError("saving domains is not faked")
+        xml = next(x for x in reversed(self.defined) if f"<uuid>{uuid}</uuid>" in x)
+        header = save_image.SaveImageHeader(version=2, data_len=len(xml) + 4096,
+                                            was_running=1, compressed=0, xml="", cookie=b"",
+                                            unused=b"\0" * 56)
+        self.volumes[volume] = save_image.encode_header(header, xml) + b"migration stream"
+        self._set_state(uuid, "shutoff")
 
     def restore_domain(self, path: str, timeout: float) -> None:
+        """From a volume of a pool (a remote host's VM): the domain its header names runs."""
         self._call("restore_domain")
-        raise HypervisorError("restoring domains is not faked")
+        volume = self._pool_volume(path)
+        if volume is None or volume not in self.volumes:
+            raise HypervisorError("restoring domains is not faked")
+        self.restored.append(save_image.parse_header(self.volumes[volume], path).xml)
+        record = parse_metadata(self.restored[-1])
+        assert record is not None and record.id in self.domains, "restored a defined domain"
+        self._set_state(record.id, "running")
+
+    def _pool_volume(self, path: str) -> tuple[str, str] | None:
+        folder, _, name = path.rpartition("/")
+        pools = [pool for pool, where in self.pool_dirs.items() if where == folder]
+        return (pools[0], name) if pools else None
+
+    def channel_exchange(self, uuid: str, channel: str, request: bytes, limit: int,
+                         budget: t.Callable[[], float], longest: float) -> str:
+        self._call(f"channel {channel}")
+        self._domain(uuid)
+        self.channel_requests.append((uuid, channel, request))
+        return self.channel_reply
 
     def set_guest_time(self, uuid: str, timeout: float) -> None:
         self._call("set_guest_time")
@@ -319,6 +352,27 @@ class FakeHypervisor:
             data = self.volumes[(pool, name)]
             write(data[:len(data) // 2])
         write(data[len(data) // 2:])
+
+    def read_volume_range(self, pool: str, name: str, offset: int, length: int,
+                          timeout: float) -> bytes:
+        self._call("read_volume_range", read=True)
+        if (pool, name) not in self.volumes:
+            raise HypervisorError(f"no volume {name!r} in storage pool {pool!r}")
+        return self.volumes[(pool, name)][offset:offset + length]
+
+    def write_volume_range(self, pool: str, name: str, offset: int, data: bytes,
+                           timeout: float) -> None:
+        self._call("write_volume_range")
+        old = self.volumes[(pool, name)]
+        self.volumes[(pool, name)] = old[:offset] + data + old[offset + len(data):]
+
+    def clone_volume(self, pool: str, source: str, source_pool: str, name: str,
+                     timeout: float) -> str:
+        self._call("clone_volume")
+        if (source_pool, source) not in self.volumes:
+            raise HypervisorError(f"no volume {source!r} in storage pool {source_pool!r}")
+        self.volumes[(pool, name)] = self.volumes[(source_pool, source)]
+        return self._volume_path(pool, name)
 
     def volume_tail(self, pool: str, name: str, max_bytes: int,
                     timeout: float) -> VolumeTail | None:

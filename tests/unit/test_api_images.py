@@ -81,7 +81,8 @@ def test_the_built_in_image_is_listed_ready_and_default(client, auth):
     default = images[0]
     assert set(default) == IMAGE_FIELDS
     assert (default["state"], default["builtIn"], default["isDefault"]) == ("READY", True, True)
-    assert default["hosts"] == [{"name": "local", "ready": True}]  # no HOSTS: this host
+    assert default["hosts"] == [{"name": "local", "ready": True,  # no HOSTS: this host
+                                 "snapshotReady": default["snapshotReady"]}]
     assert default["diskSizeMb"] == 4096 and default["base"] is None
 
 

@@ -56,7 +56,8 @@ def test_an_image_shipped_is_verified_and_ready_there(client, world, h2):
     assert h2.calls[:2] == ["ensure_storage_pool", "delete_volume"]  # the pool, the manifest
     assert readiness(client) == {"local": True, "h2": True}
     host = client.get("/v1/hosts/h2", headers=AUTH).get_json()
-    assert host["images"] == [{"id": "default", "snapshotReady": False}]
+    # Shipping made the memory snapshot there too (tests/unit/test_remote_seeds.py).
+    assert host["images"] == [{"id": "default", "snapshotReady": True}]
 
 
 def test_a_new_local_build_is_not_ready_there_until_shipped_again(client, world, h2):

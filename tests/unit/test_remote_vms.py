@@ -24,7 +24,8 @@ ON_H2 = {"cpu": 1, "memMb": 256, "placement": {"host": "h2"}}
 
 @pytest.fixture
 def world_settings():
-    return {**remote_hosts.hosts_settings(H2), "STOP_TIMEOUT_S": "0.5"}
+    # No memory snapshot on h2: its VMs boot (restores: tests/unit/test_remote_seeds.py).
+    return {**remote_hosts.hosts_settings(H2), "STOP_TIMEOUT_S": "0.5", "SNAPSHOT_SHAPES": ""}
 
 
 @pytest.fixture
@@ -423,7 +424,8 @@ def test_a_remote_vms_filter_keeps_the_managers_and_the_hosts_addresses_out(clie
 
 
 @pytest.mark.parametrize("world_settings", [{**remote_hosts.hosts_settings(
-    {**H2, "hostAddresses": ["192.0.2.0/24", "198.51.100.7"]}), "STOP_TIMEOUT_S": "0.5"}])
+    {**H2, "hostAddresses": ["192.0.2.0/24", "198.51.100.7"]}), "STOP_TIMEOUT_S": "0.5",
+    "SNAPSHOT_SHAPES": ""}])
 def test_a_remote_vms_filter_keeps_the_hosts_listed_addresses_out(client, world, h2,
                                                                   monkeypatch):
     """hostAddresses (the host's other addresses, which libvirt cannot tell) join this
