@@ -241,6 +241,41 @@ def test_a_snapshot_of_the_rig_vm_starts_a_local_vm_that_has_its_files(rig, remo
         marker + "\n"  # the rig VM runs on, untouched
 
 
+def test_a_snapshot_of_a_restored_rig_vm_takes_its_memory_snapshots_disk_in(rig,
+                                                                           remote_api):
+    """A VM restored from the rig's memory snapshot has its disk on that snapshot's disk
+    there: the snapshot copies both and rebases the VM's overlay onto the local image in
+    qemu-img's safe mode; the local VM made from it reads the file back."""
+    vm = remote_api.create_vm({"cpu": 1, "memMb": 256, "placement": {"host": "h2"}})
+    snapshot = None
+    try:
+        assert vm["provisionMode"] == "snapshot", vm
+        marker = f"restored on the rig {time.monotonic()}"
+        assert exec_on(remote_api, vm["id"], f"echo '{marker}' > /workspace/seeded.txt"
+                       ).status_code == 200
+        taken = remote_api.request("POST", f"/v1/vms/{vm['id']}/snapshots")
+        assert taken.status_code == 201, taken.json
+        snapshot = taken.json
+        settings = remote_api.app.extensions["rds"].settings
+        folder = settings.snapshots_dir / snapshot["id"]
+        info = json.loads(subprocess.run(
+            ["qemu-img", "info", "--output=json", "-U", str(folder / "disk.qcow2")],
+            capture_output=True, text=True, timeout=60, check=True).stdout)
+        assert info["full-backing-filename"] == json.loads(
+            (folder / "snapshot.json").read_text())["imagePath"]
+        assert not list(folder.parent.rglob(".rds-seed-*"))  # the copy of its disk is gone
+        local = remote_api.create_vm({"cpu": 1, "memMb": 256, "snapshotId": snapshot["id"]})
+        try:
+            read = exec_on(remote_api, local["id"], "cat /workspace/seeded.txt")
+            assert read.status_code == 200 and read.json["stdout"] == marker + "\n", read.json
+        finally:
+            remote_api.delete_vm(local["id"])
+    finally:
+        if snapshot is not None:
+            remote_api.request("DELETE", f"/v1/snapshots/{snapshot['id']}")
+        remote_api.delete_vm(vm["id"])
+
+
 def test_keepalive_and_the_console_log_of_the_rig_vm(rig, remote_api, rig_vm):
     """Keepalive renews the expiry in its record there (read back through the API and in its
     domain XML on the rig); its console log, a volume of the rig's ``rds-vms`` pool read
