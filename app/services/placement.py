@@ -2,7 +2,8 @@
 
 - ``local`` (the default): the local host, as without ``HOSTS``;
 - ``spread``: among the hosts with room, the least full one (its VMs against its ``maxVms``),
-  then the one with more free memory, then the first (local, then ``HOSTS`` in order);
+  then one with a memory snapshot for the VM (a restore instead of a boot), then the one
+  with more free memory, then the first (local, then ``HOSTS`` in order);
 - ``pack``: the first host with room (local, then ``HOSTS`` in order): fill one host before
   the next.
 
@@ -32,15 +33,21 @@ class Room:
     max_vms: int = 1
     free_memory_mb: int = 0
     reason: str | None = None
+    snapshot_ready: bool = False  # a memory snapshot of the VM's image and shape is there
 
 
 def room(name: str, spec: VmSpec, node: NodeInfo | None, records: t.Iterable[VmRecord],
-         max_vms: int, image_ready: bool, down: str | None = None) -> Room:
-    """A host's room for ``spec``, from what its libvirt answered (``node`` None: ``down``)."""
+         max_vms: int, image_ready: bool, down: str | None = None,
+         snapshot_ready: bool = False) -> Room:
+    """A host's room for ``spec``, from what its libvirt answered (``node`` None: ``down``).
+
+    :param snapshot_ready: the VM would be restored there from a memory snapshot.
+    """
     if node is None:
         return Room(name, reason=f"DOWN ({down})")
     held = sum(1 for record in records if record.phase is not VmPhase.DELETING)
-    found = Room(name, vms=held, max_vms=max_vms, free_memory_mb=node.free_memory_mb)
+    found = Room(name, vms=held, max_vms=max_vms, free_memory_mb=node.free_memory_mb,
+                 snapshot_ready=snapshot_ready)
     if not image_ready:
         return dataclasses.replace(found, reason="the image is not ready there")
     if held >= max_vms:
@@ -65,4 +72,5 @@ def choose(policy: str, spec: VmSpec, rooms: list[Room]) -> str:
     if policy == "pack":
         return fits[0][1].name
     return min(fits, key=lambda item: (item[1].vms / item[1].max_vms,
+                                       not item[1].snapshot_ready,
                                        -item[1].free_memory_mb, item[0]))[1].name

@@ -328,7 +328,16 @@ class Provisioner:
         except AppError as exc:
             return room(LOCAL_HOST, spec, None, (), self.settings.max_vms, True, exc.message)
         return room(LOCAL_HOST, spec, node, [record for record in records if record],
-                    self.settings.max_vms, True)
+                    self.settings.max_vms, True, snapshot_ready=self._has_seed(spec))
+
+    def _has_seed(self, spec: VmSpec) -> bool:
+        """Whether a create of ``spec`` here would restore a memory snapshot."""
+        if spec.provision_mode is ProvisionMode.BOOT:
+            return False
+        template = self.templates.get(spec.image_id)
+        build = self.templates.current_build(template)
+        return self.seeds.find(template, build, spec.cpu, spec.mem_mb, spec.disk_size_mb or
+                               default_disk_size_mb(template, build)) is not None
 
     def _snapshot_store(self) -> SnapshotStore:
         if self.snapshots is None:

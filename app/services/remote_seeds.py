@@ -119,11 +119,20 @@ class RemoteSeeds:
         """Whether the host (as probed, with its images) has a seed of every
         ``SNAPSHOT_SHAPES`` shape of the image's build."""
         shapes = self.settings.snapshot_shape_list
-        if not shapes or probe.node is None or probe.seeds is None:
+        return bool(shapes) and all(self.ready_for(probe, template, build, cpu, mem)
+                                    for cpu, mem in shapes)
+
+    def ready_for(self, probe: Probe, template: Template, build: ImageBuild, cpu: int,
+                  mem_mb: int, disk_size_mb: int | None = None) -> bool:
+        """Whether the host (as probed, with its images) has a seed for a VM of this build
+        and shape (``disk_size_mb`` None: the image's default, the only size seeds have)."""
+        if probe.node is None or probe.seeds is None:
             return False
         size = default_disk_size_mb(template, build)
-        return all(self.key(probe.node.hypervisor_version, template, build, cpu, mem, size)
-                   in probe.seeds for cpu, mem in shapes)
+        if disk_size_mb not in (None, size):
+            return False
+        return self.key(probe.node.hypervisor_version, template, build, cpu, mem_mb,
+                        size) in probe.seeds
 
     def find(self, host: RemoteHost, hypervisor: Hypervisor, template: Template,
              build: ImageBuild, cpu: int, mem_mb: int, disk_size_mb: int) -> RemoteSeed | None:

@@ -152,14 +152,18 @@ class RemoteVms:
         """
         probes = self.registry.probe(with_images=True)
         build = build_of(self.settings, self.templates, image_id)
+        template = self.templates.get(image_id)
         rooms = [local]
         for host in self.registry.hosts:
             probe = probes[host.name]
+            shipped = build is not None and (probe.images or {}).get(image_id) == build
             rooms.append(room(host.name, spec, probe.node,
                               [record for record, _info in probe.records],
-                              host.max_vms or self.settings.max_vms,
-                              build is not None and (probe.images or {}).get(image_id) == build,
-                              probe.reason))
+                              host.max_vms or self.settings.max_vms, shipped, probe.reason,
+                              shipped and spec.provision_mode is not ProvisionMode.BOOT and
+                              self.seeds.ready_for(probe, template,
+                                                   self.templates.current_build(template),
+                                                   spec.cpu, spec.mem_mb, spec.disk_size_mb)))
         return choose(policy, spec, rooms)
 
     # Changes ###############################################################################

@@ -5,11 +5,14 @@ whose header names the VM, the identity through libvirt's channel), a failed res
 to a boot leaving nothing of the attempt, and outdated ones are pruned unless a VM uses them."""
 from __future__ import annotations
 
+import dataclasses
 import xml.etree.ElementTree as ET
 
 import pytest
 
 from app.errors import GuestUnreachable, HypervisorError
+from app.models import VmSpec
+from app.services.placement import Room, choose
 from app.services.remote_seeds import saved_seeds, seed_name
 from app.virt import save_image
 from app.virt.domain_xml import IDENTITY_CHANNEL
@@ -211,3 +214,26 @@ def test_a_restored_vm_whose_snapshot_disk_is_not_on_the_image_is_refused(client
     assert "not an overlay of its image's volume" in answer.get_json()["message"]
     assert not list(world.settings.snapshots_dir.glob("*/disk.qcow2"))
     assert not list(world.settings.snapshots_dir.rglob(f".{seed_name(key)}.qcow2"))
+
+
+def test_spread_prefers_the_host_with_a_snapshot_among_equally_full_ones():
+    spec = VmSpec(cpu=1, mem_mb=256)
+    local, h2 = Room("local", 1, 10, 9000), Room("h2", 1, 10, 1000, snapshot_ready=True)
+    assert choose("spread", spec, [local, h2]) == "h2"
+    assert choose("spread", spec, [local, dataclasses.replace(h2, vms=2)]) == "local"
+    assert choose("pack", spec, [local, h2]) == "local"  # pack fills in order
+
+
+@pytest.mark.parametrize("world_settings", [{**remote_hosts.hosts_settings(remote_hosts.H2),
+                                             "PLACEMENT": "spread"}])
+def test_a_spread_create_goes_where_it_is_restored(client, h2):
+    """Both hosts empty and alike; only h2 has the memory snapshot (this host's are not made
+    over the fakes): the create goes there and is restored; asked to boot, it stays here."""
+    ship(client)
+    booted = client.post("/v1/vms", json={"cpu": 1, "memMb": 256, "provisionMode": "boot"},
+                         headers=AUTH)
+    assert booted.status_code == 201 and booted.get_json()["host"] == "local"
+    assert client.delete(f"/v1/vms/{booted.get_json()['id']}", headers=AUTH).status_code == 204
+    answer = client.post("/v1/vms", json={"cpu": 1, "memMb": 256}, headers=AUTH)
+    assert answer.status_code == 201, answer.text
+    assert (answer.get_json()["host"], answer.get_json()["provisionMode"]) == ("h2", "snapshot")
