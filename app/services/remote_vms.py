@@ -33,7 +33,8 @@ reservation there holds;
 the reservation, a DHCP host entry of the host's network that libvirt adds atomically, makes
 it (and the VM's name) safe with several managers at once (:mod:`app.services.remote_addresses`).
 This manager's lock (``STORAGE_ROOT/hosts/<host>.alloc.lock``) still makes its own processes
-create there one at a time, which keeps the host's ``maxVms`` exact among them.
+create there one at a time; the host's ``maxVms`` counts the reservations too, so it holds
+across managers (two racing for the last place may both back off, never both make it).
 """
 from __future__ import annotations
 
@@ -353,6 +354,14 @@ class RemoteVms:
                                           {info.name for _record, info in domains})
             cleanup.add("address reservation", self.addresses.release, host, hypervisor,
                         held.entry)
+            # Another manager's create holds its reservation before its domain exists: counted
+            # with this one's, maxVms holds across managers (two racing for the last place
+            # both back off, 429; never one too many).
+            going = {other.name for other in others if other.phase is VmPhase.DELETING}
+            held_now = {entry.name for entry in hypervisor.dhcp_hosts(host.network_name)}
+            if len((held_now | {other.name for other in others}) - going) > limit:
+                raise QuotaExceeded(f"VM quota of host {host.name} reached ({limit} VMs, "
+                                    f"with creates of other managers under way)")
             vm_id, name = held.vm_id, held.name
             record = VmRecord(
                 id=vm_id, name=name, cpu=spec.cpu, mem_mb=spec.mem_mb, guest_ip=str(held.address),

@@ -13,6 +13,7 @@ import pytest
 from app import create_app
 from app.errors import HypervisorError
 from app.virt.metadata_xml import parse_metadata
+from app.virt.network_xml import DhcpHost
 from app.virt.nwfilter_xml import build_remote_filter_xml
 from tests.unit import remote_hosts
 from tests.unit.fakes import API_KEY, World
@@ -221,6 +222,23 @@ def test_the_host_quota_is_its_max_vms(client, h2):
         assert create(client).status_code == 201
     answer = create(client)
     assert answer.status_code == 429 and "host h2" in answer.get_json()["message"]
+
+
+def test_the_host_quota_counts_other_managers_creates_under_way(client, h2):
+    """One VM of h2's two there; another manager reserves an address for its create just
+    before this one's: this create backs off (429) and leaves nothing, the other's entry
+    stays; once that one is gone, the place is free again."""
+    assert create(client).status_code == 201
+    other = DhcpHost(mac="52:54:00:10:01:63", name="rds-0th3rmgr", ip="172.16.1.99")
+    h2.before_add_dhcp_host.append(lambda: h2.dhcp["rds-net-h2"].append(other))
+    domains = set(h2.domains)
+    answer = create(client)
+    assert answer.status_code == 429, answer.text
+    assert "other managers" in answer.get_json()["message"]
+    assert set(h2.domains) == domains and other in h2.dhcp["rds-net-h2"]
+    assert len(h2.dhcp["rds-net-h2"]) == 2  # the VM's and the other manager's
+    h2.dhcp["rds-net-h2"].remove(other)
+    assert create(client).status_code == 201
 
 
 def test_a_vm_of_a_host_that_does_not_answer_is_503_and_local_vms_work(client, world, h2):
