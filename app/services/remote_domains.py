@@ -1,17 +1,70 @@
 """What a domain on a remote host (issue 17) is made of there, shared by its VMs
 (:mod:`app.services.remote_vms`) and its memory snapshots (:mod:`app.services.remote_seeds`):
-the shipped image's volumes it boots from, and the host-side facts of its domain XML, every
-file a volume of that host's pools (a real second host shares no file system with the
-manager)."""
+the host's VM pool and guest network, the shipped image's volumes it boots from, the
+host-side facts of its domain XML (every file a volume of that host's pools: a real second
+host shares no file system with the manager), a VM's filter there, and its removal."""
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import posixpath
+import typing as t
+import urllib.parse
 
+from app.config import Settings
 from app.config.hosts import RemoteHost
-from app.errors import ImageStateConflict
+from app.errors import ImageStateConflict, VmNotFound
 from app.models import VmRecord
 from app.services.vm_files import AUTHORIZED_KEYS, HOST_KEY
 from app.virt.domain_xml import BootFiles, DomainParams, kernel_cmdline, port_name
+from app.virt.network_xml import build_network_xml
+from app.virt.nwfilter_xml import build_remote_filter_xml
+from app.virt.pool_xml import build_pool_xml
+
+if t.TYPE_CHECKING:
+    from app.virt.connection import Hypervisor
+
+VMS_POOL = "rds-vms"  # a remote host's VM volumes
+
+
+def ensure_host(host: RemoteHost, hypervisor: Hypervisor) -> None:
+    """The host's VM pool and its guests' routed network (defined, started, autostarted
+    once; checked at each create)."""
+    hypervisor.ensure_storage_pool(VMS_POOL, build_pool_xml(VMS_POOL, host.vms_dir),
+                                   build=True)
+    hypervisor.ensure_network(host.network_name,
+                              build_network_xml(host.network_name, host.bridge,
+                                                host.guest_cidr, "route"),
+                              bridge_present=lambda: True, remove_stale_bridge=_nothing)
+
+
+def _nothing() -> None:
+    """A remote host's bridge is its libvirt's business."""
+
+
+def filter_xml(settings: Settings, record: VmRecord, host: RemoteHost,
+               own_addresses: list[str]) -> str:
+    """The VM's filter there: its policy, and the addresses its guest never reaches through a
+    wide range: this manager's own (``own_addresses``, ``a.b.c.d/32``, read now), the host's
+    as its URI names it (an IP literal; a DNS name is not resolved here, a lookup has no
+    timeout) and the host's ``hostAddresses`` (libvirt cannot tell a host's addresses: the
+    operator lists them, docs/multihost.md)."""
+    hosts = {ipaddress.IPv4Network(address.split("/")[0]) for address in own_addresses}
+    with contextlib.suppress(ValueError):  # a DNS name
+        hosts.add(ipaddress.IPv4Network(urllib.parse.urlsplit(host.uri).hostname or ""))
+    hosts.update(ipaddress.IPv4Network(network) for network in host.host_addresses)
+    return build_remote_filter_xml(record.name, record.id, host.guest_cidr,
+                                   record.allow_ips, record.outbound_internet,
+                                   settings.egress_never_list,
+                                   tuple(str(network) for network in sorted(hosts)))
+
+
+def remove_domain(hypervisor: Hypervisor, vm_id: str) -> None:
+    """Power the domain off and undefine it (either already done is fine)."""
+    with contextlib.suppress(VmNotFound):
+        hypervisor.destroy_domain(vm_id)
+    with contextlib.suppress(VmNotFound):
+        hypervisor.undefine_domain(vm_id)
 
 BOOT_SUFFIXES = ("qcow2", "vmlinuz", "initrd.img")
 

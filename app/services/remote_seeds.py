@@ -33,13 +33,14 @@ from pathlib import Path
 from app.clock import now_iso
 from app.config import Settings
 from app.config.hosts import RemoteHost
-from app.errors import AppError, HypervisorError, ImageStateConflict, VmNotFound
+from app.errors import AppError, HypervisorError, ImageStateConflict
 from app.models import NAME_PREFIX, ProvisionMode, VmRecord, VmRole
 from app.services.guests import ManagerKey
 from app.services.locks import host_lock
 from app.services.provisioner import (AGENT_TIMEOUT_S, IDENTITY_TIMEOUT_MAX_S,
                                       RESTORE_TIMEOUT_S, identity_timeout)
-from app.services.remote_domains import boot_volumes, domain_params
+from app.services.remote_domains import (VMS_POOL, boot_volumes, domain_params,
+                                         remove_domain)
 from app.services.seed_builder import wait_idle
 from app.services.seeds import SeedStore, seed_mac
 from app.services.teardown import Cleanup
@@ -60,7 +61,6 @@ log = logging.getLogger(__name__)
 MARKER = ".seed.json"
 SAVED = (".qcow2", ".sav", MARKER)  # a seed's volumes once it is complete
 BUILDING = (f".{HOST_KEY}", f".{AUTHORIZED_KEYS}", ".console.log")  # removed once saved
-VMS_POOL = "rds-vms"  # a remote host's VM volumes (app.services.remote_vms)
 RESTORE_SUFFIX = ".restore.sav"  # a VM's copy of its seed's save image while it restores
 
 
@@ -283,7 +283,7 @@ class RemoteSeeds:
                 f"{name}.qcow2", disk_size_mb, record.image_path))
             cleanup.add("filter", hypervisor.undefine_filter, name)
             hypervisor.define_filter(build_sealed_filter_xml(name, record.id))
-            cleanup.add("domain", _remove_domain, hypervisor, record.id)
+            cleanup.add("domain", remove_domain, hypervisor, record.id)
             hypervisor.define_domain(build_domain_xml(
                 template.domain_xml, record,
                 domain_params(host, record, disk, boot, self.domain_type,
@@ -295,7 +295,7 @@ class RemoteSeeds:
             hypervisor.refresh_storage_pool(POOL_NAME)
             seed = RemoteSeed(key, host.name, disk)
             self.header(hypervisor, seed)  # fail here, not in every restore
-            _remove_domain(hypervisor, record.id)
+            remove_domain(hypervisor, record.id)
             hypervisor.undefine_filter(name)
             self._remove_volumes(hypervisor, name, BUILDING)
             marker = json.dumps({"key": key, "image": template.id, "cpu": cpu,
@@ -313,7 +313,7 @@ class RemoteSeeds:
         for info in hypervisor.list_domains():
             if info.name == name:
                 log.warning("removing stale domain %s", name)
-                _remove_domain(hypervisor, info.uuid)
+                remove_domain(hypervisor, info.uuid)
                 hypervisor.undefine_filter(name)
 
     @staticmethod
@@ -333,11 +333,4 @@ def _reader(data: bytes) -> t.Callable[[], t.Callable[[int], bytes]]:
             return chunk
         return read
     return source
-
-
-def _remove_domain(hypervisor: Hypervisor, vm_id: str) -> None:
-    with contextlib.suppress(VmNotFound):
-        hypervisor.destroy_domain(vm_id)
-    with contextlib.suppress(VmNotFound):
-        hypervisor.undefine_domain(vm_id)
 

@@ -41,12 +41,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import ipaddress
 import logging
 import posixpath
 import time
 import typing as t
-import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -65,11 +63,12 @@ from app.services.ownership import check_quota
 from app.services.placement import Room, choose, room
 from app.services.records import VmRecords, to_vm
 from app.services.remote_addresses import RemoteAddresses
-from app.services.remote_domains import boot_volumes, domain_params
+from app.services.remote_domains import (VMS_POOL, boot_volumes, domain_params,
+                                         ensure_host, filter_xml, remove_domain)
 from app.services.remote_lifecycle import RemoteLifecycle
 from app.services.remote_vm_locks import RemoteVmLocks
 from app.services.remote_lookup import Found, RemoteLookup
-from app.services.remote_seeds import RESTORE_SUFFIX, VMS_POOL, RemoteSeed, RemoteSeeds
+from app.services.remote_seeds import RESTORE_SUFFIX, RemoteSeed, RemoteSeeds
 from app.services.seeds import SeedStore
 from app.services.teardown import Cleanup
 from app.services.templates import TemplateCatalog
@@ -77,9 +76,8 @@ from app.services.vm_files import AUTHORIZED_KEYS, HOST_KEY
 from app.sshkeys import generate_keypair
 from app.virt.ipsets import host_addresses
 from app.virt.domain_xml import build_domain_xml
-from app.virt.network_xml import DhcpHost, build_network_xml
-from app.virt.nwfilter_xml import build_remote_filter_xml
-from app.virt.pool_xml import POOL_NAME, build_overlay_volume_xml, build_pool_xml
+from app.virt.network_xml import DhcpHost
+from app.virt.pool_xml import POOL_NAME, build_overlay_volume_xml
 
 if t.TYPE_CHECKING:
     from app.services.host_registry import HostRegistry, Probe
@@ -110,10 +108,10 @@ class RemoteVms:
         self.lookup = RemoteLookup(registry)
         self.addresses = RemoteAddresses()
         self.locks = RemoteVmLocks(Path(settings.storage_root) / "hosts")
-        self.lifecycle = RemoteLifecycle(settings, self.lookup, guests, self._ensure_host,
+        self.lifecycle = RemoteLifecycle(settings, self.lookup, guests, ensure_host,
                                          self.locked)
         self.seeds = RemoteSeeds(settings, registry, templates, seed_keys, manager_key,
-                                 domain_type, self._ensure_host)
+                                 domain_type, ensure_host)
 
     def host(self, name: str) -> RemoteHost:
         """:raises InvalidRequest: not a ``HOSTS`` name."""
@@ -190,7 +188,7 @@ class RemoteVms:
                 f"image {image_id!r} is not ready on host {host.name} (its current build is "
                 f"not shipped there): PUT /v1/hosts/{host.name}/images/{image_id}")
         hypervisor = self.registry.hypervisor(host.name)
-        self._ensure_host(host, hypervisor)
+        ensure_host(host, hypervisor)
         seed = None
         if plan.spec.provision_mode is not ProvisionMode.BOOT:
             seed = self.seeds.find(host, hypervisor, plan.template, plan.build, plan.spec.cpu,
@@ -316,16 +314,6 @@ class RemoteVms:
         """Held by this manager's processes while they allocate on that host."""
         return Path(self.settings.storage_root) / "hosts" / f"{host_name}.alloc.lock"
 
-    def _ensure_host(self, host: RemoteHost, hypervisor: Hypervisor) -> None:
-        """The host's VM pool and its guests' routed network (defined, started, autostarted
-        once; checked at each create)."""
-        hypervisor.ensure_storage_pool(VMS_POOL, build_pool_xml(VMS_POOL, host.vms_dir),
-                                       build=True)
-        hypervisor.ensure_network(host.network_name,
-                                  build_network_xml(host.network_name, host.bridge,
-                                                    host.guest_cidr, "route"),
-                                  bridge_present=lambda: True, remove_stale_bridge=_nothing)
-
     def _provision(self, plan: CreatePlan, host: RemoteHost, hypervisor: Hypervisor,
                    seed: RemoteSeed | None,
                    cleanup: Cleanup) -> tuple[VmRecord, str, bytes, int]:
@@ -387,26 +375,13 @@ class RemoteVms:
             xml = build_domain_xml(base_xml, record, domain_params(
                 host, record, disk, boot, self.domain_type, template.kernel_cmdline,
                 host.vms_dir, genid=str(uuid.uuid4()) if seed else ""))
-            cleanup.add("domain", self._remove_domain, hypervisor, vm_id)
+            cleanup.add("domain", remove_domain, hypervisor, vm_id)
             hypervisor.define_domain(xml)
             self.addresses.confirm(host, hypervisor, held.entry)
         return record, xml, host_key.private_openssh.encode(), creating
 
     def _filter_xml(self, record: VmRecord, host: RemoteHost) -> str:
-        """The VM's filter there: its policy, and the addresses its guest never reaches
-        through a wide range: this manager's own (read now), the host's as its URI names it
-        (an IP literal; a DNS name is not resolved here, a lookup has no timeout) and the
-        host's ``hostAddresses`` (libvirt cannot tell a host's addresses: the operator lists
-        them, docs/multihost.md)."""
-        hosts = {ipaddress.IPv4Network(address.split("/")[0])
-                 for address in self.own_addresses()}
-        with contextlib.suppress(ValueError):  # a DNS name
-            hosts.add(ipaddress.IPv4Network(urllib.parse.urlsplit(host.uri).hostname or ""))
-        hosts.update(ipaddress.IPv4Network(network) for network in host.host_addresses)
-        return build_remote_filter_xml(record.name, record.id, host.guest_cidr,
-                                       record.allow_ips, record.outbound_internet,
-                                       self.settings.egress_never_list,
-                                       tuple(str(network) for network in sorted(hosts)))
+        return filter_xml(self.settings, record, host, self.own_addresses())
 
     @staticmethod
     def _remove_volumes(hypervisor: Hypervisor, name: str) -> None:
@@ -416,19 +391,9 @@ class RemoteVms:
         for volume in [f"{name}.{suffix}" for suffix in VOLUME_SUFFIXES] + rotated:
             hypervisor.delete_volume(VMS_POOL, volume)
 
-    @staticmethod
-    def _remove_domain(hypervisor: Hypervisor, vm_id: str) -> None:
-        with contextlib.suppress(VmNotFound):
-            hypervisor.destroy_domain(vm_id)
-        with contextlib.suppress(VmNotFound):
-            hypervisor.undefine_domain(vm_id)
-
 
 def _to_reap(record: VmRecord) -> bool:
     """A caller's VM whose delete did not finish, or whose ``expiresAt`` passed."""
     return record.role is VmRole.SANDBOX and (record.phase is VmPhase.DELETING or
                                               is_expired(record))
 
-
-def _nothing() -> None:
-    """A remote host's bridge is its libvirt's business."""
