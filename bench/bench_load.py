@@ -12,7 +12,11 @@
    (one open connection per VM, the VM's pinned host key and the manager's key, as
    bench_commands.py does), in alternating windows on the same VMs: API ≥ 0.9× raw. The
    order turns every round (raw api, api raw, raw api, ...): a machine that slows down or
-   speeds up through the comparison does not favour the side that always goes first.
+   speeds up through the comparison does not favour the side that always goes first. Many
+   short windows (6 rounds of 12 s, each after 3 s not counted while the threads' first calls
+   settle) rather than a few long ones: this host's speed moves from one half-minute to the
+   next, and a pair of windows close together sees the same machine. Each window says how
+   much CPU the hypervisor under this machine stole meanwhile.
 3. Burst create: ``--burst`` (20) POST /v1/vms at once (warm pool off, memory snapshot): all
    must answer 201 from the snapshot; time to the last 201 and creates/s. A 429 with
    Retry-After (the worker the connection landed on runs its maximum of long calls) is retried
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -46,6 +51,7 @@ from bench.bench_create import plain_libvirt_nic
 from bench.common import live_server_services, machine, raw_client, raw_run
 
 KEY = "bench-load-key"
+CORES = os.cpu_count() or 1
 HEALTHZ_P99_S = 0.200
 MIN_RATIO = 0.9
 
@@ -61,8 +67,19 @@ def window_order(rounds: int) -> list[str]:
             for name in (("raw", "api") if turn % 2 == 0 else ("api", "raw"))]
 
 
+def steal_s() -> float:
+    """CPU time the hypervisor under this machine gave to others (``steal`` in /proc/stat),
+    all cores; 0.0 where the kernel does not count it."""
+    fields = pathlib.Path("/proc/stat").read_text().split("\n")[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
 def exec_compare(services, base: str, vms: list[dict], concurrency: int, seconds: float,
-                 rounds: int) -> dict:
+                 rounds: int, settle: float = 0.0) -> dict:
+    """The exec comparison: ``rounds`` pairs of windows (:func:`window_order`), each counted
+    for ``seconds`` after ``settle`` (:func:`bench.loadgen.throughput`). Each window also
+    records the share of the machine's CPU its hypervisor stole meanwhile: a neighbour that
+    comes and goes shows there."""
     raws = [raw_client(services, vm) for vm in vms]
     apis = [loadgen.client(base, KEY) for _ in range(concurrency)]
 
@@ -79,12 +96,17 @@ def exec_compare(services, base: str, vms: list[dict], concurrency: int, seconds
     try:
         calls = {"raw": raw_call, "api": api_call}
         for name in window_order(rounds):
-            done, latencies, errors = loadgen.throughput(calls[name], concurrency, seconds)
+            stolen, started = steal_s(), time.monotonic()
+            done, latencies, errors = loadgen.throughput(calls[name], concurrency, seconds,
+                                                         settle)
+            steal = (steal_s() - stolen) / ((time.monotonic() - started) * CORES)
             out[name]["done"] += done
             out[name]["lat"] += latencies
             out[name]["errors"] += errors
-            out.setdefault("windows", []).append([name, round(done / seconds, 2)])
-            print(f"  exec x{concurrency} {name}: {done / seconds:.1f}/s", flush=True)
+            out.setdefault("windows", []).append([name, round(done / seconds, 2),
+                                                  round(steal, 3)])
+            print(f"  exec x{concurrency} {name}: {done / seconds:.1f}/s (steal "
+                  f"{100 * steal:.0f} %)", flush=True)
     finally:
         for raw in raws:
             raw.close()
@@ -147,8 +169,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=30.0)
     parser.add_argument("--vms", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--compare-seconds", type=float, default=20.0)
-    parser.add_argument("--compare-rounds", type=int, default=3)
+    parser.add_argument("--compare-seconds", type=float, default=12.0,
+                        help="exec comparison: seconds counted per window")
+    parser.add_argument("--compare-settle", type=float, default=3.0,
+                        help="exec comparison: seconds of each window not counted first")
+    parser.add_argument("--compare-rounds", type=int, default=6)
     parser.add_argument("--burst", type=int, default=20)
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
@@ -179,7 +204,8 @@ def main() -> None:
                 after = loadgen.sample_workers(server.pid)
                 print(f"after:  {loadgen.describe(after)}", flush=True)
                 compare = exec_compare(services, base, vms, args.concurrency,
-                                       args.compare_seconds, args.compare_rounds)
+                                       args.compare_seconds, args.compare_rounds,
+                                       args.compare_settle)
             errors = warm.errors + load.errors
             failures += errors[:20]
             growth = loadgen.growth_problems(before, after)
@@ -263,6 +289,9 @@ def print_report(report: dict, failures: list[str]) -> None:
               f"(p50 {ms(compare['api']['p50'])}, p99 {ms(compare['api']['p99'])}), raw "
               f"{compare['raw']['per_s']:.1f}/s (p50 {ms(compare['raw']['p50'])}, p99 "
               f"{ms(compare['raw']['p99'])}): API/raw {compare['ratio']:.2f}x")
+        print("windows (per second, steal): " + ", ".join(
+            f"{name} {rate:.1f} ({100 * steal:.0f} %)" for name, rate, steal
+            in compare["windows"]))
     burst = report.get("burst")
     if burst:
         print(f"\nburst: {burst['ok']}/{burst['n']} created; first 201 after "

@@ -482,17 +482,24 @@ class HealthProbe:
 
 # Throughput of one operation at a fixed concurrency ######################################
 
-def throughput(call: t.Callable[[int], None], concurrency: int, seconds: float
-               ) -> tuple[int, list[float], list[str]]:
-    """``concurrency`` threads calling ``call(thread_index)`` for ``seconds``; returns the
-    calls completed within the window, their latencies and the errors."""
+def throughput(call: t.Callable[[int], None], concurrency: int, seconds: float,
+               settle: float = 0.0) -> tuple[int, list[float], list[str]]:
+    """``concurrency`` threads calling ``call(thread_index)`` for ``settle`` + ``seconds``;
+    returns the calls completed within the last ``seconds``, their latencies and the errors.
+
+    :param settle: seconds of calls not counted first: threads that all start at once finish
+        their first calls together, and a window counted from that start holds about half a
+        call per thread less than the steady rate (more so for the side whose calls take
+        longer). Counted after a settle of a few calls' time, the rate is the steady one.
+    """
     recorder = Recorder()
     barrier = threading.Barrier(concurrency)
     window: dict[str, float] = {}
 
     def loop(index: int) -> None:
         barrier.wait()
-        window.setdefault("end", time.monotonic() + seconds)
+        window.setdefault("start", time.monotonic() + settle)
+        window.setdefault("end", window["start"] + seconds)
         while time.monotonic() < window["end"]:
             started = time.monotonic()
             try:
@@ -500,7 +507,7 @@ def throughput(call: t.Callable[[int], None], concurrency: int, seconds: float
             except Exception as exc:  # noqa: BLE001 - every failure is counted
                 recorder.error("call", f"{type(exc).__name__}: {exc}"[:300])
                 continue
-            if time.monotonic() <= window["end"]:
+            if window["start"] <= time.monotonic() <= window["end"]:
                 recorder.ok("call", time.monotonic() - started)
 
     threads = [threading.Thread(target=loop, args=(i,), daemon=True)
@@ -508,7 +515,7 @@ def throughput(call: t.Callable[[int], None], concurrency: int, seconds: float
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=seconds + HTTP_TIMEOUT_S + 30)
+        thread.join(timeout=settle + seconds + HTTP_TIMEOUT_S + 30)
     done = recorder.latencies.get("call", [])
     return len(done), done, recorder.errors
 

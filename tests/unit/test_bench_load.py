@@ -1,6 +1,8 @@
 """bench/bench_load.py's exec comparison order: the side that goes first turns every round."""
 from __future__ import annotations
 
+import time
+
 from bench.bench_load import window_order
 
 
@@ -29,8 +31,26 @@ def test_the_comparison_adds_up_each_side_over_its_windows(monkeypatch):
     monkeypatch.setattr(bench_load, "raw_client", lambda _services, _vm: Closing())
     monkeypatch.setattr(bench_load.loadgen, "client", lambda _base, _key: Closing())
     monkeypatch.setattr(bench_load.loadgen, "throughput",
-                        lambda _call, _concurrency, seconds: (next(rates) * seconds, [0.1], []))
+                        lambda _call, _concurrency, seconds, _settle: (next(rates) * seconds,
+                                                                       [0.1], []))
+    stolen = iter([0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 2.0, 2.0])  # before/after per window
+    monkeypatch.setattr(bench_load, "steal_s", lambda: next(stolen))
     out = bench_load.exec_compare(None, "http://x", [{"id": "a"}], 2, 10.0, 2)
     assert out["raw"]["per_s"] == 10.5 and out["api"]["per_s"] == 8.5
     assert out["ratio"] == 8.5 / 10.5
-    assert out["windows"] == [["raw", 10.0], ["api", 8.0], ["api", 9.0], ["raw", 11.0]]
+    assert [window[:2] for window in out["windows"]] == [["raw", 10.0], ["api", 8.0],
+                                                         ["api", 9.0], ["raw", 11.0]]
+    steals = [window[2] for window in out["windows"]]
+    assert steals[0] == steals[1] == steals[3] == 0.0 and steals[2] > 0
+
+
+def test_calls_that_finish_while_the_window_settles_are_not_counted():
+    from bench import loadgen
+
+    def call(_index: int) -> None:
+        time.sleep(0.05)
+    done, latencies, errors = loadgen.throughput(call, 2, 0.4, settle=0.3)
+    assert not errors
+    # 2 threads x 0.4 s / 0.05 s = 16 in the counted part; the 12 of the settle are not.
+    assert 12 <= done <= 18, done
+    assert all(latency >= 0.05 for latency in latencies)
