@@ -6,8 +6,10 @@
 A live server (gunicorn, as `make run` serves it) and 4 VMs; ``--concurrency`` (16) threads
 run `true` through the API, then through raw paramiko connections to the same guests (one per
 VM, as bench_load.py's comparison does), ``--rounds`` times. Per window it prints the calls per
-second and the CPU each part of the host spent per call, read from /proc: the gunicorn workers,
-the guests' QEMU processes, this client process, libvirtd and the whole host (non-idle time).
+second and the CPU each part of the host spent per call, read from /proc: the gunicorn workers
+(``workers_sys``: their kernel time; ``workers_cs``: their threads' context switches per call,
+a count), the guests' QEMU processes, this client process, libvirtd and the whole host
+(non-idle time).
 The last line is the API/raw throughput ratio over all windows. The host must be otherwise
 quiet: everything else running shows up in "host".
 """
@@ -55,8 +57,36 @@ def qemu_pids() -> list[int]:
     return [int(pid) for pid in found]
 
 
+def system_s(pid: int) -> float:
+    """The kernel's share of :func:`cpu_s`."""
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return int(fields[12]) / HZ
+
+
+def context_switches(pid: int) -> int:
+    """Voluntary and involuntary context switches of all of ``pid``'s threads: a thread
+    that wakes up to poll shows here."""
+    total = 0
+    for task in pathlib.Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) for line in status.splitlines()
+                     if line.split(":")[0] in ("voluntary_ctxt_switches",
+                                               "nonvoluntary_ctxt_switches"))
+    return total
+
+
 def sample(workers: list[int]) -> dict[str, float]:
+    """CPU seconds so far per part (and the workers' context switches, ``workers_cs``,
+    reported per call as a count, not in ms)."""
     return {"workers": sum(cpu_s(pid) for pid in workers),
+            "workers_sys": sum(system_s(pid) for pid in workers),
+            "workers_cs": sum(context_switches(pid) for pid in workers) / 1000,
             "qemu": sum(cpu_s(pid) for pid in qemu_pids()), "client": cpu_s(os.getpid()),
             "libvirtd": cpu_s(libvirtd_pid()), "host": host_busy_s()}
 
