@@ -49,6 +49,14 @@ class _Wakeup(threading.Event):
         super().clear()
 
 
+def wake_on_output(channel: t.Any) -> _Wakeup:
+    """An event set when ``channel`` gets stdout or stderr data, its EOF or its close."""
+    wake = _Wakeup()
+    channel.in_buffer.set_event(wake)
+    channel.in_stderr_buffer.set_event(wake)
+    return wake
+
+
 class _ChannelWriter:
     """The write end of a channel's stdin, for a :data:`StdinWriter`."""
 
@@ -205,9 +213,7 @@ class RunningCommand:
 
     def _read(self, stop: t.Callable[[], bool]) -> t.Iterator[tuple[str, bytes]]:
         channel = self.channel
-        wake = _Wakeup()
-        channel.in_buffer.set_event(wake)
-        channel.in_stderr_buffer.set_event(wake)
+        wake = wake_on_output(channel)
         asked = time.monotonic()
         while True:
             wake.rearm()
@@ -281,7 +287,9 @@ class OutputStream:
 
         :raises CommandTimeout: when the deadline passes first.
         """
-        while time.monotonic() < self.deadline:
+        wake = wake_on_output(self.channel)
+        while (left := self.deadline - time.monotonic()) > 0:
+            wake.rearm()
             if self.channel.recv_ready():
                 return self.channel.recv(READ_CHUNK)
             self._drain_stderr()
@@ -289,7 +297,9 @@ class OutputStream:
                 return b""
             if self.channel.closed:
                 break
-            self.channel.status_event.wait(0.01)
+            # Until output, the EOF or the close (an exit status comes with the EOF; the
+            # timeout bounds a status that would come alone). It used to poll every 10 ms.
+            wake.wait(min(STOP_CHECK_S, left))
         self.close()
         raise CommandTimeout("guest command gave no output in time")
 

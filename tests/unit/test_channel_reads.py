@@ -7,7 +7,7 @@ import time
 
 from paramiko.buffered_pipe import BufferedPipe
 
-from app.guestssh.channels import RunningCommand, collect
+from app.guestssh.channels import OutputStream, RunningCommand, collect
 from app.models import CommandResult
 
 
@@ -127,3 +127,25 @@ def test_stdout_and_stderr_in_turns_lose_no_wake_up():
     result, took = collect_from(channel, 10)
     assert result.stdout == b"out\n" * 5 and result.stderr == b"err\n" * 5
     assert took < 0.8
+
+
+def test_a_stream_waits_for_its_first_chunk_without_polling():
+    # A download's first chunk (the guest's tar and gzip starting) used to be polled for every
+    # 10 ms.
+    channel = ScriptedChannel()
+    channel.later(0.5, "out")
+    stream = OutputStream(channel, time.monotonic() + 10)
+    started = time.monotonic()
+    assert stream.first_chunk() == b"out\n"
+    assert time.monotonic() - started < 0.8
+    assert channel.polls <= 6, f"{channel.polls} looks in 0.5 s: polled"
+
+
+def test_a_stream_without_output_ends_at_its_eof():
+    channel = ScriptedChannel()
+    channel.later(0.3, "err", "eof", "status")
+    stream = OutputStream(channel, time.monotonic() + 10)
+    started = time.monotonic()
+    assert stream.first_chunk() == b""
+    assert time.monotonic() - started < 0.6
+    assert bytes(stream.stderr) == b"err\n"
