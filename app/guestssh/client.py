@@ -20,9 +20,10 @@ import typing as t
 import paramiko
 
 from app.errors import CommandTimeout, GuestUnreachable, InvalidRequest
-from app.guestssh.channels import (OutputStream, RunningCommand, StdinWriter, close_quietly,
+from app.guestssh.channels import (RunningCommand, StdinWriter, close_quietly,
                                    collect, exec_without_stdin, send_environment, send_stdin,
                                    within)
+from app.guestssh.output_stream import OutputStream
 from app.guestssh.watchdog import WATCHDOG
 from app.models import CommandResult
 

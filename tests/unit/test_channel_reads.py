@@ -7,7 +7,8 @@ import time
 
 from paramiko.buffered_pipe import BufferedPipe
 
-from app.guestssh.channels import OutputStream, RunningCommand, collect
+from app.guestssh.channels import RunningCommand, collect
+from app.guestssh.output_stream import OutputStream
 from app.models import CommandResult
 
 
