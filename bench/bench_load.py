@@ -48,7 +48,7 @@ from app.virt import disks, save_image
 from app.virt.qemu_access import prepare_vm_dir, share_with_qemu
 from bench import loadgen
 from bench.bench_create import plain_libvirt_nic
-from bench.common import live_server_services, machine, raw_client, raw_run
+from bench.common import live_server_services, machine, raw_client, raw_run, steal_s
 
 KEY = "bench-load-key"
 CORES = os.cpu_count() or 1
@@ -65,13 +65,6 @@ def window_order(rounds: int) -> list[str]:
     one before, so a linear drift of the machine's speed weighs on both sides alike."""
     return [name for turn in range(rounds)
             for name in (("raw", "api") if turn % 2 == 0 else ("api", "raw"))]
-
-
-def steal_s() -> float:
-    """CPU time the hypervisor under this machine gave to others (``steal`` in /proc/stat),
-    all cores; 0.0 where the kernel does not count it."""
-    fields = pathlib.Path("/proc/stat").read_text().split("\n")[0].split()
-    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
 
 
 def exec_compare(services, base: str, vms: list[dict], concurrency: int, seconds: float,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import pathlib
 import platform
 import socket
 import statistics
@@ -16,6 +17,30 @@ import paramiko
 from app import create_app
 from app.guestssh import parse_public_key
 from app.services.container import Services
+
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _host_cpu_ticks() -> list[int]:
+    """/proc/stat's first line: the machine's CPU time so far, all cores, per kind (user, nice,
+    system, idle, iowait, irq, softirq, steal, ...), in clock ticks."""
+    return [int(value) for value in
+            pathlib.Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+
+
+def host_busy_s() -> float:
+    """The machine's non-idle CPU seconds so far (without idle and iowait), all cores."""
+    ticks = _host_cpu_ticks()
+    return (sum(ticks) - ticks[3] - ticks[4]) / CLOCK_TICKS
+
+
+def steal_s() -> float:
+    """CPU seconds the hypervisor under this machine gave to others so far (``steal``), all
+    cores; 0.0 where the kernel does not count it."""
+    ticks = _host_cpu_ticks()
+    return ticks[7] / CLOCK_TICKS if len(ticks) > 7 else 0.0
 
 
 def stats(samples: list[float]) -> dict[str, float]:

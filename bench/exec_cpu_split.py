@@ -24,24 +24,28 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from bench import loadgen
-from bench.common import live_server_services, raw_client, raw_run
+from bench.common import (CLOCK_TICKS, host_busy_s, live_server_services, raw_client,
+                          raw_run)
 
 KEY = "bench-load-key"
-HZ = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_s(pid: int) -> float:
+def _process_ticks(pid: int) -> tuple[int, int]:
+    """User and kernel CPU of ``pid`` so far, in clock ticks; (0, 0) once it is gone."""
     try:
         fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / HZ
+        return 0, 0
+    return int(fields[11]), int(fields[12])
 
 
-def host_busy_s() -> float:
-    fields = [int(value) for value in pathlib.Path("/proc/stat").read_text().split("\n")[0]
-              .split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / HZ  # without idle and iowait
+def cpu_s(pid: int) -> float:
+    return sum(_process_ticks(pid)) / CLOCK_TICKS
+
+
+def system_s(pid: int) -> float:
+    """The kernel's share of :func:`cpu_s`."""
+    return _process_ticks(pid)[1] / CLOCK_TICKS
 
 
 def libvirtd_pid() -> int:
@@ -55,15 +59,6 @@ def qemu_pids() -> list[int]:
     found = subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, text=True,
                            timeout=10).stdout.split()
     return [int(pid) for pid in found]
-
-
-def system_s(pid: int) -> float:
-    """The kernel's share of :func:`cpu_s`."""
-    try:
-        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return int(fields[12]) / HZ
 
 
 def context_switches(pid: int) -> int:
