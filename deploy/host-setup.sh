@@ -25,7 +25,7 @@ fi
 PACKAGES=(
     qemu-system-x86 qemu-utils
     libvirt-daemon libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
-    libvirt-dev pkg-config gcc python3-dev python3-venv
+    libvirt-dev pkg-config gcc libc6-dev python3-dev python3-venv
     dnsmasq-base iptables ebtables nftables ipset iproute2
     debootstrap busybox-static cpio kmod e2fsprogs xz-utils wget ca-certificates
     openssh-client nginx make tini shellcheck

@@ -37,6 +37,8 @@ DISK_SIZE_MB = 4096
 INITRD_MODULES = ["virtio_pci", "virtio_blk", "ext4"]
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 STEP_TIMEOUT = 1800
+# The sandbox user's login shell: bash behind a small static program (sandbox-shell.c).
+SANDBOX_SHELL = "/usr/local/lib/rds/sandbox-shell"
 
 
 class Steps:
@@ -170,8 +172,19 @@ def install_packages(rootfs: Path, mirror: str) -> None:
     policy.unlink()
 
 
+def build_sandbox_shell(rootfs: Path) -> None:
+    """Compile guest/build/sandbox-shell.c with the host's gcc into the image: static, so the
+    guest needs no compiler and the program maps no loader or libc (host and guest are both
+    Debian bookworm on x86-64)."""
+    target = rootfs / SANDBOX_SHELL.lstrip("/")
+    run(["gcc", "-static", "-Os", "-s", "-Wall", "-Wextra", "-Werror", "-o", str(target),
+         str(BUILD_DIR / "sandbox-shell.c")], timeout=300)
+    target.chmod(0o755)
+
+
 def configure(rootfs: Path, deno: Path) -> None:
     run(["cp", "-a", "--no-preserve=ownership", f"{GUEST_DIR}/rootfs/.", str(rootfs)])
+    build_sandbox_shell(rootfs)
     shutil.copy2(deno, rootfs / "usr/local/bin/deno")
     (rootfs / "usr/local/bin/deno").chmod(0o755)
     init = rootfs / "sbin/init"
@@ -180,7 +193,7 @@ def configure(rootfs: Path, deno: Path) -> None:
     init.symlink_to("/bin/busybox")
     chroot(rootfs, ["groupadd", "-g", "1000", "user"])
     chroot(rootfs, ["useradd", "-u", "1000", "-g", "1000", "-d", "/workspace", "-M",
-                    "-s", "/bin/bash", "user"])
+                    "-s", SANDBOX_SHELL, "user"])
     # sshd (UsePAM no) refuses accounts whose password field is "!"; "*" = no password login.
     chroot(rootfs, ["usermod", "-p", "*", "user"])
     chroot(rootfs, ["usermod", "-p", "*", "root"])

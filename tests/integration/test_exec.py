@@ -34,6 +34,30 @@ def test_sandbox_environment_and_limits(api, shared_vm):
     assert re.fullmatch(r"[0-9a-f]{32}", out[4])  # the marker, from the env request
 
 
+def test_only_the_sandbox_users_processes_lose_address_randomization_and_only_under_tcg(
+        api, services, shared_vm):
+    """Under TCG the login shell (sandbox-shell) sets ADDR_NO_RANDOMIZE for the command and
+    everything it starts: libc lands where it did for the last command. Root's processes
+    (sshd, the guest agent) keep randomization, and so does the whole guest under KVM."""
+    tcg = api.request("GET", "/healthz").json["accelerator"] == "tcg"
+    out = exec_ok(api, shared_vm["id"],
+                  "cat /proc/self/personality; cat /proc/sys/kernel/randomize_va_space; "
+                  "for i in 1 2; do bash -c 'grep -m1 libc /proc/self/maps'; done; "
+                  "bash -c 'cat /proc/self/personality'")["stdout"].split("\n")
+    assert out[0] == ("00040000" if tcg else "00000000")
+    assert out[1] == "2"
+    assert (out[2] == out[3]) is tcg  # the same libc address twice only without randomization
+    assert out[4] == out[0]  # inherited
+    # As root through the guest agent: its shell, and every sshd (the listener, the session
+    # monitors, the sessions' own sshd processes) run randomized.
+    root_check = ('[ "$(cat /proc/self/personality)" = 00000000 ] || exit 2; n=0; '
+                  'for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = sshd ] || continue; '
+                  '[ "$(cat $p/personality)" = 00000000 ] || exit 3; n=$((n + 1)); done; '
+                  '[ $n -gt 0 ] || exit 4')
+    assert services.hypervisor.guest_agent_exec(shared_vm["id"], "/bin/sh", ["-c", root_check],
+                                                30) == 0
+
+
 def test_exit_code_stderr_and_env(api, shared_vm):
     response = _exec(api, shared_vm, cmd='echo "$GREETING $OTHER"; echo oops >&2; exit 7',
                      env={"GREETING": "hello world", "OTHER": "it's"})

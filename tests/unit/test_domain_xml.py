@@ -10,8 +10,9 @@ import pytest
 from app.config import REPO_ROOT
 from app.models import VmPhase, VmRecord, VmRole
 from app.virt import domain_xml
-from app.virt.domain_xml import (BUILD_LOG_CHANNEL, BootFiles, BuildDevices, DomainParams,
-                                 build_domain_xml, device_fingerprint, kernel_cmdline, port_name)
+from app.virt.domain_xml import (BUILD_LOG_CHANNEL, SANDBOX_ASLR_WORD, BootFiles, BuildDevices,
+                                 DomainParams, build_domain_xml, device_fingerprint,
+                                 kernel_cmdline, port_name)
 from app.virt.metadata_xml import METADATA_NS, metadata_xml, parse_metadata
 
 XML_DIR = Path(__file__).parent / "data" / "xml"
@@ -134,6 +135,21 @@ def test_mitigations_are_off_only_under_tcg():
         "console=ttyS0", "root=/dev/vda", "rw", "quiet", "rds.hostname=x"]
     assert "mitigations=off" in kernel_cmdline("quiet", "qemu").split()
     assert "mitigations" not in kernel_cmdline("quiet mitigations=auto", "kvm")
+
+
+def test_the_sandbox_user_loses_address_randomization_only_under_tcg():
+    """rds.sandbox_aslr=off (read by the guest's sandbox-shell) under TCG only, once, and a
+    template cannot ask for it under KVM."""
+    assert kernel_cmdline("quiet", "qemu").split().count("rds.sandbox_aslr=off") == 1
+    assert kernel_cmdline("quiet rds.sandbox_aslr=off", "qemu").split().count(
+        "rds.sandbox_aslr=off") == 1
+    assert "rds.sandbox_aslr" not in kernel_cmdline("quiet", "kvm")
+    assert "rds.sandbox_aslr" not in kernel_cmdline("quiet rds.sandbox_aslr=off", "kvm")
+
+
+def test_the_sandbox_shell_reads_the_word_the_manager_writes():
+    source = (REPO_ROOT / "guest/build/sandbox-shell.c").read_text()
+    assert f'#define WORD "{SANDBOX_ASLR_WORD}"' in source
 
 
 def test_the_default_template_leaves_mitigations_to_the_accelerator():
