@@ -2,8 +2,8 @@
 
 The command runs in the login shell (bash, which sshd starts as `bash -c LINE` through
 guest/build/sandbox-shell.c), after a prelude of builtins only: every extra process costs
-50-100 ms on an emulated (TCG) guest, and even builtins cost a few ms each. The guest's sshd provides the fixed part: the session
-starts in HOME=/workspace with the sandbox's PATH, TMPDIR and DENO_DIR (sshd_config SetEnv)
+50-100 ms on an emulated (TCG) guest, and even builtins cost a few ms each. The guest's sshd
+provides the fixed part: the session starts in HOME=/workspace with the sandbox's PATH, TMPDIR and DENO_DIR (sshd_config SetEnv)
 and inherits the process and open-file limits (/etc/rds/run-sshd). The prelude confines a
 caller's working directory to the workspace, drops what sshd adds (SSH_*, MAIL) and exports
 the caller's variables. RDS_EXEC_ID marks the command: the manager sends it as an SSH `env`
