@@ -3,15 +3,16 @@
 The command runs in the login shell (bash, which sshd starts as `bash -c LINE` through
 guest/build/sandbox-shell.c), after a prelude of builtins only: every extra process costs
 50-100 ms on an emulated (TCG) guest, and even builtins cost a few ms each. The guest's sshd
-provides the fixed part: the session starts in HOME=/workspace with the sandbox's PATH, TMPDIR and DENO_DIR (sshd_config SetEnv)
-and inherits the process and open-file limits (/etc/rds/run-sshd). The prelude confines a
-caller's working directory to the workspace, drops what sshd adds (SSH_*, MAIL) and exports
-the caller's variables. RDS_EXEC_ID marks the command: the manager sends it as an SSH `env`
-request (the guest's sshd accepts that one name: sshd_config AcceptEnv), so it is in the
-environment of every process the command starts, and the line names it in a comment, so it is
-in this shell's command line too: kill-marked ends the whole tree on timeout. (An image built
-before sshd accepted it still has the comment: its kill finds the shell and its session.)
-Exit 210/211 with an "rds-exec:" message mean the command was not started.
+provides the fixed part: the session starts in HOME=/workspace with the sandbox's PATH, TMPDIR
+and DENO_DIR (sshd_config SetEnv) and inherits the process and open-file limits
+(/etc/rds/run-sshd). The prelude confines a caller's working directory to the workspace, drops
+what sshd adds (SSH_*, MAIL) and exports the caller's variables. RDS_EXEC_ID marks the command:
+the manager sends it as an SSH `env` request (the guest's sshd accepts that one name:
+sshd_config AcceptEnv), so it is in the environment of every process the command starts, and
+the line names it in a comment, so it is in this shell's command line too: kill-marked ends the
+whole tree on timeout. (An image built before sshd accepted it still has the comment: its kill
+finds the shell and its session.) Exit 210/211 with an "rds-exec:" message mean the command was
+not started.
 
 What each line costs shows under load (RELIABILITY.md, "Load"): under TCG a new bash
 translates every code path it touches afresh, so the prelude names the variables sshd sets
