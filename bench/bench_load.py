@@ -84,27 +84,33 @@ def exec_compare(services, base: str, vms: list[dict], concurrency: int, seconds
                                     json={"cmd": "true"})
         assert response.status_code == 200 and response.json()["exitCode"] == 0, response.text
 
-    out: dict = {"raw": {"done": 0, "lat": [], "errors": []},
-                 "api": {"done": 0, "lat": [], "errors": []}}
     try:
-        calls = {"raw": raw_call, "api": api_call}
-        for name in window_order(rounds):
-            stolen, started = steal_s(), time.monotonic()
-            done, latencies, errors = loadgen.throughput(calls[name], concurrency, seconds,
-                                                         settle)
-            steal = (steal_s() - stolen) / ((time.monotonic() - started) * CORES)
-            out[name]["done"] += done
-            out[name]["lat"] += latencies
-            out[name]["errors"] += errors
-            out.setdefault("windows", []).append([name, round(done / seconds, 2),
-                                                  round(steal, 3)])
-            print(f"  exec x{concurrency} {name}: {done / seconds:.1f}/s (steal "
-                  f"{100 * steal:.0f} %)", flush=True)
+        return alternate({"raw": raw_call, "api": api_call}, concurrency, seconds, rounds,
+                         settle)
     finally:
         for raw in raws:
             raw.close()
         for api in apis:
             api.close()
+
+
+def alternate(calls: dict, concurrency: int, seconds: float, rounds: int,
+              settle: float = 0.0) -> dict:
+    """The windows of a comparison: ``calls`` holds the "raw" and the "api" side (the same
+    call on both for an A/A run, bench/compare_noise.py), in :func:`window_order`. Per side
+    the calls, latencies, errors and calls per second; the API/raw ratio; the windows."""
+    out: dict = {"raw": {"done": 0, "lat": [], "errors": []},
+                 "api": {"done": 0, "lat": [], "errors": []}, "windows": []}
+    for name in window_order(rounds):
+        stolen, started = steal_s(), time.monotonic()
+        done, latencies, errors = loadgen.throughput(calls[name], concurrency, seconds, settle)
+        steal = (steal_s() - stolen) / ((time.monotonic() - started) * CORES)
+        out[name]["done"] += done
+        out[name]["lat"] += latencies
+        out[name]["errors"] += errors
+        out["windows"].append([name, round(done / seconds, 2), round(steal, 3)])
+        print(f"  exec x{concurrency} {name}: {done / seconds:.1f}/s (steal "
+              f"{100 * steal:.0f} %)", flush=True)
     for name in ("raw", "api"):
         out[name]["per_s"] = out[name]["done"] / (seconds * rounds)
     out["ratio"] = out["api"]["per_s"] / out["raw"]["per_s"] if out["raw"]["per_s"] else 0.0

@@ -54,3 +54,9 @@ def test_calls_that_finish_while_the_window_settles_are_not_counted():
     # 2 threads x 0.4 s / 0.05 s = 16 in the counted part; the 12 of the settle are not.
     assert 12 <= done <= 18, done
     assert all(latency >= 0.05 for latency in latencies)
+
+
+def test_an_aa_run_pairs_each_rounds_two_windows_whatever_their_order():
+    from bench.compare_noise import pair_ratios
+    windows = [["raw", 10.0, 0], ["api", 8.0, 0], ["api", 12.0, 0], ["raw", 10.0, 0]]
+    assert pair_ratios(windows) == [0.8, 1.2]
