@@ -19,9 +19,7 @@ FWCFG_PREFIX = "opt/org.rundatsheesh/"
 IFNAMSIZ = 16  # Linux interface names: 15 characters and the NUL
 IDENTITY_CHANNEL = "org.rundatsheesh.identity"  # virtio-serial port, see app.virt.identity
 BUILD_LOG_CHANNEL = "org.rundatsheesh.build-log"  # an image build's output (build VMs only)
-# Under TCG: the sandbox user's processes run without address-space randomization (see
-# kernel_cmdline and guest/build/sandbox-shell.c, which reads the word).
-SANDBOX_ASLR_WORD = "rds.sandbox_aslr=off"
+SANDBOX_ASLR_WORD = "rds.sandbox_aslr=off"  # TCG only: see kernel_cmdline, sandbox-shell.c
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,13 +66,12 @@ def kernel_cmdline(template_cmdline: str, accelerator: str, extra: str = "") -> 
     Under TCG ("qemu") the guest's CPU-vulnerability mitigations protect nothing (the emulated
     CPU does not speculate across the guest/host boundary) and cost a lot, so they are turned
     off; under KVM the guest kernel keeps them, whatever the template says. Under TCG the
-    sandbox user's processes also run without address-space randomization
-    (``rds.sandbox_aslr=off``, read by the user's login shell, guest/build/sandbox-shell.c):
-    QEMU translates a process's code afresh whenever it lands at new addresses, ~60 % of an
-    exec's guest CPU. Root's processes keep it; under KVM it costs nothing and stays on.
+    sandbox user's processes run without address-space randomization (the word is read by
+    guest/build/sandbox-shell.c): QEMU retranslates code that lands at new addresses, ~60 %
+    of an exec's guest CPU. Root's keep it; under KVM it costs nothing and stays on.
     """
     words = [word for word in template_cmdline.split()
-             if not word.startswith(("mitigations=", SANDBOX_ASLR_WORD.split("=")[0] + "="))]
+             if not word.startswith(("mitigations=", "rds.sandbox_aslr="))]
     if accelerator == "qemu":
         words += ["mitigations=off", SANDBOX_ASLR_WORD]
     return " ".join([*words, *extra.split()])
