@@ -4,6 +4,7 @@ A large output read as a stream (downloads) is :mod:`app.guestssh.output_stream`
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 import typing as t
@@ -90,11 +91,41 @@ def send_environment(channel: t.Any, environment: t.Mapping[str, str]) -> None:
                                                               value))
 
 
+@contextlib.contextmanager
+def one_segment(channel: t.Any) -> t.Iterator[None]:
+    """What is sent inside leaves together, in as few TCP segments as it fits in (Linux's
+    ``TCP_CORK`` on the connection's socket, lifted at the end): the manager's sockets have
+    ``TCP_NODELAY``, so without it every SSH message is a segment of its own, and on an
+    emulated (TCG) guest each segment costs an interrupt and a pass through its TCP stack
+    (BENCHMARKS.md, "Session 15"). A message another thread sends meanwhile on the same
+    connection waits at most until the end of the block. A socket that is not TCP (a test's
+    socket pair) is left as it is."""
+    sock = getattr(channel.transport, "sock", None)
+    corked = _cork(sock, True)
+    try:
+        yield
+    finally:
+        if corked:
+            _cork(sock, False)
+
+
+def _cork(sock: t.Any, on: bool) -> bool:
+    if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET,
+                                                                  socket.AF_INET6):
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, int(on))
+    except OSError:  # closed meanwhile: sending fails on its own
+        return False
+    return True
+
+
 def exec_without_stdin(channel: t.Any, command: str,
                        environment: t.Mapping[str, str] | None = None) -> None:
     """``channel.exec_command(command)`` for a command that gets no input: the end of its
     stdin goes right behind the exec request instead of after the answer to it (and the
-    ``environment``'s env requests right before it).
+    ``environment``'s env requests right before it), all in one TCP segment
+    (:func:`one_segment`).
 
     The guest then takes them in one wake-up of its sshd: on an emulated (TCG) guest every
     packet it has to wake up for costs a few ms of CPU (~6 % of an exec's when the EOF came
@@ -102,10 +133,11 @@ def exec_without_stdin(channel: t.Any, command: str,
 
     :raises paramiko.SSHException: the guest refused the request or closed the channel.
     """
-    send_environment(channel, environment or {})
     channel._event_pending()
-    channel.transport._send_user_message(_channel_request(channel, "exec", True, command))
-    channel.shutdown_write()
+    with one_segment(channel):
+        send_environment(channel, environment or {})
+        channel.transport._send_user_message(_channel_request(channel, "exec", True, command))
+        channel.shutdown_write()
     channel._wait_for_event()
 
 

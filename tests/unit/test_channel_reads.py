@@ -2,12 +2,15 @@
 until output, the EOF or the exit status arrives; no busy loop, no polling."""
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
+import pytest
+
 from paramiko.buffered_pipe import BufferedPipe
 
-from app.guestssh.channels import RunningCommand, collect
+from app.guestssh.channels import RunningCommand, collect, one_segment
 from app.guestssh.output_stream import OutputStream
 from app.models import CommandResult
 
@@ -150,3 +153,52 @@ def test_a_stream_without_output_ends_at_its_eof():
     assert stream.first_chunk() == b""
     assert time.monotonic() - started < 0.6
     assert bytes(stream.stderr) == b"err\n"
+
+
+class _Transport:
+    def __init__(self, sock: object) -> None:
+        self.sock = sock
+
+
+class _Channel:
+    def __init__(self, sock: object) -> None:
+        self.transport = _Transport(sock)
+
+
+def _corked(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)
+
+
+def test_one_segment_corks_a_tcp_connection_for_the_block_only() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            socket.create_connection(server.getsockname()) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        assert _corked(sock) == 0
+        with one_segment(_Channel(sock)):
+            assert _corked(sock) == 1
+            sock.sendall(b"first")
+            sock.sendall(b"second")
+        assert _corked(sock) == 0
+        peer, _address = server.accept()
+        with peer:
+            peer.settimeout(5)
+            received = b""
+            while len(received) < len(b"firstsecond"):
+                received += peer.recv(64)
+        assert received == b"firstsecond"
+
+
+def test_one_segment_uncorks_when_the_block_raises() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            socket.create_connection(server.getsockname()) as sock:
+        with pytest.raises(RuntimeError), one_segment(_Channel(sock)):
+            raise RuntimeError("send failed")
+        assert _corked(sock) == 0
+
+
+def test_one_segment_leaves_sockets_that_are_not_tcp_alone() -> None:
+    left, right = socket.socketpair()
+    with left, right, one_segment(_Channel(left)):
+        left.sendall(b"x")
+    with one_segment(_Channel(None)):  # a transport without a socket of its own
+        pass
