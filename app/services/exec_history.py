@@ -61,9 +61,11 @@ class ExecHistory:
                     "INSERT INTO exec_history (id, vm_id, type, command, exit_code, timed_out, "
                     "duration_ms, started_at, stdout_preview, stderr_preview, actor, "
                     "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                # Everything from the newest row past the cap down (a seek in the (vm_id, seq)
+                # index; NULL, so nothing, while the VM has fewer rows).
                 conn.execute(
-                    "DELETE FROM exec_history WHERE vm_id = ? AND seq NOT IN (SELECT seq FROM "
-                    "exec_history WHERE vm_id = ? ORDER BY seq DESC LIMIT ?)",
+                    "DELETE FROM exec_history WHERE vm_id = ? AND seq <= (SELECT seq FROM "
+                    "exec_history WHERE vm_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
                     (vm_id, vm_id, self.settings.exec_log_per_vm))
         except StoreUnavailable as exc:
             log.warning("exec history not recorded vm=%s: %s", vm_id, exc.message)

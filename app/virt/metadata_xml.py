@@ -7,6 +7,7 @@ domain's XML; :meth:`app.virt.connection.Hypervisor.set_metadata` replaces it on
 """
 from __future__ import annotations
 
+import functools
 import xml.etree.ElementTree as ET
 
 from app.models import VmRecord
@@ -39,10 +40,15 @@ def replace_metadata(metadata: ET.Element, record: VmRecord) -> None:
     metadata.append(metadata_element(record))
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_metadata(xml: str) -> VmRecord | None:
     """The VM record inside a domain's XML, in a bare metadata element, or in the element
     ``virDomainGetMetadata`` gives for :data:`METADATA_NS` (without a namespace, like
-    :func:`metadata_xml`); None if absent or invalid."""
+    :func:`metadata_xml`); None if absent or invalid.
+
+    Kept per text (every exec reads its VM's record: ~4 % of a worker's time per exec,
+    BENCHMARKS.md "Session 15"), so the same text gives the same record object: records are
+    frozen, and nobody changes their ``labels`` in place."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:

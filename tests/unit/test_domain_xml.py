@@ -91,6 +91,14 @@ def test_metadata_round_trips_variants(changes):
     assert parse_metadata(build_domain_xml(TEMPLATE.read_text(), record, params("qemu"))) == record
 
 
+def test_a_record_text_read_again_is_not_parsed_again():
+    first = metadata_xml(RECORD)
+    changed = metadata_xml(dataclasses.replace(RECORD, phase=VmPhase.DELETING))
+    assert parse_metadata(first) is parse_metadata(first) == RECORD
+    assert parse_metadata(changed).phase is VmPhase.DELETING  # new text: parsed afresh
+    assert parse_metadata("<vm><id>broken") is None
+
+
 def test_metadata_xml_has_no_namespace():
     text = metadata_xml(RECORD)
     element = ET.fromstring(text)
