@@ -11,8 +11,10 @@
 2. exec throughput at ``--concurrency`` (16) concurrent `true`: the API against raw paramiko
    (one open connection per VM, the VM's pinned host key and the manager's key, as
    bench_commands.py does), in alternating windows on the same VMs: API ≥ 0.9× raw. The
-   order turns every round (raw api, api raw, raw api, ...): a machine that slows down or
-   speeds up through the comparison does not favour the side that always goes first. Many
+   windows follow the Thue-Morse order (raw api api raw api raw raw api ...): every round
+   has one window of each side, a machine that slows down or speeds up through the
+   comparison (steadily, or faster and faster) favours neither side, and the first and the
+   last window are not both the same side's (the last often ran fastest). Many
    short windows (6 rounds of 12 s, each after 3 s not counted while the threads' first calls
    settle) rather than a few long ones: this host's speed moves from one half-minute to the
    next, and a pair of windows close together sees the same machine. Each window says how
@@ -61,10 +63,12 @@ def ms(seconds: float) -> str:
 
 
 def window_order(rounds: int) -> list[str]:
-    """The sides of the exec comparison, window by window: each round turns the order of the
-    one before, so a linear drift of the machine's speed weighs on both sides alike."""
-    return [name for turn in range(rounds)
-            for name in (("raw", "api") if turn % 2 == 0 else ("api", "raw"))]
+    """The sides of the exec comparison, window by window, in the Thue-Morse order (window
+    ``i`` is "api" when ``i`` has an odd number of 1 bits): each round (windows 2k, 2k+1)
+    holds one window per side, and over 2^n windows a drift of the machine's speed that is a
+    polynomial of degree below n weighs on both sides alike (a straight one over 4, a
+    curved one over 8). With 6 rounds the first window is raw's and the last the API's."""
+    return ["api" if bin(index).count("1") % 2 else "raw" for index in range(2 * rounds)]
 
 
 def exec_compare(services, base: str, vms: list[dict], concurrency: int, seconds: float,

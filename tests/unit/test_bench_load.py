@@ -1,4 +1,4 @@
-"""bench/bench_load.py's exec comparison order: the side that goes first turns every round."""
+"""bench/bench_load.py's exec comparison: its window order (Thue-Morse) and its sums."""
 from __future__ import annotations
 
 import time
@@ -6,10 +6,24 @@ import time
 from bench.bench_load import window_order
 
 
-def test_each_round_turns_the_order_of_the_one_before():
+def test_the_windows_follow_the_thue_morse_order():
     assert window_order(1) == ["raw", "api"]
-    assert window_order(3) == ["raw", "api", "api", "raw", "raw", "api"]
+    assert window_order(3) == ["raw", "api", "api", "raw", "api", "raw"]
     assert window_order(0) == []
+
+
+def test_every_round_has_one_window_per_side_and_six_rounds_end_on_the_api():
+    order = window_order(6)
+    assert all({order[i], order[i + 1]} == {"raw", "api"} for i in range(0, 12, 2))
+    assert (order[0], order[-1]) == ("raw", "api")
+
+
+def test_a_curved_drift_weighs_on_both_sides_alike_over_eight_windows():
+    order = window_order(4)
+    for power in (0, 1, 2):  # speed = a + b*i + c*i^2 adds up the same on both sides
+        sums = {side: sum(i ** power for i, name in enumerate(order) if name == side)
+                for side in ("raw", "api")}
+        assert sums["raw"] == sums["api"], power
 
 
 def test_an_even_number_of_rounds_puts_each_side_first_as_often():
