@@ -33,7 +33,20 @@ def _metrics_dir() -> str:
 METRICS_DIR = _metrics_dir()
 
 bind = f"{os.environ.get('BIND_HOST', '127.0.0.1')}:{os.environ.get('PORT', '3000')}"
-workers = int(os.environ.get("WEB_WORKERS", "2"))
+
+
+def _default_workers() -> int:
+    """One worker per 4 cores, at least 1 and at most 4. Each worker keeps its own SSH
+    connection to every VM it has served, and a guest pays for every extra one: on this
+    project's 2-core emulated (TCG) host an `exec` cost its guest ~1-2 ms more CPU with 2
+    workers than with 1 (of ~35 ms), and the API's throughput at 16 concurrent execs went
+    from 0.86-0.89x to 0.92-0.95x of raw SSH with one (BENCHMARKS.md, "Session 15"). One
+    worker's Python (~4 ms per exec) serves ~200 execs/s; the guests are the limit long
+    before on such a host. Bigger hosts get more workers for the Python side."""
+    return min(4, max(1, (os.cpu_count() or 1) // 4))
+
+
+workers = int(os.environ.get("WEB_WORKERS") or _default_workers())
 worker_class = "gthread"
 # 32: one worker may get most of the connections (app/config/settings.py web_threads).
 threads = int(os.environ.get("WEB_THREADS", "32"))
@@ -41,7 +54,11 @@ threads = int(os.environ.get("WEB_THREADS", "32"))
 timeout = int(os.environ.get("WEB_TIMEOUT_S", "300"))
 graceful_timeout = 30
 keepalive = 5
-accesslog = "-"
+# No access log of gunicorn's own unless asked for: the app ends every request with a
+# `request done` line (method, route, status, duration, request id; docs/operations.md) and
+# nginx keeps the access log in front. A second line per request cost ~5 % of a worker's CPU
+# per exec (BENCHMARKS.md, "Session 15").
+accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG", "").lower() in ("1", "true") else None
 errorlog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
 
