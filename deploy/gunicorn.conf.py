@@ -39,9 +39,8 @@ def _default_workers() -> int:
     """One worker per 4 cores, at least 1 and at most 4. Each worker keeps its own SSH
     connection to every VM it has served, and a guest pays for every extra one: on this
     project's 2-core emulated (TCG) host an `exec` cost its guest ~1-2 ms more CPU with 2
-    workers than with 1 (of ~35 ms), and the API's throughput at 16 concurrent execs went
-    from 0.86-0.89x to 0.92-0.95x of raw SSH with one (BENCHMARKS.md, "Session 15"). One
-    worker's Python (~4 ms per exec) serves ~200 execs/s; the guests are the limit long
+    workers than with 1 (of ~35 ms; bench/exec_cpu_split.py, BENCHMARKS.md "Session 15").
+    One worker's Python (~4 ms per exec) serves ~200 execs/s; the guests are the limit long
     before on such a host. Bigger hosts get more workers for the Python side."""
     return min(4, max(1, (os.cpu_count() or 1) // 4))
 
