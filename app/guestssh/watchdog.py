@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import os
 import threading
 import time
 import typing as t
 
 log = logging.getLogger(__name__)
+# Deadlines are kept to the next tick at most: one wake-up of the thread per tick, however
+# many calls (each arms one) ended meanwhile.
+TICK_S = 0.1
 
 
 class Watchdog:
@@ -47,17 +51,28 @@ class Watchdog:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not self._timers or self._timers[0][0] > time.monotonic():
-                    wait = self._timers[0][0] - time.monotonic() if self._timers else None
-                    self._lock.wait(wait)
-                _deadline, token, callback = heapq.heappop(self._timers)
-                if token in self._cancelled:
-                    self._cancelled.discard(token)
-                    continue
-            try:
-                callback()
-            except Exception:  # a failing callback must not stop the others
-                log.exception("watchdog callback failed")
+                now = time.monotonic()
+                while not self._timers or self._timers[0][0] > now:
+                    if not self._timers:
+                        self._lock.wait()
+                    else:
+                        # Up to the next tick: the deadlines (mostly of calls that ended and
+                        # disarmed theirs) of one tick are popped in one wake-up, not one each.
+                        due = math.ceil(self._timers[0][0] / TICK_S) * TICK_S
+                        self._lock.wait(max(0.0, due - now))
+                    now = time.monotonic()
+                callbacks = []
+                while self._timers and self._timers[0][0] <= now:
+                    _deadline, token, callback = heapq.heappop(self._timers)
+                    if token in self._cancelled:
+                        self._cancelled.discard(token)
+                    else:
+                        callbacks.append(callback)
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:  # a failing callback must not stop the others
+                    log.exception("watchdog callback failed")
 
 
 WATCHDOG = Watchdog()

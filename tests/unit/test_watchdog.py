@@ -40,3 +40,28 @@ def test_an_earlier_deadline_armed_while_the_thread_waits_is_not_late():
     watchdog.arm(armed + 0.1, fired.set)
     assert fired.wait(2)
     assert time.monotonic() - armed < 0.5
+
+
+class CountingCondition(threading.Condition):
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        return super().wait(timeout)
+
+
+def test_the_deadlines_of_one_tick_take_one_wake_up():
+    """Every call arms a deadline and most disarm it: the thread must not wake up for each
+    (one wake-up per exec under load was a thread switch per exec)."""
+    watchdog = Watchdog()
+    watchdog._lock = counting = CountingCondition()
+    start = time.monotonic()
+    tokens = [watchdog.arm(start + 0.3 + index * 0.0005, lambda: None) for index in range(100)]
+    for token in tokens:
+        watchdog.disarm(token)
+    fired = threading.Event()
+    watchdog.arm(start + 0.5, fired.set)
+    assert fired.wait(5)
+    assert counting.waits <= 8  # ~one per tick; was one per deadline (over 100)
