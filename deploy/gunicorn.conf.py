@@ -46,7 +46,9 @@ def _default_workers() -> int:
 
 
 workers = int(os.environ.get("WEB_WORKERS") or _default_workers())
-worker_class = "gthread"
+# gthread, keeping a kept-alive connection on its thread while requests follow at once
+# (app/gunicorn_worker.py).
+worker_class = "app.gunicorn_worker.KeepAliveThreadWorker"
 # 32: one worker may get most of the connections (app/config/settings.py web_threads).
 threads = int(os.environ.get("WEB_THREADS", "32"))
 # Longer than the longest call: a boot (BOOT_TIMEOUT_S, 240 s) or an exec (120 s max).
