@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing as t
 import uuid
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
@@ -51,6 +52,7 @@ from app.virt.qemu_access import prepare_vm_dir, share_with_qemu
 from bench import loadgen
 from bench.bench_create import plain_libvirt_nic
 from bench.common import live_server_services, machine, raw_client, raw_run, steal_s
+from bench.exec_cpu_split import sample as cpu_sample
 
 KEY = "bench-load-key"
 CORES = os.cpu_count() or 1
@@ -72,11 +74,12 @@ def window_order(rounds: int) -> list[str]:
 
 
 def exec_compare(services, base: str, vms: list[dict], concurrency: int, seconds: float,
-                 rounds: int, settle: float = 0.0) -> dict:
+                 rounds: int, settle: float = 0.0, workers: list[int] | None = None) -> dict:
     """The exec comparison: ``rounds`` pairs of windows (:func:`window_order`), each counted
     for ``seconds`` after ``settle`` (:func:`bench.loadgen.throughput`). Each window also
     records the share of the machine's CPU its hypervisor stole meanwhile: a neighbour that
-    comes and goes shows there."""
+    comes and goes shows there. With the gunicorn ``workers``' pids, each side also gets the
+    CPU per call of each part of the host (bench/exec_cpu_split.py): where a gap comes from."""
     raws = [raw_client(services, vm) for vm in vms]
     apis = [loadgen.client(base, KEY) for _ in range(concurrency)]
 
@@ -90,7 +93,7 @@ def exec_compare(services, base: str, vms: list[dict], concurrency: int, seconds
 
     try:
         return alternate({"raw": raw_call, "api": api_call}, concurrency, seconds, rounds,
-                         settle)
+                         settle, (lambda: cpu_sample(workers)) if workers else None)
     finally:
         for raw in raws:
             raw.close()
@@ -99,15 +102,22 @@ def exec_compare(services, base: str, vms: list[dict], concurrency: int, seconds
 
 
 def alternate(calls: dict, concurrency: int, seconds: float, rounds: int,
-              settle: float = 0.0) -> dict:
+              settle: float = 0.0, cpu: t.Callable[[], dict] | None = None) -> dict:
     """The windows of a comparison: ``calls`` holds the "raw" and the "api" side (the same
     call on both for an A/A run, bench/compare_noise.py), in :func:`window_order`. Per side
-    the calls, latencies, errors and calls per second; the API/raw ratio; the windows."""
-    out: dict = {"raw": {"done": 0, "lat": [], "errors": []},
-                 "api": {"done": 0, "lat": [], "errors": []}, "windows": []}
+    the calls, latencies, errors and calls per second; the API/raw ratio; the windows. With a
+    ``cpu`` sampler (CPU seconds so far per part of the host), per side the CPU ms per call of
+    each part (``cpu_ms``; the settle's calls are not counted, their CPU is: a small excess)."""
+    out: dict = {"raw": {"done": 0, "lat": [], "errors": [], "cpu_s": {}},
+                 "api": {"done": 0, "lat": [], "errors": [], "cpu_s": {}}, "windows": []}
     for name in window_order(rounds):
         stolen, started = steal_s(), time.monotonic()
+        before = cpu() if cpu else {}
         done, latencies, errors = loadgen.throughput(calls[name], concurrency, seconds, settle)
+        after = cpu() if cpu else {}
+        for part in after:
+            out[name]["cpu_s"][part] = out[name]["cpu_s"].get(part, 0.0) + after[part] - \
+                before[part]
         steal = (steal_s() - stolen) / ((time.monotonic() - started) * CORES)
         out[name]["done"] += done
         out[name]["lat"] += latencies
@@ -117,6 +127,8 @@ def alternate(calls: dict, concurrency: int, seconds: float, rounds: int,
               f"{100 * steal:.0f} %)", flush=True)
     for name in ("raw", "api"):
         out[name]["per_s"] = out[name]["done"] / (seconds * rounds)
+        out[name]["cpu_ms"] = {part: round(1000 * spent / max(1, out[name]["done"]), 2)
+                               for part, spent in out[name].pop("cpu_s").items()}
     out["ratio"] = out["api"]["per_s"] / out["raw"]["per_s"] if out["raw"]["per_s"] else 0.0
     return out
 
@@ -208,7 +220,7 @@ def main() -> None:
                 print(f"after:  {loadgen.describe(after)}", flush=True)
                 compare = exec_compare(services, base, vms, args.concurrency,
                                        args.compare_seconds, args.compare_rounds,
-                                       args.compare_settle)
+                                       args.compare_settle, loadgen.worker_pids(server.pid))
             errors = warm.errors + load.errors
             failures += errors[:20]
             growth = loadgen.growth_problems(before, after)
@@ -236,6 +248,9 @@ def main() -> None:
                        "p50": loadgen.percentile(compare[side]["lat"], 50),
                        "p99": loadgen.percentile(compare[side]["lat"], 99)}
                 for side in ("api", "raw")} | {"ratio": compare["ratio"],
+                                                "cpu_ms_per_call": {
+                                                    side: compare[side]["cpu_ms"]
+                                                    for side in ("api", "raw")},
                                                 "windows": compare["windows"]}
         finally:
             failures += loadgen.delete_vms(http, [vm["id"] for vm in vms])
@@ -295,6 +310,10 @@ def print_report(report: dict, failures: list[str]) -> None:
         print("windows (per second, steal): " + ", ".join(
             f"{name} {rate:.1f} ({100 * steal:.0f} %)" for name, rate, steal
             in compare["windows"]))
+        for side, parts in compare.get("cpu_ms_per_call", {}).items():
+            if parts:
+                print(f"{side} CPU ms per call: " + ", ".join(
+                    f"{part} {value:.2f}" for part, value in parts.items()))
     burst = report.get("burst")
     if burst:
         print(f"\nburst: {burst['ok']}/{burst['n']} created; first 201 after "
