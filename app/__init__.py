@@ -1,6 +1,7 @@
 """run-dat-sheesh: disposable Linux sandboxes (libvirt VMs) behind a small REST API."""
 from __future__ import annotations
 
+import inspect
 import logging
 import typing as t
 
@@ -14,6 +15,30 @@ from app.errors import register_error_handlers
 from app.logs import configure_logging
 
 log = logging.getLogger(__name__)
+MAX_KNOWN_FUNCTIONS = 4096
+
+
+class SandboxApp(Flask):
+    """Flask, asking once per function whether it is a coroutine function: ``ensure_sync`` runs
+    for every before/after-request function, error handler, view and flask-smorest decorator
+    layer, ~20 times a request, and ``inspect.iscoroutinefunction`` cost ~3 % of a worker's
+    CPU per exec (BENCHMARKS.md, "Session 16"). Bound methods are known by their function
+    (a MethodView is made per request); functions made per request (``after_this_request``)
+    would fill the memo, which starts over past :data:`MAX_KNOWN_FUNCTIONS`."""
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._coroutine_functions: dict[t.Any, bool] = {}
+
+    def ensure_sync(self, func: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
+        known = self._coroutine_functions
+        target = getattr(func, "__func__", func)
+        coroutine = known.get(target)
+        if coroutine is None:
+            if len(known) >= MAX_KNOWN_FUNCTIONS:
+                known.clear()
+            coroutine = known[target] = inspect.iscoroutinefunction(func)
+        return self.async_to_sync(func) if coroutine else func
 
 
 def create_app(test_config: t.Mapping[str, t.Any] | None = None,
@@ -27,7 +52,7 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None,
     settings: Settings = services.settings if services is not None else load_settings(
         overrides=test_config)
     configure_logging(settings.log_level, settings.log_format)
-    app = Flask(__name__)
+    app = SandboxApp(__name__)
     app.json = StrictJSONProvider(app)
     app.config.update(
         SECRET_KEY=settings.secret_key,

@@ -38,3 +38,37 @@ def test_a_route_loads_its_body_with_one_schema_instance(monkeypatch):
     instance = ExecSchema()
     Blueprint("u", __name__).arguments(instance)
     assert isinstance(given[0], ExecSchema) and given[1] is instance
+
+
+def test_the_app_asks_once_per_function_whether_it_is_a_coroutine(monkeypatch) -> None:
+    """SandboxApp.ensure_sync: a plain function comes back as it is, asked about once; a
+    bound method is known by its function; an async one is still wrapped."""
+    import inspect
+
+    from app import SandboxApp
+
+    app = SandboxApp(__name__)
+    asked: list[object] = []
+    real = inspect.iscoroutinefunction
+    monkeypatch.setattr(inspect, "iscoroutinefunction",
+                        lambda func: asked.append(func) or real(func))
+
+    def plain() -> str:
+        return "plain"
+
+    class View:
+        def get(self) -> str:
+            return "view"
+
+    for _ in range(5):
+        assert app.ensure_sync(plain) is plain
+        method = View().get
+        assert app.ensure_sync(method) is method
+    assert len(asked) == 2
+
+    async def coroutine() -> str:
+        return "async"
+
+    monkeypatch.setattr(app, "async_to_sync", lambda func: ("wrapped", func))
+    assert app.ensure_sync(coroutine) == ("wrapped", coroutine)
+    assert app.ensure_sync(coroutine) == ("wrapped", coroutine)
