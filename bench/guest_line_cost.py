@@ -24,7 +24,7 @@ import uuid
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from app.guestssh.channels import exec_without_stdin
-from app.guestssh.client import GuestTransport
+from app.guestssh import GuestTransport
 from app.services.prelude import marker_environment, sandbox_command_line
 from bench import loadgen
 from bench.common import live_server_services, raw_client

@@ -5,15 +5,18 @@
 - :mod:`app.guestssh.channels`: a command's stdin, output (whole or as it arrives) and exit
   on its channel;
 - :mod:`app.guestssh.output_stream`: a large output read as a stream (downloads);
+- :mod:`app.guestssh.transport`: the SSH connection itself (cipher order, closes sent along
+  with the next message);
 - :mod:`app.guestssh.watchdog`: closes what paramiko would wait on forever.
 """
 from __future__ import annotations
 
 from app.guestssh.channels import OutputCaps, RunningCommand, StdinWriter
-from app.guestssh.client import (GUEST_USER, MAX_COMMAND_BYTES, GuestSSH, GuestTransport,
-                                 SshTimeouts, check_command_line, check_environment,
-                                 load_private_key, parse_public_key)
+from app.guestssh.client import (GUEST_USER, MAX_COMMAND_BYTES, GuestSSH, SshTimeouts,
+                                 check_command_line, check_environment, load_private_key,
+                                 parse_public_key)
 from app.guestssh.output_stream import OutputStream
+from app.guestssh.transport import GuestTransport
 
 __all__ = ["GUEST_USER", "MAX_COMMAND_BYTES", "GuestSSH", "GuestTransport", "OutputCaps",
            "OutputStream", "RunningCommand", "SshTimeouts", "StdinWriter", "check_command_line",
