@@ -5,8 +5,7 @@
 - :mod:`app.guestssh.channels`: a command's stdin, output (whole or as it arrives) and exit
   on its channel;
 - :mod:`app.guestssh.output_stream`: a large output read as a stream (downloads);
-- :mod:`app.guestssh.transport`: the SSH connection itself (cipher order, closes sent along
-  with the next message);
+- :mod:`app.guestssh.transport`: the SSH connection itself (its cipher order);
 - :mod:`app.guestssh.watchdog`: closes what paramiko would wait on forever.
 """
 from __future__ import annotations
