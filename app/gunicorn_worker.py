@@ -58,10 +58,14 @@ class KeepAliveThreadWorker(ThreadWorker):
         unreader = getattr(conn.parser, "unreader", None)
         if unreader is not None and unreader.buf.getvalue():
             return True  # read ahead with the last request's body
+        pending = getattr(conn.sock, "pending", None)  # TLS: decrypted bytes kept back
+        if pending is not None and pending() > 0:
+            return True
         if self._busy >= self.cfg.threads:
             return False
         try:
-            readable, _writable, _failed = select.select([conn.sock], [], [], LINGER_S)
+            poller = select.poll()  # any descriptor number (select() stops at 1024)
+            poller.register(conn.sock, select.POLLIN)
+            return bool(poller.poll(LINGER_S * 1000))
         except (OSError, ValueError):  # closed meanwhile
             return False
-        return bool(readable)

@@ -154,3 +154,42 @@ def test_a_client_closing_during_the_linger_frees_the_thread(serve) -> None:
     after = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
     assert _get(after)["handed_back"] >= 10  # each closed connection ended on the main thread
     after.close()
+
+
+class _Conn:
+    def __init__(self, sock: t.Any, buffered: bytes = b"") -> None:
+        import io
+        self.sock = sock
+        self.parser = type("Parser", (), {"unreader": type("U", (), {"buf": io.BytesIO(
+            buffered)})()})()
+
+
+def _bare_worker(threads: int, busy: int) -> t.Any:
+    from app.gunicorn_worker import KeepAliveThreadWorker
+    worker = object.__new__(KeepAliveThreadWorker)  # no arbiter: only what the check reads
+    worker.cfg = type("Cfg", (), {"threads": threads})()
+    worker._busy = busy
+    return worker
+
+
+def test_what_counts_as_a_next_request_ready() -> None:
+    left, right = socket.socketpair()
+    try:
+        worker = _bare_worker(threads=4, busy=1)
+        assert not worker.next_request_ready(_Conn(left))  # quiet: after LINGER_S
+        assert worker.next_request_ready(_Conn(left, b"GET / HTTP/1.1\r\n"))  # read ahead
+        right.sendall(b"GET / HTTP/1.1\r\n")
+        assert worker.next_request_ready(_Conn(left))
+        assert not _bare_worker(threads=1, busy=1).next_request_ready(_Conn(left))  # no free thread
+
+        class TlsSocket:  # decrypted bytes kept back: the descriptor itself may be quiet
+            def pending(self) -> int:
+                return 5
+        assert worker.next_request_ready(_Conn(TlsSocket()))
+        right.close()
+        left.recv(100)
+        assert worker.next_request_ready(_Conn(left))  # closed by the client: its read ends it
+    finally:
+        left.close()
+        right.close()
+    assert not worker.next_request_ready(_Conn(left))  # closed here: no wait, no error
