@@ -52,7 +52,7 @@ from app.virt.qemu_access import prepare_vm_dir, share_with_qemu
 from bench import loadgen
 from bench.bench_create import plain_libvirt_nic
 from bench.common import live_server_services, machine, raw_client, raw_run, steal_s
-from bench.exec_cpu_split import sample as cpu_sample
+from bench.host_cpu import sample as cpu_sample
 
 KEY = "bench-load-key"
 CORES = os.cpu_count() or 1
@@ -79,7 +79,7 @@ def exec_compare(services, base: str, vms: list[dict], concurrency: int, seconds
     for ``seconds`` after ``settle`` (:func:`bench.loadgen.throughput`). Each window also
     records the share of the machine's CPU its hypervisor stole meanwhile: a neighbour that
     comes and goes shows there. With the gunicorn ``workers``' pids, each side also gets the
-    CPU per call of each part of the host (bench/exec_cpu_split.py): where a gap comes from."""
+    CPU per call of each part of the host (bench/host_cpu.py): where a gap comes from."""
     raws = [raw_client(services, vm) for vm in vms]
     apis = [loadgen.client(base, KEY) for _ in range(concurrency)]
 

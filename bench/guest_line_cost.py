@@ -28,7 +28,7 @@ from app.guestssh import GuestTransport
 from app.services.prelude import marker_environment, sandbox_command_line
 from bench import loadgen
 from bench.common import live_server_services, raw_client
-from bench.exec_cpu_split import cpu_s, qemu_pids
+from bench.host_cpu import cpu_s, qemu_pids
 
 KEY = "bench-load-key"
 SEVEN = ("SSH_CLIENT SSH_CONNECTION SSH_TTY SSH_ORIGINAL_COMMAND SSH_AUTH_SOCK SSH_USER_AUTH "
