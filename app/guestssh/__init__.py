@@ -5,7 +5,10 @@
 - :mod:`app.guestssh.channels`: a command's stdin, output (whole or as it arrives) and exit
   on its channel;
 - :mod:`app.guestssh.output_stream`: a large output read as a stream (downloads);
-- :mod:`app.guestssh.transport`: the SSH connection itself (its cipher order);
+- :mod:`app.guestssh.transport`: the SSH connection itself (its cipher order, a channel
+  requested without waiting for the answer);
+- :mod:`app.guestssh.spare`: the next command's channel, requested with a command's own
+  request;
 - :mod:`app.guestssh.watchdog`: closes what paramiko would wait on forever.
 """
 from __future__ import annotations

@@ -120,12 +120,14 @@ def _cork(sock: t.Any, on: bool) -> bool:
     return True
 
 
-def exec_without_stdin(channel: t.Any, command: str,
-                       environment: t.Mapping[str, str] | None = None) -> None:
-    """``channel.exec_command(command)`` for a command that gets no input: the end of its
-    stdin goes right behind the exec request instead of after the answer to it (and the
-    ``environment``'s env requests right before it), all in one TCP segment
-    (:func:`one_segment`).
+def send_exec_request(channel: t.Any, command: str,
+                      environment: t.Mapping[str, str] | None = None, *,
+                      no_stdin: bool = False,
+                      along: t.Callable[[], None] | None = None) -> None:
+    """``channel.exec_command(command)``, with everything that can go with the request in the
+    same TCP segment (:func:`one_segment`): the ``environment``'s env requests before it, the
+    end of stdin right behind it for a command that gets no input (``no_stdin``), and what
+    ``along`` sends (the next command's channel request, :mod:`app.guestssh.spare`).
 
     The guest then takes them in one wake-up of its sshd: on an emulated (TCG) guest every
     packet it has to wake up for costs a few ms of CPU (~6 % of an exec's when the EOF came
@@ -137,8 +139,17 @@ def exec_without_stdin(channel: t.Any, command: str,
     with one_segment(channel):
         send_environment(channel, environment or {})
         channel.transport._send_user_message(_channel_request(channel, "exec", True, command))
-        channel.shutdown_write()
+        if no_stdin:
+            channel.shutdown_write()
+        if along is not None:
+            along()
     channel._wait_for_event()
+
+
+def exec_without_stdin(channel: t.Any, command: str,
+                       environment: t.Mapping[str, str] | None = None) -> None:
+    """:func:`send_exec_request` for a command that gets no input."""
+    send_exec_request(channel, command, environment, no_stdin=True)
 
 
 def send_stdin(channel: t.Any, stdin: bytes | t.BinaryIO | StdinWriter) -> None:

@@ -20,10 +20,10 @@ import typing as t
 import paramiko
 
 from app.errors import CommandTimeout, GuestUnreachable, InvalidRequest
-from app.guestssh.channels import (RunningCommand, StdinWriter, close_quietly,
-                                   collect, exec_without_stdin, send_environment, send_stdin,
-                                   within)
+from app.guestssh.channels import (RunningCommand, StdinWriter, close_quietly, collect,
+                                   send_exec_request, send_stdin, within)
 from app.guestssh.output_stream import OutputStream
+from app.guestssh.spare import SpareSession
 from app.guestssh.transport import GuestTransport
 from app.guestssh.watchdog import WATCHDOG
 from app.models import CommandResult
@@ -117,6 +117,7 @@ class GuestSSH:
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
         self._retired = False
+        self._spare = SpareSession()
 
     # Connection ############################################################################
 
@@ -206,12 +207,14 @@ class GuestSSH:
         connects afresh."""
         with self._lock:
             if self._client is not None and self._client.get_transport() is transport:
+                self._spare.forget()
                 self._client.close()
                 self._client = None
         transport.close()
 
     def close(self) -> None:
         with self._lock:
+            self._spare.forget()
             if self._client is not None:
                 self._client.close()
                 self._client = None
@@ -225,8 +228,16 @@ class GuestSSH:
     # Commands ############################################################################
 
     def _open_channel(self, deadline: float) -> t.Any:
+        """A session channel: the spare the previous command requested (:mod:`.spare`), or
+        a new one."""
         transport = self._transport(deadline)
+        spare = self._spare.take(transport)
         try:
+            if spare is not None:
+                try:
+                    return transport.wait_opened(spare, within(self.timeouts.channel, deadline))
+                except paramiko.ChannelException:
+                    pass  # refused (the guest's session limit, say): ask once more, now
             return transport.open_session(timeout=within(self.timeouts.channel, deadline))
         except CHANNEL_ERRORS as exc:
             self._drop(transport)  # a stalled transport: the next call starts afresh
@@ -288,12 +299,12 @@ class GuestSSH:
         token = WATCHDOG.arm(deadline, lambda: close_quietly(channel))
         try:
             channel.settimeout(within(self.timeouts.channel, deadline))
-            if isinstance(stdin, (bytes, bytearray)) and not stdin:
-                exec_without_stdin(channel, command, environment)
+            no_stdin = isinstance(stdin, (bytes, bytearray)) and not stdin
+            transport = channel.get_transport()
+            send_exec_request(channel, command, environment, no_stdin=no_stdin,
+                              along=lambda: self._spare.request(transport))
+            if no_stdin:
                 stdin = None  # sent: its end went with the request
-            else:
-                send_environment(channel, environment)
-                channel.exec_command(command)
             stage["name"] = "stdin"
             channel.settimeout(max(0.01, deadline - time.monotonic()))
             try:

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from app.guestssh import GuestTransport
 from tests.integration.conftest import HEADERS, exec_ok
 
 
@@ -168,3 +169,22 @@ def test_the_guest_connection_uses_aes_gcm(services, shared_vm):
     guest = services.vms.guest(shared_vm["id"])
     assert guest.run("true", timeout=30).exit_code == 0
     assert guest._transport(time.monotonic() + 30).remote_cipher == "aes128-gcm@openssh.com"
+
+
+def test_execs_run_on_channels_requested_ahead_and_leave_none_open(api, shared_vm,
+                                                                   monkeypatch):
+    """Each command's exec request carries the next command's channel request
+    (app/guestssh/spare.py). On a real guest: 80 execs in a row, more than its sshd's
+    MaxSessions (64), so a session left open per exec would fail the last ones, and none
+    after the first waits for a channel open of its own."""
+    opened: list[float] = []
+    open_session = GuestTransport.open_session
+
+    def counted(self, *args, **kwargs):
+        opened.append(time.monotonic())
+        return open_session(self, *args, **kwargs)
+
+    monkeypatch.setattr(GuestTransport, "open_session", counted)
+    for index in range(80):
+        assert exec_ok(api, shared_vm["id"], f"echo {index}")["stdout"] == f"{index}\n"
+    assert len(opened) <= 1  # 0 when an earlier test's command left a spare

@@ -66,8 +66,11 @@ ENV_REQUESTS: dict[int, list[tuple[str, str]]] = {}
 
 
 class NullServer(paramiko.ServerInterface):
+    refused_sessions: frozenset[int] = frozenset()  # these session requests (1, 2, ...) fail
+
     def __init__(self, client_key: paramiko.PKey) -> None:
         self.client_key = client_key
+        self.sessions = 0  # session channels requested on this connection
 
     def get_allowed_auths(self, username: str) -> str:
         return "publickey"
@@ -79,6 +82,9 @@ class NullServer(paramiko.ServerInterface):
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
         if kind == "session":
+            self.sessions += 1
+            if self.sessions in self.refused_sessions:  # as sshd past its MaxSessions
+                return paramiko.OPEN_FAILED_RESOURCE_SHORTAGE
             return paramiko.OPEN_SUCCEEDED
         return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
@@ -213,6 +219,75 @@ def test_commands_share_one_connection(guest, ssh_server):
     guest.close()
     assert guest.run("id -u", timeout=5).exit_code == 0
     assert len(ssh_server.transports) == before + 2
+
+
+def count_session_opens(monkeypatch) -> list[float]:
+    """Calls of paramiko's open_session (a request plus a wait for its answer)."""
+    opened: list[float] = []
+    real = GuestTransport.open_session
+
+    def counted(self, *args, **kwargs):
+        opened.append(time.monotonic())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(GuestTransport, "open_session", counted)
+    return opened
+
+
+def test_each_command_requests_the_next_ones_channel(guest, ssh_server, monkeypatch):
+    """The channel request of the next command goes with a command's exec request
+    (app/guestssh/spare.py): only a connection's first command opens one and waits."""
+    opened = count_session_opens(monkeypatch)
+    for _ in range(5):
+        assert guest.run("id -u", timeout=5).stdout == b"1000\n"
+    assert guest.run("cat", timeout=5, stdin=b"in").stdout == b"in"  # with stdin as well
+    assert guest.run("demo", timeout=5).exit_code == 3
+    assert len(opened) == 1
+    assert ssh_server.transports[-1].server_object.sessions == 7 + 1  # one spare waiting
+    guest.close()  # a new connection: its first command has no spare
+    assert guest.run("id -u", timeout=5).exit_code == 0
+    assert len(opened) == 2
+
+
+def test_concurrent_commands_leave_one_spare_channel(guest, ssh_server):
+    failures: list[object] = []
+
+    def commands() -> None:
+        for _ in range(10):
+            result = guest.run("id -u", timeout=10)
+            if result.stdout != b"1000\n":
+                failures.append(result)
+
+    threads = [threading.Thread(target=commands) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not failures and not any(thread.is_alive() for thread in threads)
+    # Each command used one channel, and at most one request was made ahead: the last.
+    assert ssh_server.transports[-1].server_object.sessions == 80 + 1
+
+
+def test_a_refused_spare_channel_is_asked_for_again(guest, ssh_server, monkeypatch):
+    """The guest refuses the channel requested ahead (e.g. its session limit was reached):
+    the next command asks for one itself, and the connection stays."""
+    monkeypatch.setattr(NullServer, "refused_sessions", frozenset({2}))
+    opened = count_session_opens(monkeypatch)
+    assert guest.run("id -u", timeout=5).stdout == b"1000\n"
+    assert guest.run("demo", timeout=5).exit_code == 3
+    assert guest.run("id -u", timeout=5).stdout == b"1000\n"  # on the second one's spare
+    assert len(opened) == 2
+    assert ssh_server.transports[-1].server_object.sessions == 4 + 1
+
+
+def test_a_spare_channel_from_a_dropped_connection_is_not_used(guest, ssh_server):
+    assert guest.run("id -u", timeout=5).exit_code == 0
+    old = ssh_server.transports[-1]
+    old.close()  # the guest's sshd went away, the spare with it
+    time.sleep(0.5)  # the client's transport sees the connection end
+    assert guest.run("id -u", timeout=5).stdout == b"1000\n"
+    assert guest.run("id -u", timeout=5).stdout == b"1000\n"
+    assert ssh_server.transports[-1] is not old
 
 
 def test_guest_connections_prefer_aes_gcm(guest, ssh_server):
