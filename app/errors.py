@@ -126,6 +126,14 @@ class TooBusy(AppError):
     """Every slot for long calls on this worker is taken: retry shortly."""
 
 
+class GuestBusy(TooBusy):
+    """The guest refused another SSH channel: it runs as many commands at once as its sshd
+    allows (``MaxSessions``). Retry once one has ended."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
 class RateLimited(AppError):
     """Too many attempts; try again after ``retry_after_s`` seconds (the Retry-After header)."""
 

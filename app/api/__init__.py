@@ -82,8 +82,8 @@ ERROR_REASONS = {
          "or an API key without the scope the route needs",
     404: "Unknown VM, snapshot or path",
     409: "Wrong state for the operation", 413: "Body or content too large",
-    429: "VM or snapshot quota reached, or this worker runs its maximum of long calls "
-         "(Retry-After)",
+    429: "VM or snapshot quota reached, this worker runs its maximum of long calls, or the "
+         "VM its maximum of commands at once (Retry-After)",
     502: "A helper in the guest failed", 503: "libvirt unreachable or no capacity",
     504: "The guest did not answer in time",
     507: "The host's disk budget has no room (DISK_BUDGET_MB / free space)",

@@ -14,12 +14,12 @@
 from __future__ import annotations
 
 from app.guestssh.channels import OutputCaps, RunningCommand, StdinWriter
-from app.guestssh.client import (GUEST_USER, MAX_COMMAND_BYTES, GuestSSH, SshTimeouts,
-                                 check_command_line, check_environment, load_private_key,
-                                 parse_public_key)
+from app.guestssh.client import (GUEST_MAX_SESSIONS, GUEST_USER, MAX_COMMAND_BYTES, GuestSSH,
+                                 SshTimeouts, check_command_line, check_environment,
+                                 load_private_key, parse_public_key)
 from app.guestssh.output_stream import OutputStream
 from app.guestssh.transport import GuestTransport
 
-__all__ = ["GUEST_USER", "MAX_COMMAND_BYTES", "GuestSSH", "GuestTransport", "OutputCaps",
-           "OutputStream", "RunningCommand", "SshTimeouts", "StdinWriter", "check_command_line",
-           "check_environment", "load_private_key", "parse_public_key"]
+__all__ = ["GUEST_MAX_SESSIONS", "GUEST_USER", "MAX_COMMAND_BYTES", "GuestSSH", "GuestTransport",
+           "OutputCaps", "OutputStream", "RunningCommand", "SshTimeouts", "StdinWriter",
+           "check_command_line", "check_environment", "load_private_key", "parse_public_key"]

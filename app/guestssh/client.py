@@ -19,7 +19,7 @@ import typing as t
 
 import paramiko
 
-from app.errors import CommandTimeout, GuestUnreachable, InvalidRequest
+from app.errors import CommandTimeout, GuestBusy, GuestUnreachable, InvalidRequest
 from app.guestssh.channels import (RunningCommand, StdinWriter, close_quietly, collect,
                                    send_exec_request, send_stdin, within)
 from app.guestssh.output_stream import OutputStream
@@ -33,6 +33,7 @@ GUEST_USER = "user"
 # sshd runs a command as `bash -c COMMAND`, one argv string, which Linux caps at 32 pages
 # including its NUL (MAX_ARG_STRLEN); a longer one fails to start.
 MAX_COMMAND_BYTES = 32 * 4096 - 1
+GUEST_MAX_SESSIONS = 64  # the guest sshd's MaxSessions (guest/rootfs/etc/ssh/sshd_config)
 ENV_REQUEST_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # What a channel raises when its connection breaks.
 CHANNEL_ERRORS = (paramiko.SSHException, OSError, EOFError)
@@ -239,6 +240,11 @@ class GuestSSH:
                 except paramiko.ChannelException:
                     pass  # refused (the guest's session limit, say): ask once more, now
             return transport.open_session(timeout=within(self.timeouts.channel, deadline))
+        except paramiko.ChannelException as exc:
+            # The guest answered no: its sshd runs MaxSessions commands on this connection
+            # already. They and the connection are fine.
+            raise GuestBusy(f"guest {self.host} runs as many commands at once as it allows "
+                            f"({GUEST_MAX_SESSIONS}); retry when one has ended") from exc
         except CHANNEL_ERRORS as exc:
             self._drop(transport)  # a stalled transport: the next call starts afresh
             raise GuestUnreachable(f"guest {self.host} did not open a channel: {exc}") from exc
@@ -265,6 +271,7 @@ class GuestSSH:
 
         :raises GuestUnreachable: when the transport or channel breaks or cannot be set up
             before the deadline.
+        :raises GuestBusy: the guest runs :data:`GUEST_MAX_SESSIONS` commands already.
         :raises InvalidRequest: a command line sshd would refuse (:func:`check_command_line`).
         """
         running = self.start(command, timeout, stdin, environment)
@@ -282,7 +289,7 @@ class GuestSSH:
         ``timeout`` bounds the whole command as in :meth:`run`: a deadline that passes before
         the command started gives a :class:`RunningCommand` that is already timed out.
 
-        :raises GuestUnreachable: / :raises InvalidRequest: as :meth:`run`.
+        :raises GuestUnreachable: / :raises GuestBusy: / :raises InvalidRequest: as :meth:`run`.
         """
         check_command_line(command)
         environment = dict(environment or {})
@@ -342,6 +349,7 @@ class GuestSSH:
         ``timeout`` bounds the whole transfer.
 
         :raises GuestUnreachable: when the channel cannot be set up.
+        :raises GuestBusy: the guest runs :data:`GUEST_MAX_SESSIONS` commands already.
         :raises CommandTimeout: when the deadline passed before the command started.
         :raises InvalidRequest: a command line sshd would refuse (:func:`check_command_line`).
         """

@@ -24,7 +24,7 @@ import uuid
 from app import actor, metrics
 from app.clock import now_iso
 from app.config import Settings
-from app.errors import AppError, GuestUnreachable, InvalidRequest
+from app.errors import AppError, GuestBusy, GuestUnreachable, InvalidRequest
 from app.guestssh import GuestSSH
 from app.models import CommandResult, RunResult
 from app.services.command_stream import CommandStream, timeout_note
@@ -267,7 +267,7 @@ class CommandService:
         for attempt in (1, 2):  # GuestSSH drops a connection that stalled: 2 is on a new one
             try:
                 done = guest.run(command, timeout=KILL_TIMEOUT)
-            except GuestUnreachable as exc:
+            except (GuestUnreachable, GuestBusy) as exc:
                 log.warning("kill over SSH failed vm=%s attempt=%s error=%s", vm_id, attempt,
                             exc.message)
                 continue

@@ -5,9 +5,10 @@ import concurrent.futures
 import re
 import time
 
+import paramiko
 import pytest
 
-from app.guestssh import GuestTransport
+from app.guestssh import GUEST_MAX_SESSIONS, GuestTransport
 from tests.integration.conftest import HEADERS, exec_ok
 
 
@@ -188,3 +189,31 @@ def test_execs_run_on_channels_requested_ahead_and_leave_none_open(api, shared_v
     for index in range(80):
         assert exec_ok(api, shared_vm["id"], f"echo {index}")["stdout"] == f"{index}\n"
     assert len(opened) <= 1  # 0 when an earlier test's command left a spare
+
+
+def test_a_vm_at_its_session_limit_answers_429_and_keeps_its_commands(api, services,
+                                                                      shared_vm):
+    """The guest's sshd runs at most MaxSessions (64) channels per connection; the channels
+    held here run nothing (no process in the guest). Past the limit an exec is refused with
+    429, and the connection and its channels stay: one fewer, and execs run again."""
+    guest = services.vms.guest(shared_vm["id"])
+    guest.close()  # a new connection, with no channel requested ahead
+    transport = guest._transport(time.monotonic() + 30)
+    held = []
+    try:
+        with pytest.raises(paramiko.ChannelException):
+            while len(held) <= GUEST_MAX_SESSIONS:
+                held.append(transport.open_session(timeout=10))
+        assert len(held) == GUEST_MAX_SESSIONS
+        response = _exec(api, shared_vm, cmd="true")
+        assert response.status_code == 429, response.json
+        assert response.headers["Retry-After"] == "1"
+        assert "as many commands at once" in response.json["message"]
+        assert guest._transport(time.monotonic() + 30) is transport
+        assert not any(channel.closed for channel in held)
+        held.pop().close()
+        time.sleep(0.5)  # the guest's sshd frees the session
+        assert exec_ok(api, shared_vm["id"], "echo again")["stdout"] == "again\n"
+    finally:
+        for channel in held:
+            channel.close()

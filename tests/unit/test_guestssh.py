@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import pathlib
 import socket
 import threading
 import time
@@ -9,9 +10,9 @@ import time
 import paramiko
 import pytest
 
-from app.errors import CommandTimeout, GuestUnreachable, InvalidRequest
-from app.guestssh import (GUEST_USER, MAX_COMMAND_BYTES, GuestSSH, GuestTransport, SshTimeouts,
-                          check_command_line, load_private_key)
+from app.errors import CommandTimeout, GuestBusy, GuestUnreachable, InvalidRequest
+from app.guestssh import (GUEST_MAX_SESSIONS, GUEST_USER, MAX_COMMAND_BYTES, GuestSSH,
+                          GuestTransport, SshTimeouts, check_command_line, load_private_key)
 from app.sshkeys import KeyPair, generate_keypair
 
 TIMEOUTS = SshTimeouts(connect=2.0, auth=2.0, channel=2.0)
@@ -280,6 +281,20 @@ def test_a_refused_spare_channel_is_asked_for_again(guest, ssh_server, monkeypat
     assert ssh_server.transports[-1].server_object.sessions == 4 + 1
 
 
+def test_a_guest_at_its_session_limit_answers_busy_and_keeps_its_connection(
+        guest, ssh_server, monkeypatch):
+    """The guest refuses a channel (as sshd past its MaxSessions): that command is refused
+    (GuestBusy, 429), the connection and what runs on it stay."""
+    monkeypatch.setattr(NullServer, "refused_sessions", frozenset({2, 3}))
+    assert guest.run("id -u", timeout=5).stdout == b"1000\n"  # its spare (2) is refused
+    connections = len(ssh_server.transports)
+    with pytest.raises(GuestBusy, match="as many commands at once"):
+        guest.run("id -u", timeout=5)  # and its own request (3)
+    assert guest.run("id -u", timeout=5).stdout == b"1000\n"
+    assert len(ssh_server.transports) == connections
+    assert GuestBusy("x").http_status == 429 and GuestBusy("x").headers == {"Retry-After": "1"}
+
+
 def test_a_spare_channel_from_a_dropped_connection_is_not_used(guest, ssh_server):
     assert guest.run("id -u", timeout=5).exit_code == 0
     old = ssh_server.transports[-1]
@@ -546,3 +561,9 @@ def test_a_retired_client_stops_retrying_at_once(host_key, client_key):
     finally:
         client.close()
         server.close()
+
+
+def test_the_session_limit_is_the_guest_sshds():
+    config = (pathlib.Path(__file__).resolve().parents[2]
+              / "guest/rootfs/etc/ssh/sshd_config").read_text()
+    assert f"\nMaxSessions {GUEST_MAX_SESSIONS}\n" in config
