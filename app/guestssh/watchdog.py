@@ -23,8 +23,12 @@ class Watchdog:
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
-        self._timers: list[tuple[float, int, t.Callable[[], None]]] = []
-        self._cancelled: set[int] = set()
+        # (deadline, token) in deadline order; a disarmed one stays until its deadline but
+        # without its callback, which holds what it closes (a channel and its buffers: a
+        # command's deadline is often minutes after its end, and under load thousands of
+        # channels were kept alive that way).
+        self._timers: list[tuple[float, int]] = []
+        self._callbacks: dict[int, t.Callable[[], None]] = {}
         self._counter = 0
         self._pid = 0
 
@@ -33,10 +37,11 @@ class Watchdog:
         with self._lock:
             if self._pid != os.getpid():  # a forked worker: the thread stayed in the parent
                 self._pid = os.getpid()
-                self._timers, self._cancelled = [], set()
+                self._timers, self._callbacks = [], {}
                 threading.Thread(target=self._loop, name="ssh-watchdog", daemon=True).start()
             self._counter += 1
-            heapq.heappush(self._timers, (deadline, self._counter, callback))
+            heapq.heappush(self._timers, (deadline, self._counter))
+            self._callbacks[self._counter] = callback
             if self._timers[0][1] == self._counter:
                 # The earliest now: the thread waits for a later one and must wait less. (A
                 # later deadline needs no wake-up: every call arms one, and under load a
@@ -46,7 +51,7 @@ class Watchdog:
 
     def disarm(self, token: int) -> None:
         with self._lock:
-            self._cancelled.add(token)
+            self._callbacks.pop(token, None)
 
     def _loop(self) -> None:
         while True:
@@ -63,10 +68,9 @@ class Watchdog:
                     now = time.monotonic()
                 callbacks = []
                 while self._timers and self._timers[0][0] <= now:
-                    _deadline, token, callback = heapq.heappop(self._timers)
-                    if token in self._cancelled:
-                        self._cancelled.discard(token)
-                    else:
+                    _deadline, token = heapq.heappop(self._timers)
+                    callback = self._callbacks.pop(token, None)
+                    if callback is not None:
                         callbacks.append(callback)
             for callback in callbacks:
                 try:

@@ -1,8 +1,10 @@
 """The SSH deadline watchdog (app/guestssh/watchdog.py)."""
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 from app.guestssh.watchdog import Watchdog
 
@@ -65,3 +67,21 @@ def test_the_deadlines_of_one_tick_take_one_wake_up():
     watchdog.arm(start + 0.5, fired.set)
     assert fired.wait(5)
     assert counting.waits <= 8  # ~one per tick; was one per deadline (over 100)
+
+
+def test_a_disarmed_deadline_lets_go_of_what_its_callback_holds():
+    """A command's deadline often comes minutes after the command ended: its disarmed entry
+    must not keep the channel (and its buffers) alive until then."""
+    watchdog = Watchdog()
+
+    class Channel:
+        def close(self) -> None:
+            pass
+
+    channel = Channel()
+    held = weakref.ref(channel)
+    token = watchdog.arm(time.monotonic() + 600, channel.close)
+    watchdog.disarm(token)
+    del channel
+    gc.collect()
+    assert held() is None
