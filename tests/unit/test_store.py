@@ -33,6 +33,46 @@ def test_open_creates_a_private_wal_file_and_applies_the_migrations(tmp_path):
     assert {"schema_migrations", "login_failures", "sessions"} <= tables(path)
 
 
+MANY_THREADS_READ_A_4_MIB_TABLE = """
+import sys, threading
+from app.store.db import Store
+store = Store(sys.argv[1])
+store.open()
+with store.transaction() as conn:
+    conn.execute("CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB)")
+    conn.executemany("INSERT INTO blobs (data) VALUES (?)",
+                     [(bytes([i % 256]) * 2048,) for i in range(2048)])
+def rss_kib():
+    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
+def read_all():
+    with store.transaction(write=False) as conn:
+        for _ in conn.execute("SELECT data FROM blobs"):
+            pass
+read_all()
+before = rss_kib()
+threads = [threading.Event() for _ in range(32)]
+def worker(done):
+    read_all()  # each thread's connection stays open, with its page cache
+    done.wait()
+running = [threading.Thread(target=worker, args=(done,)) for done in threads]
+for thread in running:
+    thread.start()
+import time; time.sleep(2)
+print(rss_kib() - before)
+for done in threads:
+    done.set()
+"""
+
+
+def test_a_threads_connection_caches_little_of_the_file(tmp_path):
+    """Every thread of a worker keeps its connection: 32 threads that each read a 4 MiB table
+    hold at most 32 x 256 KiB of pages (SQLite's default, 2 MiB each, was ~64 MiB)."""
+    grown = subprocess.run([sys.executable, "-c", MANY_THREADS_READ_A_4_MIB_TABLE,
+                            str(tmp_path / "state.db")], capture_output=True, text=True,
+                           timeout=60, check=True, cwd=Path(__file__).resolve().parents[2])
+    assert int(grown.stdout) < 20 * 1024, grown.stdout
+
+
 def test_open_again_applies_nothing(tmp_path):
     store = Store(tmp_path / "state.db")
     assert store.open()
