@@ -9,8 +9,10 @@ import time
 
 import paramiko
 import pytest
+from paramiko.common import cMSG_CHANNEL_DATA
 
 from app.errors import CommandTimeout, GuestBusy, GuestUnreachable, InvalidRequest
+from app.guestssh.transport import IssuedChannelIds
 from app.guestssh import (GUEST_MAX_SESSIONS, GUEST_USER, MAX_COMMAND_BYTES, GuestSSH,
                           GuestTransport, SshTimeouts, check_command_line, load_private_key)
 from app.sshkeys import KeyPair, generate_keypair
@@ -357,6 +359,48 @@ def test_a_started_command_stops_when_asked_or_at_its_deadline(guest):
     finally:
         running.close()
     assert guest.run("id -u", timeout=5).exit_code == 0  # the connection survives
+
+
+def test_late_messages_for_closed_channels_keep_the_connection(guest, ssh_server):
+    """A guest's sshd may answer a channel the client closed (a timed-out command) long
+    after: its message for a channel id the client no longer holds is ignored (paramiko's
+    channels_seen, kept here without an entry per channel), not taken for a protocol error
+    that ends the connection; one for an id never issued still ends it."""
+    for _ in range(40):
+        assert guest.run("id -u", timeout=5).stdout == b"1000\n"
+    connections = len(ssh_server.transports)
+    server_side = ssh_server.transports[-1]
+
+    def data_for(channel_id: int) -> None:
+        message = paramiko.Message()
+        message.add_byte(cMSG_CHANNEL_DATA)
+        message.add_int(channel_id)
+        message.add_string(b"late")
+        server_side._send_user_message(message)
+
+    for channel_id in (0, 1, 20, 38):
+        data_for(channel_id)
+    time.sleep(0.3)
+    assert guest.run("id -u", timeout=5).stdout == b"1000\n"
+    assert len(ssh_server.transports) == connections
+    seen = guest._transport(time.monotonic() + 5).channels_seen
+    assert isinstance(seen, IssuedChannelIds)
+    assert set(vars(seen)) == {"_last", "_wrapped"}  # no entry per channel
+    data_for(10**6)  # never issued: paramiko ends the connection
+    time.sleep(0.3)
+    assert guest.run("id -u", timeout=5).stdout == b"1000\n"
+    assert len(ssh_server.transports) == connections + 1
+
+
+def test_issued_channel_ids_follow_the_counter_and_its_wrap():
+    seen = IssuedChannelIds()
+    assert 0 not in seen
+    for channel_id in range(3):
+        seen[channel_id] = True
+    assert [i in seen for i in range(4)] == [True, True, True, False]
+    seen[0xFFFFFF] = True
+    seen[0] = True  # the counter wrapped: every id may be a closed one now
+    assert 5 in seen and 0xFFFFFE in seen
 
 
 def test_host_key_mismatch_is_refused(ssh_server, client_key):
