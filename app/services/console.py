@@ -21,7 +21,7 @@ from pathlib import Path
 from app.config import Settings
 from app.errors import VmNotFound
 from app.services.records import VmRecords
-from app.services.remote_vms import VMS_POOL
+from app.services.remote_domains import VMS_POOL
 from app.services.vm_files import CONSOLE_LOG
 
 if t.TYPE_CHECKING:

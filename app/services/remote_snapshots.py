@@ -29,7 +29,7 @@ from app.models import VmState
 from app.services.image_shipping import read_shipped
 from app.services.remote_seeds import seed_name
 from app.services.records import to_vm
-from app.services.remote_vms import VMS_POOL
+from app.services.remote_domains import VMS_POOL
 from app.services.snapshot_store import SnapshotSource, require_unchanged, snapshottable
 from app.services.templates import TemplateCatalog
 from app.virt import disks

@@ -1,7 +1,8 @@
 """VMs on the remote hosts of ``HOSTS`` (issue 17): made, used and deleted through that host's
 libvirt connection only — a real second host shares no file system with the manager. Finding
-them on the hosts is :mod:`app.services.remote_lookup`; their labels, keepalive, stop and
-start :mod:`app.services.remote_lifecycle` (:attr:`RemoteVms.lifecycle`).
+them on the hosts is :mod:`app.services.remote_lookup`; making their parts there
+:mod:`app.services.remote_provisioning`; their labels, keepalive, stop and start
+:mod:`app.services.remote_lifecycle` (:attr:`RemoteVms.lifecycle`).
 
 What a remote VM is made of, all on its host, all named after the VM (``rds-<short id>``):
 
@@ -40,44 +41,35 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import logging
-import posixpath
 import time
 import typing as t
-import uuid
 from pathlib import Path
 
 from app.clock import now_iso
 from app.config import Settings
 from app.config.hosts import LOCAL_HOST, RemoteHost
 from app.errors import (AppError, GuestUnreachable, HypervisorError, ImageStateConflict,
-                        InvalidRequest, QuotaExceeded, VmBusy, VmNotFound, VmStateConflict)
+                        InvalidRequest, VmBusy, VmNotFound, VmStateConflict)
 from app.guestssh import GuestSSH
 from app.models import ProvisionMode, Vm, VmPhase, VmRecord, VmRole, VmSpec, VmState
-from app.services.addresses import allocation_lock
 from app.services.guests import GuestClients, ManagerKey
 from app.services.image_shipping import build_of
 from app.services.lifetimes import is_expired
-from app.services.ownership import check_quota
 from app.services.placement import Room, choose, room
 from app.services.records import VmRecords, to_vm
 from app.services.remote_addresses import RemoteAddresses
-from app.services.remote_domains import (VMS_POOL, boot_volumes, domain_params,
-                                         ensure_host, filter_xml, remove_domain)
+from app.services.remote_domains import ensure_host
 from app.services.remote_lifecycle import RemoteLifecycle
 from app.services.remote_vm_locks import RemoteVmLocks
 from app.services.remote_lookup import Found, RemoteLookup
-from app.services.remote_seeds import RESTORE_SUFFIX, RemoteSeed, RemoteSeeds
+from app.services.remote_provisioning import RemoteProvisioning, remove_volumes
+from app.services.remote_seeds import RemoteSeed, RemoteSeeds
 from app.services.seeds import SeedStore
 from app.services.teardown import Cleanup
 from app.services.templates import TemplateCatalog
-from app.services.vm_files import AUTHORIZED_KEYS, HOST_KEY
-from app.sshkeys import generate_keypair
 from app.virt.ipsets import host_addresses
-from app.virt.domain_xml import build_domain_xml
 from app.virt.network_xml import DhcpHost
-from app.virt.pool_xml import POOL_NAME, build_overlay_volume_xml
 
 if t.TYPE_CHECKING:
     from app.services.host_registry import HostRegistry, Probe
@@ -86,7 +78,6 @@ if t.TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT = 60.0
-VOLUME_SUFFIXES = ("qcow2", HOST_KEY, AUTHORIZED_KEYS, "console.log", RESTORE_SUFFIX[1:])
 
 
 class RemoteVms:
@@ -112,6 +103,10 @@ class RemoteVms:
                                          self.locked)
         self.seeds = RemoteSeeds(settings, registry, templates, seed_keys, manager_key,
                                  domain_type, ensure_host)
+        # Both looked up here on each call: tests point them elsewhere.
+        self.provisioning = RemoteProvisioning(
+            settings, self.addresses, self.seeds, manager_key, domain_type,
+            lambda host_name: self.lock_path(host_name), lambda: self.own_addresses())
 
     def host(self, name: str) -> RemoteHost:
         """:raises InvalidRequest: not a ``HOSTS`` name."""
@@ -209,8 +204,8 @@ class RemoteVms:
                 probe: Probe, seed: RemoteSeed | None, started: float) -> Vm:
         mode = ProvisionMode.BOOT if seed is None else ProvisionMode.SNAPSHOT
         with Cleanup(f"create of a VM on {host.name}") as cleanup:
-            record, xml, host_key, creating = self._provision(plan, host, hypervisor, seed,
-                                                              cleanup)
+            record, xml, host_key, creating = self.provisioning.provision(
+                plan, host, hypervisor, seed, cleanup, LOCK_TIMEOUT)
             log.info("vm defined vm=%s name=%s host=%s ip=%s mode=%s", record.id,
                      record.name, host.name, record.guest_ip, mode.value)
             cleanup.add("ssh client", self.guests.forget, record.id)
@@ -235,7 +230,7 @@ class RemoteVms:
         with self.locked(vm_id) as found:
             updated = dataclasses.replace(found.record, allow_ips=allow_ips,
                                           outbound_internet=outbound_internet)
-            found.hypervisor.define_filter(self._filter_xml(updated, found.host))
+            found.hypervisor.define_filter(self.provisioning.filter_xml(updated, found.host))
             VmRecords(found.hypervisor).save(updated)
         log.info("vm network policy changed vm=%s host=%s outbound=%s entries=%s", vm_id,
                  found.host.name, outbound_internet, len(allow_ips))
@@ -299,7 +294,7 @@ class RemoteVms:
             hypervisor.destroy_domain(vm_id)
         if record.phase is not VmPhase.DELETING:
             record = VmRecords(hypervisor).set_phase(record, VmPhase.DELETING)
-        self._remove_volumes(hypervisor, record.name)
+        remove_volumes(hypervisor, record.name)
         hypervisor.undefine_filter(record.name)
         with contextlib.suppress(VmNotFound):
             hypervisor.undefine_domain(vm_id)
@@ -308,88 +303,9 @@ class RemoteVms:
         self.lookup.remember(host.name, record, gone=True)
         log.info("vm deleted vm=%s name=%s host=%s", vm_id, record.name, host.name)
 
-    # Parts #################################################################################
-
     def lock_path(self, host_name: str) -> Path:
         """Held by this manager's processes while they allocate on that host."""
         return Path(self.settings.storage_root) / "hosts" / f"{host_name}.alloc.lock"
-
-    def _provision(self, plan: CreatePlan, host: RemoteHost, hypervisor: Hypervisor,
-                   seed: RemoteSeed | None,
-                   cleanup: Cleanup) -> tuple[VmRecord, str, bytes, int]:
-        """Take quota, address and name; make the filter, volumes and domain there.
-
-        :returns: the record, its domain XML, its private host key and how many creates are
-            in flight on that host (this one included).
-        """
-        spec, template = plan.spec, plan.template
-        boot = boot_volumes(host, template.id, set(hypervisor.list_volumes(POOL_NAME)))
-        base_xml = template.domain_xml if seed is None else \
-            self.seeds.header(hypervisor, seed).xml
-        host_key = generate_keypair()
-        with allocation_lock(self.lock_path(host.name), LOCK_TIMEOUT,
-                             busy=f"host {host.name} is busy allocating VMs; retry"):
-            domains = VmRecords(hypervisor).all()
-            others = [record for record, _info in domains]
-            deleting = sum(1 for other in others if other.phase is VmPhase.DELETING)
-            creating = 1 + sum(1 for other in others if other.phase is VmPhase.CREATING)
-            limit = host.max_vms or self.settings.max_vms
-            if len(others) - deleting >= limit:
-                raise QuotaExceeded(f"VM quota of host {host.name} reached ({limit} VMs)")
-            check_quota(spec, others)
-            held = self.addresses.reserve(host, hypervisor,
-                                          [other.guest_ip for other in others],
-                                          {info.name for _record, info in domains})
-            cleanup.add("address reservation", self.addresses.release, host, hypervisor,
-                        held.entry)
-            # Another manager's create holds its reservation before its domain exists: counted
-            # with this one's, maxVms holds across managers (two racing for the last place
-            # both back off, 429; never one too many).
-            going = {other.name for other in others if other.phase is VmPhase.DELETING}
-            held_now = {entry.name for entry in hypervisor.dhcp_hosts(host.network_name)}
-            if len((held_now | {other.name for other in others}) - going) > limit:
-                raise QuotaExceeded(f"VM quota of host {host.name} reached ({limit} VMs, "
-                                    f"with creates of other managers under way)")
-            vm_id, name = held.vm_id, held.name
-            record = VmRecord(
-                id=vm_id, name=name, cpu=spec.cpu, mem_mb=spec.mem_mb, guest_ip=str(held.address),
-                mac=held.entry.mac, allow_ips=spec.allow_ips,
-                outbound_internet=spec.outbound_internet, image_id=template.id,
-                image_path=posixpath.join(host.images_dir, boot["qcow2"]),
-                disk_size_mb=plan.disk_size_mb, created_at=now_iso(),
-                provision_mode=ProvisionMode.BOOT if seed is None else ProvisionMode.SNAPSHOT,
-                host_key=host_key.public_openssh, phase=VmPhase.CREATING, role=VmRole.SANDBOX,
-                host=host.name, seed=seed.key if seed else "", **plan.caller_fields())
-            cleanup.add("filter", hypervisor.undefine_filter, name)
-            hypervisor.define_filter(self._filter_xml(record, host))
-            cleanup.add("volumes", self._remove_volumes, hypervisor, name)
-            for suffix, data in ((HOST_KEY, host_key.private_openssh.encode()),
-                                 (AUTHORIZED_KEYS,
-                                  (self.manager_key.pair().public_openssh + "\n").encode())):
-                hypervisor.upload_volume(VMS_POOL, f"{name}.{suffix}", len(data),
-                                         lambda data=data: io.BytesIO(data).read,
-                                         timeout=hypervisor.timeout)
-            disk = hypervisor.create_volume(VMS_POOL, build_overlay_volume_xml(
-                f"{name}.qcow2", plan.disk_size_mb,
-                record.image_path if seed is None else seed.disk))
-            xml = build_domain_xml(base_xml, record, domain_params(
-                host, record, disk, boot, self.domain_type, template.kernel_cmdline,
-                host.vms_dir, genid=str(uuid.uuid4()) if seed else ""))
-            cleanup.add("domain", remove_domain, hypervisor, vm_id)
-            hypervisor.define_domain(xml)
-            self.addresses.confirm(host, hypervisor, held.entry)
-        return record, xml, host_key.private_openssh.encode(), creating
-
-    def _filter_xml(self, record: VmRecord, host: RemoteHost) -> str:
-        return filter_xml(self.settings, record, host, self.own_addresses())
-
-    @staticmethod
-    def _remove_volumes(hypervisor: Hypervisor, name: str) -> None:
-        # Listed after a refresh: the console log virtlogd made, and those it rotated away.
-        rotated = [volume for volume in hypervisor.list_volumes(VMS_POOL)
-                   if volume.startswith(f"{name}.console.log.")]
-        for volume in [f"{name}.{suffix}" for suffix in VOLUME_SUFFIXES] + rotated:
-            hypervisor.delete_volume(VMS_POOL, volume)
 
 
 def _to_reap(record: VmRecord) -> bool:
