@@ -4,7 +4,7 @@ Every command runs on a channel of its own, and opening one is a round trip: the
 goes alone into the guest (one TCP segment, one wake-up of its sshd: a few ms of CPU on an
 emulated guest), and the command's thread waits for the answer before it can send the exec
 request. So a command that sends its exec request also requests the channel of the next one,
-in the same segment (:func:`app.guestssh.channels.exec_without_stdin`): the next command finds
+in the same segment (:func:`app.guestssh.channels.send_exec_request`): the next command finds
 it open, usually answered long before, and sends its own request at once (BENCHMARKS.md,
 "Session 17").
 
